@@ -1,0 +1,133 @@
+"""Built-in source ``sqlite``: a consistent copy of a live SQLite database, streamed.
+
+Backup opens a read transaction and, while holding it, streams the database file and (in WAL mode) the
+``-wal`` file. This is consistent while writers are active:
+
+* rollback-journal mode: the read transaction's SHARED lock keeps writers from changing the file until we
+  are done (they wait, up to their busy timeout);
+* WAL mode: the read transaction stops checkpoints from copying frames newer than our snapshot into the
+  database file, and from restarting the WAL. The copied WAL holds our snapshot's frames, possibly later
+  complete commits, and possibly a torn last frame that SQLite's recovery drops; replaying it on the copied
+  file gives the state at one commit.
+
+Restore writes the copy beside the target, lets SQLite recover it, runs ``PRAGMA integrity_check``, then
+installs it with SQLite's online backup API (atomic for other connections) or, if there is no target yet,
+by renaming. A failed restore leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import CorruptBackupError, SourceError
+from ..hookspecs import hookimpl
+from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+CHUNK = 1 << 20
+DB = "database.sqlite"
+WAL = "database.sqlite-wal"
+
+
+def _copy(src: Path, out: object) -> int:
+    n = 0
+    with open(src, "rb", buffering=0) as f:
+        while data := f.read(CHUNK):
+            out.write(data)  # type: ignore[attr-defined]
+            n += len(data)
+    return n
+
+
+class SqliteSource(Source):
+    def __init__(self, name: str, settings: Settings) -> None:
+        super().__init__(name, settings)
+        settings.check_known({"path", "busy_timeout"})
+        self.path = settings.get_path("path")
+        self.busy_timeout = settings.get_int("busy_timeout", 30, minimum=0)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def _connect(self, path: Path, readonly: bool) -> sqlite3.Connection:
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        try:
+            return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise SourceError(f"source {self.name!r}: cannot open {path}: {exc}") from None
+
+    def check(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"source {self.name!r}: {self.path} does not exist")
+        con = self._connect(self.path, readonly=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"source {self.name!r}: {self.path} is not a usable SQLite database: {exc}") from None
+        finally:
+            con.close()
+
+    def backup(self, sink: ArtifactSink) -> None:
+        self.check()
+        con = self._connect(self.path, readonly=True)
+        try:
+            con.execute("BEGIN")
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the read snapshot
+            journal_mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+            page_size = con.execute("PRAGMA page_size").fetchone()[0]
+            with sink.open(DB) as out:
+                size = _copy(self.path, out)
+            wal = Path(f"{self.path}-wal")
+            wal_size = 0
+            if journal_mode == "wal" and wal.exists():
+                with sink.open(WAL) as out:
+                    wal_size = _copy(wal, out)
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SourceError(f"source {self.name!r}: {self.path}: {exc}") from None
+        finally:
+            con.close()
+        sink.set_info(journal_mode=journal_mode, page_size=page_size, db_bytes=size, wal_bytes=wal_size,
+                      sqlite_version=sqlite3.sqlite_version)
+
+    def restore(self, artifacts: ArtifactSet) -> None:
+        target = self.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.dm-restore-{secrets.token_hex(4)}"
+        try:
+            for name, dest in ((DB, staging), (WAL, Path(f"{staging}-wal"))):
+                if name in artifacts.names():
+                    with artifacts.open(name) as src, open(dest, "xb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+            con = self._connect(staging, readonly=False)
+            try:
+                result = con.execute("PRAGMA integrity_check").fetchone()[0]
+                if result != "ok":
+                    raise CorruptBackupError(f"source {self.name!r}: restored database fails integrity_check: {result}")
+                if artifacts.info.get("journal_mode") == "wal":
+                    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                con.close()
+            if not target.exists():
+                os.rename(staging, target)
+                return
+            src = self._connect(staging, readonly=True)
+            dst = self._connect(target, readonly=False)
+            try:
+                src.backup(dst)  # page by page, inside one write transaction on the target
+            except sqlite3.Error as exc:
+                raise SourceError(f"source {self.name!r}: cannot write {target}: {exc}") from None
+            finally:
+                src.close()
+                dst.close()
+        finally:
+            for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+                leftover.unlink(missing_ok=True)
+
+
+@hookimpl
+def register_source_types(register: Callable[[SourceType], None]) -> None:
+    register(SourceType("sqlite", SqliteSource, "a SQLite database file, copied consistently while in use"))

@@ -1,0 +1,211 @@
+"""Reading the TOML config: where it is found, ``${VAR}`` expansion, and validation with one-line errors.
+
+Search order: ``--config PATH``, then ``$DATA_MANAGER_CONFIG``, then ``./data-manager.toml``, then
+``$XDG_CONFIG_HOME/data-manager/config.toml`` (``~/.config/...``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UsageError
+from .plugins import Registry
+from .types import Dataset, Settings, SourceSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DATASET_KEYS = {"storage", "sources", "description", "timeout"}
+_SOURCE_RESERVED = {"name", "type"}
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "data-manager" / "config.toml"
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use, by the documented search order."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (from --config)")
+        return path
+    env = os.environ.get("DATA_MANAGER_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (from DATA_MANAGER_CONFIG)")
+        return path
+    for path in (Path("data-manager.toml"), user_config_path()):
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"no config file: pass --config PATH, set DATA_MANAGER_CONFIG, or create ./data-manager.toml "
+        f"or {user_config_path()}"
+    )
+
+
+def _expand(value: Any, where: str, key: str, secrets: set[str], secret: bool) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from the environment; remember expanded secrets."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            got = os.environ.get(var)
+            if got is None:
+                if default is None:
+                    raise ConfigError(f"{where}: key {key!r}: environment variable {var} is not set", key=key)
+                got = default
+            if len(got) >= 4:
+                secrets.add(got)  # any value from the environment may be a secret: keep it out of logs
+            return got
+
+        out = _VAR_RE.sub(sub, value)
+        if secret and out:
+            secrets.add(out)
+        return out
+    if isinstance(value, list):
+        return [_expand(v, where, key, secrets, secret) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, where, f"{key}.{k}", secrets, secret) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class StorageConfig:
+    name: str
+    type: str
+    settings: Settings
+
+
+@dataclass
+class Config:
+    """The parsed, validated config."""
+
+    path: Path | None
+    data: dict[str, Any]
+    storages: dict[str, StorageConfig]
+    datasets: dict[str, Dataset]
+    secrets: set[str] = field(default_factory=set)
+
+    def dataset(self, data_id: str) -> Dataset:
+        if data_id in self.datasets:
+            return self.datasets[data_id]
+        known = ", ".join(sorted(self.datasets)) or "none"
+        raise UsageError(f"unknown dataset {data_id!r} (in {self.path}: {known})")
+
+    def storage_for(self, data_id: str) -> StorageConfig:
+        return self.storages[self.datasets[data_id].storage]
+
+
+def _table(value: Any, where: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: key {key!r}: must be a table", key=key)
+    return value
+
+
+def _settings(
+    table: dict[str, Any], where: str, secret_keys: tuple[str, ...], secrets: set[str]
+) -> Settings:
+    probe = Settings({}, secret_keys=secret_keys)
+    values = {
+        k: _expand(v, where, k, secrets, probe.is_secret(k)) for k, v in table.items() if k not in _SOURCE_RESERVED
+    }
+    raw = {k: v for k, v in table.items() if k not in _SOURCE_RESERVED}
+    return Settings(values, where=where, raw=raw, secret_keys=secret_keys)
+
+
+def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None = None) -> Config:
+    """Validate a parsed config mapping. Every error names the file, the dataset and the key."""
+    file = str(path) if path else "<config>"
+    secrets: set[str] = set()
+    data = dict(data)
+
+    storages: dict[str, StorageConfig] = {}
+    for name, table in _table(data.get("storages", {}), file, "storages").items():
+        where = f"{file}: storage {name!r}"
+        table = _table(table, file, f"storages.{name}")
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: bad storage name (letters, digits, . _ -)", key=f"storages.{name}")
+        if "type" not in table:
+            raise ConfigError(f"{where}: key 'type': missing (required)", key="type")
+        stype, _ = registry.storage_type(str(table["type"]), where)
+        storages[name] = StorageConfig(name, stype.name, _settings(table, where, stype.secret_keys, secrets))
+
+    datasets: dict[str, Dataset] = {}
+    for data_id, table in _table(data.get("datasets", {}), file, "datasets").items():
+        where = f"{file}: dataset {data_id!r}"
+        table = _table(table, file, f"datasets.{data_id}")
+        if not NAME_RE.match(data_id):
+            raise ConfigError(f"{where}: bad dataset id (letters, digits, . _ -; max 128)", key="datasets")
+        unknown = sorted(set(table) - _DATASET_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: key {unknown[0]!r}: unknown (known: {', '.join(sorted(_DATASET_KEYS))})")
+        storage = table.get("storage")
+        if storage is None:
+            if len(storages) != 1:
+                reason = "no storage is configured" if not storages else "there are several storages"
+                raise ConfigError(f"{where}: key 'storage': missing, and {reason}", key="storage")
+            storage = next(iter(storages))
+        if storage not in storages:
+            known = ", ".join(sorted(storages)) or "none"
+            raise ConfigError(f"{where}: key 'storage': unknown storage {storage!r} (configured: {known})", key="storage")
+        raw_sources = table.get("sources")
+        if not isinstance(raw_sources, list) or not raw_sources:
+            raise ConfigError(f"{where}: key 'sources': missing or empty ([[datasets.{data_id}.sources]])", key="sources")
+        sources: list[SourceSpec] = []
+        for i, src in enumerate(raw_sources):
+            src = _table(src, where, f"sources[{i}]")
+            name = src.get("name")
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise ConfigError(
+                    f"{where}, source #{i + 1}: key 'name': {'missing' if name is None else 'bad name ' + repr(name)}"
+                    " (letters, digits, . _ -)",
+                    key="name",
+                )
+            swhere = f"{where}, source {name!r}"
+            if any(s.name == name for s in sources):
+                raise ConfigError(f"{swhere}: key 'name': duplicate source name {name!r}", key="name")
+            if "type" not in src:
+                raise ConfigError(f"{swhere}: key 'type': missing (required)", key="type")
+            stype, _ = registry.source_type(str(src["type"]), swhere)
+            sources.append(SourceSpec(name, stype.name, _settings(src, swhere, stype.secret_keys, secrets)))
+        options = {k: v for k, v in table.items() if k not in ("storage", "sources")}
+        datasets[data_id] = Dataset(data_id, storage, tuple(sources), options)
+
+    return Config(path, data, storages, datasets, secrets)
+
+
+def load_config(explicit: str | os.PathLike[str] | None, registry: Registry) -> Config:
+    path = find_config(explicit)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(data, registry, path)
+
+
+def parse_assignments(values: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """``["raw.path=/tmp/x", "pg.dsn=postgresql://..."]`` -> ``{"raw": {"path": "/tmp/x"}, ...}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in values:
+        lhs, eq, value = item.partition("=")
+        source, dot, key = lhs.partition(".")
+        if not eq or not dot or not source or not key:
+            raise UsageError(f"--set {item!r}: expected SOURCE.KEY=VALUE, e.g. raw.path=/tmp/restored")
+        parsed: Any = value
+        try:  # numbers, booleans and lists in TOML syntax; anything else is a string
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+        out.setdefault(source, {})[key] = parsed
+    return out

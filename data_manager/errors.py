@@ -1,0 +1,71 @@
+"""The errors data-manager reports, each with the exit code scripts can rely on.
+
+Every error a user can cause or meet (bad input, unreachable server, corrupt backup) is a
+:class:`DataManagerError`: the CLI prints its message as one line and exits with its code,
+never with a traceback. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Exit codes of the ``data-manager`` command (documented in README.md)."""
+
+    OK = 0
+    FAILED = 1  # the operation ran and failed (a source or storage error)
+    USAGE = 2  # bad command line, config, dataset, timestamp or missing plugin; nothing was done
+    REFUSED = 3  # a guard or a lock said not now; nothing was done
+    CORRUPT = 4  # a backup failed verification; nothing was restored
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class DataManagerError(Exception):
+    """Base class: a failure to report in one line, with an exit code."""
+
+    exit_code: int = ExitCode.FAILED
+
+
+class ConfigError(DataManagerError):
+    """The configuration is wrong. The message names the file, the dataset and the key."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class UsageError(DataManagerError):
+    """A bad argument: unknown dataset, malformed timestamp, no such backup."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PluginError(DataManagerError):
+    """A plugin is missing, broken, or two plugins claim the same type name."""
+
+    exit_code = ExitCode.USAGE
+
+
+class SourceError(DataManagerError):
+    """A data source failed: unreachable server, wrong credentials, missing database."""
+
+
+class StorageError(DataManagerError):
+    """A backup storage failed: unreachable, permission denied, quota exhausted."""
+
+
+class NotFoundError(StorageError):
+    """An object that should be in the storage is not."""
+
+
+class CorruptBackupError(DataManagerError):
+    """An artifact does not match its recorded checksum or size, or cannot be decoded."""
+
+    exit_code = ExitCode.CORRUPT
+
+
+class RefusedError(DataManagerError):
+    """A guard refused the operation, or the dataset is locked by another job."""
+
+    exit_code = ExitCode.REFUSED

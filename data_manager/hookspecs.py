@@ -1,0 +1,102 @@
+"""The hooks a data-manager plugin can implement: the plugin author's manual.
+
+A plugin is a module (or object) with functions marked ``@data_manager.hookimpl``, registered through the
+``data_manager`` entry point group::
+
+    # pyproject.toml / setup.cfg of data-manager-postgres
+    [options.entry_points]
+    data_manager =
+        postgres = data_manager_postgres
+
+The built-in ``filesystem`` storage and ``directory``/``sqlite`` sources register through these same hooks.
+
+Rules for every hook:
+
+* call nothing slow at import time and import heavy client libraries lazily (``data-manager --help`` must
+  stay fast with every plugin installed);
+* pluggy passes arguments by name: keep the parameter names given here (you may omit ones you don't use);
+* never log or return a secret (passwords, tokens, keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pluggy
+
+from .types import Dataset, Operation, SourceType, StorageType
+
+PROJECT = "data_manager"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_source_types(register: Callable[[SourceType], None]) -> None:
+    """Register the kinds of data source this plugin provides.
+
+    Call ``register(SourceType(name=..., factory=MySource, description=..., secret_keys=(...)))`` once per
+    type. ``name`` is what users write as ``type = "..."`` in a source table; it must be unique across all
+    installed plugins (a clash is reported naming both plugins). ``secret_keys`` are settings never written
+    to metadata or logs (keys containing password, secret, token or credential are secret anyway).
+
+    Must not connect to anything or import the type's client library.
+    """
+
+
+@hookspec
+def register_storage_types(register: Callable[[StorageType], None]) -> None:
+    """Register the kinds of backup storage this plugin provides.
+
+    Call ``register(StorageType(name=..., factory=MyStorage, ...))`` once per type. ``name`` is what users
+    write as ``type = "..."`` in a ``[storages.NAME]`` table; unique across installed plugins.
+
+    Must not connect to anything or import the storage's client library.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_dataset(data_id: str, config: Mapping[str, Any]) -> Dataset | None:
+    """Say what ``data_id`` is made of, when it is not described in the config file.
+
+    Called only for a DATA_ID with no ``[datasets.DATA_ID]`` table. Return a :class:`Dataset` (for example
+    built from a service's answer), or ``None`` if this plugin does not know the id: the first non-None
+    answer wins. ``config`` is the whole parsed config, for the plugin's own settings.
+
+    Must raise :class:`~data_manager.errors.SourceError` (one line) if the service that knows is
+    unreachable; must not return a dataset it only guessed.
+    """
+
+
+@hookspec
+def check_dataset(dataset: Dataset, operation: Operation) -> str | None:
+    """May ``operation`` (``"backup"`` or ``"restore"``) run on ``dataset`` now?
+
+    Return ``None`` to allow, or a short reason to refuse (``"experiment 17 is writing exp42"``): the
+    operation then does not start, and the command exits with code 3 (refused). Every guard is asked.
+    Raise :class:`~data_manager.errors.DataManagerError` if the answer cannot be had (service unreachable):
+    that also stops the operation before anything is written.
+
+    Must not change anything; use :func:`before_operation` for that.
+    """
+
+
+@hookspec
+def before_operation(dataset: Dataset, operation: Operation) -> None:
+    """The operation is about to start: for example mark ``dataset`` unavailable to other systems.
+
+    Raising stops the operation before any data moves; ``after_operation`` is still called for the guards
+    whose ``before_operation`` already succeeded, so marks are undone.
+    """
+
+
+@hookspec
+def after_operation(dataset: Dataset, operation: Operation, error: BaseException | None) -> None:
+    """The operation has ended, successfully (``error is None``) or not (also on Ctrl-C).
+
+    Always called after a successful :func:`before_operation`: mark the dataset available again. Must not
+    raise for the operation's own error. If this hook itself fails, raise: the core reports it loudly and
+    records it, but never hides the operation's result.
+    """

@@ -1,0 +1,686 @@
+"""The repository layer: the one place backup data flows through, between sources and storages.
+
+It owns the layout (``DATA_ID/TIMESTAMP/SOURCE/ARTIFACT``), compression (zstd, or none for data that does
+not compress), checksums (sha256 of every artifact's original bytes) and the metadata. Sources only see
+:class:`~data_manager.types.ArtifactSink` / :class:`~data_manager.types.ArtifactSet`; storages only see
+keys. A deduplicating, encrypting engine can replace this module without touching either.
+
+A backup is complete when ``DATA_ID/TIMESTAMP/backup.json`` exists: it is written last, after every
+artifact is committed, and lists each artifact with its size and sha256. ``SOURCE/source.json`` is written
+when one source is done (so an interrupted backup can be resumed source by source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from . import __version__
+from .errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
+from .types import Compression, ObjectWriter, Storage
+
+log = logging.getLogger(__name__)
+
+FORMAT = "data-manager-backup/1"
+MANIFEST = "backup.json"
+SOURCE_MANIFEST = "source.json"
+RESERVED_NAMES = {MANIFEST, SOURCE_MANIFEST}
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+CHUNK = 1 << 20  # the unit data moves in: large enough that hashing/compression run in native code
+ZSTD_LEVEL = 3
+_SAMPLE = 256 << 10
+_INCOMPRESSIBLE = 0.92  # stored ratio above which zstd is not worth it
+
+Progress = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def format_timestamp(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """``20261123T072900Z`` -> aware datetime; a clear error for anything else."""
+    try:
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise UsageError(
+            f"bad timestamp {text!r}: expected 'latest' or YYYYMMDDTHHMMSSZ (UTC), e.g. 20261123T072900Z"
+        ) from None
+
+
+def is_timestamp(text: str) -> bool:
+    try:
+        parse_timestamp(text)
+        return True
+    except UsageError:
+        return False
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class ArtifactRecord:
+    name: str
+    size: int
+    sha256: str
+    stored_size: int
+    compression: str
+
+    @property
+    def stored_name(self) -> str:
+        return self.name + (".zst" if self.compression == "zstd" else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": self.stored_name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "stored_size": self.stored_size,
+            "compression": self.compression,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ArtifactRecord:
+        return cls(d["name"], d["size"], d["sha256"], d["stored_size"], d["compression"])
+
+
+def _is_incompressible(sample: bytes) -> bool:
+    import zstandard
+
+    if len(sample) < 4096:
+        return False
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) > _INCOMPRESSIBLE * len(sample)
+
+
+class _Pipeline:
+    """Hash, compress and store blocks on a second thread, so the source's own work overlaps with ours.
+
+    hashlib and zstandard release the GIL on large buffers, so the two threads really run in parallel.
+    The queue is bounded: memory stays at a few CHUNKs whatever the artifact's size.
+    """
+
+    def __init__(self, work: Callable[[bytes], None], depth: int = 4) -> None:
+        self._work = work
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dm-artifact", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._queue.get()
+            if block is None:
+                return
+            if self._error is None:
+                try:
+                    self._work(block)
+                except BaseException as exc:  # re-raised in the producer's thread
+                    self._error = exc
+
+    def put(self, block: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(block)
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class ArtifactStream(io.RawIOBase):
+    """The writable stream a source gets from ``sink.open(name)``. See :class:`~data_manager.types.ArtifactWriter`."""
+
+    def __init__(
+        self,
+        sink: SourceSink,
+        name: str,
+        writer: Callable[[str], ObjectWriter],
+        compression: Compression,
+        progress: Progress | None,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self.name = name
+        self._open_writer = writer
+        self._compression = compression
+        self._progress = progress
+        self._buffer = bytearray()
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._stored = 0
+        self._writer: ObjectWriter | None = None
+        self._compressor: Any = None
+        self._pipeline: _Pipeline | None = None
+        self._done = False
+
+    def writable(self) -> bool:
+        return True
+
+    def _start(self, first: bytes) -> None:
+        if self._compression == "auto":
+            self._compression = "none" if _is_incompressible(first[:_SAMPLE]) else "zstd"
+        if self._compression == "zstd":
+            import zstandard
+
+            self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj()
+        suffix = ".zst" if self._compression == "zstd" else ""
+        self._writer = self._open_writer(self.name + suffix)
+        self._pipeline = _Pipeline(self._process)
+
+    def _process(self, block: bytes) -> None:
+        assert self._writer is not None
+        self._hash.update(block)
+        out = self._compressor.compress(block) if self._compressor is not None else block
+        if out:
+            self._writer.write(out)
+            self._stored += len(out)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError(f"artifact {self.name} is closed")
+        n = len(data)
+        self._size += n
+        if not self._buffer and n >= CHUNK and self._pipeline is not None:
+            self._pipeline.put(bytes(data))  # large writes skip the staging buffer
+        else:
+            self._buffer += data
+            if len(self._buffer) >= CHUNK:
+                self._flush_buffer()
+        if self._progress is not None:
+            self._progress(n)
+        return n
+
+    def _flush_buffer(self) -> None:
+        block = bytes(self._buffer)
+        self._buffer.clear()
+        if self._pipeline is None:
+            self._start(block)
+        assert self._pipeline is not None
+        self._pipeline.put(block)
+
+    def close(self) -> None:
+        """Commit: flush, finish compression, commit the object, record it in the source's metadata."""
+        if self._done:
+            return
+        try:
+            if self._buffer or self._pipeline is None:
+                self._flush_buffer()
+            assert self._pipeline is not None and self._writer is not None
+            self._pipeline.finish()
+            if self._compressor is not None:
+                tail = self._compressor.flush()
+                self._writer.write(tail)
+                self._stored += len(tail)
+            self._writer.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        super().close()
+        self._sink._committed(
+            ArtifactRecord(self.name, self._size, self._hash.hexdigest(), self._stored, self._compression)
+        )
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._pipeline is not None:
+            try:
+                self._pipeline.finish()
+            except BaseException:
+                pass
+        if self._writer is not None:
+            self._writer.abort()
+        self._sink._aborted(self.name)
+        super().close()
+
+    def __enter__(self) -> ArtifactStream:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class SourceRecord:
+    """One source's part of the metadata."""
+
+    name: str
+    type: str
+    plugin: dict[str, str]
+    settings: dict[str, Any]
+    describe: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    started_at: str = ""
+    finished_at: str = ""
+    duration_seconds: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return sum(a.size for a in self.artifacts)
+
+    @property
+    def stored_size(self) -> int:
+        return sum(a.stored_size for a in self.artifacts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "plugin": self.plugin,
+            "describe": self.describe,
+            "settings": self.settings,
+            "info": self.info,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+            "size": self.size,
+            "stored_size": self.stored_size,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SourceRecord:
+        return cls(
+            name=d["name"],
+            type=d["type"],
+            plugin=dict(d.get("plugin", {})),
+            settings=dict(d.get("settings", {})),
+            describe=d.get("describe", ""),
+            info=dict(d.get("info", {})),
+            artifacts=[ArtifactRecord.from_json(a) for a in d.get("artifacts", [])],
+            started_at=d.get("started_at", ""),
+            finished_at=d.get("finished_at", ""),
+            duration_seconds=d.get("duration_seconds", 0.0),
+        )
+
+
+class SourceSink:
+    """The :class:`~data_manager.types.ArtifactSink` of one source in a backup being written."""
+
+    def __init__(self, backup: BackupWriter, record: SourceRecord, progress: Progress | None) -> None:
+        self._backup = backup
+        self.record = record
+        self.source_name = record.name
+        self._progress = progress
+        self._open: set[str] = set()
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        record.started_at = iso(now_utc())
+
+    def open(self, name: str, *, compression: Compression = "auto") -> ArtifactStream:
+        _check_artifact_name(name)
+        with self._lock:
+            if name in self._open or any(a.name == name for a in self.record.artifacts):
+                raise ValueError(f"artifact {name!r} written twice by source {self.source_name!r}")
+            self._open.add(name)
+        prefix = f"{self._backup.prefix}/{self.source_name}/"
+        return ArtifactStream(
+            self, name, lambda stored: self._backup.storage.open_write(prefix + stored), compression, self._progress
+        )
+
+    def set_info(self, **info: Any) -> None:
+        json.dumps(info)  # fail now, in the source, not when the manifest is written
+        self.record.info.update(info)
+
+    def _committed(self, rec: ArtifactRecord) -> None:
+        with self._lock:
+            self._open.discard(rec.name)
+            self.record.artifacts.append(rec)
+
+    def _aborted(self, name: str) -> None:
+        with self._lock:
+            self._open.discard(name)
+
+    def finish(self) -> SourceRecord:
+        if self._open:
+            raise DataManagerError(
+                f"source {self.source_name!r} left artifacts open: {', '.join(sorted(self._open))} (plugin bug)"
+            )
+        self.record.finished_at = iso(now_utc())
+        self.record.duration_seconds = round(time.monotonic() - self._start, 3)
+        _write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", self.record.to_json())
+        return self.record
+
+
+def _check_artifact_name(name: str) -> None:
+    parts = name.split("/")
+    if (
+        not name
+        or name in RESERVED_NAMES
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+        or "\\" in name
+        or "\x00" in name
+    ):
+        raise ValueError(f"bad artifact name {name!r}")
+
+
+def _write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
+    data = (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode()
+    with storage.open_write(key) as w:
+        w.write(data)
+
+
+class BackupWriter:
+    """A backup being written: ``DATA_ID/TIMESTAMP/``. Complete once :meth:`commit` wrote the manifest."""
+
+    def __init__(self, storage: Storage, data_id: str, timestamp: str, extra: Mapping[str, Any]) -> None:
+        self.storage = storage
+        self.data_id = data_id
+        self.timestamp = timestamp
+        self.prefix = f"{data_id}/{timestamp}"
+        self.extra = dict(extra)
+        self.started = now_utc()
+        self._t0 = time.monotonic()
+        self.sources: list[SourceRecord] = []
+
+    def source(self, record: SourceRecord, progress: Progress | None = None) -> SourceSink:
+        return SourceSink(self, record, progress)
+
+    def add_done(self, record: SourceRecord) -> None:
+        self.sources.append(record)
+
+    def commit(self) -> dict[str, Any]:
+        """Write ``backup.json``: from now on the backup counts."""
+        manifest = {
+            "format": FORMAT,
+            "data_id": self.data_id,
+            "timestamp": self.timestamp,
+            "complete": True,
+            "started_at": iso(self.started),
+            "finished_at": iso(now_utc()),
+            "duration_seconds": round(time.monotonic() - self._t0, 3),
+            "tool": {"name": "data-manager", "version": __version__},
+            "host": socket.gethostname(),
+            **self.extra,
+            "size": sum(s.size for s in self.sources),
+            "stored_size": sum(s.stored_size for s in self.sources),
+            "sources": [s.to_json() for s in self.sources],
+        }
+        _write_json(self.storage, f"{self.prefix}/{MANIFEST}", manifest)
+        return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Original bytes of one artifact; checks size and sha256 at EOF."""
+
+    def __init__(self, raw: BinaryIO, rec: ArtifactRecord, label: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._rec = rec
+        self._label = label
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._eof = False
+        self._reader: Any = raw
+        if rec.compression == "zstd":
+            import zstandard
+
+            self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._eof:
+            return 0
+        try:
+            data = self._reader.read(min(len(buf), CHUNK))
+        except DataManagerError:
+            raise
+        except Exception as exc:  # zstd frame errors, truncated streams
+            raise CorruptBackupError(f"{self._label}: cannot be decoded ({exc})") from None
+        n = len(data)
+        if n == 0:
+            self._eof = True
+            self._check()
+            return 0
+        buf[:n] = data
+        self._hash.update(data)
+        self._size += n
+        if self._size > self._rec.size:
+            raise CorruptBackupError(f"{self._label}: longer than the {self._rec.size} bytes recorded")
+        return n
+
+    def _check(self) -> None:
+        if self._size != self._rec.size:
+            raise CorruptBackupError(f"{self._label}: {self._size} bytes, {self._rec.size} recorded (truncated?)")
+        if self._hash.hexdigest() != self._rec.sha256:
+            raise CorruptBackupError(f"{self._label}: sha256 mismatch, the stored data is corrupt")
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._raw.close()
+            finally:
+                super().close()
+
+
+class SourceArtifacts:
+    """The :class:`~data_manager.types.ArtifactSet` of one source in a complete backup."""
+
+    def __init__(self, storage: Storage, prefix: str, record: SourceRecord, progress: Progress | None = None) -> None:
+        self._storage = storage
+        self._prefix = prefix
+        self.record = record
+        self.source_name = record.name
+        self.info = record.info
+        self.settings = record.settings
+        self._by_name = {a.name: a for a in record.artifacts}
+        self._progress = progress
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.record.artifacts]
+
+    def size(self, name: str) -> int:
+        return self._get(name).size
+
+    def _get(self, name: str) -> ArtifactRecord:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise CorruptBackupError(f"{self._prefix}/{self.source_name}: no artifact {name!r} in the metadata") from None
+
+    def open(self, name: str) -> BinaryIO:
+        rec = self._get(name)
+        key = f"{self._prefix}/{self.source_name}/{rec.stored_name}"
+        try:
+            raw = self._storage.open_read(key)
+        except NotFoundError:
+            raise CorruptBackupError(f"{key}: missing from the storage") from None
+        reader = _VerifyingReader(raw, rec, key)
+        if self._progress is not None:
+            reader = _Counting(reader, self._progress)  # type: ignore[assignment]
+        return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
+
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        for name in names if names is not None else self.names():
+            with self.open(name) as f:
+                while f.read(CHUNK):
+                    pass
+
+
+class _Counting(io.RawIOBase):
+    def __init__(self, inner: io.RawIOBase, progress: Progress) -> None:
+        super().__init__()
+        self._inner = inner
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self._inner.readinto(buf) or 0
+        self._progress(n)
+        return n
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+@dataclass
+class BackupInfo:
+    """One backup as ``list`` shows it."""
+
+    data_id: str
+    timestamp: str
+    complete: bool
+    size: int | None = None
+    stored_size: int | None = None
+    sources: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def when(self) -> datetime:
+        return parse_timestamp(self.timestamp)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "data_id": self.data_id,
+            "timestamp": self.timestamp,
+            "complete": self.complete,
+            "size": self.size,
+            "stored_size": self.stored_size,
+            "sources": self.sources,
+        }
+
+
+class Repository:
+    """Backups of all datasets in one storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def data_ids(self) -> list[str]:
+        return sorted(e.name for e in self.storage.list("") if e.is_dir and not e.name.startswith("."))
+
+    def timestamps(self, data_id: str) -> list[str]:
+        return sorted(e.name for e in self.storage.list(data_id) if e.is_dir and is_timestamp(e.name))
+
+    def read_manifest(self, data_id: str, timestamp: str) -> dict[str, Any] | None:
+        key = f"{data_id}/{timestamp}/{MANIFEST}"
+        try:
+            with self.storage.open_read(key) as f:
+                data = f.read()
+        except NotFoundError:
+            return None
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            return doc
+        except (ValueError, AttributeError) as exc:
+            raise CorruptBackupError(f"{key}: unreadable metadata ({exc})") from None
+
+    def backups(self, data_id: str) -> list[BackupInfo]:
+        out = []
+        for ts in self.timestamps(data_id):
+            manifest = self.read_manifest(data_id, ts)
+            if manifest is not None:
+                out.append(
+                    BackupInfo(
+                        data_id,
+                        ts,
+                        True,
+                        manifest.get("size"),
+                        manifest.get("stored_size"),
+                        [s["name"] for s in manifest.get("sources", [])],
+                        manifest,
+                    )
+                )
+            else:
+                stored = 0
+                for _, entry in self.storage.walk(f"{data_id}/{ts}"):
+                    stored += entry.size or 0
+                sources = sorted(e.name for e in self.storage.list(f"{data_id}/{ts}") if e.is_dir)
+                out.append(BackupInfo(data_id, ts, False, None, stored, sources))
+        return out
+
+    def resolve(self, data_id: str, which: str) -> BackupInfo:
+        """``latest`` (newest complete backup) or a TIMESTAMP -> that backup, complete, or a clear error."""
+        if which != "latest":
+            parse_timestamp(which)
+        backups = self.backups(data_id)
+        if which == "latest":
+            complete = [b for b in backups if b.complete]
+            if not complete:
+                raise UsageError(f"no complete backup of {data_id!r} in {self.storage.location()}")
+            return complete[-1]
+        for b in backups:
+            if b.timestamp == which:
+                if not b.complete:
+                    raise UsageError(f"backup {data_id}/{which} is incomplete (no {MANIFEST}); it cannot be used")
+                return b
+        raise UsageError(f"no backup {data_id}/{which} in {self.storage.location()}")
+
+    def new_timestamp(self, data_id: str, when: datetime | None = None) -> str:
+        """A fresh TIMESTAMP for ``data_id``: now, or the next free second after the newest one."""
+        when = (when or now_utc()).replace(microsecond=0)
+        taken = self.timestamps(data_id)
+        if taken:
+            when = max(when, parse_timestamp(taken[-1]) + timedelta(seconds=1))
+        return format_timestamp(when)
+
+    def start_backup(self, data_id: str, extra: Mapping[str, Any] | None = None, timestamp: str | None = None) -> BackupWriter:
+        return BackupWriter(self.storage, data_id, timestamp or self.new_timestamp(data_id), extra or {})
+
+    def artifacts(self, info: BackupInfo, source: str, progress: Progress | None = None) -> SourceArtifacts:
+        assert info.manifest is not None
+        for s in info.manifest["sources"]:
+            if s["name"] == source:
+                return SourceArtifacts(self.storage, f"{info.data_id}/{info.timestamp}", SourceRecord.from_json(s), progress)
+        raise UsageError(f"backup {info.data_id}/{info.timestamp} has no source {source!r}")
+
+    def source_records(self, info: BackupInfo) -> Iterator[SourceRecord]:
+        assert info.manifest is not None
+        for s in info.manifest["sources"]:
+            yield SourceRecord.from_json(s)
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+

@@ -1,0 +1,443 @@
+"""The small types a plugin sees: the base classes it implements and the objects the core hands it.
+
+A plugin knows the core only through these and the hooks in :mod:`data_manager.hookspecs`:
+
+* a **source** plugin implements :class:`Source` and registers a :class:`SourceType`;
+* a **storage** plugin implements :class:`Storage` (and its :class:`ObjectWriter`) and registers a
+  :class:`StorageType`;
+* during a backup a source writes named artifacts to an :class:`ArtifactSink`; during a restore it reads
+  them back from an :class:`ArtifactSet`. Both belong to the core's repository layer, which owns layout,
+  compression and checksums, so a source never hashes, compresses or names storage keys itself.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Literal, Protocol
+
+from .errors import ConfigError
+
+Compression = Literal["auto", "zstd", "none"]
+_MISSING: Any = object()
+_SECRET_WORDS = re.compile(r"password|secret|token|credential|private|passwd|api_key", re.I)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings:
+    """One source's or storage's table from the config, with typed, self-explaining accessors.
+
+    Values are already expanded (``${VAR}`` read from the environment). Every accessor raises a
+    :class:`~data_manager.errors.ConfigError` that names the file, the dataset and the key, so a plugin
+    validates its settings in ``__init__`` by simply reading them.
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        *,
+        where: str = "settings",
+        raw: Mapping[str, Any] | None = None,
+        secret_keys: Iterable[str] = (),
+    ) -> None:
+        self._values = dict(values)
+        self._raw = dict(raw if raw is not None else values)
+        self.where = where
+        self.secret_keys = frozenset(secret_keys)
+
+    # -- reading
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def keys(self) -> list[str]:
+        return list(self._values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value as written, or ``default``."""
+        return self._values.get(key, default)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A config error about ``key``, for a plugin's own checks (``raise settings.error(...)``)."""
+        return ConfigError(f"{self.where}: key {key!r}: {problem}", key=key)
+
+    def _typed(self, key: str, default: Any, kinds: tuple[type, ...], label: str) -> Any:
+        if key not in self._values:
+            if default is _MISSING:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self._values[key]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"must be {label}, not {value!r}")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"must be {label}, not {value!r}")
+        return value
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        value = self._typed(key, default, (str,), "a string")
+        if value is not default and value == "":
+            raise self.error(key, "must not be empty")
+        return value
+
+    def get_int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None) -> int:
+        value = self._values.get(key)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)  # "${PORT}" expands to a string
+            self._values[key] = value
+        value = self._typed(key, default, (int,), "an integer")
+        if value is not default and minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._values.get(key)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            self._values[key] = value = value.lower() == "true"
+        return self._typed(key, default, (bool,), "true or false")
+
+    def get_list(self, key: str, default: Any = _MISSING) -> list[str]:
+        """A list of strings; a single string is taken as a list of one."""
+        value = self._values.get(key, _MISSING)
+        if isinstance(value, str):
+            return [value]
+        value = self._typed(key, default, (list,), "a list of strings")
+        if value is not default and not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return list(value) if value is not None else value
+
+    def get_path(self, key: str, default: Any = _MISSING) -> Path:
+        value = self.get_str(key, default)
+        return Path(value).expanduser() if isinstance(value, str) else value
+
+    def check_known(self, allowed: Iterable[str]) -> None:
+        """Reject keys the plugin does not know (a typo must not be ignored silently)."""
+        unknown = sorted(set(self._values) - set(allowed))
+        if unknown:
+            raise self.error(unknown[0], f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    # -- deriving
+    def is_secret(self, key: str) -> bool:
+        return key in self.secret_keys or bool(_SECRET_WORDS.search(key))
+
+    def public(self) -> dict[str, Any]:
+        """The settings safe to record in metadata and logs.
+
+        Values are recorded as written in the config (``${VAR}`` not expanded), secret keys as ``"***"``,
+        and passwords inside URLs removed.
+        """
+        out: dict[str, Any] = {}
+        for key, value in self._raw.items():
+            out[key] = "***" if self.is_secret(key) else redact_urls(value)
+        return out
+
+    def overridden(self, overrides: Mapping[str, Any], *, where: str | None = None) -> Settings:
+        """A copy with some values replaced (restore to another place)."""
+        values = {**self._values, **overrides}
+        raw = {**self._raw, **overrides}
+        return Settings(values, where=where or self.where, raw=raw, secret_keys=self.secret_keys)
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.I)
+
+
+def redact_urls(value: Any) -> Any:
+    """Remove passwords from URLs and libpq ``password=...`` pairs inside a value (recursively)."""
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+        return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", value)
+    if isinstance(value, list):
+        return [redact_urls(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_urls(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- the repository layer, as sources see it
+
+
+class ArtifactWriter(Protocol):
+    """A file-like sink for one artifact. Closing it commits it; ``abort`` discards it."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> ArtifactWriter: ...
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class ArtifactSink(Protocol):
+    """Where a source writes its backup. Given to :meth:`Source.backup`."""
+
+    source_name: str
+
+    def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
+        """Start the artifact ``name`` (a relative path like ``"schema.sql"`` or ``"tables/t1.copy"``).
+
+        ``compression``: ``"auto"`` compresses with zstd unless the first bytes show the data does not
+        compress; ``"zstd"`` and ``"none"`` force the choice (use ``"none"`` for already compressed data).
+        Several artifacts may be open at once. Each must be closed (committed) or aborted.
+        """
+        ...
+
+    def set_info(self, **info: Any) -> None:
+        """Record JSON-serialisable facts the restore will need (server version, file index name...)."""
+        ...
+
+
+class ArtifactSet(Protocol):
+    """One source's artifacts in a backup. Given to :meth:`Source.restore` and :meth:`Source.verify`."""
+
+    source_name: str
+    info: Mapping[str, Any]  # what the source recorded with set_info()
+    settings: Mapping[str, Any]  # the source's public settings at backup time
+
+    def names(self) -> list[str]:
+        """The artifact names, in the order they were committed."""
+        ...
+
+    def size(self, name: str) -> int:
+        """The artifact's uncompressed size in bytes."""
+        ...
+
+    def open(self, name: str) -> BinaryIO:
+        """A stream of the artifact's original bytes (decompressed).
+
+        Reading it to the end checks size and sha256 and raises
+        :class:`~data_manager.errors.CorruptBackupError` on a mismatch, so a source must read every
+        artifact to EOF before it makes its restore visible.
+        """
+        ...
+
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        """Read artifacts back and check them (all by default), raising ``CorruptBackupError``.
+
+        For sources that cannot roll back a restore: call this before changing anything.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class Source(ABC):
+    """One data source of a dataset: a database, a keyspace, a bucket, a directory.
+
+    Subclasses are created once per operation as ``cls(name, settings)`` and must:
+
+    * validate their settings in ``__init__`` (through the :class:`Settings` accessors) and do no I/O there;
+    * stream: never hold a whole table, object or file in memory, never write a temporary copy of the data;
+    * raise :class:`~data_manager.errors.SourceError` with one clear line for expected failures
+      (unreachable server, wrong password, missing database); never put a secret in a message;
+    * import heavy client libraries inside methods, not at module import.
+    """
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def describe(self) -> str:
+        """Where the data lives, for humans (no secrets), e.g. ``"postgresql://db1:5432/exp"``."""
+        return ""
+
+    def check(self) -> None:
+        """Make sure the source is reachable and readable (used by ``status`` and ``--dry-run``)."""
+
+    @abstractmethod
+    def backup(self, sink: ArtifactSink) -> None:
+        """Write the source's data as artifacts to ``sink``: a consistent copy, streamed.
+
+        If this raises, the backup is incomplete and never used; the core discards what was written.
+        """
+
+    @abstractmethod
+    def restore(self, artifacts: ArtifactSet) -> None:
+        """Put the data back where ``self.settings`` says, replacing what is there.
+
+        Complete it, or leave the target as it was: stage beside the target and swap, or restore in one
+        transaction. Read every artifact to EOF (checksums are checked there) before the result becomes
+        visible. Where a store cannot promise this, call ``artifacts.verify()`` first and document exactly
+        what a failed restore leaves.
+        """
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """A kind of data source a plugin provides, e.g. ``postgres``."""
+
+    name: str
+    factory: Callable[[str, Settings], Source]
+    description: str = ""
+    secret_keys: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- storages
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A child of a storage prefix: an object or a "directory" (a prefix with objects below it)."""
+
+    name: str
+    is_dir: bool
+    size: int | None = None
+    modified: datetime | None = None
+
+
+class ObjectWriter(ABC):
+    """A streaming write of one object. The object exists under its key only after :meth:`commit`."""
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes. Must not keep more than a bounded buffer (e.g. one upload part) in memory."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the object visible, complete, under its key (rename, complete multipart upload...)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything written. Idempotent; called after a failed write or commit."""
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if et is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage(ABC):
+    """A place backups are kept: a filesystem root, a bucket prefix, a Drive folder.
+
+    Keys are ``/``-separated relative paths (``"exp42/20261123T072900Z/raw/vol-000001.tar.zst"``);
+    the storage maps them below its root. A storage must:
+
+    * stream both ways with bounded memory;
+    * never make a partly written object visible under its final key (write under a temporary name or as
+      an unfinished multipart upload, then commit);
+    * retry transient errors itself, and raise :class:`~data_manager.errors.StorageError` with one clear
+      line (never a secret) once it gives up; :class:`~data_manager.errors.NotFoundError` for a missing key;
+    * import heavy client libraries inside methods, not at module import.
+    """
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+
+    @abstractmethod
+    def location(self) -> str:
+        """Where backups go, for humans (no secrets), e.g. ``"/srv/backups"``, ``"s3://bucket/prefix"``."""
+
+    def check(self) -> None:
+        """Make sure the storage is reachable and usable; raise ``StorageError`` if not."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> ObjectWriter:
+        """Start writing the object ``key`` (replacing it on commit if it exists)."""
+
+    @abstractmethod
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """A stream of the object's bytes from ``offset``, ``length`` bytes or to the end."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[Entry]:
+        """The immediate children of ``prefix`` (``""`` is the root), in any order.
+
+        Unfinished writes are never listed. A missing prefix lists nothing.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object. A missing object is not an error."""
+
+    def exists(self, key: str) -> bool:
+        parent, _, name = key.rpartition("/")
+        return any(e.name == name and not e.is_dir for e in self.list(parent))
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, Entry]]:
+        """Every object below ``prefix``, recursively, as ``(key, entry)``."""
+        for entry in self.list(prefix):
+            key = f"{prefix}/{entry.name}" if prefix else entry.name
+            if entry.is_dir:
+                yield from self.walk(key)
+            else:
+                yield key, entry
+
+    def delete_tree(self, prefix: str) -> None:
+        """Delete every object below ``prefix``."""
+        for key, _ in list(self.walk(prefix)):
+            self.delete(key)
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class StorageType:
+    """A kind of backup storage a plugin provides, e.g. ``filesystem`` or ``s3``."""
+
+    name: str
+    factory: Callable[[str, Settings], Storage]
+    description: str = ""
+    secret_keys: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source as configured: its name in the dataset, its type, its settings."""
+
+    name: str
+    type: str
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A DATA_ID and what it is made of. Guards receive this; no secrets are reachable from ``str()``."""
+
+    data_id: str
+    storage: str
+    sources: tuple[SourceSpec, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.data_id
+
+
+Operation = Literal["backup", "restore"]
+
+
+__all__ = [
+    "ArtifactSet",
+    "ArtifactSink",
+    "ArtifactWriter",
+    "Compression",
+    "Dataset",
+    "Entry",
+    "ObjectWriter",
+    "Operation",
+    "Settings",
+    "Source",
+    "SourceSpec",
+    "SourceType",
+    "Storage",
+    "StorageType",
+    "redact_urls",
+]
+

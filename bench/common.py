@@ -1,0 +1,73 @@
+"""Shared by the benchmarks: run contenders as child processes, measure wall time and peak RSS, report.
+
+Every benchmark compares data-manager against what a user would use otherwise, on the same data in the
+same run, and prints one table: seconds, MB/s, ratio to the baseline, peak RSS of the process tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Measurement:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+    bytes: int = 0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def run(name: str, cmd: str | list[str], *, nbytes: int = 0, env: dict[str, str] | None = None,
+        shell: bool = False, cwd: str | None = None) -> Measurement:
+    """Run ``cmd`` to completion; wall time and the peak RSS of the largest process in its tree.
+
+    ru_maxrss of RUSAGE_CHILDREN is the maximum over all waited-for descendants, so a pipeline
+    (``tar | sha256sum``) run through ``sh -c`` reports its largest member.
+    """
+    full_env = {**os.environ, **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, env=full_env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}): {stderr.strip()[-2000:]}")
+    # wait4 gives the direct child's own rusage; grandchildren are folded into it when it reaps them.
+    return Measurement(name, seconds, usage.ru_maxrss / 1024, nbytes)
+
+
+def report(title: str, rows: list[Measurement], baseline: str, extra: dict | None = None) -> None:
+    """Print the table and keep it as JSON under bench/results/."""
+    base = next(r for r in rows if r.name == baseline)
+    print(f"\n{title}")
+    print(f"{'contender':<34}{'seconds':>9}{'MB/s':>9}{'ratio':>8}{'peak RSS MB':>13}")
+    for r in rows:
+        print(f"{r.name:<34}{r.seconds:>9.2f}{r.mb_per_s:>9.1f}{r.seconds / base.seconds:>8.2f}{r.peak_rss_mb:>13.1f}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{title.split(':')[0].replace(' ', '_')}.json"
+    out.write_text(json.dumps({
+        "title": title, "baseline": baseline, "machine": platform.platform(), "cpus": os.cpu_count(),
+        "python": sys.version.split()[0], "rows": [asdict(r) | {"ratio": r.seconds / base.seconds} for r in rows],
+        **(extra or {}),
+    }, indent=2))
+    print(f"(saved {out})")
+
+
+def dm_command() -> list[str]:
+    """The data-manager CLI of this interpreter."""
+    return [sys.executable, "-m", "data_manager"]

@@ -1,0 +1,123 @@
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from data_manager.builtin.filesystem import FilesystemStorage
+from data_manager.errors import CorruptBackupError, UsageError
+from data_manager.repository import Repository, SourceRecord, format_timestamp, parse_timestamp
+from data_manager.types import Settings
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository(FilesystemStorage("t", Settings({"root": str(tmp_path / "b")})))
+
+
+def write_backup(repo: Repository, artifacts: dict[str, bytes], data_id: str = "d", commit: bool = True,
+                 compression: str = "auto") -> str:
+    w = repo.start_backup(data_id)
+    sink = w.source(SourceRecord("s", "test", {}, {}))
+    for name, data in artifacts.items():
+        with sink.open(name, compression=compression) as out:  # type: ignore[arg-type]
+            for i in range(0, len(data), 300_000):
+                out.write(data[i : i + 300_000])
+    w.add_done(sink.finish())
+    if commit:
+        w.commit()
+    return w.timestamp
+
+
+def read(repo: Repository, ts: str, name: str, data_id: str = "d") -> bytes:
+    info = repo.resolve(data_id, ts)
+    with repo.artifacts(info, "s").open(name) as f:
+        return f.read()
+
+
+def test_timestamps_round_trip_and_reject_garbage() -> None:
+    when = datetime(2026, 11, 23, 7, 29, tzinfo=timezone.utc)
+    assert format_timestamp(when) == "20261123T072900Z"
+    assert parse_timestamp("20261123T072900Z") == when
+    for bad in ("2026-11-23", "20261323T072900Z", "latest2", "../etc"):
+        with pytest.raises(UsageError, match="bad timestamp"):
+            parse_timestamp(bad)
+
+
+def test_compression_is_chosen_by_content(repo: Repository) -> None:
+    text, noise = b"abc" * 1_000_000, os.urandom(2_000_000)
+    ts = write_backup(repo, {"text": text, "noise": noise, "empty": b""})
+    manifest = repo.read_manifest("d", ts)
+    arts = {a["name"]: a for a in manifest["sources"][0]["artifacts"]}
+    assert arts["text"]["compression"] == "zstd" and arts["text"]["stored_size"] < len(text) / 50
+    assert arts["noise"]["compression"] == "none" and arts["noise"]["stored_size"] == len(noise)
+    assert read(repo, ts, "text") == text and read(repo, ts, "noise") == noise and read(repo, ts, "empty") == b""
+
+
+def test_manifest_is_human_readable_and_complete(repo: Repository) -> None:
+    ts = write_backup(repo, {"a/b.bin": b"x" * 10})
+    doc = json.loads((Path(repo.storage.location()) / "d" / ts / "backup.json").read_text())
+    assert doc["format"] == "data-manager-backup/1" and doc["complete"] is True
+    art = doc["sources"][0]["artifacts"][0]
+    assert art["size"] == 10 and len(art["sha256"]) == 64 and art["file"] in ("a/b.bin", "a/b.bin.zst")
+
+
+def test_incomplete_backup_is_listed_but_never_latest(repo: Repository) -> None:
+    good = write_backup(repo, {"x": b"1"})
+    bad = write_backup(repo, {"x": b"2"}, commit=False)
+    assert bad > good
+    listed = {b.timestamp: b.complete for b in repo.backups("d")}
+    assert listed == {good: True, bad: False}
+    assert repo.resolve("d", "latest").timestamp == good
+    with pytest.raises(UsageError, match="incomplete"):
+        repo.resolve("d", bad)
+    with pytest.raises(UsageError, match="no backup d/20000101T000000Z"):
+        repo.resolve("d", "20000101T000000Z")
+
+
+def test_timestamps_are_unique_per_dataset(repo: Repository) -> None:
+    stamps = [write_backup(repo, {"x": b"1"}) for _ in range(3)]
+    assert len(set(stamps)) == 3 and stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_flipped_byte_is_caught(repo: Repository, compression: str) -> None:
+    data = os.urandom(500_000) if compression == "none" else b"hello world " * 100_000
+    ts = write_backup(repo, {"art": data}, compression=compression)
+    stored = next((Path(repo.storage.location()) / "d" / ts / "s").glob("art*"))
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    stored.write_bytes(raw)
+    with pytest.raises(CorruptBackupError, match=r"d/.*/s/art"):
+        read(repo, ts, "art")
+
+
+def test_truncated_and_missing_artifacts_are_caught(repo: Repository) -> None:
+    ts = write_backup(repo, {"a": os.urandom(100_000), "b": os.urandom(100_000)})
+    base = Path(repo.storage.location()) / "d" / ts / "s"
+    (base / "a").write_bytes((base / "a").read_bytes()[:-1])
+    (base / "b").unlink()
+    info = repo.resolve("d", ts)
+    with pytest.raises(CorruptBackupError, match="truncated"):
+        repo.artifacts(info, "s").verify(["a"])
+    with pytest.raises(CorruptBackupError, match="missing"):
+        repo.artifacts(info, "s").verify(["b"])
+
+
+def test_a_failed_artifact_leaves_nothing(repo: Repository) -> None:
+    w = repo.start_backup("d")
+    sink = w.source(SourceRecord("s", "test", {}, {}))
+    with pytest.raises(RuntimeError):
+        with sink.open("half") as out:
+            out.write(b"x" * 3_000_000)
+            raise RuntimeError("source died")
+    assert list(repo.storage.walk("d")) == []
+    assert sink.record.artifacts == []
+
+
+def test_bad_artifact_names_are_refused(repo: Repository) -> None:
+    sink = repo.start_backup("d").source(SourceRecord("s", "test", {}, {}))
+    for bad in ("", "../x", "a//b", ".hidden", "source.json", "a/./b"):
+        with pytest.raises(ValueError):
+            sink.open(bad)

@@ -1,0 +1,175 @@
+"""The rows format: per table, framed batches of SQL value tuples that the server itself wrote.
+
+Python's cost per row decides how fast a pure-Python client can move a table, so the server does the
+encoding: for every row it computes one string ``(v1,v2,...)`` in which every value is already a SQL
+literal of the column's type (:func:`row_expression`). The client never looks at a value. It joins the
+rows of a fetched batch with ``,`` and writes them as one frame; a restore sends a frame back as
+``INSERT INTO t (cols) VALUES <frame>`` without parsing it.
+
+Literals per column type, chosen so the value comes back bit for bit:
+
+* integers, DECIMAL, FLOAT/DOUBLE, YEAR: the server's own number text, unquoted (DECIMAL is exact; the
+  server prints FLOAT/DOUBLE with the shortest digits that read back as the same value);
+* BIT: its number (``b+0``);
+* BINARY/VARBINARY/BLOB and spatial types: hex ``X'..'`` (every byte value, no charset involved);
+* every other type (CHAR/VARCHAR/TEXT, ENUM/SET, JSON, DATE/TIME/DATETIME/TIMESTAMP incl. zero dates, and
+  types this module does not know): ``QUOTE()`` of the value converted to utf8mb4, which escapes ``\\``,
+  ``'``, NUL and Ctrl-Z;
+* NULL: the keyword ``NULL`` (so NULL and the empty string stay apart).
+
+Artifact layout (big-endian)::
+
+    b"DMMYROWS1\\n"
+    ( u32 n > 0, n bytes: "(..),(..),..." )*     one frame per fetched batch, about 1 MiB
+    u32 0, u64 rows                                end marker with the row count
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from data_manager.errors import CorruptBackupError
+
+MAGIC = b"DMMYROWS1\n"
+_LEN = struct.Struct(">I")
+_COUNT = struct.Struct(">Q")
+
+NUMBER_TYPES = frozenset({
+    "tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal", "numeric", "float", "double",
+    "real", "year",
+})
+BINARY_TYPES = frozenset({
+    "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
+    "geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+    "geometrycollection", "geomcollection",
+})
+BIT_TYPES = frozenset({"bit"})
+
+
+def quote_ident(name: str) -> str:
+    """`name` quoted for MySQL (backticks doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column as the backup keeps it (from ``information_schema.COLUMNS``)."""
+
+    name: str
+    data_type: str  # DATA_TYPE, lower case: "int", "varchar", "blob"...
+    column_type: str  # COLUMN_TYPE: "int(10) unsigned", "enum('a','b')"...
+    charset: str | None = None
+    generated: bool = False
+
+    @property
+    def kind(self) -> str:
+        t = self.data_type.lower()
+        if t in BIT_TYPES:
+            return "bit"
+        if t in NUMBER_TYPES:
+            return "number"
+        if t in BINARY_TYPES or (t in ("char", "varchar", "text", "tinytext", "mediumtext", "longtext")
+                                 and self.charset == "binary"):
+            return "binary"
+        return "text"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "data_type": self.data_type, "column_type": self.column_type,
+                "charset": self.charset, "generated": self.generated, "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Column:
+        return cls(d["name"], d["data_type"], d["column_type"], d.get("charset"), bool(d.get("generated")))
+
+
+def value_expression(col: Column) -> str:
+    """A SQL expression giving the column's value as a SQL literal (``NULL`` for NULL)."""
+    c = quote_ident(col.name)
+    kind = col.kind
+    if kind == "number":
+        return f"IFNULL({c},'NULL')"
+    if kind == "bit":
+        return f"IFNULL({c}+0,'NULL')"
+    if kind == "binary":
+        return f"IFNULL(CONCAT('X''',HEX({c}),''''),'NULL')"
+    return f"QUOTE(CONVERT({c} USING utf8mb4))"
+
+
+def stored_columns(columns: Sequence[Column]) -> list[Column]:
+    """The columns whose values are backed up and inserted: every column but generated ones."""
+    return [c for c in columns if not c.generated]
+
+
+def row_expression(columns: Sequence[Column]) -> str:
+    """One binary string per row: ``(v1,v2,...)`` of SQL literals."""
+    parts = ",',',".join(value_expression(c) for c in stored_columns(columns))
+    return f"CAST(CONCAT('(',{parts},')') AS BINARY)"
+
+
+def select_rows(database: str, table: str, columns: Sequence[Column]) -> str:
+    return f"SELECT {row_expression(columns)} FROM {quote_ident(database)}.{quote_ident(table)}"
+
+
+def insert_prefix(table: str, columns: Sequence[Column]) -> bytes:
+    names = ",".join(quote_ident(c.name) for c in stored_columns(columns))
+    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ".encode()
+
+
+# --------------------------------------------------------------------------- framing
+
+
+class FrameWriter:
+    """Writes the rows artifact: one frame per batch of rows."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.rows = 0
+        self.bytes = 0
+        out.write(MAGIC)
+
+    def write_batch(self, rows: Sequence[bytes]) -> None:
+        if not rows:
+            return
+        body = b",".join(rows)
+        self._out.write(_LEN.pack(len(body)))
+        self._out.write(body)
+        self.rows += len(rows)
+        self.bytes += len(body)
+
+    def finish(self) -> None:
+        self._out.write(_LEN.pack(0) + _COUNT.pack(self.rows))
+
+
+def _read_exact(f: BinaryIO, n: int, label: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise CorruptBackupError(f"{label}: truncated rows artifact")
+    return data
+
+
+class FrameReader:
+    """Iterates over the frame bodies of a rows artifact, then reads it to EOF (checksum checked there).
+
+    After the iteration, :attr:`rows` is the row count from the end marker.
+    """
+
+    def __init__(self, f: BinaryIO, label: str) -> None:
+        self._f = f
+        self.label = label
+        self.rows: int | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        f, label = self._f, self.label
+        if _read_exact(f, len(MAGIC), label) != MAGIC:
+            raise CorruptBackupError(f"{label}: not a data-manager rows artifact")
+        while True:
+            (n,) = _LEN.unpack(_read_exact(f, _LEN.size, label))
+            if n == 0:
+                break
+            yield _read_exact(f, n, label)
+        (self.rows,) = _COUNT.unpack(_read_exact(f, _COUNT.size, label))
+        if f.read(1):
+            raise CorruptBackupError(f"{label}: data after the end marker")

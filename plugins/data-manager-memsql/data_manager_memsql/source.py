@@ -1,0 +1,555 @@
+"""Source ``memsql``: databases of a MemSQL / SingleStore, MariaDB or MySQL server, over the MySQL protocol.
+
+Backup (portable path, every server):
+
+* one connection; on MariaDB/MySQL ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` at REPEATABLE READ, so
+  every table of every configured database is read at the same instant (SingleStore: READ COMMITTED);
+* per database: default charset/collation, ``SHOW FULL TABLES``, ``SHOW CREATE TABLE`` and the columns
+  of ``information_schema.COLUMNS`` per table, ``SHOW CREATE VIEW`` per view (DEFINER removed);
+* per table one rows artifact (:mod:`.rowformat`): the server writes each row as a SQL value tuple, an
+  unbuffered cursor streams them, the plugin frames batches of ~1 MiB;
+* ``schema.json`` last, with the DDL, the columns and every table's row count.
+
+Restore builds every database in a scratch database beside it (``<target>__dmr_<random>``): DDL, rows as
+multi-row INSERTs, then the views as a check. Only when everything is loaded, every artifact read to EOF
+(checksums checked) and every row count matched, one ``RENAME TABLE`` statement moves the target's
+current tables aside (``<target>__dmo_<random>``) and the restored ones in, for all databases at once;
+then the views are created in the target and the aside/scratch databases dropped.
+
+On SingleStore with ``native_backup = "s3://..."`` the server's own ``BACKUP DATABASE ... TO S3`` is used
+instead (see :mod:`.singlestore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
+from typing import Any
+from urllib.parse import quote
+
+from data_manager.errors import CorruptBackupError, SourceError
+from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
+
+from . import singlestore
+from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_ident, select_rows
+
+log = logging.getLogger(__name__)
+
+FORMAT = "data-manager-memsql/1"
+SCHEMA = "schema.json"
+NATIVE = "native.json"
+FRAME_BYTES = 1 << 20  # target size of one frame = one INSERT at restore
+_MAX_BATCH = 50_000
+_GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
+_DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
+_KNOWN = {
+    "host", "port", "user", "password", "database", "databases", "connect_timeout",
+    "native_backup", "native_backup_config", "native_backup_credentials",
+}
+
+
+def strip_definer(view_ddl: str) -> str:
+    """``CREATE ALGORITHM=.. DEFINER=`u`@`h` SQL SECURITY .. VIEW`` without the DEFINER clause."""
+    head, sep, tail = view_ddl.partition(" VIEW ")
+    return _DEFINER.sub("", head, count=1) + sep + tail
+
+
+def artifact_name(database: str, table: str) -> str:
+    """``tables/<db>/<table>.rows`` with every character outside ``[A-Za-z0-9_-]`` %-escaped."""
+
+    def esc(s: str) -> str:
+        return quote(s, safe="").replace(".", "%2E").replace("~", "%7E")
+
+    return f"tables/{esc(database)}/{esc(table)}.rows"
+
+
+def scratch_name(target: str, tag: str) -> str:
+    """A fresh database name beside ``target`` (at most 64 characters, MySQL's limit)."""
+    return f"{target[:42]}__dm{tag}_{secrets.token_hex(4)}"
+
+
+def _json_setting(settings: Settings, key: str) -> dict[str, Any] | None:
+    value = settings.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise settings.error(key, "must be a table or a JSON object") from None
+    if not isinstance(value, dict):
+        raise settings.error(key, "must be a table or a JSON object")
+    return value
+
+
+def _prefetch(items: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
+    """Iterate ``items`` on a helper thread (artifact reading, zstd and sha256 overlap the server's work)."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="dm-memsql-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
+
+
+class MemsqlSource(Source):
+    def __init__(self, name: str, settings: Settings) -> None:
+        super().__init__(name, settings)
+        settings.check_known(_KNOWN)
+        self.host = settings.get_str("host", "127.0.0.1")
+        self.port = settings.get_int("port", 3306, minimum=1)
+        self.user = settings.get_str("user")
+        password = settings.get("password", "")
+        if not isinstance(password, str):
+            raise settings.error("password", "must be a string")
+        self.password = password
+        if "database" in settings and "databases" in settings:
+            raise settings.error("databases", "give either database (one name) or databases (a list), not both")
+        if "database" in settings:
+            self.databases = [settings.get_str("database")]
+        elif "databases" in settings:
+            self.databases = settings.get_list("databases")
+        else:
+            raise settings.error("database", "missing (required: database, or databases as a list)")
+        if not self.databases or any(not d or len(d) > 64 for d in self.databases):
+            raise settings.error("databases", "must be one or more database names of 1 to 64 characters")
+        if len(set(self.databases)) != len(self.databases):
+            raise settings.error("databases", "names a database twice")
+        self.connect_timeout = settings.get_int("connect_timeout", 10, minimum=1)
+        self.native: singlestore.S3Target | None = None
+        uri = settings.get("native_backup")
+        if uri is not None:
+            if not isinstance(uri, str):
+                raise settings.error("native_backup", "must be a string like s3://bucket/prefix")
+            try:
+                self.native = singlestore.S3Target.parse(
+                    uri, _json_setting(settings, "native_backup_config"),
+                    _json_setting(settings, "native_backup_credentials"))
+            except ValueError as exc:
+                raise settings.error("native_backup", str(exc)) from None
+
+    # ------------------------------------------------------------------ connections and errors
+
+    def describe(self) -> str:
+        return f"mysql://{self.user}@{self.host}:{self.port}/{','.join(self.databases)}"
+
+    def _fail(self, exc: BaseException, doing: str) -> SourceError:
+        """One clear line for a pymysql error (never the password: the server's messages hold none)."""
+        args = getattr(exc, "args", ())
+        code = args[0] if args and isinstance(args[0], int) else None
+        msg = " ".join(str(args[1] if len(args) > 1 else exc).split())
+        where = f"{self.host}:{self.port}"
+        if code == 1045:
+            text = f"access denied for user {self.user!r} at {where} (wrong user or password)"
+        elif code in (2002, 2003, 2005, 2006):
+            text = f"cannot connect to {where}: server unreachable ({msg})"
+        elif code == 1049:
+            text = f"{msg.rstrip('.')} on {where}"
+        elif code == 1044:
+            text = f"{msg} (user {self.user!r} lacks privileges on {where})"
+        elif code == 2013:
+            text = f"lost the connection to {where} while {doing}"
+        elif code == 1412:
+            text = "a table's definition changed during the backup (DDL ran meanwhile); run the backup again"
+        elif code in (1153, 1301) or "max_allowed_packet" in msg:
+            text = f"{doing}: a row or statement exceeds the server's max_allowed_packet ({msg})"
+        elif code is not None:
+            text = f"{doing}: MySQL error {code}: {msg}"
+        else:
+            text = f"{doing}: {msg or type(exc).__name__}"
+        return SourceError(f"source {self.name!r}: {text}")
+
+    def _connect(self) -> Any:
+        import pymysql
+
+        try:
+            return pymysql.connect(
+                host=self.host, port=self.port, user=self.user, password=self.password, charset="utf8mb4",
+                autocommit=True, connect_timeout=self.connect_timeout, local_infile=False,
+            )
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "connecting") from None
+
+    def _missing_databases(self, cur: Any, names: list[str]) -> list[str]:
+        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+        present = {r[0] for r in cur.fetchall()}
+        return [n for n in names if n not in present]
+
+    def _require_databases(self, cur: Any) -> None:
+        missing = self._missing_databases(cur, self.databases)
+        if missing:
+            raise SourceError(f"source {self.name!r}: unknown database {missing[0]!r} on {self.host}:{self.port}")
+
+    def check(self) -> None:
+        import pymysql
+
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                self._require_databases(cur)
+                for db in self.databases:
+                    cur.execute(f"SHOW FULL TABLES FROM {quote_ident(db)}")
+                    cur.fetchall()
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "checking the databases") from None
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ backup
+
+    def backup(self, sink: ArtifactSink) -> None:
+        import pymysql
+
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT VERSION()")
+            version = cur.fetchone()[0]
+            memsql = singlestore.memsql_version(cur)
+            self._require_databases(cur)
+            if memsql and self.native is not None:
+                self._native_backup(cur, sink, version, memsql)
+                return
+            if self.native is not None:
+                log.warning("source %s: native_backup applies to SingleStore only; %s gets the portable backup",
+                            self.name, version)
+            cur.execute("SET SESSION time_zone = '+00:00'")
+            if memsql:
+                consistency = "read-committed"  # SingleStore has no multi-statement snapshot
+            else:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                consistency = "snapshot"
+            started = time.monotonic()
+            databases = [self._backup_database(conn, sink, db) for db in self.databases]
+            schema = {"format": FORMAT, "server_version": version, "memsql_version": memsql,
+                      "consistency": consistency, "databases": databases}
+            with sink.open(SCHEMA) as out:
+                out.write(json.dumps(schema, indent=1, ensure_ascii=False).encode())
+            if not memsql:
+                cur.execute("COMMIT")
+            rows = sum(t["rows"] for d in databases for t in d["tables"])
+            sink.set_info(format=FORMAT, mode="portable", server_version=version, memsql_version=memsql,
+                          consistency=consistency, databases=self.databases, rows=rows,
+                          tables=sum(len(d["tables"]) for d in databases))
+            log.info("source %s: %d rows in %.1fs", self.name, rows, time.monotonic() - started)
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "backing up") from None
+        finally:
+            conn.close()
+
+    def _backup_database(self, conn: Any, sink: ArtifactSink, db: str) -> dict[str, Any]:
+        cur = conn.cursor()
+        cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+                    "WHERE SCHEMA_NAME = %s", (db,))
+        charset, collation = cur.fetchone()
+        cur.execute(f"SHOW FULL TABLES FROM {quote_ident(db)}")
+        objects = sorted((r[0], r[1].upper()) for r in cur.fetchall())
+        tables, views, skipped = [], [], []
+        for name, kind in objects:
+            if kind == "BASE TABLE":
+                tables.append(self._backup_table(conn, sink, db, name))
+            elif kind == "VIEW":
+                views.append(name)
+            else:
+                skipped.append({"name": name, "type": kind})
+                log.warning("source %s: %s.%s is a %s, which is not backed up", self.name, db, name, kind)
+        view_defs = []
+        if views:
+            cur.execute(f"USE {quote_ident(db)}")  # SHOW CREATE VIEW then leaves out this database's name
+            for name in views:
+                cur.execute(f"SHOW CREATE VIEW {quote_ident(name)}")
+                row = cur.fetchone()
+                view_defs.append({"name": name, "ddl": strip_definer(row[1]),
+                                  "collation_connection": row[3] if len(row) > 3 else None})
+        return {"name": db, "charset": charset, "collation": collation, "tables": tables, "views": view_defs,
+                "skipped": skipped}
+
+    def _backup_table(self, conn: Any, sink: ArtifactSink, db: str, table: str) -> dict[str, Any]:
+        import pymysql.cursors
+
+        cur = conn.cursor()
+        cur.execute(f"SHOW CREATE TABLE {quote_ident(db)}.{quote_ident(table)}")
+        ddl = cur.fetchone()[1]
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, EXTRA "
+                    "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+                    "ORDER BY ORDINAL_POSITION", (db, table))
+        columns = [Column(r[0], r[1].lower(), r[2], r[3], bool(_GENERATED.search(r[4] or "")))
+                   for r in cur.fetchall()]
+        name = artifact_name(db, table)
+        first = itemgetter(0)
+        stream = conn.cursor(pymysql.cursors.SSCursor)
+        with sink.open(name) as out:
+            frames = FrameWriter(out)
+            if any(not c.generated for c in columns):
+                stream.execute(select_rows(db, table, columns))
+                batch = 1000
+                while rows := stream.fetchmany(batch):
+                    values = list(map(first, rows))
+                    if None in values:
+                        raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
+                                          "server's max_allowed_packet; raise it to back this table up")
+                    before = frames.bytes
+                    frames.write_batch(values)
+                    size = frames.bytes - before
+                    batch = max(1, min(_MAX_BATCH, batch * FRAME_BYTES // max(size, 1)))
+                stream.close()
+            frames.finish()
+        return {"name": table, "ddl": ddl, "columns": [c.to_json() for c in columns], "artifact": name,
+                "rows": frames.rows}
+
+    # ------------------------------------------------------------------ restore
+
+    def _targets(self, sources: list[str]) -> list[str]:
+        """Which target database each backed-up database goes to."""
+        if set(self.databases) == set(sources):
+            return list(sources)
+        if len(self.databases) == len(sources):
+            return list(self.databases)
+        raise SourceError(
+            f"source {self.name!r}: the backup holds {len(sources)} database(s) ({', '.join(sources)}) but "
+            f"{len(self.databases)} target(s) are configured ({', '.join(self.databases)}); "
+            "set database/databases to as many names")
+
+    def restore(self, artifacts: ArtifactSet) -> None:
+        import pymysql
+
+        if artifacts.info.get("mode") == "native":
+            self._native_restore(artifacts)
+            return
+        if SCHEMA not in artifacts.names():
+            raise CorruptBackupError(f"source {self.name!r}: the backup has no {SCHEMA}")
+        with artifacts.open(SCHEMA) as f:
+            try:
+                schema = json.loads(f.read())
+            except ValueError as exc:
+                raise CorruptBackupError(f"source {self.name!r}: {SCHEMA} is unreadable ({exc})") from None
+        if schema.get("format") != FORMAT:
+            raise CorruptBackupError(f"source {self.name!r}: unknown format {schema.get('format')!r}")
+        dbs = schema["databases"]
+        targets = self._targets([d["name"] for d in dbs])
+        scratch = [scratch_name(t, "r") for t in targets]
+        aside = [scratch_name(t, "o") for t in targets]
+        conn = self._connect()
+        created: list[str] = []
+        try:
+            cur = conn.cursor()
+            self._restore_session(cur)
+            cur.execute("SELECT @@max_allowed_packet")
+            max_packet = int(cur.fetchone()[0])
+            for db, stage in zip(dbs, scratch):
+                cur.execute(f"CREATE DATABASE {quote_ident(stage)} CHARACTER SET {db['charset']} "
+                            f"COLLATE {db['collation']}")
+                created.append(stage)
+                self._load_database(cur, artifacts, db, stage, max_packet)
+            leftover = set(artifacts.names()) - {SCHEMA} - {t["artifact"] for d in dbs for t in d["tables"]}
+            if leftover:
+                artifacts.verify(sorted(leftover))
+            self._swap(cur, dbs, targets, scratch, aside, created)
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "restoring") from None
+        finally:
+            conn.close()
+            self._drop_quietly(created)
+
+    def _restore_session(self, cur: Any) -> None:
+        cur.execute("SET SESSION time_zone = '+00:00'")
+        cur.execute("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'")
+        cur.execute("SET SESSION foreign_key_checks = 0")
+        cur.execute("SET SESSION unique_checks = 0")
+
+    def _load_database(self, cur: Any, artifacts: ArtifactSet, db: dict[str, Any], stage: str, max_packet: int) -> None:
+        cur.execute(f"USE {quote_ident(stage)}")
+        for table in db["tables"]:
+            cur.execute(table["ddl"])
+        for table in db["tables"]:
+            columns = [Column.from_json(c) for c in table["columns"]]
+            prefix = insert_prefix(table["name"], columns)
+            label = f"{db['name']}.{table['name']}"
+            with artifacts.open(table["artifact"]) as f:
+                frames = FrameReader(f, f"source {self.name!r}: {table['artifact']}")
+                inserted = 0
+                for body in _prefetch(frames):
+                    if len(prefix) + len(body) + 64 > max_packet:
+                        raise SourceError(
+                            f"source {self.name!r}: {label}: an INSERT of {len(body) + len(prefix)} bytes exceeds "
+                            f"the server's max_allowed_packet ({max_packet}); raise it")
+                    inserted += cur.execute(prefix + body)
+            if frames.rows != table["rows"] or inserted != frames.rows:
+                raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
+                                         f"{table['rows']} backed up")
+        self._create_views(cur, db["views"])  # in the scratch database: proves they will work
+
+    def _create_views(self, cur: Any, views: list[dict[str, Any]]) -> None:
+        """Create views, retrying those that use a view not created yet."""
+        import pymysql
+
+        pending = list(views)
+        while pending:
+            failed: list[tuple[dict[str, Any], Exception]] = []
+            for view in pending:
+                try:
+                    if view.get("collation_connection"):
+                        cur.execute("SET SESSION collation_connection = %s", (view["collation_connection"],))
+                    cur.execute(view["ddl"])
+                except pymysql.err.MySQLError as exc:
+                    failed.append((view, exc))
+            cur.execute("SET NAMES utf8mb4")
+            if len(failed) == len(pending):
+                view, exc = failed[0]
+                raise self._fail(exc, f"creating view {view['name']!r}") from None
+            pending = [v for v, _ in failed]
+
+    def _swap(self, cur: Any, dbs: list[dict[str, Any]], targets: list[str], scratch: list[str], aside: list[str],
+              created: list[str]) -> None:
+        """Move the targets' tables aside and the restored ones in, in one RENAME TABLE."""
+        import pymysql
+
+        made_targets: list[str] = []
+        dropped_views: list[tuple[str, str]] = []  # (target, ddl) of views removed before the swap
+        old_views: dict[str, list[str]] = {}
+        renames: list[str] = []
+        try:
+            missing = set(self._missing_databases(cur, targets))
+            for db, target, stage, old in zip(dbs, targets, scratch, aside):
+                qt, qs, qo = quote_ident(target), quote_ident(stage), quote_ident(old)
+                if target in missing:
+                    cur.execute(f"CREATE DATABASE {qt} CHARACTER SET {db['charset']} COLLATE {db['collation']}")
+                    made_targets.append(target)
+                    current: list[tuple[str, str]] = []
+                else:
+                    cur.execute(f"SHOW FULL TABLES FROM {qt}")
+                    current = [(r[0], r[1].upper()) for r in cur.fetchall()]
+                cur.execute(f"CREATE DATABASE {qo}")
+                created.append(old)
+                new_tables = {t["name"] for t in db["tables"]}
+                old_views[target] = [n for n, kind in current if kind == "VIEW"]
+                for name, kind in current:
+                    if kind == "VIEW" and name in new_tables:  # a view in the way of a restored table
+                        cur.execute(f"SHOW CREATE VIEW {qt}.{quote_ident(name)}")
+                        dropped_views.append((target, cur.fetchone()[1]))
+                        cur.execute(f"DROP VIEW {qt}.{quote_ident(name)}")
+                    elif kind != "VIEW":
+                        renames.append(f"{qt}.{quote_ident(name)} TO {qo}.{quote_ident(name)}")
+                renames += [f"{qs}.{quote_ident(t)} TO {qt}.{quote_ident(t)}" for t in sorted(new_tables)]
+            if renames:
+                cur.execute("RENAME TABLE " + ", ".join(renames))
+        except BaseException:
+            for target, ddl in dropped_views:
+                try:
+                    cur.execute(f"USE {quote_ident(target)}")
+                    cur.execute(ddl)
+                except pymysql.err.MySQLError:
+                    log.error("source %s: could not put back a view of %s", self.name, target)
+            self._drop_quietly(made_targets)
+            raise
+        # The restored tables are in place. Views and the database defaults follow.
+        for db, target in zip(dbs, targets):
+            qt = quote_ident(target)
+            cur.execute(f"USE {qt}")
+            for name in old_views[target]:
+                cur.execute(f"DROP VIEW IF EXISTS {qt}.{quote_ident(name)}")
+            try:
+                self._create_views(cur, db["views"])
+            except SourceError as exc:
+                raise SourceError(f"{exc} (the tables of {target!r} are restored, its views are not)") from None
+            cur.execute(f"ALTER DATABASE {qt} CHARACTER SET {db['charset']} COLLATE {db['collation']}")
+
+    def _drop_quietly(self, databases: list[str]) -> None:
+        """Drop scratch databases on a fresh connection (the restore's may be broken)."""
+        if not databases:
+            return
+        import pymysql
+
+        try:
+            conn = self._connect()
+        except SourceError as exc:
+            log.error("source %s: cannot drop scratch databases %s: %s", self.name, ", ".join(databases), exc)
+            return
+        try:
+            with conn.cursor() as cur:
+                for name in databases:
+                    try:
+                        cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+                    except pymysql.err.MySQLError as exc:
+                        log.error("source %s: cannot drop scratch database %s: %s", self.name, name, exc)
+        finally:
+            conn.close()
+        databases.clear()
+
+    # ------------------------------------------------------------------ SingleStore native backup
+
+    def _native_backup(self, cur: Any, sink: ArtifactSink, version: str, memsql: str) -> None:
+        assert self.native is not None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        done = []
+        for db in self.databases:
+            path = self.native.path_for(stamp)
+            sql = singlestore.backup_sql(db, self.native, path)
+            log.info("source %s: %s", self.name, singlestore.redacted(sql, self.native))
+            cur.execute(sql)
+            done.append({"name": db, "path": path})
+        record = {"format": FORMAT, "mode": "native", "server_version": version, "memsql_version": memsql,
+                  "databases": done}
+        with sink.open(NATIVE) as out:
+            out.write(json.dumps(record, indent=1).encode())
+        sink.set_info(format=FORMAT, mode="native", server_version=version, memsql_version=memsql,
+                      consistency="native-backup", databases=self.databases, native=done)
+
+    def _native_restore(self, artifacts: ArtifactSet) -> None:
+        import pymysql
+
+        if self.native is None:
+            raise SourceError(f"source {self.name!r}: this backup is a SingleStore native backup; configure "
+                              "native_backup (and its credentials) to restore it")
+        with artifacts.open(NATIVE) as f:
+            record = json.loads(f.read())
+        entries = record["databases"]
+        targets = self._targets([e["name"] for e in entries])
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            present = set(targets) - set(self._missing_databases(cur, targets))
+            if present:
+                raise SourceError(
+                    f"source {self.name!r}: RESTORE DATABASE needs a database that does not exist; "
+                    f"{sorted(present)[0]!r} does (drop it, or restore under another name with --set)")
+            for entry, target in zip(entries, targets):
+                cur.execute(singlestore.restore_sql(entry["name"], self.native, entry["path"], target))
+        except pymysql.err.MySQLError as exc:
+            raise self._fail(exc, "restoring a native backup") from None
+        finally:
+            conn.close()

@@ -1,0 +1,234 @@
+"""Tests that need no server: settings, names, the rows format, SingleStore's native SQL."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from data_manager.errors import ConfigError, CorruptBackupError, SourceError
+from data_manager.types import Settings
+from data_manager_memsql import singlestore
+from data_manager_memsql.rowformat import (
+    Column,
+    FrameReader,
+    FrameWriter,
+    insert_prefix,
+    quote_ident,
+    row_expression,
+    value_expression,
+)
+from data_manager_memsql.source import MemsqlSource, artifact_name, scratch_name, strip_definer
+
+
+def source(**values):
+    return MemsqlSource("db", Settings({"user": "dm", **values}, where="cfg.toml, dataset d, source db"))
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_describe():
+    s = source(database="exp", password="pw")
+    assert (s.host, s.port, s.databases) == ("127.0.0.1", 3306, ["exp"])
+    assert s.describe() == "mysql://dm@127.0.0.1:3306/exp"
+    assert "pw" not in s.describe()
+
+
+@pytest.mark.parametrize("values, key", [
+    ({}, "database"),
+    ({"database": "a", "databases": ["b"]}, "databases"),
+    ({"databases": ["a", "a"]}, "databases"),
+    ({"database": "x" * 65}, "databases"),
+    ({"database": "a", "port": "nope"}, "port"),
+    ({"database": "a", "typo": 1}, "typo"),
+    ({"database": "a", "native_backup": "bucket/path"}, "native_backup"),
+    ({"database": "a", "native_backup": "s3://b/p", "native_backup_config": "{nope"}, "native_backup_config"),
+])
+def test_bad_settings_name_the_key(values, key):
+    with pytest.raises(ConfigError) as err:
+        source(**values)
+    assert err.value.key == key
+    assert "cfg.toml" in str(err.value)
+
+
+def test_port_from_env_string_and_databases_list():
+    s = source(databases=["a", "b"], port="3307")
+    assert s.port == 3307 and s.databases == ["a", "b"]
+
+
+def test_password_is_secret_in_metadata():
+    from data_manager.plugins import get_registry
+
+    stype, _ = get_registry().source_type("memsql", "test")
+    settings = Settings({"user": "dm", "password": "hunter2", "database": "a",
+                         "native_backup_credentials": {"aws_secret_access_key": "k"}},
+                        secret_keys=stype.secret_keys)
+    public = settings.public()
+    assert public["password"] == "***" and public["native_backup_credentials"] == "***"
+
+
+def test_target_mapping():
+    assert source(databases=["b", "a"])._targets(["a", "b"]) == ["a", "b"]  # same names: same place
+    assert source(database="copy")._targets(["exp"]) == ["copy"]
+    assert source(databases=["x", "y"])._targets(["a", "b"]) == ["x", "y"]
+    with pytest.raises(SourceError, match="2 database"):
+        source(database="x")._targets(["a", "b"])
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_artifact_names_are_safe_and_distinct():
+    names = {artifact_name(d, t) for d, t in [("db", "t"), ("db", "T"), ("db", ".."), ("db", "a/b"),
+                                              ("d.b", "t"), ("db", "spa ce"), ("db", "ünï")]}
+    assert len(names) == 7
+    for n in names:
+        parts = n.split("/")
+        assert len(parts) == 3 and not any(p.startswith(".") or p == "" for p in parts)
+    assert artifact_name("exp", "events") == "tables/exp/events.rows"
+
+
+def test_scratch_name_fits_mysql_limit():
+    n = scratch_name("x" * 64, "r")
+    assert len(n) <= 64 and "__dmr_" in n
+    assert scratch_name("a", "r") != scratch_name("a", "r")
+
+
+def test_strip_definer():
+    ddl = ("CREATE ALGORITHM=UNDEFINED DEFINER=`dm`@`%` SQL SECURITY DEFINER VIEW `v` AS "
+           "select 'DEFINER=`x`@`y`' AS `a`")
+    assert strip_definer(ddl) == ("CREATE ALGORITHM=UNDEFINED SQL SECURITY DEFINER VIEW `v` AS "
+                                  "select 'DEFINER=`x`@`y`' AS `a`")
+    assert strip_definer("CREATE VIEW `v` AS select 1") == "CREATE VIEW `v` AS select 1"
+
+
+# ---------------------------------------------------------------- rows format
+
+
+def test_value_expressions_by_type():
+    assert value_expression(Column("n", "bigint", "bigint(20) unsigned")) == "IFNULL(`n`,'NULL')"
+    assert value_expression(Column("b", "bit", "bit(5)")) == "IFNULL(`b`+0,'NULL')"
+    assert "HEX(`x`)" in value_expression(Column("x", "varbinary", "varbinary(5)"))
+    assert "HEX(`g`)" in value_expression(Column("g", "point", "point"))
+    assert value_expression(Column("s", "varchar", "varchar(5)", "utf8mb4")) == "QUOTE(CONVERT(`s` USING utf8mb4))"
+    assert value_expression(Column("d", "datetime", "datetime(6)")).startswith("QUOTE(")
+    assert Column("c", "char", "char(3)", "binary").kind == "binary"
+
+
+def test_generated_columns_are_neither_selected_nor_inserted():
+    cols = [Column("a", "int", "int"), Column("g", "int", "int", generated=True), Column("we`ird", "text", "text")]
+    expr = row_expression(cols)
+    assert "`g`" not in expr and "`we``ird`" in expr
+    assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`) VALUES "
+    assert quote_ident("a`b") == "`a``b`"
+
+
+def test_frames_round_trip_and_count():
+    buf = io.BytesIO()
+    w = FrameWriter(buf)
+    w.write_batch([b"(1,'a')", b"(2,NULL)"])
+    w.write_batch([])
+    w.write_batch([b"(3,X'00ff')"])
+    w.finish()
+    buf.seek(0)
+    r = FrameReader(buf, "t")
+    assert list(r) == [b"(1,'a'),(2,NULL)", b"(3,X'00ff')"]
+    assert r.rows == 3 == w.rows
+
+
+@pytest.mark.parametrize("mangle", [lambda b: b[:-3], lambda b: b"XX" + b[2:], lambda b: b + b"junk"])
+def test_frames_detect_damage(mangle):
+    buf = io.BytesIO()
+    w = FrameWriter(buf)
+    w.write_batch([b"(1)"])
+    w.finish()
+    with pytest.raises(CorruptBackupError):
+        list(FrameReader(io.BytesIO(mangle(buf.getvalue())), "t"))
+
+
+# ---------------------------------------------------------------- SingleStore
+
+
+def target():
+    return singlestore.S3Target.parse("s3://bkt/data-manager/", {"region": "eu-west-1", "endpoint_url": "http://m:9000"},
+                                      {"aws_access_key_id": "AK", "aws_secret_access_key": "it's\\secret"})
+
+
+def test_native_backup_sql():
+    t = target()
+    path = t.path_for("20261123T072900Z-abc")
+    assert path == "bkt/data-manager/20261123T072900Z-abc"
+    sql = singlestore.backup_sql("exp`42", t, path)
+    assert sql == (
+        "BACKUP DATABASE `exp``42` TO S3 'bkt/data-manager/20261123T072900Z-abc'"
+        " CONFIG '{\"endpoint_url\": \"http://m:9000\", \"region\": \"eu-west-1\"}'"
+        " CREDENTIALS '{\"aws_access_key_id\": \"AK\", \"aws_secret_access_key\": \"it\\'s\\\\\\\\secret\"}'"
+    )
+    assert "secret" not in singlestore.redacted(sql, t) and singlestore.redacted(sql, t).endswith("CREDENTIALS '***'")
+
+
+def test_native_restore_sql():
+    t = singlestore.S3Target.parse("s3://bkt", None, {"role_arn": "arn:x"})
+    assert singlestore.restore_sql("exp", t, "bkt/s", "copy") == (
+        "RESTORE DATABASE `exp` AS `copy` FROM S3 'bkt/s' CREDENTIALS '{\"role_arn\": \"arn:x\"}'")
+    assert singlestore.restore_sql("exp", t, "bkt/s", "exp").startswith("RESTORE DATABASE `exp` FROM S3")
+
+
+class FakeCursor:
+    def __init__(self, memsql: str | None):
+        self.memsql = memsql
+        self.sql: list[str] = []
+        self._row = None
+
+    def execute(self, sql, args=None):
+        import pymysql
+
+        self.sql.append(sql)
+        if sql == "SELECT @@memsql_version":
+            if self.memsql is None:
+                raise pymysql.err.OperationalError(1193, "Unknown system variable 'memsql_version'")
+            self._row = (self.memsql,)
+
+    def fetchone(self):
+        return self._row
+
+
+class FakeSink:
+    def __init__(self):
+        self.files: dict[str, bytearray] = {}
+        self.info: dict = {}
+
+    def open(self, name, compression="auto"):
+        sink = self
+
+        class W(io.BytesIO):
+            def __exit__(self, *exc):
+                sink.files[name] = self.getvalue()
+                return False
+
+            def abort(self):
+                pass
+
+        return W()
+
+    def set_info(self, **info):
+        self.info.update(info)
+
+
+def test_memsql_detection():
+    assert singlestore.memsql_version(FakeCursor(None)) is None
+    assert singlestore.memsql_version(FakeCursor("8.5.1")) == "8.5.1"
+
+
+def test_native_backup_flow_runs_backup_database_per_database():
+    src = source(databases=["a", "b"], native_backup="s3://bkt/dm",
+                 native_backup_credentials='{"aws_access_key_id": "AK", "aws_secret_access_key": "SK"}')
+    cur, sink = FakeCursor("8.5.1"), FakeSink()
+    src._native_backup(cur, sink, "5.7.32", "8.5.1")
+    assert [s.split(" TO S3 ")[0] for s in cur.sql] == ["BACKUP DATABASE `a`", "BACKUP DATABASE `b`"]
+    record = json.loads(sink.files["native.json"])
+    assert record["mode"] == "native" and [d["name"] for d in record["databases"]] == ["a", "b"]
+    assert all(d["path"].startswith("bkt/dm/") for d in record["databases"])
+    assert "SK" not in json.dumps(sink.info) and "SK" not in sink.files["native.json"].decode()

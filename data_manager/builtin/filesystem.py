@@ -10,6 +10,7 @@ import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -23,8 +24,23 @@ def _os_error(what: str, exc: OSError) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}")
 
 
+_FLUSH_EVERY = 32 << 20
+_flusher: ThreadPoolExecutor | None = None
+
+
+def _start_flush(fd: int) -> Future[None]:
+    """Start writing dirty pages out in the background, so the fsync at commit finds little left to do
+    (the kernel would otherwise hold gigabytes in the page cache and flush them all at once)."""
+    global _flusher
+    if _flusher is None:
+        _flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dm-flush")
+    return _flusher.submit(os.fdatasync, fd)
+
+
 class _FileWriter(ObjectWriter):
     def __init__(self, final: Path) -> None:
+        self._unflushed = 0
+        self._flushing: Future[None] | None = None
         self._final = final
         self._tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         try:
@@ -39,10 +55,20 @@ class _FileWriter(ObjectWriter):
             self._f.write(data)
         except OSError as exc:
             raise _os_error(f"cannot write {self._final}", exc) from None
+        self._unflushed += len(data)
+        if self._unflushed >= _FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
+            self._flushing = _start_flush(self._f.fileno())
+            self._unflushed = 0
+
+    def _wait_flush(self) -> None:
+        if self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            flushing.result()
 
     def commit(self) -> None:
         assert self._f is not None, "commit after commit/abort"
         try:
+            self._wait_flush()
             os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
@@ -53,6 +79,10 @@ class _FileWriter(ObjectWriter):
             raise _os_error(f"cannot commit {self._final}", exc) from None
 
     def abort(self) -> None:
+        try:
+            self._wait_flush()
+        except OSError:
+            pass
         if self._f is not None:
             self._f.close()
             self._f = None

@@ -35,6 +35,8 @@ def snapshot(root: Path) -> dict[bytes, tuple[Any, ...]]:
     """Everything the directory source promises to keep, keyed by raw path bytes."""
     out: dict[bytes, tuple[Any, ...]] = {}
     base = os.fsencode(str(root))
+    st = os.stat(base)
+    out[b"."] = ("root", st.st_mode, st.st_mtime_ns)
     for dirpath, dirnames, filenames in os.walk(base):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)

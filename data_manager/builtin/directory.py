@@ -225,8 +225,11 @@ class DirectorySource(Source):
             log.warning("source %s: skipped %d special files (sockets, fifos, devices)", self.name, len(skipped))
         if changed:
             log.warning("source %s: %d files changed while being read: %s", self.name, len(changed), changed[:5])
+        root = os.stat(self.path)
         sink.set_info(
             index=INDEX,
+            root_mode=stat.S_IMODE(root.st_mode),
+            root_mtime_ns=root.st_mtime_ns,
             volumes=sorted(packed.names + stored.names),
             files=files,
             directories=dirs,
@@ -308,7 +311,9 @@ class DirectorySource(Source):
             for path, mode, mtime_ns in sorted(dir_meta, key=lambda d: -len(d[0].parts)):
                 os.chmod(path, mode)
                 os.utime(path, ns=(mtime_ns, mtime_ns))
-            os.chmod(staging, stat.S_IMODE(os.stat(target).st_mode) if target.exists() else 0o755)
+            os.chmod(staging, artifacts.info.get("root_mode", 0o755))
+            if "root_mtime_ns" in artifacts.info:
+                os.utime(staging, ns=(artifacts.info["root_mtime_ns"], artifacts.info["root_mtime_ns"]))
             self._swap(staging, target, tag)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

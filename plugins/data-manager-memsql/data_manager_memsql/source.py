@@ -38,7 +38,7 @@ from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import singlestore
-from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_ident, select_rows
+from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_ident, select_range, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ SCHEMA = "schema.json"
 NATIVE = "native.json"
 FRAME_BYTES = 1 << 20  # target size of one frame = one INSERT at restore
 _MAX_BATCH = 50_000
+_INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
 _DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
 _KNOWN = {
@@ -299,8 +300,6 @@ class MemsqlSource(Source):
                 "skipped": skipped}
 
     def _backup_table(self, conn: Any, sink: ArtifactSink, db: str, table: str) -> dict[str, Any]:
-        import pymysql.cursors
-
         cur = conn.cursor()
         cur.execute(f"SHOW CREATE TABLE {quote_ident(db)}.{quote_ident(table)}")
         ddl = cur.fetchone()[1]
@@ -309,27 +308,87 @@ class MemsqlSource(Source):
                     "ORDER BY ORDINAL_POSITION", (db, table))
         columns = [Column(r[0], r[1].lower(), r[2], r[3], bool(_GENERATED.search(r[4] or "")))
                    for r in cur.fetchall()]
+        cur.execute("SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY'", (db, table))
+        key = [r[0] for r in cur.fetchall()]
+        by_name = {c.name: c for c in columns}
+        integer_key = key[0] if len(key) == 1 and key[0] in by_name and by_name[key[0]].data_type in _INTEGER_TYPES \
+            else None
         name = artifact_name(db, table)
-        first = itemgetter(0)
-        stream = conn.cursor(pymysql.cursors.SSCursor)
         with sink.open(name) as out:
             frames = FrameWriter(out)
             if any(not c.generated for c in columns):
-                stream.execute(select_rows(db, table, columns))
-                batch = 1000
-                while rows := stream.fetchmany(batch):
-                    values = list(map(first, rows))
-                    if None in values:
-                        raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
-                                          "server's max_allowed_packet; raise it to back this table up")
-                    before = frames.bytes
-                    frames.write_batch(values)
-                    size = frames.bytes - before
-                    batch = max(1, min(_MAX_BATCH, batch * FRAME_BYTES // max(size, 1)))
-                stream.close()
+                if integer_key is not None:
+                    self._read_ranges(conn, frames, db, table, columns, integer_key)
+                else:
+                    self._read_stream(conn, frames, db, table, columns)
             frames.finish()
         return {"name": table, "ddl": ddl, "columns": [c.to_json() for c in columns], "artifact": name,
                 "rows": frames.rows}
+
+    def _read_stream(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column]) -> None:
+        """Row by row through an unbuffered cursor, in batches of about one frame."""
+        import pymysql.cursors
+
+        first = itemgetter(0)
+        stream = conn.cursor(pymysql.cursors.SSCursor)
+        stream.execute(select_rows(db, table, columns))
+        batch = 1000
+        while rows := stream.fetchmany(batch):
+            values = list(map(first, rows))
+            if None in values:
+                raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
+                                  "server's max_allowed_packet; raise it to back this table up")
+            before = frames.bytes
+            frames.write_batch(values)
+            batch = max(1, min(_MAX_BATCH, batch * FRAME_BYTES // max(frames.bytes - before, 1)))
+        stream.close()
+
+    def _read_ranges(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column],
+                     key: str) -> None:
+        """Key range by key range, each range's rows joined into one frame by the server."""
+        cur = conn.cursor()
+        qt, qk = f"{quote_ident(db)}.{quote_ident(table)}", quote_ident(key)
+        cur.execute("SELECT @@max_allowed_packet")
+        limit = min(int(cur.fetchone()[0]) - 1024, 64 << 20)
+        cur.execute(f"SET SESSION group_concat_max_len = {limit}")
+        cur.execute(f"SELECT MIN({qk}), MAX({qk}) FROM {qt}")
+        lo, top = cur.fetchone()
+        if lo is None:
+            return
+        query = select_range(db, table, columns, key)
+        step = 256
+        while lo is not None and lo <= top:
+            hi = min(lo + step - 1, top)
+            cur.execute(query, (lo, hi))
+            body, rows = cur.fetchone()
+            got = len(body) if body is not None else 0
+            if rows and (body is None or got >= limit or cur.warning_count):  # cut at group_concat_max_len
+                if hi == lo:
+                    self._read_stream_range(conn, frames, db, table, columns, key, lo)
+                    lo, step = lo + 1, 1
+                else:
+                    step = max(1, (hi - lo + 1) // 4)
+                continue
+            frames.write_frame(body or b"", rows)
+            lo = hi + 1
+            if rows == 0 and lo <= top:  # a gap in the keys: jump over it
+                cur.execute(f"SELECT MIN({qk}) FROM {qt} WHERE {qk} >= %s", (lo,))
+                lo = cur.fetchone()[0]
+                step *= 2
+            else:
+                step = max(1, int(step * min(4.0, max(0.25, FRAME_BYTES / max(got, 1)))))
+
+    def _read_stream_range(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column],
+                           key: str, value: int) -> None:
+        """One row too large for GROUP_CONCAT: read it alone."""
+        cur = conn.cursor()
+        cur.execute(f"{select_rows(db, table, columns)} WHERE {quote_ident(key)} = %s", (value,))
+        rows = [r[0] for r in cur.fetchall()]
+        if None in rows:
+            raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
+                              "server's max_allowed_packet; raise it to back this table up")
+        frames.write_batch(rows)
 
     # ------------------------------------------------------------------ restore
 

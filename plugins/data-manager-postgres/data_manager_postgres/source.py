@@ -290,7 +290,7 @@ class PostgresSource(Source):
                 " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = d.classid"
                 "   AND e.objid = d.objid AND e.deptype IN ('e', 'i', 'a', 'P', 'S'))"
                 " LOOP EXECUTE format('DROP %s IF EXISTS %s CASCADE',"
-                "   CASE o.type WHEN 'statistics object' THEN 'STATISTICS' ELSE o.type END, o.identity);"
+                "   CASE r.type WHEN 'statistics object' THEN 'STATISTICS' ELSE r.type END, r.identity);"
                 " END LOOP;"
             )
         if drop_los:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import secrets
 import threading
@@ -179,6 +180,9 @@ class GDriveStorage(Storage):
         with self._lock:
             if self._service is None:
                 from googleapiclient import discovery, discovery_cache
+
+                # The client logs a warning for each 403/429 it sees; we retry and report ourselves, in one line.
+                logging.getLogger("googleapiclient.http").setLevel(logging.ERROR)
 
                 doc = json.loads(discovery_cache.get_static_doc("drive", "v3"))
                 # Upload URLs are built from rootUrl, not from the endpoint: point both at api_root.

@@ -229,7 +229,7 @@ def parse_q(q: str) -> list[tuple[str, str, Any]]:
 def matches(f: FakeFile, clauses: list[tuple[str, str, Any]]) -> bool:
     for fld, op, value in clauses:
         if fld == "parents":
-            ok = value in f.parents
+            ok = (ROOT_ID if value == "root" else value) in f.parents
         else:
             actual = {"name": f.name, "mimeType": f.mime_type, "trashed": f.trashed}[fld]
             ok = actual == value if op == "=" else actual != value
@@ -251,6 +251,7 @@ class FakeDrive:
         self.sessions: dict[str, Session] = {}
         self.faults: list[Fault] = []
         self.calls: list[str] = []  # the op of every request, in order
+        self.content_ranges: list[str] = []  # Content-Range of every upload PUT, in order
         self.max_page_size = 1000
         self._ids = itertools.count(1)
         self._clock = 0.0
@@ -489,6 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, params = self._params()
         op = self.op(method, path, params)
         self.fake.calls.append(op)
+        if op in ("upload_chunk", "upload_probe"):
+            self.fake.content_ranges.append(self.headers.get("Content-Range", ""))
         fault = self.fake.take_fault(op)
         if fault is not None and fault.kind == "drop":
             partial = self._body(fault.after)

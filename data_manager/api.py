@@ -5,19 +5,26 @@
     dm = DataManager.from_file("data-manager.toml")
     result = dm.backup("exp42")
     dm.restore("exp42", "latest", overrides={"raw": {"path": "/tmp/raw-restored"}})
+
+Every backup and restore runs as a *job* (see docs/control-flow.md): guards asked, the dataset's lock
+taken in the storage, the dataset marked unavailable, the work done source by source (one task each,
+recorded in the local state database), and the dataset marked available again, always.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, load_config, parse_config
-from .errors import DataManagerError, PluginError, RefusedError, UsageError
+from .config import Config, _settings, load_config, parse_config
+from .errors import ConfigError, DataManagerError, PluginError, RefusedError, UsageError
+from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder, StateDB, Watchdog, parse_duration, state_path
+from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
 from .plugins import Registry, get_registry
 from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
 from .types import Dataset, Operation, Settings, Source, SourceSpec, Storage
@@ -46,6 +53,9 @@ class BackupResult:
     stored_size: int
     seconds: float
     dry_run: bool = False
+    job_id: str | None = None
+    resumed: list[str] = field(default_factory=list)  # sources an earlier, interrupted run had done
+    release_error: str | None = None  # the backup is complete, but marking the dataset available failed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +66,9 @@ class BackupResult:
             "stored_size": self.stored_size,
             "seconds": self.seconds,
             "dry_run": self.dry_run,
+            "job_id": self.job_id,
+            "resumed": self.resumed,
+            "release_error": self.release_error,
             "sources": [vars(s) for s in self.sources],
         }
 
@@ -66,9 +79,103 @@ class RestoreResult:
     timestamp: str
     sources: list[dict[str, Any]] = field(default_factory=list)
     dry_run: bool = False
+    job_id: str | None = None
+    release_error: str | None = None  # the restore is complete, but marking the dataset available failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"data_id": self.data_id, "timestamp": self.timestamp, "sources": self.sources, "dry_run": self.dry_run}
+        return {"data_id": self.data_id, "timestamp": self.timestamp, "sources": self.sources, "dry_run": self.dry_run,
+                "job_id": self.job_id, "release_error": self.release_error}
+
+
+@dataclass
+class Status:
+    """What ``data-manager status`` shows."""
+
+    config: str | None
+    state: str
+    plugins: list[dict[str, Any]]
+    storages: list[dict[str, Any]]
+    datasets: list[dict[str, Any]]
+    running: list[Job]
+    recent: list[Job]
+    unavailable: list[Availability]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "state": self.state,
+            "plugins": self.plugins,
+            "storages": self.storages,
+            "datasets": self.datasets,
+            "running": [j.to_json() for j in self.running],
+            "recent": [j.to_json() for j in self.recent],
+            "unavailable": [a.to_json() for a in self.unavailable],
+        }
+
+
+@dataclass
+class CleanupItem:
+    """One incomplete backup ``cleanup`` looked at."""
+
+    data_id: str
+    timestamp: str
+    age_seconds: int
+    stored_size: int
+    action: str  # removed | would remove | kept
+
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, DataManagerError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _disarm(watchdog: Watchdog) -> None:
+    """Stop the watchdog; swallow its own interruption if it fired just before (the job then failed anyway)."""
+    try:
+        watchdog.disarm()
+    except KeyboardInterrupt:
+        if not watchdog.fired:
+            raise
+        watchdog.disarm()
+
+
+class _JobContext:
+    """What the body of a job sees: the recorder, the watchdog and the lock."""
+
+    def __init__(self, rec: Recorder, watchdog: Watchdog, lock: DatasetLock) -> None:
+        self.rec = rec
+        self.watchdog = watchdog
+        self.lock = lock
+
+    @property
+    def job_id(self) -> str:
+        return self.rec.job.id
+
+    def check(self) -> None:
+        """Between steps: stop if the time limit passed or the lock was broken."""
+        self.watchdog.check()
+        if self.lock.lost:
+            raise DataManagerError(f"job {self.job_id}: the lock on {self.lock.data_id} was broken; stopping")
+
+    def progress(self, factory: ProgressFactory | None, label: str) -> Callable[[int], None]:
+        inner = factory(label) if factory else None
+        check = self.watchdog.check
+
+        def advance(n: int) -> None:
+            check()
+            if inner is not None:
+                inner(n)
+
+        return advance
 
 
 class DataManager:
@@ -78,6 +185,52 @@ class DataManager:
         self.config = config
         self.registry = registry or get_registry()
         self._storages: dict[str, Storage] = {}
+        file = str(config.path) if config.path else "<config>"
+        self.state = StateDB(state_path(config.data, file))
+        self.lock_settings = LockSettings.from_config(config.data, file)
+        self.default_timeout = self._jobs_table(file)
+        for data_id, ds in config.datasets.items():
+            self.timeout(ds)  # a bad per-dataset timeout is a config error now, not at backup time
+        self._configure_plugins(file)
+
+    def _jobs_table(self, file: str) -> float:
+        table = self.config.data.get("jobs", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: key 'jobs': must be a table", key="jobs")
+        unknown = sorted(set(table) - {"timeout"})
+        if unknown:
+            raise ConfigError(f"{file}: [jobs]: key {unknown[0]!r}: unknown (known: timeout)", key=unknown[0])
+        return parse_duration(table["timeout"], f"{file}: [jobs]", "timeout") if "timeout" in table else DEFAULT_TIMEOUT
+
+    def timeout(self, dataset: Dataset) -> float:
+        """The time limit of a job on ``dataset``: its ``timeout``, else ``[jobs] timeout``, else 6 h."""
+        if "timeout" in dataset.options:
+            where = f"{self.config.path or '<config>'}: dataset {dataset.data_id!r}"
+            return parse_duration(dataset.options["timeout"], where, "timeout")
+        return self.default_timeout
+
+    def _configure_plugins(self, file: str) -> None:
+        """Give every plugin its ``[guards.NAME]`` table (hook ``configure``); unclaimed tables are errors."""
+        raw = self.config.data.get("guards", {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: key 'guards': must be a table of [guards.NAME] tables", key="guards")
+        guards = {}
+        for name, table in raw.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{file}: key 'guards.{name}': must be a table", key=f"guards.{name}")
+            guards[name] = _settings(table, f"{file}: [guards.{name}]", (), self.config.secrets)
+        claimed: set[str] = set()
+        for names in self.registry.hook.configure(config=self.config.data, guards=guards):
+            claimed.update(names or ())
+        unclaimed = sorted(set(guards) - claimed)
+        if unclaimed:
+            broken = [p.name for p in self.registry.broken]
+            hint = f"; plugins that failed to load: {', '.join(broken)}" if broken else ""
+            raise ConfigError(
+                f"{file}: [guards.{unclaimed[0]}]: no installed plugin uses this table "
+                f"(is data-manager-{unclaimed[0]} installed?){hint}",
+                key=f"guards.{unclaimed[0]}",
+            )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str] | None = None) -> DataManager:
@@ -119,26 +272,37 @@ class DataManager:
             storage.close()
         self._storages.clear()
 
-    @contextmanager
-    def _guarded(self, dataset: Dataset, operation: Operation) -> Iterator[None]:
-        """Ask every guard, mark the dataset busy, and always mark it free again."""
-        hook = self.registry.hook
-        reasons = [r for r in hook.check_dataset(dataset=dataset, operation=operation) if r]
+    # ------------------------------------------------------------------ jobs
+
+    def _check_guards(self, dataset: Dataset, operation: Operation) -> None:
+        reasons = [r for r in self.registry.hook.check_dataset(dataset=dataset, operation=operation) if r]
         if reasons:
             raise RefusedError(f"{operation} of {dataset.data_id!r} refused: {'; '.join(reasons)}")
+
+    @staticmethod
+    def _call(impl: Any, **kwargs: Any) -> Any:
+        # pluggy passes only the arguments an implementation declares; calling one directly must do the same.
+        return impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+
+    def _mark_busy(self, dataset: Dataset, operation: Operation, rec: Recorder) -> list[Any]:
+        """``before_operation`` of every guard; returns those that succeeded (to be undone)."""
+        hook = self.registry.hook
         entered: list[Any] = []
         try:
             for impl in reversed(hook.before_operation.get_hookimpls()):
-                impl.function(dataset=dataset, operation=operation)
+                self._call(impl, dataset=dataset, operation=operation, job_id=rec.job.id)
                 entered.append(impl)
-            yield
-        except BaseException as exc:
-            self._release(entered, dataset, operation, exc)
-            raise
-        else:
-            self._release(entered, dataset, operation, None)
+        finally:
+            if entered:
+                rec.unavailable()
+        return entered
 
-    def _release(self, entered: list[Any], dataset: Dataset, operation: Operation, error: BaseException | None) -> None:
+    def _release(self, entered: list[Any], dataset: Dataset, operation: Operation, error: BaseException | None,
+                 rec: Recorder) -> str | None:
+        """``after_operation`` of every guard that entered (and of plugins with only an after hook).
+
+        Never raises: a failure is logged loudly, recorded for ``status`` and returned.
+        """
         hook = self.registry.hook
         # A guard whose before_operation failed or never ran has nothing to undo; plugins with only an
         # after_operation (notifiers, metrics) are always told.
@@ -148,17 +312,91 @@ class DataManager:
             if impl.plugin_name in skipped:
                 continue
             try:
-                impl.function(dataset=dataset, operation=operation, error=error)
+                self._call(impl, dataset=dataset, operation=operation, error=error, job_id=rec.job.id)
             except Exception as exc:
-                failures.append(f"{impl.plugin_name}: {exc}")
-                log.error("after %s of %s, plugin %s failed: %s", operation, dataset.data_id, impl.plugin_name, exc)
-        if failures and error is None:
-            raise DataManagerError(f"{operation} of {dataset.data_id!r} done, but releasing it failed: {'; '.join(failures)}")
+                failures.append(f"{impl.plugin_name}: {_one_line(exc)}")
+        if failures:
+            text = (f"{dataset.data_id} may still be marked unavailable: releasing it after {operation} job "
+                    f"{rec.job.id} failed: {'; '.join(failures)}")
+            log.error("%s", text)
+            rec.release_failed(text)
+            return text
+        if entered:
+            rec.available()
+        return None
+
+    def _run_job(
+        self,
+        dataset: Dataset,
+        operation: Operation,
+        tasks: list[tuple[str, str]],
+        body: Callable[[_JobContext], Any],
+        *,
+        wait: float = 0.0,
+    ) -> tuple[Any, Recorder, str | None]:
+        """Run ``body`` as a job: record, ask guards, lock, mark busy, run with a time limit, release, unlock.
+
+        Returns ``(body's result, recorder, release error)``; raises the job's error (a timeout as
+        :class:`~data_manager.jobs.JobTimeoutError`), after the dataset was released and unlocked.
+        """
+        try:
+            self.state.reap()
+        except DataManagerError as exc:
+            log.warning("%s", exc)
+        rec = Recorder(self.state, self.state.create_job(operation, dataset.data_id, tasks))
+        what = f"{operation} of {dataset.data_id} (job {rec.job.id})"
+        lock: DatasetLock | None = None
+        watchdog: Watchdog | None = None
+        entered: list[Any] = []
+        try:
+            try:
+                self._check_guards(dataset, operation)
+                lock = DatasetLock(self.storage(dataset.storage), dataset.data_id, rec.job.id, operation,
+                                   self.lock_settings)
+                lock.acquire(wait)
+                rec.start()
+                log.info("%s started", what)
+                watchdog = Watchdog(self.timeout(dataset), what)
+                entered = self._mark_busy(dataset, operation, rec)
+                result = body(_JobContext(rec, watchdog, lock))
+                _disarm(watchdog)
+            except BaseException as exc:
+                error: BaseException = exc
+                if watchdog is not None:
+                    _disarm(watchdog)
+                    if watchdog.fired and not isinstance(exc, JobTimeoutError):
+                        error = watchdog.error()
+                        error.__cause__ = exc
+                self._release(entered, dataset, operation, error, rec)
+                rec.finish(_one_line(error))
+                log.info("%s failed: %s", what, _one_line(error))
+                if error is exc:
+                    raise
+                raise error from exc
+            release_error = self._release(entered, dataset, operation, None, rec)
+            rec.finish(None)
+            log.info("%s done", what)
+            return result, rec, release_error
+        finally:
+            if lock is not None:
+                lock.release()
 
     # ------------------------------------------------------------------ operations
 
-    def backup(self, data_id: str, *, dry_run: bool = False, progress: ProgressFactory | None = None) -> BackupResult:
-        """Back up every source of ``data_id``. The backup counts only once its metadata is written."""
+    def backup(
+        self,
+        data_id: str,
+        *,
+        dry_run: bool = False,
+        progress: ProgressFactory | None = None,
+        resume: bool = False,
+        wait: float = 0.0,
+    ) -> BackupResult:
+        """Back up every source of ``data_id``, as a job. The backup counts only once its metadata is written.
+
+        ``resume``: continue the newest incomplete backup instead, redoing only the sources it had not
+        finished. ``wait``: seconds to wait for another job's lock on the dataset before giving up (exit 3).
+        """
         dataset = self.dataset(data_id)
         repo = self.repository(dataset.storage)
         sources = [(spec, self._source(spec)) for spec in dataset.sources]
@@ -170,23 +408,61 @@ class DataManager:
             return BackupResult(data_id, ts, f"{repo.storage.location()}/{data_id}/{ts}",
                                 [SourceResult(s.name, spec.type, 0, 0, 0.0) for spec, s in sources], 0, 0, 0.0, True)
         repo.storage.check()
-        with self._guarded(dataset, "backup"):
-            writer = repo.start_backup(data_id, {"storage": {"name": dataset.storage, "type": self.config.storages[dataset.storage].type}})
-            log.info("backup %s/%s to %s started", data_id, writer.timestamp, repo.storage.location())
+        if resume:
+            self._resumable(repo, data_id)  # fail now, before guards and locks, if there is nothing to resume
+        resumed: list[str] = []
+
+        def body(ctx: _JobContext) -> Any:
+            timestamp = self._resumable(repo, data_id) if resume else None
+            writer = repo.start_backup(
+                data_id, {"storage": {"name": dataset.storage, "type": self.config.storages[dataset.storage].type}},
+                timestamp,
+            )
+            ctx.rec.set_backup(writer.timestamp)
+            log.info("backup %s/%s to %s %s", data_id, writer.timestamp, repo.storage.location(),
+                     "resumed" if resume else "started")
+            if resume:
+                configured = {spec.name for spec, _ in sources}
+                for entry in list(repo.storage.list(writer.prefix)):
+                    if entry.is_dir and entry.name not in configured:
+                        log.warning("%s/%s: removing %s, not a source of %s any more", data_id, writer.timestamp,
+                                    entry.name, data_id)
+                        repo.storage.delete_tree(f"{writer.prefix}/{entry.name}")
             for spec, source in sources:
-                _, plugin = self.registry.source_type(spec.type, spec.settings.where)
-                record = SourceRecord(
-                    name=spec.name,
-                    type=spec.type,
-                    plugin={"name": plugin.name, "package": plugin.package, "version": plugin.version},
-                    settings=spec.settings.public(),
-                    describe=source.describe(),
-                )
-                sink = writer.source(record, progress(spec.name) if progress else None)
-                source.backup(sink)
-                writer.add_done(sink.finish())
+                ctx.check()
+                if resume:
+                    done = repo.source_done(data_id, writer.timestamp, spec.name)
+                    if done is not None:
+                        writer.add_done(done)
+                        resumed.append(spec.name)
+                        ctx.rec.task_done(spec.name, done.size, "done by an earlier, interrupted run")
+                        log.info("source %s: done by the interrupted run, kept", spec.name)
+                        continue
+                    repo.storage.delete_tree(f"{writer.prefix}/{spec.name}")  # its partial artifacts
+                ctx.rec.task_started(spec.name)
+                try:
+                    _, plugin = self.registry.source_type(spec.type, spec.settings.where)
+                    record = SourceRecord(
+                        name=spec.name,
+                        type=spec.type,
+                        plugin={"name": plugin.name, "package": plugin.package, "version": plugin.version},
+                        settings=spec.settings.public(),
+                        describe=source.describe(),
+                    )
+                    sink = writer.source(record, ctx.progress(progress, spec.name))
+                    source.backup(sink)
+                    writer.add_done(sink.finish())
+                except BaseException as exc:
+                    ctx.rec.task_failed(spec.name, _one_line(exc))
+                    raise
+                ctx.rec.task_done(spec.name, record.size)
                 log.info("source %s: %d bytes in %.1fs", spec.name, record.size, record.duration_seconds)
-            manifest = writer.commit()
+            ctx.check()
+            return writer, writer.commit()
+
+        (writer, manifest), rec, release_error = self._run_job(
+            dataset, "backup", [(spec.name, spec.type) for spec, _ in sources], body, wait=wait
+        )
         log.info("backup %s/%s complete", data_id, writer.timestamp)
         return BackupResult(
             data_id,
@@ -196,7 +472,24 @@ class DataManager:
             manifest["size"],
             manifest["stored_size"],
             manifest["duration_seconds"],
+            job_id=rec.job.id,
+            resumed=resumed,
+            release_error=release_error,
         )
+
+    def _resumable(self, repo: Repository, data_id: str) -> str:
+        """The backup ``--resume`` continues: the newest incomplete one, if no complete backup is newer."""
+        stamps = repo.timestamps(data_id)
+        incomplete = set(repo.incomplete(data_id))
+        if not incomplete:
+            raise UsageError(f"nothing to resume: {data_id} has no incomplete backup in {repo.storage.location()}")
+        newest = max(incomplete)
+        if stamps[-1] != newest:
+            raise UsageError(
+                f"nothing to resume: the newest backup of {data_id} ({stamps[-1]}) is complete; "
+                f"older incomplete ones are removed by: data-manager cleanup {data_id}"
+            )
+        return newest
 
     def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
         """Backups of one dataset, or of every dataset found in the configured storages; oldest first."""
@@ -258,6 +551,7 @@ class DataManager:
         only: list[str] | None = None,
         dry_run: bool = False,
         progress: ProgressFactory | None = None,
+        wait: float = 0.0,
     ) -> RestoreResult:
         """Put every source (or ``only`` some) back as it was at the backup ``which``.
 
@@ -269,11 +563,25 @@ class DataManager:
             result.sources.append({"name": rec.name, "type": rec.type, "target": source.describe(), "size": rec.size})
         if dry_run:
             return result
-        with self._guarded(dataset, "restore"):
+
+        def body(ctx: _JobContext) -> None:
+            ctx.rec.set_backup(info.timestamp)
             for rec, source in plan:
-                artifacts = repo.artifacts(info, rec.name, progress(rec.name) if progress else None)
-                log.info("restoring %s/%s source %s into %s", data_id, info.timestamp, rec.name, source.describe())
-                source.restore(artifacts)
+                ctx.check()
+                ctx.rec.task_started(rec.name)
+                try:
+                    artifacts = repo.artifacts(info, rec.name, ctx.progress(progress, rec.name))
+                    log.info("restoring %s/%s source %s into %s", data_id, info.timestamp, rec.name, source.describe())
+                    source.restore(artifacts)
+                except BaseException as exc:
+                    ctx.rec.task_failed(rec.name, _one_line(exc))
+                    raise
+                ctx.rec.task_done(rec.name, rec.size)
+
+        _, job, result.release_error = self._run_job(
+            dataset, "restore", [(rec.name, rec.type) for rec, _ in plan], body, wait=wait
+        )
+        result.job_id = job.job.id
         return result
 
     def verify(self, data_id: str, which: str = "latest", *, progress: ProgressFactory | None = None) -> BackupInfo:
@@ -283,8 +591,9 @@ class DataManager:
             repo.artifacts(info, rec.name, progress(rec.name) if progress else None).verify()
         return info
 
-    def status(self) -> dict[str, Any]:
-        """The config in use, plugins, storages (reachable or not), each dataset's latest backup and its age."""
+    def status(self) -> Status:
+        """The config in use, plugins, storages (reachable or not), each dataset's latest backup, its age and
+        locks; running and recent jobs; datasets marked unavailable (or whose release failed)."""
         storages = []
         reachable: dict[str, bool] = {}
         for name, cfg in self.config.storages.items():
@@ -303,7 +612,7 @@ class DataManager:
         now = now_utc()
         for data_id, ds in sorted(self.config.datasets.items()):
             entry = {"data_id": data_id, "storage": ds.storage, "sources": [s.name for s in ds.sources],
-                     "latest": None, "age_seconds": None, "incomplete": 0}
+                     "latest": None, "age_seconds": None, "incomplete": 0, "locks": []}
             if reachable.get(ds.storage):
                 try:
                     backups = self.repository(ds.storage).backups(data_id)
@@ -312,19 +621,100 @@ class DataManager:
                     if complete:
                         entry["latest"] = complete[-1].timestamp
                         entry["age_seconds"] = int((now - complete[-1].when).total_seconds())
+                    entry["locks"] = [lock.to_json() for lock in self.locks(data_id)]
                 except DataManagerError as exc:
                     entry["error"] = str(exc)
             datasets.append(entry)
-        return {
-            "config": str(self.config.path) if self.config.path else None,
-            "plugins": [
+        try:
+            self.state.reap()
+        except DataManagerError as exc:
+            log.warning("%s", exc)
+        return Status(
+            config=str(self.config.path) if self.config.path else None,
+            state=str(self.state.path),
+            plugins=[
                 {"name": p.name, "package": p.package, "version": p.version, "source_types": p.source_types,
                  "storage_types": p.storage_types, **({"error": p.error} if p.error else {})}
                 for p in self.registry.plugins
             ],
-            "storages": storages,
-            "datasets": datasets,
-        }
+            storages=storages,
+            datasets=datasets,
+            running=self.jobs(running=True, limit=None),
+            recent=self.jobs(running=False),
+            unavailable=self.state.unavailable(),
+        )
+
+    def jobs(self, data_id: str | None = None, *, running: bool | None = None, limit: int | None = 10) -> list[Job]:
+        """Jobs from the state database, newest first (``running``: only unfinished, or only finished ones)."""
+        return self.state.jobs(data_id=data_id, running=running, limit=limit)
+
+    def job(self, job_id: str) -> Job:
+        found = self.state.job(job_id)
+        if found is None:
+            raise UsageError(f"no job {job_id!r} in {self.state.path}")
+        return found
+
+    # ------------------------------------------------------------------ locks and cleanup
+
+    def _lock_storages(self, data_id: str | None) -> list[tuple[Storage, str]]:
+        if data_id is not None:
+            return [(self.storage(self.dataset(data_id).storage), data_id)]
+        out = []
+        for name in self.config.storages:
+            repo = self.repository(name)
+            out.extend((repo.storage, found) for found in repo.data_ids())
+        return out
+
+    def locks(self, data_id: str | None = None) -> list[LockInfo]:
+        """Lock objects of one dataset, or of every dataset in the configured storages."""
+        return [lock for storage, found in self._lock_storages(data_id) for lock in list_locks(storage, found)]
+
+    def break_lock(self, data_id: str, *, job_id: str | None = None, force: bool = False) -> list[LockInfo]:
+        """Remove stale locks of ``data_id`` (live ones too with ``force``); returns what was removed."""
+        return break_locks(self.storage(self.dataset(data_id).storage), data_id, job_id=job_id, force=force)
+
+    def cleanup(self, data_id: str | None = None, *, older_than: float = 86400.0, dry_run: bool = False) -> list[CleanupItem]:
+        """Remove incomplete backups started more than ``older_than`` seconds ago.
+
+        Takes each dataset's lock while it works; if another job holds it, the newest incomplete backup
+        (the one that job may be writing or resuming) is kept and only older ones are removed.
+        """
+        out: list[CleanupItem] = []
+        now = now_utc()
+        for storage, found in self._lock_storages(data_id):
+            repo = Repository(storage)
+            stamps = repo.incomplete(found)
+            old = [ts for ts in stamps if (now - parse_timestamp(ts)).total_seconds() > older_than]
+            if not old:
+                continue
+            lock = None
+            busy = ""
+            holders = [lk for lk in list_locks(storage, found)]
+            if dry_run:
+                busy = holders[0].owner() if holders else ""
+            else:
+                lock = DatasetLock(storage, found, "cleanup-" + os.urandom(4).hex(), "cleanup", self.lock_settings)
+                try:
+                    lock.acquire()
+                except RefusedError:
+                    lock = None
+                    busy = holders[0].owner() if holders else "another job"
+            try:
+                for ts in old:
+                    size = sum(e.size or 0 for _, e in storage.walk(f"{found}/{ts}"))
+                    item = CleanupItem(found, ts, int((now - parse_timestamp(ts)).total_seconds()), size, "removed")
+                    if busy and ts == stamps[-1]:
+                        item.action, item.reason = "kept", f"newest incomplete backup; {found} is locked by {busy}"
+                    elif dry_run:
+                        item.action = "would remove"
+                    else:
+                        repo.delete_backup(found, ts)
+                        log.info("removed incomplete backup %s/%s", found, ts)
+                    out.append(item)
+            finally:
+                if lock is not None:
+                    lock.release()
+        return out
 
 
 def age_text(seconds: int | None) -> str:

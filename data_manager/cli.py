@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -115,6 +116,31 @@ class _Progress:
             self._label = ""
 
 
+def _release_failed(text: str | None) -> None:
+    """The operation is done, but the dataset may still be marked unavailable: say so loudly, exit 1."""
+    if text:
+        click.echo(f"data-manager: error: {SCRUBBER.scrub(text)}; see data-manager status", err=True)
+        sys.exit(ExitCode.FAILED)
+
+
+def _interrupt_on_term(signum: int, frame: Any) -> None:
+    # A service manager's stop (SIGTERM) unwinds like Ctrl-C: the dataset is released and unlocked.
+    raise KeyboardInterrupt
+
+
+def _seconds(text: str | None, option: str) -> float:
+    from .jobs import parse_duration
+
+    if text is None:
+        return 0.0
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return parse_duration(text, option, "value")
+    except DataManagerError:
+        raise UsageError(f"{option} {text!r}: expected a duration like 90, 90s, 30m, 6h or 2d") from None
+
+
 def _emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
@@ -143,6 +169,8 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool)
     ROOT/DATA_ID/TIMESTAMP/SOURCE with human-readable metadata (backup.json) beside the data.
     """
     _setup_logging(verbose, quiet)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_term)
     ctx.obj = Context(config_path, quiet)
 
 
@@ -157,19 +185,27 @@ def _which_and_id(args: tuple[str, ...]) -> tuple[str, str]:
 @main.command()
 @click.argument("data_id")
 @click.option("--dry-run", is_flag=True, help="Check config, storage and sources; write nothing.")
+@click.option("--resume", is_flag=True, help="Continue the newest incomplete backup; redo only unfinished sources.")
+@click.option("--wait", "wait", metavar="SECONDS", help="If another job holds the dataset's lock, wait this long (e.g. 300, 10m).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def backup(obj: Context, data_id: str, dry_run: bool, as_json: bool) -> None:
-    """Back up every source of DATA_ID into ROOT/DATA_ID/TIMESTAMP/."""
+def backup(obj: Context, data_id: str, dry_run: bool, resume: bool, wait: str | None, as_json: bool) -> None:
+    """Back up every source of DATA_ID into ROOT/DATA_ID/TIMESTAMP/.
+
+    Runs as a job: guards asked (exit 3 if one refuses), the dataset locked and marked unavailable, each
+    source backed up, the dataset marked available again (also on failure, Ctrl-C or timeout).
+    """
     from .repository import human_size
 
     progress = _Progress(sys.stderr.isatty() and not as_json and not obj.quiet)
     try:
-        result = obj.dm.backup(data_id, dry_run=dry_run, progress=progress)
+        result = obj.dm.backup(data_id, dry_run=dry_run, progress=progress, resume=resume,
+                               wait=_seconds(wait, "--wait"))
     finally:
         progress.done()
     if as_json:
         _emit_json(result.to_json())
+        _release_failed(result.release_error)
         return
     if dry_run:
         click.echo(f"would back up {data_id} to {result.location}:")
@@ -177,9 +213,11 @@ def backup(obj: Context, data_id: str, dry_run: bool, as_json: bool) -> None:
             click.echo(f"  {s.name} ({s.type})")
         return
     for s in result.sources:
-        click.echo(f"  {s.name:<20} {s.type:<12} {human_size(s.size):>10}  stored {human_size(s.stored_size):>10}  {s.seconds:.1f}s")
+        kept = "  (done by the interrupted run)" if s.name in result.resumed else ""
+        click.echo(f"  {s.name:<20} {s.type:<12} {human_size(s.size):>10}  stored {human_size(s.stored_size):>10}  {s.seconds:.1f}s{kept}")
     click.echo(f"backup {data_id}/{result.timestamp} complete: {human_size(result.size)}, "
-               f"stored {human_size(result.stored_size)}, {result.seconds:.1f}s")
+               f"stored {human_size(result.stored_size)}, {result.seconds:.1f}s (job {result.job_id})")
+    _release_failed(result.release_error)
 
 
 @main.group(name="list")
@@ -218,10 +256,11 @@ def list_backup(obj: Context, data_id: str | None, as_json: bool) -> None:
               help="Restore a source elsewhere, e.g. --set raw.path=/tmp/raw or --set db.dsn=postgresql://.../other.")
 @click.option("--only", multiple=True, metavar="SOURCE", help="Restore only this source (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored where; change nothing.")
+@click.option("--wait", "wait", metavar="SECONDS", help="If another job holds the dataset's lock, wait this long (e.g. 300, 10m).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def restore(obj: Context, args: tuple[str, ...], yes: bool, sets: tuple[str, ...], only: tuple[str, ...],
-            dry_run: bool, as_json: bool) -> None:
+            dry_run: bool, wait: str | None, as_json: bool) -> None:
     """Put every source of DATA_ID back as it was at a backup (default: latest).
 
     Replaces current data, so it asks first; --yes skips the question. Checksums are checked while
@@ -251,15 +290,18 @@ def restore(obj: Context, args: tuple[str, ...], yes: bool, sets: tuple[str, ...
             sys.exit(ExitCode.OK)
     progress = _Progress(sys.stderr.isatty() and not as_json and not obj.quiet)
     try:
-        result = dm.restore(data_id, plan.timestamp, overrides=overrides, only=list(only) or None, progress=progress)
+        result = dm.restore(data_id, plan.timestamp, overrides=overrides, only=list(only) or None, progress=progress,
+                            wait=_seconds(wait, "--wait"))
     finally:
         progress.done()
     if as_json:
         _emit_json(result.to_json())
+        _release_failed(result.release_error)
         return
     for s in result.sources:
         click.echo(f"  {s['name']:<20} -> {s['target']}")
-    click.echo(f"restored {data_id}/{result.timestamp}")
+    click.echo(f"restored {data_id}/{result.timestamp} (job {result.job_id})")
+    _release_failed(result.release_error)
 
 
 @main.command()
@@ -284,24 +326,111 @@ def verify(obj: Context, args: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """The config in use, plugins, storages and each dataset's latest backup."""
+    """The config in use, plugins, storages, each dataset's latest backup and locks; running and recent
+    jobs; datasets marked unavailable (or left so because releasing them failed)."""
     from .api import age_text
+    from .repository import human_size
 
-    doc = obj.dm.status()
+    st = obj.dm.status()
     if as_json:
-        _emit_json(doc)
+        _emit_json(st.to_json())
         return
-    click.echo(f"config: {doc['config']}")
-    click.echo("plugins: " + ", ".join(f"{p['name']} {p['version']}" + (" (BROKEN)" if p.get("error") else "") for p in doc["plugins"]))
+    click.echo(f"config: {st.config}")
+    click.echo(f"state: {st.state}")
+    click.echo("plugins: " + ", ".join(f"{p['name']} {p['version']}" + (" (BROKEN)" if p.get("error") else "") for p in st.plugins))
     click.echo("storages:")
-    for s in doc["storages"]:
+    for s in st.storages:
         state = "reachable" if s["reachable"] else f"UNREACHABLE: {s.get('error')}"
         click.echo(f"  {s['name']} ({s['type']}) {s.get('location', '')}: {state}")
     click.echo("datasets:")
-    for d in doc["datasets"]:
+    for d in st.datasets:
         latest = f"{d['latest']} ({age_text(d['age_seconds'])})" if d["latest"] else "no backup yet"
         extra = f", {d['incomplete']} incomplete" if d["incomplete"] else ""
         click.echo(f"  {d['data_id']}: {latest}{extra}; sources {', '.join(d['sources'])}")
+        for lock in d.get("locks", []):
+            stale = " STALE" if lock["stale"] else ""
+            click.echo(f"    locked{stale} by {lock['operation']} job {lock['job_id']} (host {lock['host']}, pid {lock['pid']}) "
+                       f"since {lock['created']}")
+    if st.unavailable:
+        click.echo("marked unavailable:")
+        for a in st.unavailable:
+            if a.state == "release_failed":
+                click.echo(f"  {a.data_id}: RELEASE FAILED after job {a.job_id} at {a.since}: {a.error}")
+            else:
+                click.echo(f"  {a.data_id}: by job {a.job_id} since {a.since}")
+    click.echo("running jobs:" + ("" if st.running else " none"))
+    for j in st.running:
+        done = sum(1 for t in j.tasks if t.state == "done")
+        click.echo(f"  {j.id} {j.kind} {j.data_id} {j.backup or ''} since {j.started_at or j.created_at} "
+                   f"(host {j.host}, pid {j.pid}), {done}/{len(j.tasks)} sources done")
+    click.echo("recent jobs:" + ("" if st.recent else " none"))
+    for j in st.recent:
+        line = f"  {j.id} {j.kind} {j.data_id} {j.backup or '-'} {j.state.upper()} {j.ended_at or ''} {human_size(j.bytes)}"
+        if j.error:
+            line += f": {j.error}"
+        if j.release_error:
+            line += " [RELEASE FAILED]"
+        click.echo(line)
+
+
+@main.command()
+@click.argument("data_id", required=False)
+@click.option("--older-than", "older_than", default="24h", show_default=True, metavar="DURATION",
+              help="Grace period: only incomplete backups started longer ago than this.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def cleanup(obj: Context, data_id: str | None, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Remove incomplete backups (of DATA_ID, or of every dataset) older than the grace period.
+
+    The newest incomplete backup of a dataset another job has locked is kept (it may be running or resuming).
+    """
+    from .repository import human_size
+
+    items = obj.dm.cleanup(data_id, older_than=_seconds(older_than, "--older-than"), dry_run=dry_run)
+    if as_json:
+        _emit_json([i.to_json() for i in items])
+        return
+    if not items:
+        click.echo("no incomplete backups older than " + older_than)
+    for i in items:
+        why = f" ({i.reason})" if i.reason else ""
+        click.echo(f"{i.action}: {i.data_id}/{i.timestamp} {human_size(i.stored_size)}{why}")
+
+
+@main.group()
+def lock() -> None:
+    """Dataset locks in the storage: list them, break stale ones."""
+
+
+@lock.command(name="list")
+@click.argument("data_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def lock_list(obj: Context, data_id: str | None, as_json: bool) -> None:
+    """Locks of DATA_ID (or of every dataset in the storages), with owner and age; stale ones marked."""
+    locks = obj.dm.locks(data_id)
+    if as_json:
+        _emit_json([lk.to_json() for lk in locks])
+        return
+    if not locks:
+        click.echo("no locks" + (f" on {data_id}" if data_id else ""))
+    for lk in locks:
+        click.echo(f"{lk.data_id}: {lk.describe()}")
+
+
+@lock.command(name="break")
+@click.argument("data_id")
+@click.option("--job", "job_id", metavar="JOB_ID", help="Only the lock of this job.")
+@click.option("--force", is_flag=True, help="Also break a lock that is not stale (its job must really be gone).")
+@click.pass_obj
+def lock_break(obj: Context, data_id: str, job_id: str | None, force: bool) -> None:
+    """Remove the stale locks of DATA_ID (expired, or of a process gone from this host)."""
+    broken = obj.dm.break_lock(data_id, job_id=job_id, force=force)
+    if not broken:
+        click.echo(f"{data_id} has no locks")
+    for lk in broken:
+        click.echo(f"broke the lock of {lk.describe()}")
 
 
 @main.command()

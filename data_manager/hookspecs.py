@@ -25,7 +25,7 @@ from typing import Any
 
 import pluggy
 
-from .types import Dataset, Operation, SourceType, StorageType
+from .types import Dataset, Operation, Settings, SourceType, StorageType
 
 PROJECT = "data_manager"
 
@@ -71,6 +71,27 @@ def resolve_dataset(data_id: str, config: Mapping[str, Any]) -> Dataset | None:
 
 
 @hookspec
+def configure(config: Mapping[str, Any], guards: Mapping[str, Settings]) -> list[str] | None:
+    """Take this plugin's settings; called once when a ``DataManager`` is created from a config.
+
+    ``guards`` holds every ``[guards.NAME]`` table of the config as :class:`~data_manager.types.Settings`
+    (``${VAR}`` already expanded, secret values kept out of logs), for example::
+
+        [guards.experiments]
+        experiments_url = "http://experiments:8080/api/v1"
+        token = "${EXPERIMENTS_TOKEN}"
+
+    Read and validate your table here (``settings.check_known(...)``, ``settings.get_str(...)``: errors name
+    the file and key), keep what you need for the other hooks, and return the list of table names you
+    used (``["experiments"]``). A ``[guards.NAME]`` table that no plugin claims is a config error, so a typo
+    never silently disables a guard. If your table is absent, reset to "not configured" (another config
+    may be loaded in the same process) and return ``None``. ``config`` is the whole parsed config.
+
+    Must not connect to anything.
+    """
+
+
+@hookspec
 def check_dataset(dataset: Dataset, operation: Operation) -> str | None:
     """May ``operation`` (``"backup"`` or ``"restore"``) run on ``dataset`` now?
 
@@ -84,8 +105,11 @@ def check_dataset(dataset: Dataset, operation: Operation) -> str | None:
 
 
 @hookspec
-def before_operation(dataset: Dataset, operation: Operation) -> None:
+def before_operation(dataset: Dataset, operation: Operation, job_id: str) -> None:
     """The operation is about to start: for example mark ``dataset`` unavailable to other systems.
+
+    ``job_id`` names the job (as ``data-manager status`` shows it); tell the other system, so a person
+    seeing the mark knows which job set it. The dataset's lock is already held.
 
     Raising stops the operation before any data moves; ``after_operation`` is still called for the guards
     whose ``before_operation`` already succeeded, so marks are undone.
@@ -93,10 +117,11 @@ def before_operation(dataset: Dataset, operation: Operation) -> None:
 
 
 @hookspec
-def after_operation(dataset: Dataset, operation: Operation, error: BaseException | None) -> None:
+def after_operation(dataset: Dataset, operation: Operation, error: BaseException | None, job_id: str) -> None:
     """The operation has ended, successfully (``error is None``) or not (also on Ctrl-C).
 
     Always called after a successful :func:`before_operation`: mark the dataset available again. Must not
     raise for the operation's own error. If this hook itself fails, raise: the core reports it loudly and
-    records it, but never hides the operation's result.
+    records it in the state database (``data-manager status`` shows the dataset as not released), but never
+    hides the operation's result. Retry transient failures yourself first.
     """

@@ -649,6 +649,26 @@ class Repository:
                 return b
         raise UsageError(f"no backup {data_id}/{which} in {self.storage.location()}")
 
+    def incomplete(self, data_id: str) -> list[str]:
+        """Timestamps of ``data_id``'s incomplete backups (no ``backup.json``), oldest first."""
+        return [ts for ts in self.timestamps(data_id) if not self.storage.exists(f"{data_id}/{ts}/{MANIFEST}")]
+
+    def source_done(self, data_id: str, timestamp: str, source: str) -> SourceRecord | None:
+        """The record of a source finished in a (possibly incomplete) backup, or None if it did not finish."""
+        key = f"{data_id}/{timestamp}/{source}/{SOURCE_MANIFEST}"
+        try:
+            with self.storage.open_read(key) as f:
+                return SourceRecord.from_json(json.loads(f.read()))
+        except NotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable, redoing that source", key)
+            return None
+
+    def delete_backup(self, data_id: str, timestamp: str) -> None:
+        """Remove a backup (used for incomplete ones: ``cleanup``)."""
+        self.storage.delete_tree(f"{data_id}/{timestamp}")
+
     def new_timestamp(self, data_id: str, when: datetime | None = None) -> str:
         """A fresh TIMESTAMP for ``data_id``: now, or the next free second after the newest one."""
         when = (when or now_utc()).replace(microsecond=0)

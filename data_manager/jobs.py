@@ -1,0 +1,455 @@
+"""Jobs: every backup and restore is recorded in a local state database, with one task per source.
+
+The database (SQLite) holds what ``data-manager status`` shows: running and recent jobs, their tasks, and
+the datasets this machine marked unavailable in other systems (or failed to mark available again). It is
+local bookkeeping, never needed to restore: the storage and its metadata are the truth about backups.
+
+Path: ``$DATA_MANAGER_STATE``, else ``[state] path`` in the config, else
+``$XDG_STATE_HOME/data-manager/state.db`` (``~/.local/state/...``). Each call opens its own short
+connection (several processes may share one database; SQLite's busy timeout serialises them).
+
+This module also holds the job watchdog (timeouts) and the duration parser shared by the config tables.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataManagerError
+from .repository import iso, now_utc
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+UNAVAILABLE, RELEASE_FAILED = "unavailable", "release_failed"
+DEFAULT_TIMEOUT = 6 * 3600.0
+RECENT = 10
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any, where: str, key: str) -> float:
+    """``"30m"``, ``"6h"``, ``"2d"``, ``"1.5s"``, ``"250ms"`` or a number of seconds -> seconds (> 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.lower())
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ConfigError(f"{where}: key {key!r}: must be a duration like 90s, 30m, 6h or 2d, not {value!r}", key=key)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def default_state_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "data-manager" / "state.db"
+
+
+def state_path(config: Mapping[str, Any], file: str = "<config>") -> Path:
+    """Where the state database is: ``$DATA_MANAGER_STATE``, ``[state] path``, or the default."""
+    env = os.environ.get("DATA_MANAGER_STATE")
+    if env:
+        return Path(env).expanduser()
+    table = config.get("state", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{file}: key 'state': must be a table", key="state")
+    unknown = sorted(set(table) - {"path"})
+    if unknown:
+        raise ConfigError(f"{file}: [state]: key {unknown[0]!r}: unknown (known: path)", key=unknown[0])
+    if "path" in table:
+        if not isinstance(table["path"], str) or not table["path"]:
+            raise ConfigError(f"{file}: [state]: key 'path': must be a file path", key="path")
+        return Path(os.path.expandvars(table["path"])).expanduser()
+    return default_state_path()
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Task:
+    """One source of a job."""
+
+    job_id: str
+    source: str
+    type: str
+    state: str = PENDING
+    started_at: str | None = None
+    ended_at: str | None = None
+    bytes: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Job:
+    """One backup or restore of one dataset, as recorded in the state database."""
+
+    id: str
+    kind: str  # backup | restore
+    data_id: str
+    state: str
+    host: str
+    pid: int
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    backup: str | None = None  # the TIMESTAMP written or restored
+    bytes: int = 0
+    error: str | None = None
+    release_error: str | None = None
+    tasks: list[Task] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k != "tasks"}, "tasks": [t.to_json() for t in self.tasks]}
+
+
+@dataclass
+class Availability:
+    """A dataset this machine marked unavailable in other systems, or failed to mark available again."""
+
+    data_id: str
+    state: str  # unavailable | release_failed
+    job_id: str
+    since: str
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    backup TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    release_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    PRIMARY KEY (job_id, source)
+);
+CREATE TABLE IF NOT EXISTS availability (
+    data_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    since TEXT NOT NULL,
+    error TEXT
+);
+"""
+_VERSION = 1
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StateDB:
+    """The local state database. Every method opens, uses and closes one connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ready = False
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            if not self._ready:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise DataManagerError(f"state database {self.path}: cannot open: {exc}") from None
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys = ON")
+            if not self._ready:
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                if version > _VERSION:
+                    raise DataManagerError(f"state database {self.path} is from a newer data-manager (schema {version})")
+                con.executescript(_SCHEMA)
+                con.execute(f"PRAGMA user_version = {_VERSION}")
+                self._ready = True
+            con.execute("BEGIN IMMEDIATE")
+            yield con
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise DataManagerError(f"state database {self.path}: {exc}") from None
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    # -- writing
+
+    def create_job(self, kind: str, data_id: str, sources: list[tuple[str, str]], job_id: str | None = None) -> Job:
+        job = Job(job_id or new_job_id(), kind, data_id, PENDING, socket.gethostname(), os.getpid(), iso(now_utc()))
+        job.tasks = [Task(job.id, name, type_) for name, type_ in sources]
+        with self._db() as con:
+            con.execute(
+                "INSERT INTO jobs (id, kind, data_id, state, host, pid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.id, kind, data_id, job.state, job.host, job.pid, job.created_at),
+            )
+            con.executemany(
+                "INSERT INTO tasks (job_id, position, source, type, state) VALUES (?, ?, ?, ?, ?)",
+                [(job.id, i, t.source, t.type, t.state) for i, t in enumerate(job.tasks)],
+            )
+        return job
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self._db() as con:
+            con.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
+
+    def update_task(self, job_id: str, source: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self._db() as con:
+            con.execute(f"UPDATE tasks SET {cols} WHERE job_id = ? AND source = ?", (*values.values(), job_id, source))
+
+    def finish_job(self, job_id: str, state: str, error: str | None = None) -> None:
+        """End a job; its tasks still pending or running end with it (failed, or done if the job is)."""
+        now = iso(now_utc())
+        with self._db() as con:
+            con.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, error = ?, "
+                "bytes = (SELECT COALESCE(SUM(bytes), 0) FROM tasks WHERE job_id = ?) WHERE id = ?",
+                (state, now, error, job_id, job_id),
+            )
+            if state == FAILED:
+                con.execute(
+                    "UPDATE tasks SET state = ?, ended_at = COALESCE(ended_at, ?), "
+                    "error = COALESCE(error, CASE WHEN state = 'running' THEN ? ELSE 'not started' END) "
+                    "WHERE job_id = ? AND state IN ('pending', 'running')",
+                    (FAILED, now, error, job_id),
+                )
+
+    def set_unavailable(self, data_id: str, job_id: str) -> None:
+        with self._db() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO availability (data_id, state, job_id, since, error) VALUES (?, ?, ?, ?, NULL)",
+                (data_id, UNAVAILABLE, job_id, iso(now_utc())),
+            )
+
+    def set_available(self, data_id: str, job_id: str) -> None:
+        with self._db() as con:
+            con.execute("DELETE FROM availability WHERE data_id = ?", (data_id,))
+
+    def set_release_failed(self, data_id: str, job_id: str, error: str) -> None:
+        with self._db() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO availability (data_id, state, job_id, since, error) VALUES (?, ?, ?, ?, ?)",
+                (data_id, RELEASE_FAILED, job_id, iso(now_utc()), error),
+            )
+            con.execute("UPDATE jobs SET release_error = ? WHERE id = ?", (error, job_id))
+
+    def reap(self) -> list[str]:
+        """Jobs recorded as running on this host whose process is gone (kill -9, power loss): mark them failed."""
+        if not self.path.exists():
+            return []
+        host = socket.gethostname()
+        with self._db() as con:
+            rows = con.execute(
+                "SELECT id, pid FROM jobs WHERE host = ? AND state IN ('pending', 'running')", (host,)
+            ).fetchall()
+        dead = [r["id"] for r in rows if r["pid"] != os.getpid() and not pid_alive(r["pid"])]
+        for job_id in dead:
+            self.finish_job(job_id, FAILED, "the process ended without finishing the job (killed?)")
+        return dead
+
+    # -- reading
+
+    def _jobs(self, con: sqlite3.Connection, where: str, args: tuple[Any, ...], limit: int | None) -> list[Job]:
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        jobs = [Job(**dict(r)) for r in con.execute(sql, args).fetchall()]
+        for job in jobs:
+            job.tasks = [
+                Task(**{k: r[k] for k in r.keys() if k != "position"})
+                for r in con.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY position", (job.id,)).fetchall()
+            ]
+        return jobs
+
+    def job(self, job_id: str) -> Job | None:
+        if not self.path.exists():
+            return None
+        with self._db() as con:
+            found = self._jobs(con, "WHERE id = ?", (job_id,), 1)
+        return found[0] if found else None
+
+    def jobs(self, *, data_id: str | None = None, running: bool | None = None, limit: int | None = RECENT) -> list[Job]:
+        if not self.path.exists():
+            return []
+        clauses, args = [], []
+        if data_id is not None:
+            clauses.append("data_id = ?")
+            args.append(data_id)
+        if running is not None:
+            clauses.append(("" if running else "NOT ") + "state IN ('pending', 'running')")
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._db() as con:
+            return self._jobs(con, where, tuple(args), limit)
+
+    def unavailable(self) -> list[Availability]:
+        if not self.path.exists():
+            return []
+        with self._db() as con:
+            return [Availability(**dict(r)) for r in con.execute("SELECT * FROM availability ORDER BY data_id")]
+
+
+class Recorder:
+    """Writes one job's progress to the state database; a bookkeeping failure never fails the job itself."""
+
+    def __init__(self, db: StateDB, job: Job) -> None:
+        self.db = db
+        self.job = job
+        self._warned = False
+
+    def _safe(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except DataManagerError as exc:
+            if not self._warned:
+                log.warning("job %s: cannot record progress: %s", self.job.id, exc)
+                self._warned = True
+
+    def start(self, backup: str | None = None) -> None:
+        self.job.state, self.job.backup = RUNNING, backup
+        self.job.started_at = iso(now_utc())
+        self._safe(self.db.update_job, self.job.id, state=RUNNING, started_at=self.job.started_at, backup=backup)
+
+    def set_backup(self, backup: str) -> None:
+        self.job.backup = backup
+        self._safe(self.db.update_job, self.job.id, backup=backup)
+
+    def task_started(self, source: str) -> None:
+        self._safe(self.db.update_task, self.job.id, source, state=RUNNING, started_at=iso(now_utc()))
+
+    def task_done(self, source: str, nbytes: int, note: str | None = None) -> None:
+        now = iso(now_utc())
+        self._safe(self.db.update_task, self.job.id, source, state=DONE, ended_at=now, bytes=nbytes, error=note)
+
+    def task_failed(self, source: str, error: str) -> None:
+        self._safe(self.db.update_task, self.job.id, source, state=FAILED, ended_at=iso(now_utc()), error=error)
+
+    def finish(self, error: str | None) -> None:
+        self.job.state = FAILED if error else DONE
+        self.job.error = error
+        self._safe(self.db.finish_job, self.job.id, self.job.state, error)
+
+    def unavailable(self) -> None:
+        self._safe(self.db.set_unavailable, self.job.data_id, self.job.id)
+
+    def available(self) -> None:
+        self._safe(self.db.set_available, self.job.data_id, self.job.id)
+
+    def release_failed(self, error: str) -> None:
+        self.job.release_error = error
+        self._safe(self.db.set_release_failed, self.job.data_id, self.job.id, error)
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+class JobTimeoutError(DataManagerError):
+    """A job ran longer than its limit and was stopped."""
+
+
+class Watchdog:
+    """Stops a job that runs past its limit.
+
+    Two ways, so a stuck source is stopped wherever the job runs: :meth:`check` (called as data moves)
+    raises :class:`JobTimeoutError` in the job's own thread; and when the job runs in the main thread with
+    Python's default Ctrl-C handler, a timer interrupts the main thread as Ctrl-C would (this also stops a
+    source blocked in a slow call). The job turns that interruption into the timeout error.
+    """
+
+    def __init__(self, limit: float, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.fired = False
+        self._deadline = time.monotonic() + limit
+        self._lock = threading.Lock()
+        self._armed = True
+        self._timer: threading.Timer | None = None
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._timer = threading.Timer(limit, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def error(self) -> JobTimeoutError:
+        return JobTimeoutError(f"{self.what} stopped: it ran longer than its limit of {format_duration(self.limit)}")
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._armed:
+                self.fired = True
+                log.error("%s: time limit of %s reached, stopping it", self.what, format_duration(self.limit))
+                _thread.interrupt_main()
+
+    def check(self) -> None:
+        if self._armed and time.monotonic() >= self._deadline:
+            self.fired = True
+            raise self.error()
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()

@@ -1,0 +1,271 @@
+"""Dataset locks kept in the storage, so two jobs on one dataset never overlap, even from two machines.
+
+The storage contract has no atomic create-if-absent, so the scheme is one lock object per contender:
+
+1. write ``DATA_ID/.locks/JOB_ID.json`` (owner host, pid, job id, operation, created, expires);
+2. list ``DATA_ID/.locks/``: the oldest lock (earliest ``created``, ties broken by job id) wins;
+3. a winner waits a settle time (``[locks] settle``, at least 5x its own write+list time) and lists
+   again, so a contender whose write was still in flight is seen; if it is still the oldest, it holds the
+   lock. A loser deletes its object and fails with exit code 3 (or retries until ``--wait`` runs out).
+
+A holder rewrites its object every ``ttl / 3`` (heartbeat) with a new ``expires``. A lock past its expiry
+is *stale*: it still blocks (its job may only be slow or cut off from the storage), is reported with its
+owner and age, and is broken only by ``data-manager lock break DATA_ID``. The one exception: a lock of a
+process on this very host that no longer exists (kill -9, crash) is certainly dead and is removed.
+
+Clocks of the machines sharing a storage must agree to well within the settle time (NTP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ConfigError, NotFoundError, RefusedError, StorageError
+from .jobs import parse_duration, pid_alive
+from .repository import iso
+from .types import Storage
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = ".locks"
+DEFAULT_TTL = 600.0
+DEFAULT_SETTLE = 0.25
+_POLL = 2.0
+
+
+@dataclass
+class LockSettings:
+    ttl: float = DEFAULT_TTL
+    settle: float = DEFAULT_SETTLE
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], file: str = "<config>") -> LockSettings:
+        table = config.get("locks", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: key 'locks': must be a table", key="locks")
+        unknown = sorted(set(table) - {"ttl", "settle"})
+        if unknown:
+            raise ConfigError(f"{file}: [locks]: key {unknown[0]!r}: unknown (known: settle, ttl)", key=unknown[0])
+        where = f"{file}: [locks]"
+        return cls(
+            ttl=parse_duration(table["ttl"], where, "ttl") if "ttl" in table else DEFAULT_TTL,
+            settle=parse_duration(table["settle"], where, "settle") if "settle" in table else DEFAULT_SETTLE,
+        )
+
+
+@dataclass
+class LockInfo:
+    """One lock object, as read from the storage."""
+
+    data_id: str
+    job_id: str
+    operation: str
+    host: str
+    pid: int
+    created: float  # unix time
+    expires: float
+    key: str
+    unreadable: str | None = None
+
+    @property
+    def order(self) -> tuple[float, str]:
+        return (self.created, self.job_id)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.unreadable is not None or (now or time.time()) >= self.expires
+
+    def process_gone(self) -> bool:
+        """The owner ran on this host and its process no longer exists."""
+        return self.unreadable is None and self.host == socket.gethostname() and not pid_alive(self.pid)
+
+    def owner(self) -> str:
+        if self.unreadable:
+            return f"unreadable lock object {self.key} ({self.unreadable})"
+        return f"{self.operation} job {self.job_id} (host {self.host}, pid {self.pid})"
+
+    def describe(self, now: float | None = None) -> str:
+        now = now or time.time()
+        if self.unreadable:
+            return self.owner()
+        text = f"{self.owner()}, since {_when(self.created)} ({_age(now - self.created)} ago)"
+        if self.expired(now):
+            text += f", STALE: expired {_age(now - self.expires)} ago"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["created"] = _when(self.created)
+        doc["expires"] = _when(self.expires)
+        doc["stale"] = self.expired()
+        return doc
+
+
+def _when(t: float) -> str:
+    return iso(datetime.fromtimestamp(t, timezone.utc))
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _prefix(data_id: str) -> str:
+    return f"{data_id}/{LOCK_DIR}"
+
+
+def list_locks(storage: Storage, data_id: str) -> list[LockInfo]:
+    """Every lock object of ``data_id``, oldest first."""
+    out = []
+    for entry in storage.list(_prefix(data_id)):
+        if entry.is_dir or not entry.name.endswith(".json"):
+            continue
+        key = f"{_prefix(data_id)}/{entry.name}"
+        job_id = entry.name[: -len(".json")]
+        try:
+            with storage.open_read(key) as f:
+                doc = json.loads(f.read())
+            out.append(LockInfo(data_id, str(doc["job_id"]), str(doc["operation"]), str(doc["host"]), int(doc["pid"]),
+                                float(doc["created"]), float(doc["expires"]), key))
+        except NotFoundError:
+            continue  # released while we listed
+        except (ValueError, KeyError, TypeError) as exc:
+            created = entry.modified.timestamp() if entry.modified else 0.0
+            out.append(LockInfo(data_id, job_id, "?", "?", 0, created, 0.0, key, unreadable=type(exc).__name__))
+    return sorted(out, key=lambda lock: lock.order)
+
+
+def break_locks(storage: Storage, data_id: str, *, job_id: str | None = None, force: bool = False) -> list[LockInfo]:
+    """Delete stale locks of ``data_id`` (or only ``job_id``'s); live ones only with ``force``.
+
+    Raises :class:`RefusedError` naming a live lock when asked to break it without ``force``.
+    """
+    locks = [lock for lock in list_locks(storage, data_id) if job_id is None or lock.job_id == job_id]
+    if job_id is not None and not locks:
+        raise RefusedError(f"{data_id} has no lock of job {job_id}")
+    live = [lock for lock in locks if not lock.expired() and not lock.process_gone()]
+    if live and not force:
+        raise RefusedError(
+            f"{data_id}: lock of {live[0].describe()} is live (not expired); pass --force if that job is really gone"
+        )
+    for lock in locks:
+        storage.delete(lock.key)
+        log.warning("broke the lock of %s on %s", lock.owner(), data_id)
+    return locks
+
+
+class DatasetLock:
+    """The lock of one job on one dataset: :meth:`acquire`, then :meth:`release` (always)."""
+
+    def __init__(self, storage: Storage, data_id: str, job_id: str, operation: str, settings: LockSettings) -> None:
+        self.storage = storage
+        self.data_id = data_id
+        self.job_id = job_id
+        self.operation = operation
+        self.settings = settings
+        self.key = f"{_prefix(data_id)}/{job_id}.json"
+        self.lost = False
+        self._created = 0.0
+        self._written = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def _write(self) -> None:
+        doc = {
+            "job_id": self.job_id,
+            "operation": self.operation,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "created": self._created,
+            "expires": time.time() + self.settings.ttl,
+            "created_at": _when(self._created),
+            "tool": "data-manager",
+        }
+        with self.storage.open_write(self.key) as w:
+            w.write((json.dumps(doc, indent=2) + "\n").encode())
+        self._written = True
+
+    def _delete(self) -> None:
+        if self._written:
+            self.storage.delete(self.key)
+            self._written = False
+
+    def _blocker(self) -> LockInfo | None:
+        """The lock that wins over ours, or None if ours is the oldest."""
+        locks = list_locks(self.storage, self.data_id)
+        for lock in locks:
+            if lock.job_id != self.job_id and lock.process_gone():
+                log.warning("%s: removing the lock of %s: that process is gone", self.data_id, lock.owner())
+                self.storage.delete(lock.key)
+        locks = [lock for lock in locks if lock.job_id == self.job_id or not lock.process_gone()]
+        if not any(lock.job_id == self.job_id for lock in locks):
+            raise StorageError(f"{self.key}: the lock object just written is not listed by the storage")
+        first = locks[0]
+        return None if first.job_id == self.job_id else first
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, or raise :class:`RefusedError` naming its holder (after ``wait`` seconds of retries)."""
+        deadline = time.monotonic() + wait
+        while True:
+            t0 = time.monotonic()
+            self._created = time.time()
+            try:
+                self._write()
+                blocker = self._blocker()
+                if blocker is None:
+                    time.sleep(max(self.settings.settle, 5 * (time.monotonic() - t0)))
+                    blocker = self._blocker()
+                if blocker is None:
+                    break
+                self._delete()
+            except BaseException:
+                self._delete()
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RefusedError(self._refusal(blocker, wait))
+            log.info("%s is locked by %s; waiting (%.0fs left)", self.data_id, blocker.owner(), left)
+            time.sleep(min(_POLL, left))
+        self._heartbeat = threading.Thread(target=self._beat, name="dm-lock-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _refusal(self, blocker: LockInfo, wait: float) -> str:
+        text = f"{self.data_id} is locked by {blocker.describe()}"
+        if blocker.expired():
+            return text + f"; if that job is gone, break the lock: data-manager lock break {self.data_id}"
+        return text + (f"; still locked after waiting {wait:.0f}s" if wait else "; try later or pass --wait SECONDS")
+
+    def _beat(self) -> None:
+        interval = self.settings.ttl / 3
+        while not self._stop.wait(interval):
+            try:
+                if not self.storage.exists(self.key):
+                    self.lost = True
+                    log.error("%s: our lock (job %s) was broken by someone else", self.data_id, self.job_id)
+                    return
+                self._write()
+            except Exception as exc:  # a heartbeat that fails once is retried; the lock expires only after ttl
+                log.warning("%s: cannot refresh the lock: %s", self.data_id, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
+        if not self.lost:
+            try:
+                self._delete()
+            except StorageError as exc:
+                log.error("%s: cannot remove the lock %s: %s (break it with: data-manager lock break %s)",
+                          self.data_id, self.key, exc, self.data_id)

@@ -1,0 +1,239 @@
+"""Talking to an S3 server through the minio SDK: connection settings, the client, retries, one-line errors.
+
+Shared by the ``minio`` source and the ``s3`` storage. The SDK's own HTTP retries are switched off (its
+default pool retries any 5xx five times, invisibly, and not S3's ``SlowDown``); :meth:`Connection.call`
+retries transient failures (timeouts, broken connections, 5xx, throttling) itself, with exponential
+backoff, and turns everything else into one clear line without secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from data_manager.errors import DataManagerError
+from data_manager.types import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONNECTION_KEYS = {"endpoint", "secure", "access_key", "secret_key", "region", "retries", "timeout"}
+
+# S3 error codes worth another try: throttling, server-side hiccups, a body damaged on the way.
+TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "OperationAborted",
+    "BadDigest",
+    "XMinioServerNotInitialized",
+    "XMinioReadQuorum",
+    "XMinioWriteQuorum",
+}
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId": "the server does not know this access key",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied",
+    "InvalidToken": "the session token is invalid",
+    "ExpiredToken": "the session token has expired",
+}
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    endpoint: str
+    secure: bool
+    access_key: str | None
+    secret_key: str | None
+    region: str | None
+    retries: int
+    timeout: int
+
+    @classmethod
+    def read(cls, settings: Settings) -> ConnectionSettings:
+        endpoint = settings.get_str("endpoint")
+        if "://" in endpoint or "/" in endpoint:
+            raise settings.error("endpoint", "must be host[:port], without scheme or path (plain http: secure = false)")
+        access_key = settings.get_str("access_key", None)
+        secret_key = settings.get_str("secret_key", None)
+        if (access_key is None) != (secret_key is None):
+            raise settings.error("secret_key" if access_key else "access_key", "access_key and secret_key go together")
+        return cls(
+            endpoint=endpoint,
+            secure=settings.get_bool("secure", True),
+            access_key=access_key,
+            secret_key=secret_key,
+            region=settings.get_str("region", None),
+            retries=settings.get_int("retries", 5, minimum=0),
+            timeout=settings.get_int("timeout", 60, minimum=1),
+        )
+
+    def url(self, bucket: str, prefix: str = "") -> str:
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.endpoint}/{bucket}" + (f"/{prefix.rstrip('/')}" if prefix else "")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would the same request, repeated a little later, probably succeed?"""
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        return exc.code in TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    if isinstance(exc, InvalidResponseError):
+        code = getattr(exc, "_code", 0) or 0
+        return code >= 500 or code == 429
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return False
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def describe(exc: BaseException) -> str:
+    """One line about what went wrong, without secrets (never the exception's own text with URLs and ids)."""
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        code = exc.code or "error"
+        if code in CREDENTIAL_CODES:
+            return f"{CREDENTIAL_CODES[code]} (check access_key / secret_key and the bucket policy)"
+        if code == "NoSuchBucket":
+            return f"bucket {exc.bucket_name!r} does not exist" if exc.bucket_name else "no such bucket"
+        if code == "NoSuchKey":
+            return "no such object"
+        message = (exc.message or "").splitlines()[0] if exc.message else ""
+        return f"{code}: {message}".rstrip(": ")
+    if isinstance(exc, ServerError):
+        return f"server error (HTTP {exc.status_code})"
+    if isinstance(exc, InvalidResponseError):
+        return f"unexpected answer from the server (HTTP {getattr(exc, '_code', '?')}; is this an S3 endpoint?)"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "TLS handshake failed (is secure = true right for this endpoint?)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "cannot connect (connection refused or host unreachable)"
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return "cannot resolve the host name"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "the server stopped answering (read timed out)"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "the connection broke"
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return f"HTTP failure ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_s3_code(exc: BaseException, *codes: str) -> bool:
+    from minio.error import S3Error
+
+    return isinstance(exc, S3Error) and exc.code in codes
+
+
+class Connection:
+    """A lazily created minio client plus the retry policy and the error type of one source or storage."""
+
+    def __init__(
+        self,
+        cs: ConnectionSettings,
+        label: str,
+        error_class: type[DataManagerError],
+        pool_size: int = 16,
+    ) -> None:
+        self.cs = cs
+        self.label = label
+        self.error_class = error_class
+        self._pool_size = pool_size
+        self._client: Any = None
+        self._http: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import os
+
+        import certifi
+        import urllib3
+        from minio import Minio
+
+        self._http = http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(self.cs.timeout, 15), read=self.cs.timeout),
+            maxsize=self._pool_size,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=False,  # Connection.call retries, with backoff and a log line
+        )
+        return Minio(
+            self.cs.endpoint,
+            access_key=self.cs.access_key,
+            secret_key=self.cs.secret_key,
+            secure=self.cs.secure,
+            region=self.cs.region,
+            http_client=http,
+        )
+
+    def error(self, what: str, exc: BaseException | str) -> DataManagerError:
+        detail = exc if isinstance(exc, str) else describe(exc)
+        return self.error_class(f"{self.label}: {what}: {detail}")
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried with backoff on transient failures; errors become one line."""
+        attempt = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except DataManagerError:
+                raise
+            except Exception as exc:
+                if not self.known(exc):
+                    raise
+                if is_transient(exc) and attempt < self.cs.retries:
+                    delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.8, 1.2)
+                    log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, describe(exc), delay)
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+                raise self.error(what, exc) from None
+
+    def backoff(self, attempt: int, what: str, exc: BaseException) -> bool:
+        """For loops that retry themselves (resuming a read): sleep and say True if another try is due."""
+        if not (self.known(exc) and is_transient(exc)) or attempt >= self.cs.retries:
+            return False
+        delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.8, 1.2)
+        log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, describe(exc), delay)
+        time.sleep(delay)
+        return True
+
+    @staticmethod
+    def known(exc: BaseException) -> bool:
+        import urllib3
+        from minio.error import MinioException
+
+        return isinstance(exc, (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.clear()
+        self._client = self._http = None

@@ -1,0 +1,132 @@
+"""Without a server: settings, key selection, error texts, retries, registration."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from data_manager.errors import ConfigError, StorageError
+from data_manager.plugins import get_registry
+from data_manager.types import Settings
+from data_manager_minio.connection import Connection, ConnectionSettings, describe, is_transient
+from data_manager_minio.source import MinioSource, incompressible
+from data_manager_minio.storage import S3Storage, normalize_prefix
+
+BASE = {"endpoint": "s3.example.org:9000", "access_key": "AK", "secret_key": "SK-very-secret", "bucket": "b"}
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings({**BASE, **kw}, where="dm.toml, dataset 'd', source 'b'", secret_keys=("secret_key",))
+
+
+def test_registered_lazily() -> None:
+    reg = get_registry()
+    assert "minio" in reg.source_types and "s3" in reg.storage_types
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, data_manager_minio.source, data_manager_minio.storage; print('minio' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"endpoint": "http://host:9000"}, "endpoint"),
+        ({"endpoint": "host:9000/path"}, "endpoint"),
+        ({"bucket": ""}, "bucket"),
+        ({"part_size": "1MiB"}, "part_size"),
+        ({"part_size": "lots"}, "part_size"),
+        ({"parallel": 0}, "parallel"),
+        ({"secure": "yes"}, "secure"),
+        ({"bukket": "x"}, "bukket"),
+    ],
+)
+def test_bad_source_settings(change: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        MinioSource("b", _settings(**change))
+    assert e.value.key == key and "dm.toml" in str(e.value)
+
+
+def test_keys_go_together() -> None:
+    values = dict(BASE)
+    del values["secret_key"]
+    with pytest.raises(ConfigError, match="go together"):
+        S3Storage("s", Settings(values))
+
+
+def test_storage_settings() -> None:
+    s = S3Storage("s", _settings(prefix="/backups/lab/", storage_class="reduced_redundancy", secure="false"))
+    assert s.location() == "http://s3.example.org:9000/b/backups/lab"
+    assert s.storage_class == "REDUCED_REDUNDANCY" and s.root == "backups/lab/"
+    with pytest.raises(ConfigError, match="storage class"):
+        S3Storage("s", _settings(storage_class="COLD_AS_ICE"))
+    with pytest.raises(StorageError, match="bad key"):
+        s._key("a/../b")
+
+
+def test_no_secret_in_public_settings_or_description() -> None:
+    settings = _settings()
+    src = MinioSource("b", settings)
+    assert "SK-very-secret" not in src.describe() + repr(settings.public())
+    assert settings.public()["secret_key"] == "***"
+
+
+def test_prefix_and_globs() -> None:
+    assert normalize_prefix("") == "" and normalize_prefix("a/b") == "a/b/" and normalize_prefix("/a/") == "a/"
+    src = MinioSource("b", _settings(include=["raw/*", "*.csv"], exclude=["*.tmp"]))
+    assert src.selected("raw/x/y.bin") and src.selected("top.csv")
+    assert not src.selected("raw/x.tmp") and not src.selected("other/x.bin")
+    assert MinioSource("b", _settings()).selected("anything at all/..")
+
+
+def test_incompressible() -> None:
+    import os
+
+    assert incompressible("a.jpg", "", b"a" * 1000)
+    assert incompressible("a", "video/mp4", b"a" * 1000)
+    assert incompressible("a.bin", "", os.urandom(1 << 16))
+    assert not incompressible("a.csv", "text/csv", b"1,2,3\n" * 10000)
+
+
+def test_transient_errors_and_texts() -> None:
+    import urllib3
+    from minio.error import ServerError
+
+    assert is_transient(urllib3.exceptions.ProtocolError("reset"))
+    assert is_transient(ServerError("boom", 503))
+    assert not is_transient(ServerError("nope", 400))
+    assert not is_transient(ValueError("bug"))
+    assert "connection broke" in describe(urllib3.exceptions.ProtocolError("reset"))
+
+
+def test_call_retries_then_gives_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    conn = Connection(ConnectionSettings.read(_settings(retries=2)), "s3 storage 's'", StorageError)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise urllib3.exceptions.ReadTimeoutError(None, "/", "timed out")  # type: ignore[arg-type]
+        return "ok"
+
+    assert conn.call("reading x", flaky) == "ok" and len(calls) == 3
+
+    def dead() -> None:
+        raise urllib3.exceptions.ReadTimeoutError(None, "/", "timed out")  # type: ignore[arg-type]
+
+    with pytest.raises(StorageError) as e:
+        conn.call("reading x", dead)
+    assert str(e.value) == "s3 storage 's': reading x: the server stopped answering (read timed out)"
+
+    def bug() -> None:
+        raise KeyError("a bug is not a storage error")
+
+    with pytest.raises(KeyError):
+        conn.call("reading x", bug)

@@ -8,8 +8,10 @@ rows of a fetched batch with ``,`` and writes them as one frame; a restore sends
 
 Literals per column type, chosen so the value comes back bit for bit:
 
-* integers, DECIMAL, FLOAT/DOUBLE, YEAR: the server's own number text, unquoted (DECIMAL is exact; the
-  server prints FLOAT/DOUBLE with the shortest digits that read back as the same value);
+* integers, DECIMAL, DOUBLE, YEAR: the server's own number text, unquoted (DECIMAL is exact; DOUBLE is
+  printed with the shortest digits that read back as the same value);
+* FLOAT: as DOUBLE (``CAST(f AS DOUBLE)``): MariaDB prints a FLOAT with 6 significant digits, which loses
+  bits (``mysqldump`` does lose them); the float's exact double value reads back as the same float;
 * BIT: its number (``b+0``);
 * BINARY/VARBINARY/BLOB and spatial types: hex ``X'..'`` (every byte value, no charset involved);
 * every other type (CHAR/VARCHAR/TEXT, ENUM/SET, JSON, DATE/TIME/DATETIME/TIMESTAMP incl. zero dates, and
@@ -95,6 +97,8 @@ def value_expression(col: Column) -> str:
     c = quote_ident(col.name)
     kind = col.kind
     if kind == "number":
+        if col.data_type.lower() == "float":  # the server prints FLOAT with 6 digits: widen it, exactly
+            return f"IFNULL(CAST({c} AS DOUBLE),'NULL')"
         return f"IFNULL({c},'NULL')"
     if kind == "bit":
         return f"IFNULL({c}+0,'NULL')"

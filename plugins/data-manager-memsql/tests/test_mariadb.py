@@ -169,8 +169,8 @@ def make_database(s, db: str) -> None:
     # AUTO_INCREMENT ahead of the rows: the restored table must continue from 50, not from max(id)+1
     sql(s, "INSERT INTO types (id, i) VALUES (49, 49);\nDELETE FROM types WHERE id = 49", db)
     sql(s, """
-CREATE VIEW a_view_of_view AS SELECT id, label FROM v_parent WHERE id > 1;
 CREATE VIEW v_parent AS SELECT p.id, p.label, COUNT(t.id) AS n FROM parent p LEFT JOIN types t ON t.parent_id = p.id GROUP BY p.id, p.label;
+CREATE VIEW a_view_of_view AS SELECT id, label FROM v_parent WHERE id > 1;
 CREATE SQL SECURITY INVOKER VIEW v_text AS SELECT CONCAT(vc, ' 🙂') AS x, id FROM types WHERE vc IS NOT NULL
 """, db)
 
@@ -184,6 +184,11 @@ def exact_same(s, a: str, b: str, table: str) -> None:
     n_a = sql(s, f"SELECT COUNT(*) FROM `{a}`.`{table}`")[0][0]
     n_b = sql(s, f"SELECT COUNT(*) FROM `{b}`.`{table}`")[0][0]
     same = sql(s, f"SELECT COUNT(*) FROM `{a}`.`{table}` x JOIN `{b}`.`{table}` y ON {cond}")[0][0]
+    if same != n_a:
+        for c in cols:
+            bad = sql(s, f"SELECT x.id, x.`{c}`, y.`{c}` FROM `{a}`.`{table}` x JOIN `{b}`.`{table}` y ON x.id = y.id "
+                         f"WHERE NOT (x.`{c}` <=> y.`{c}` AND CAST(x.`{c}` AS BINARY) <=> CAST(y.`{c}` AS BINARY))")
+            print(c, bad)
     assert n_a == n_b == same, (table, n_a, n_b, same)
 
 

@@ -58,7 +58,8 @@ def main() -> None:
                     "timestamptz '2024-01-01' + g * interval '1 ms', random(), g * 0.001, (g % 1000) / 7.0, "
                     "md5(g::text), jsonb_build_object('run', g % 97, 'ok', g % 3 = 0) "
                     f"FROM generate_series({lo}, {hi}) g")
-        execute(src_db, "ALTER TABLE samples ADD PRIMARY KEY (id); VACUUM ANALYZE samples")
+        execute(src_db, "ALTER TABLE samples ADD PRIMARY KEY (id)")
+        execute(src_db, "VACUUM ANALYZE samples")
         nbytes = execute(src_db, "SELECT pg_table_size('samples')")[0][0]
         print(f"made {rows} rows, {nbytes / 1e6:.0f} MB of table data in {time.perf_counter() - t0:.0f}s")
 
@@ -70,7 +71,7 @@ def main() -> None:
             f"dsn = '{db_dsn}'\n"
         )
         dump_file = work / "plain.dump"
-        run("warm cache (pg_dump -Fc -Z0 > /dev/null)", ["pg_dump", "-Fc", "-Z0", "-f", "/dev/null", "-d", db_dsn],
+        run("warm cache (pg_dump -Fc -Z0 > /dev/null)", f"pg_dump -Fc -Z0 -d '{db_dsn}' > /dev/null", shell=True,
             env=env)
         backups = [
             run("pg_dump -Fc > file", f"pg_dump -Fc -d '{db_dsn}' > {dump_file}", shell=True, env=env, nbytes=nbytes),
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"stored: data-manager {stored / 1e6:.0f} MB, pg_dump -Fc {dump_file.stat().st_size / 1e6:.0f} MB")
 
         restores = [
-            run("createdb + pg_restore -1", f"createdb -d '{admin}' {pg_db} && pg_restore --single-transaction "
+            run("createdb + pg_restore -1", f"createdb --maintenance-db='{admin}' {pg_db} && pg_restore --single-transaction "
                 f"-d '{make_conninfo(**{**params, 'dbname': pg_db})}' {dump_file}", shell=True, env=env, nbytes=nbytes),
             run("data-manager restore (new db)", [*dm_command(), "--config", str(config), "restore", "--yes", "--set",
                                                   f"db.database={dm_db}", "bench"], env=env, nbytes=nbytes),

@@ -177,7 +177,7 @@ class MinioSource(Source):
         todo: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
-        stats = {"objects": 0, "bytes": 0, "changed": [], "vanished": []}
+        stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
         workers = [
             (_Volume(sink, "zstd", self.volume_size, numbering), _Volume(sink, "none", self.volume_size, numbering))
@@ -225,6 +225,9 @@ class MinioSource(Source):
                 rel = obj.object_name[len(self.prefix):]
                 if not rel or not self.selected(rel):
                     continue
+                if {".", ".."} & set(obj.object_name.split("/")):
+                    stats["unreadable"].append(rel)  # some S3 servers allow such keys; the minio SDK refuses them
+                    continue
                 number += 1
                 while not stop.is_set():
                     try:
@@ -258,6 +261,9 @@ class MinioSource(Source):
         if stats["changed"]:
             log.warning("source %s: %d objects changed while being read, not backed up: %s",
                         self.name, len(stats["changed"]), stats["changed"][:5])
+        if stats["unreadable"]:
+            log.warning("source %s: %d objects with '.' or '..' key segments cannot be read with the minio SDK, "
+                        "not backed up: %s", self.name, len(stats["unreadable"]), stats["unreadable"][:5])
         if stats["vanished"]:
             log.warning("source %s: %d objects deleted while the backup ran", self.name, len(stats["vanished"]))
         sink.set_info(
@@ -269,6 +275,7 @@ class MinioSource(Source):
             volumes=sorted(n for p, s in workers for n in p.names + s.names),
             changed_during_backup=stats["changed"][:100],
             deleted_during_backup=stats["vanished"][:100],
+            not_backed_up_dot_segments=stats["unreadable"][:100],
         )
 
     def _copy(self, number: int, obj: Any, packed: _Volume, stored: _Volume, stop: threading.Event) -> dict[str, Any] | None:

@@ -42,3 +42,7 @@ def _empty(client: Any, bucket: str) -> None:
         client.remove_bucket(bucket)
     except Exception:
         pass
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "minio: needs the MinIO server of scripts/services")

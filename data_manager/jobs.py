@@ -13,7 +13,6 @@ This module also holds the job watchdog (timeouts) and the duration parser share
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 import re
@@ -413,8 +412,9 @@ class Watchdog:
 
     Two ways, so a stuck source is stopped wherever the job runs: :meth:`check` (called as data moves)
     raises :class:`JobTimeoutError` in the job's own thread; and when the job runs in the main thread with
-    Python's default Ctrl-C handler, a timer interrupts the main thread as Ctrl-C would (this also stops a
-    source blocked in a slow call). The job turns that interruption into the timeout error.
+    Python's default Ctrl-C handler, a timer sends SIGINT to the main thread as Ctrl-C would (this also
+    stops a source blocked in sleep, select or a socket read; a C library that retries on EINTR is only
+    stopped when it returns). The job turns that interruption into the timeout error.
     """
 
     def __init__(self, limit: float, what: str) -> None:
@@ -441,7 +441,9 @@ class Watchdog:
             if self._armed:
                 self.fired = True
                 log.error("%s: time limit of %s reached, stopping it", self.what, format_duration(self.limit))
-                _thread.interrupt_main()
+                # A real SIGINT to the main thread (not _thread.interrupt_main, which only sets a flag): it
+                # also wakes a main thread blocked in sleep, select or a socket read.
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def check(self) -> None:
         if self._armed and time.monotonic() >= self._deadline:

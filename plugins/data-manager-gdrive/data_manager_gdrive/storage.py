@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from data_manager.errors import NotFoundError, StorageError
@@ -45,6 +45,8 @@ FILE_FIELDS = "id,name,mimeType,size,md5Checksum,createdTime,modifiedTime"
 LIST_FIELDS = "nextPageToken,files(id,name,mimeType,size,createdTime,modifiedTime)"
 _PART = re.compile(r"^\..+\.part-[0-9a-f]{8}$")
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_POOL = 8  # idle connections kept
+T = TypeVar("T")
 
 KNOWN_SETTINGS = {
     "root_folder_id",
@@ -154,7 +156,7 @@ class GDriveStorage(Storage):
         self.simple_max = min(self.chunk_size, SIMPLE_UPLOAD_MAX)
         self._lock = threading.Lock()  # building the service
         self._create_lock = threading.Lock()  # creating folders (Drive would happily make duplicates)
-        self._local = threading.local()  # one http connection per thread: httplib2 is not thread-safe
+        self._idle: list[Any] = []  # authorized connections not in use: httplib2's are not thread-safe
         self._service: Any = None
         self._credentials: Any = None
         self._folders: dict[tuple[str, ...], str] = {}
@@ -207,18 +209,25 @@ class GDriveStorage(Storage):
         http.timeout = self.timeout
         return google_auth_httplib2.AuthorizedHttp(self._credentials, http=http)
 
-    def http(self) -> Any:
-        """This thread's authorized connection."""
-        if self._service is None:
-            self.files()
-        http = getattr(self._local, "http", None)
+    def with_http(self, fn: Callable[[Any], T]) -> T:
+        """``fn(http)`` with an authorized connection of its own, borrowed from a small pool (kept alive)."""
+        self.files()
+        with self._lock:
+            http = self._idle.pop() if self._idle else None
         if http is None:
-            http = self._local.http = self._new_http()
-        return http
+            http = self._new_http()
+        try:
+            return fn(http)
+        finally:
+            with self._lock:
+                if len(self._idle) < _POOL:
+                    self._idle.append(http)
 
     def call(self, make: Callable[[Any], Any], what: str, on_retry: Callable[[retry.Failure], None] | None = None) -> Any:
         """``make(files()).execute()`` with retries; a one-line StorageError when it fails."""
-        return retry.call(lambda: make(self.files()).execute(http=self.http()), what, self.policy, on_retry=on_retry)
+        return retry.call(
+            lambda: self.with_http(lambda http: make(self.files()).execute(http=http)), what, self.policy, on_retry=on_retry
+        )
 
     def _drive_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"supportsAllDrives": True, "includeItemsFromAllDrives": True}
@@ -387,7 +396,10 @@ class GDriveStorage(Storage):
                 del self._folders[cached]
 
     def close(self) -> None:
-        self._local = threading.local()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for http in idle:
+            http.close()
 
 
 class _PushMedia:
@@ -502,9 +514,17 @@ class _DriveWriter(ObjectWriter):
         if self._request is None:
             self._start()
         request = self._request
-        _, done = retry.call(
-            lambda: request.next_chunk(http=self._s.http()), f"upload {self._key}", self._s.policy, on_retry=self._note_retry
-        )
+        try:
+            _, done = retry.call(
+                lambda: self._s.with_http(lambda http: request.next_chunk(http=http)),
+                f"upload {self._key}",
+                self._s.policy,
+                on_retry=self._note_retry,
+            )
+        except NotFoundError:
+            raise StorageError(
+                f"Google Drive: upload {self._key}: the upload session or its folder is gone (HTTP 404); run again"
+            ) from None
         if done is None:
             self._media.acknowledged(request.resumable_progress)
         return done
@@ -584,7 +604,7 @@ class _DriveWriter(ObjectWriter):
         request, self._request = self._request, None
         if request is not None and request.resumable_uri and self._uploaded is None:
             try:  # cancel the upload session (best effort: an abandoned one expires after a week anyway)
-                self._s.http().request(request.resumable_uri, "DELETE", headers={"content-length": "0"})
+                self._s.with_http(lambda http: http.request(request.resumable_uri, "DELETE", headers={"content-length": "0"}))
             except Exception:
                 pass
         if self._uploaded is not None:
@@ -618,7 +638,7 @@ class _DriveReader(io.RawIOBase):
         def get() -> bytes:
             request = self._s.files().get_media(fileId=self._id, supportsAllDrives=True)
             request.headers["range"] = f"bytes={first}-{last}"
-            data = request.execute(http=self._s.http())
+            data = self._s.with_http(lambda http: request.execute(http=http))
             if len(data) != last - first + 1:  # a cut answer: try again
                 raise ConnectionError(f"got {len(data)} of {last - first + 1} bytes")
             return data

@@ -9,12 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_drive import FakeDrive  # noqa: E402
+from fake_drive import CHUNK_UNIT, FakeDrive  # noqa: E402
 
 from data_manager.types import Settings  # noqa: E402
 from data_manager_gdrive import GDriveStorage  # noqa: E402
 
-CHUNK = 256 << 10  # the smallest chunk Drive allows: many chunks with little data
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ def fake() -> Iterator[FakeDrive]:
 @pytest.fixture
 def gdrive_settings(fake: FakeDrive) -> dict[str, Any]:
     """Settings for a storage on the fake server: dummy token, tiny chunks, fast retries."""
-    return {"auth": "none", "api_root": fake.url, "chunk_size": CHUNK, "retry_delay": 0.001, "root": "backups/lab"}
+    return {"auth": "none", "api_root": fake.url, "chunk_size": CHUNK_UNIT, "retry_delay": 0.001, "root": "backups/lab"}
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CHUNK
+from fake_drive import CHUNK_UNIT as CHUNK
 from fake_drive import FOLDER, FakeDrive, parse_q
 
 from data_manager.api import DataManager

@@ -484,7 +484,7 @@ class _DriveWriter(ObjectWriter):
         self._folder_parts = folder_parts
         self._name = name
         self._media = _new_media(storage.chunk_size)
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._size = 0
         self._request: Any = None  # the resumable upload, once started
         self._uploaded: str | None = None  # id of the complete file under its temporary name

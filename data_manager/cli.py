@@ -440,15 +440,23 @@ def plugins(as_json: bool) -> None:
     from .plugins import get_registry
 
     reg = get_registry()
+    guard_hooks = ("configure", "check_dataset", "before_operation", "after_operation", "resolve_dataset")
+
+    def hooks(name: str) -> list[str]:
+        plugin = reg.pm.get_plugin(name)
+        callers = reg.pm.get_hookcallers(plugin) if plugin is not None else None
+        return sorted(c.name for c in callers or [] if c.name in guard_hooks)
+
     rows = [
         {"name": p.name, "package": p.package, "version": p.version, "source_types": p.source_types,
-         "storage_types": p.storage_types, "error": p.error}
+         "storage_types": p.storage_types, "hooks": hooks(p.name), "error": p.error}
         for p in reg.plugins
     ]
     if as_json:
         _emit_json(rows)
         return
     for r in rows:
-        provides = ", ".join([f"source {t}" for t in r["source_types"]] + [f"storage {t}" for t in r["storage_types"]])
+        provides = ", ".join([f"source {t}" for t in r["source_types"]] + [f"storage {t}" for t in r["storage_types"]]
+                             + ([f"hooks {' '.join(r['hooks'])}"] if r["hooks"] else []))
         state = f"BROKEN: {r['error']}" if r["error"] else provides
         click.echo(f"{r['name']:<14} {r['package']} {r['version']}: {state}")

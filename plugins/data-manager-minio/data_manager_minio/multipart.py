@@ -15,8 +15,8 @@ place that calls them, so a change in the SDK is fixed here and nowhere else.
 * an object smaller than one part is written with one ``PUT``; a bigger one becomes visible only when the
   multipart upload is completed in :meth:`commit`; :meth:`abort` (and any failure) aborts the upload, so
   nothing is left half-written;
-* part sizes grow (x2 every 2000 parts) so the 10 000-part limit of S3 allows objects up to ~500 GiB with
-  the default 8 MiB parts.
+* part sizes grow (x2 every 2000 parts) so the 10 000-part limit of S3 allows objects up to ~1 TiB with
+  the default 16 MiB parts (the parts then grow to 256 MiB, and so does the memory they take).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .connection import Connection, is_s3_code
 log = logging.getLogger(__name__)
 
 MIN_PART = 5 << 20  # S3's smallest part (except the last)
-DEFAULT_PART = 8 << 20
+DEFAULT_PART = 16 << 20
 _GROW_EVERY = 2000
 
 

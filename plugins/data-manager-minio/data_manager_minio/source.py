@@ -117,7 +117,7 @@ class MinioSource(Source):
         self.prefix = normalize_prefix(settings.get_str("prefix", ""))
         self.include = settings.get_list("include", [])
         self.exclude = settings.get_list("exclude", [])
-        self.parallel = settings.get_int("parallel", 4, minimum=1)
+        self.parallel = settings.get_int("parallel", 8, minimum=1)
         self.volume_size = parse_size(settings, "volume_size", 128 << 20)
         self.range_size = parse_size(settings, "range_size", 64 << 20, CHUNK)
         self.part_size = parse_size(settings, "part_size", DEFAULT_PART, MIN_PART)

@@ -237,7 +237,9 @@ class GDriveStorage(Storage):
 
     # ------------------------------------------------------------------ folders and lookups
 
-    def children(self, parent: str, query: str = "", fields: str = LIST_FIELDS, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+    def children(
+        self, parent: str, query: str = "", fields: str = LIST_FIELDS, page_size: int | None = None, what: str = "list folder"
+    ) -> Iterator[dict[str, Any]]:
         """Every non-trashed child of ``parent`` matching ``query``, page by page."""
         q = f"{_q(parent)} in parents and trashed = false" + (f" and {query}" if query else "")
         token: str | None = None
@@ -246,7 +248,7 @@ class GDriveStorage(Storage):
                 lambda f, token=token: f.list(
                     q=q, fields=fields, pageSize=page_size or self.page_size, pageToken=token, **self._drive_args()
                 ),
-                "list folder",
+                what,
             )
             yield from page.get("files", [])
             token = page.get("nextPageToken")
@@ -254,7 +256,12 @@ class GDriveStorage(Storage):
                 return
 
     def _find_folder(self, parent: str, name: str) -> str | None:
-        found = list(self.children(parent, f"name = {_q(name)} and mimeType = {_q(FOLDER)}", "nextPageToken,files(id,createdTime)"))
+        found = list(
+            self.children(
+                parent, f"name = {_q(name)} and mimeType = {_q(FOLDER)}", "nextPageToken,files(id,createdTime)",
+                what=f"look up folder {name!r}",
+            )
+        )
         if not found:
             return None
         return min(found, key=lambda f: (f.get("createdTime", ""), f["id"]))["id"]  # duplicates: the oldest
@@ -329,10 +336,13 @@ class GDriveStorage(Storage):
 
     def check(self) -> None:
         base = self._base_id()
-        meta = self.call(
-            lambda f: f.get(fileId=base, fields="id,name,mimeType,trashed,capabilities(canAddChildren)", supportsAllDrives=True),
-            "open the root folder",
-        )
+        try:
+            meta = self.call(
+                lambda f: f.get(fileId=base, fields="id,name,mimeType,trashed,capabilities(canAddChildren)", supportsAllDrives=True),
+                "open the root folder",
+            )
+        except NotFoundError:
+            raise StorageError(f"Google Drive: {self.location()}: root folder not found (or not shared with this account)") from None
         if meta.get("mimeType") != FOLDER:
             raise StorageError(f"Google Drive: {self.location()}: {base} is not a folder")
         if meta.get("trashed"):
@@ -362,7 +372,7 @@ class GDriveStorage(Storage):
             return
         seen_dirs: set[str] = set()
         files: dict[str, dict[str, Any]] = {}
-        for f in self.children(parent):
+        for f in self.children(parent, what=f"list {prefix or '/'}"):
             name = f["name"]
             if f.get("mimeType") == FOLDER:
                 if name not in seen_dirs:

@@ -222,7 +222,7 @@ def test_retries_are_bounded(make_storage: Callable[..., GDriveStorage], fake: F
     fake.fail("*", 503, "backendError", times=100)
     with pytest.raises(StorageError) as err:
         list(storage.list(""))
-    assert str(err.value) == "Google Drive: list folder: gave up after 3 tries (HTTP 503 backendError: fake backendError)"
+    assert str(err.value) == "Google Drive: look up folder 'backups': gave up after 3 tries (HTTP 503 backendError: fake backendError)"
     assert len(fake.calls) == 3
 
 
@@ -256,7 +256,7 @@ def test_bad_token_is_permission_denied(make_storage: Callable[..., GDriveStorag
 
 def test_check(make_storage: Callable[..., GDriveStorage], fake: FakeDrive) -> None:
     make_storage().check()  # root path missing: created on the first write
-    with pytest.raises(NotFoundError, match="not found"):
+    with pytest.raises(StorageError, match=r"^Google Drive: gdrive://folder:nope: root folder not found \(or not shared"):
         make_storage(root=None, root_folder_id="nope").check()
     file_id = fake._create({"name": "plain"}, b"x", {}).id
     with pytest.raises(StorageError, match="is not a folder"):

@@ -13,10 +13,12 @@ Literals per column type, chosen so the value comes back bit for bit:
 * FLOAT: as DOUBLE (``CAST(f AS DOUBLE)``): MariaDB prints a FLOAT with 6 significant digits, which loses
   bits (``mysqldump`` does lose them); the float's exact double value reads back as the same float;
 * BIT: its number (``b+0``);
-* BINARY/VARBINARY/BLOB and spatial types: hex ``X'..'`` (every byte value, no charset involved);
-* every other type (CHAR/VARCHAR/TEXT, ENUM/SET, JSON, DATE/TIME/DATETIME/TIMESTAMP incl. zero dates, and
-  types this module does not know): ``QUOTE()`` of the value converted to utf8mb4, which escapes ``\\``,
-  ``'``, NUL and Ctrl-Z;
+* BINARY/VARBINARY/BLOB, spatial types, and also CHAR/VARCHAR/TEXT, ENUM/SET, MariaDB's JSON and types
+  this module does not know: hex ``X'..'`` of the stored bytes. Every byte value survives, and a text
+  value is never converted between charsets (the hex literal is taken as bytes of the column's charset).
+  ``HEX()`` is also the cheapest string encoding the server has (``QUOTE()`` costs about twice as much);
+* DATE/TIME/DATETIME/TIMESTAMP incl. zero dates: ``QUOTE()`` of the value;
+* MySQL's native JSON type: ``QUOTE(CONVERT(v USING utf8mb4))`` (it refuses binary strings);
 * NULL: the keyword ``NULL`` (so NULL and the empty string stay apart).
 
 Tables with a one-column integer primary key are read in key ranges of about one frame each:
@@ -70,6 +72,7 @@ class Column:
     column_type: str  # COLUMN_TYPE: "int(10) unsigned", "enum('a','b')"...
     charset: str | None = None
     generated: bool = False
+    nullable: bool = True
 
     @property
     def kind(self) -> str:
@@ -85,26 +88,34 @@ class Column:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "data_type": self.data_type, "column_type": self.column_type,
-                "charset": self.charset, "generated": self.generated, "kind": self.kind}
+                "charset": self.charset, "generated": self.generated, "nullable": self.nullable,
+                "kind": self.kind}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Column:
-        return cls(d["name"], d["data_type"], d["column_type"], d.get("charset"), bool(d.get("generated")))
+        return cls(d["name"], d["data_type"], d["column_type"], d.get("charset"), bool(d.get("generated")),
+                   bool(d.get("nullable", True)))
+
+
+TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp", "time"})
 
 
 def value_expression(col: Column) -> str:
     """A SQL expression giving the column's value as a SQL literal (``NULL`` for NULL)."""
     c = quote_ident(col.name)
     kind = col.kind
+    t = col.data_type.lower()
     if kind == "number":
-        if col.data_type.lower() == "float":  # the server prints FLOAT with 6 digits: widen it, exactly
-            return f"IFNULL(CAST({c} AS DOUBLE),'NULL')"
-        return f"IFNULL({c},'NULL')"
-    if kind == "bit":
-        return f"IFNULL({c}+0,'NULL')"
-    if kind == "binary":
-        return f"IFNULL(CONCAT('X''',HEX({c}),''''),'NULL')"
-    return f"QUOTE(CONVERT({c} USING utf8mb4))"
+        e = f"CAST({c} AS DOUBLE)" if t == "float" else c  # FLOAT prints with 6 digits: widen it, exactly
+    elif kind == "bit":
+        e = f"{c}+0"
+    elif t in TEMPORAL_TYPES:
+        return f"QUOTE({c})"  # ASCII; QUOTE gives NULL as the keyword
+    elif t == "json":  # MySQL's native JSON accepts no binary string: utf8mb4 text
+        return f"QUOTE(CONVERT({c} USING utf8mb4))"
+    else:  # binary, and text as its own charset's bytes: X'..' inserts them as they are
+        e = f"CONCAT('X''',HEX({c}),'''')"
+    return f"IFNULL({e},'NULL')" if col.nullable else e
 
 
 def stored_columns(columns: Sequence[Column]) -> list[Column]:
@@ -113,9 +124,9 @@ def stored_columns(columns: Sequence[Column]) -> list[Column]:
 
 
 def row_expression(columns: Sequence[Column]) -> str:
-    """One binary string per row: ``(v1,v2,...)`` of SQL literals."""
+    """One string per row: ``(v1,v2,...)`` of SQL literals (ASCII, but for MySQL JSON values)."""
     parts = ",',',".join(value_expression(c) for c in stored_columns(columns))
-    return f"CAST(CONCAT('(',{parts},')') AS BINARY)"
+    return f"CONCAT('(',{parts},')')"
 
 
 def select_rows(database: str, table: str, columns: Sequence[Column]) -> str:
@@ -125,7 +136,7 @@ def select_rows(database: str, table: str, columns: Sequence[Column]) -> str:
 
 def select_range(database: str, table: str, columns: Sequence[Column], key: str) -> str:
     """One frame for the rows whose integer key is in ``[%s, %s]``, joined by the server, and their count."""
-    return (f"SELECT GROUP_CONCAT({row_expression(columns)} SEPARATOR ','), COUNT(*) "
+    return (f"SELECT CAST(GROUP_CONCAT({row_expression(columns)} SEPARATOR ',') AS BINARY), COUNT(*) "
             f"FROM {quote_ident(database)}.{quote_ident(table)} WHERE {quote_ident(key)} BETWEEN %s AND %s")
 
 
@@ -146,10 +157,10 @@ class FrameWriter:
         self.bytes = 0
         out.write(MAGIC)
 
-    def write_batch(self, rows: Sequence[bytes]) -> None:
+    def write_batch(self, rows: Sequence[bytes] | Sequence[str]) -> None:
         if not rows:
             return
-        body = b",".join(rows)
+        body = b",".join(rows) if isinstance(rows[0], bytes) else ",".join(rows).encode()  # type: ignore[arg-type]
         self._out.write(_LEN.pack(len(body)))
         self._out.write(body)
         self.rows += len(rows)

@@ -303,10 +303,10 @@ class MemsqlSource(Source):
         cur = conn.cursor()
         cur.execute(f"SHOW CREATE TABLE {quote_ident(db)}.{quote_ident(table)}")
         ddl = cur.fetchone()[1]
-        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, EXTRA "
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, EXTRA, IS_NULLABLE "
                     "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
                     "ORDER BY ORDINAL_POSITION", (db, table))
-        columns = [Column(r[0], r[1].lower(), r[2], r[3], bool(_GENERATED.search(r[4] or "")))
+        columns = [Column(r[0], r[1].lower(), r[2], r[3], bool(_GENERATED.search(r[4] or "")), r[5] != "NO")
                    for r in cur.fetchall()]
         cur.execute("SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s "
                     "AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY'", (db, table))

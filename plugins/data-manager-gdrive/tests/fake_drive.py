@@ -20,7 +20,8 @@ Google Drive cannot be reached from the test machines, so the tests point the re
 
 Faults are injected by the test: :meth:`FakeDrive.fail` (an HTTP error with a reason),
 :meth:`FakeDrive.drop` (the connection dropped part-way through reading the request body; for an upload
-chunk the server keeps the 256 KiB-aligned part it had read, as Drive may) and :meth:`FakeDrive.corrupt`.
+chunk the server keeps the 256 KiB-aligned part it had read, as Drive may), :meth:`FakeDrive.lose_answer`
+(the request is carried out, the answer lost) and :meth:`FakeDrive.corrupt`.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Session:
 @dataclass
 class Fault:
     op: str
-    kind: str  # "fail" | "drop"
+    kind: str  # "fail" | "drop" | "lose"
     times: int
     status: int = 500
     reason: str = "backendError"
@@ -293,6 +294,11 @@ class FakeDrive:
         with self.lock:
             self.faults.append(Fault(op, "drop", times, after=after))
 
+    def lose_answer(self, op: str, times: int = 1) -> None:
+        """The next ``times`` requests of ``op`` are carried out, but the connection drops before the answer."""
+        with self.lock:
+            self.faults.append(Fault(op, "lose", times))
+
     def corrupt(self, times: int = 1) -> None:
         """The next ``times`` uploads are stored with one byte flipped (md5 then differs from what was sent)."""
         with self.lock:
@@ -441,6 +447,8 @@ class _Handler(BaseHTTPRequestHandler):
         return parts.path, {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, ctype: str = "application/json; charset=UTF-8") -> None:
+        if getattr(self, "_mute", False):
+            return
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -508,12 +516,16 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.get("Authorization") != f"Bearer {self.fake.token}":
                 self._body()
                 raise DriveError(401, "authError", "Invalid Credentials", "global")
-            if fault is not None:
+            if fault is not None and fault.kind == "fail":
                 self._body()
                 raise DriveError(fault.status, fault.reason, fault.message, "usageLimits")
+            self._mute = fault is not None and fault.kind == "lose"
             getattr(self, "_" + op)(path, params)
         except DriveError as err:
             self._send(err.code, err.body())
+        if getattr(self, "_mute", False):
+            self._mute = False
+            self._drop()
 
     do_GET = lambda self: self._handle("GET")  # noqa: E731
     do_POST = lambda self: self._handle("POST")  # noqa: E731

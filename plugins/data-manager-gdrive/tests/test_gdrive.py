@@ -202,6 +202,16 @@ def test_resume_after_a_dropped_chunk(storage: GDriveStorage, fake: FakeDrive) -
     assert read(storage_2, "d/resumed.bin") == data
 
 
+def test_lost_answer_to_the_last_chunk(storage: GDriveStorage, fake: FakeDrive) -> None:
+    data = os.urandom(2 * CHUNK + 9)
+    w = storage.open_write("d/lost.bin")
+    w.write(data)
+    fake.lose_answer("upload_chunk", times=2)  # the file is complete on the server, the client does not know
+    w.commit()
+    assert fake.count("upload_probe") == 1  # the probe is answered 200 with the file: done, nothing re-sent
+    assert read(storage, "d/lost.bin") == data and len(fake.visible()) == 1
+
+
 def test_retries_after_429_rate_limits_and_500(storage: GDriveStorage, fake: FakeDrive) -> None:
     data = os.urandom(3 * CHUNK)
     fake.fail("list", 429, "rateLimitExceeded")

@@ -41,18 +41,33 @@ if TYPE_CHECKING:
     from .api import DataManager
 
 
+_API_NAMES = ("DataManager", "BackupResult", "RestoreResult", "Status", "CleanupItem")
+_JOB_NAMES = ("Job", "Task", "JobTimeoutError")
+
+
 def __getattr__(name: str) -> Any:
     # The API pulls in the repository layer (zstandard); plugins importing hookimpl should not pay for it.
-    if name == "DataManager":
-        from .api import DataManager
+    if name in _API_NAMES:
+        from . import api
 
-        return DataManager
+        return getattr(api, name)
+    if name in _JOB_NAMES:
+        from . import jobs
+
+        return getattr(jobs, name)
     raise AttributeError(name)
 
 
 __all__ = [
     "ArtifactSet",
     "ArtifactSink",
+    "BackupResult",
+    "CleanupItem",
+    "Job",
+    "JobTimeoutError",
+    "RestoreResult",
+    "Status",
+    "Task",
     "ConfigError",
     "CorruptBackupError",
     "DataManager",

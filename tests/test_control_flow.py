@@ -238,6 +238,7 @@ def test_failure_in_second_source_releases_and_keeps_earlier_backups(tmp_path: P
     good = write_config(tmp_path, [{"name": "a", "type": "directory", "path": str(a)},
                                    {"name": "b", "type": "slowtest", "chunks": 4}], fake=fake)
     first = dm(good).backup("d")
+    assert first.job_id and dm(good).job(first.job_id).state == "done" and first.release_error is None
     bad = write_config(tmp_path, [{"name": "a", "type": "directory", "path": str(a)},
                                   {"name": "b", "type": "slowtest", "chunks": 4, "fail": True}], fake=fake, name="bad.toml")
     r = cli(bad, "backup", "d")
@@ -269,6 +270,20 @@ def test_release_failure_is_loud_and_shown_by_status(tmp_path: Path, fake: Any) 
     fake.fail_release = False
     assert cli(config, "backup", "d").exit_code == 0
     assert status(config)["unavailable"] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_release_and_unlock(tmp_path: Path, fake: Any, sig: int) -> None:
+    marker = tmp_path / "started"
+    config = write_config(tmp_path, [{"name": "b", "type": "slowtest", "seconds": 30, "chunks": 300,
+                                      "marker": str(marker)}], fake=fake)
+    child = spawn(config, "backup", "d")
+    wait_for(marker, child)
+    child.send_signal(sig)
+    assert child.wait(timeout=20) == 130
+    assert fake.marks("d") == [False, True]
+    st = status(config)
+    assert st["recent"][0]["error"] == "interrupted" and st["datasets"][0]["locks"] == [] and st["unavailable"] == []
 
 
 # --------------------------------------------------------------------------- kill -9, resume, cleanup
@@ -337,7 +352,7 @@ def test_cleanup_removes_old_incomplete_but_not_a_locked_newest(tmp_path: Path) 
 
 
 def test_two_concurrent_backups_one_refused(tmp_path: Path) -> None:
-    config = write_config(tmp_path, [{"name": "b", "type": "slowtest", "seconds": 2, "chunks": 20}])
+    config = write_config(tmp_path, [{"name": "b", "type": "slowtest", "seconds": 3, "chunks": 30}])
     first, second = spawn(config, "backup", "d"), spawn(config, "backup", "d")
     results = sorted([(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in (first, second)])
     assert [code for code, _ in results] == [0, 3], results

@@ -112,6 +112,12 @@ def connect(cs: ConnectionSettings) -> Iterator[Connection]:
         )
 
     auth = PlainTextAuthProvider(cs.username, cs.password) if cs.username is not None else None
+    # The driver logs connection trouble as warnings with tracebacks; we report it as one line instead.
+    # Its own logs stay visible with -vv (debug).
+    driver_log = logging.getLogger("cassandra")
+    saved_level = driver_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        driver_log.setLevel(logging.CRITICAL)
     cluster = Cluster(
         list(cs.contact_points),
         port=cs.port,
@@ -131,6 +137,7 @@ def connect(cs: ConnectionSettings) -> Iterator[Connection]:
         yield Connection(cs, cluster, session, raw)
     finally:
         cluster.shutdown()
+        driver_log.setLevel(saved_level)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -185,6 +192,6 @@ def retrying(cs: ConnectionSettings, what: str, call: Callable[[], T], *, attemp
                 raise SourceError(f"source {cs.source!r}: {what} failed{tries}: {describe_error(exc)}") from None
             attempt += 1
             delay = backoff(attempt)
-            log.warning("source %s: %s: %s; retry %d/%d in %.1fs", cs.source, what, describe_error(exc), attempt,
+            log.info("source %s: %s: %s; retry %d/%d in %.1fs", cs.source, what, describe_error(exc), attempt,
                         attempts, delay)
             time.sleep(delay)

@@ -14,6 +14,7 @@ rows of one partition in unlogged batches, a bounded number of requests in fligh
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -332,7 +333,7 @@ class _Writer:
                 extra = "" if self.idempotent else " (counter updates are not retried: they are not idempotent)"
                 raise self.source._error(f"writing {self.what} failed{tries}: {describe_error(exc)}{extra}")
             delay = backoff(attempt + 1)
-            log.warning("source %s: writing %s: %s; retry %d/%d in %.1fs", self.source.name, self.what,
+            log.info("source %s: writing %s: %s; retry %d/%d in %.1fs", self.source.name, self.what,
                         describe_error(exc), attempt + 1, retries, delay)
             time.sleep(delay)
             self.submit(stmt, attempt + 1)
@@ -424,7 +425,7 @@ class _RowLoader:
 
     # -- rows
     def page(self, count: int, fetched_at_ms: int, cells: bytes) -> None:
-        elapsed = max(0, int(time.time() - fetched_at_ms / 1000))  # seconds the TTLs ran down since the read
+        elapsed = max(0, math.ceil(time.time() - fetched_at_ms / 1000))  # seconds the TTLs ran down since the read
         rows = rowformat.split_rows(cells, count, self.ncells, self.label)
         if self.counter:
             for row in rows:

@@ -20,22 +20,17 @@ from data_manager_minio.storage import S3Storage
 pytestmark = pytest.mark.minio
 minio = pytest.importorskip("minio")
 
-CONN = {"endpoint": "127.0.0.1:9000", "secure": False, "access_key": "dmadmin", "secret_key": "dmadmin-secret"}
 MiB = 1 << 20
 
 
 class Bucket:
-    """The fixture's bucket and client, whatever shape the fixture hands them in."""
+    """The fixture's fresh bucket (``tests/servers.py``), its client, and the source/storage settings to reach it."""
 
     def __init__(self, fixture: Any) -> None:
-        if isinstance(fixture, tuple):
-            self.name = next(x for x in fixture if isinstance(x, str))
-            self.client = next(x for x in fixture if not isinstance(x, str))
-        else:
-            self.name = getattr(fixture, "name", None) or fixture.bucket
-            self.client = getattr(fixture, "client", None) or minio.Minio(
-                CONN["endpoint"], CONN["access_key"], CONN["secret_key"], secure=False
-            )
+        self.name = fixture.bucket
+        self.client = fixture.client
+        self.conn = {"endpoint": fixture.endpoint, "secure": False, "access_key": fixture.access_key,
+                     "secret_key": fixture.secret_key}
         self.extra: list[str] = []
 
     def put(self, key: str, data: bytes, **kw: Any) -> None:
@@ -63,14 +58,10 @@ class Bucket:
         return list(self.client._list_multipart_uploads(self.name).uploads)
 
     def cleanup(self) -> None:
-        from minio.deleteobjects import DeleteObject
+        from tests.servers import remove_bucket
 
         for b in self.extra:
-            try:
-                list(self.client.remove_objects(b, [DeleteObject(k) for k in self.keys(b)]))
-                self.client.remove_bucket(b)
-            except Exception:
-                pass
+            remove_bucket(self.client, b)
 
 
 @pytest.fixture
@@ -81,7 +72,7 @@ def bucket(s3_bucket: Any) -> Any:
 
 
 def storage(bucket: Bucket, **kw: Any) -> S3Storage:
-    return S3Storage("s3t", Settings({**CONN, "bucket": bucket.name, **kw}))
+    return S3Storage("s3t", Settings({**bucket.conn, "bucket": bucket.name, **kw}))
 
 
 # --------------------------------------------------------------------------- storage
@@ -168,13 +159,13 @@ def test_storage_class(bucket: Bucket) -> None:
 
 
 def test_wrong_credentials_one_line(bucket: Bucket) -> None:
-    s = S3Storage("s3t", Settings({**CONN, "secret_key": "wrong-secret-123", "bucket": bucket.name}))
+    s = S3Storage("s3t", Settings({**bucket.conn, "secret_key": "wrong-secret-123", "bucket": bucket.name}))
     with pytest.raises(StorageError) as e:
         s.check()
     msg = str(e.value)
     assert "\n" not in msg and "wrong-secret-123" not in msg and "secret key" in msg
     with pytest.raises(StorageError, match="does not exist"):
-        S3Storage("s3t", Settings({**CONN, "bucket": bucket.name + "-nope"})).check()
+        S3Storage("s3t", Settings({**bucket.conn, "bucket": bucket.name + "-nope"})).check()
 
 
 # --------------------------------------------------------------------------- source round trips
@@ -210,7 +201,7 @@ def fill(bucket: Bucket, prefix: str = "") -> dict[str, bytes]:
 def dm_for(b: Bucket, tmp_path: Path, **src: Any) -> DataManager:
     return DataManager.from_dict({
         "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
-        "datasets": {"d": {"sources": [{"name": "b", "type": "minio", **CONN, "bucket": b.name,
+        "datasets": {"d": {"sources": [{"name": "b", "type": "minio", **b.conn, "bucket": b.name,
                                         "range_size": "4MiB", "part_size": "5MiB", **src}]}},
     })
 
@@ -285,7 +276,7 @@ def test_cli_bad_credentials_one_line(bucket: Bucket, tmp_path: Path) -> None:
 
     config = tmp_path / "dm.toml"
     config.write_text(
-        f'[storages.s3]\ntype = "s3"\nendpoint = "127.0.0.1:9000"\nsecure = false\naccess_key = "dmadmin"\n'
+        f'[storages.s3]\ntype = "s3"\nendpoint = "{bucket.conn["endpoint"]}"\nsecure = false\naccess_key = "{bucket.conn["access_key"]}"\n'
         f'secret_key = "${{DM_TEST_S3_SECRET}}"\nbucket = "{bucket.name}"\n'
         f'[datasets.d]\nstorage = "s3"\n[[datasets.d.sources]]\nname = "raw"\ntype = "directory"\npath = "{tmp_path}"\n'
     )
@@ -305,7 +296,7 @@ def test_directory_backed_up_to_s3(bucket: Bucket, tmp_path: Path) -> None:
     (tree / "large.bin").write_bytes(os.urandom(12 * MiB))
     before = snapshot(tree)
     dm = DataManager.from_dict({
-        "storages": {"s3": {"type": "s3", **CONN, "bucket": bucket.name, "prefix": "backups", "part_size": "5MiB"}},
+        "storages": {"s3": {"type": "s3", **bucket.conn, "bucket": bucket.name, "prefix": "backups", "part_size": "5MiB"}},
         "datasets": {"exp": {"storage": "s3", "sources": [{"name": "raw", "type": "directory", "path": str(tree)}]}},
     })
     dm.backup("exp")
@@ -316,3 +307,28 @@ def test_directory_backed_up_to_s3(bucket: Bucket, tmp_path: Path) -> None:
     assert snapshot(restored) == before
     assert [b.complete for b in dm.list_backups("exp")] == [True]
     assert bucket.uploads() == []
+
+
+def test_object_replaced_while_read_is_not_backed_up(bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager_minio import download
+
+    bucket.put("stable", b"s" * 100)
+    bucket.put("moving", os.urandom(3 * MiB))
+    real = download.ObjectReader.read
+    replaced = []
+
+    def read(self: Any, n: int = -1) -> bytes:
+        data = real(self, n)
+        if self._key == "moving" and not replaced:
+            replaced.append(1)
+            bucket.put("moving", b"a newer version")  # the next range request must notice (If-Match)
+        return data
+
+    monkeypatch.setattr(download.ObjectReader, "read", read)
+    dm = dm_for(bucket, tmp_path, range_size="1MiB")
+    dm.backup("d")
+    info = dm.list_backups("d")[0].manifest["sources"][0]["info"]
+    assert info["changed_during_backup"] == ["moving"] and info["objects"] == 1
+    other = bucket.other()
+    dm.restore("d", "latest", overrides={"b": {"bucket": other}})
+    assert bucket.keys(other) == {"stable"}

@@ -43,11 +43,17 @@ class _FileWriter(ObjectWriter):
         self._flushing: Future[None] | None = None
         self._final = final
         self._tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._f: BinaryIO | None = open(self._tmp, "xb", buffering=0)
-        except OSError as exc:
-            raise _os_error(f"cannot write {final}", exc) from None
+        for attempt in range(3):
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._f: BinaryIO | None = open(self._tmp, "xb", buffering=0)
+                break
+            except FileNotFoundError as exc:
+                # A concurrent delete() removed the directory, left empty, between mkdir and open.
+                if attempt == 2:
+                    raise _os_error(f"cannot write {final}", exc) from None
+            except OSError as exc:
+                raise _os_error(f"cannot write {final}", exc) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._f is not None, "write after commit/abort"
@@ -155,8 +161,11 @@ class FilesystemStorage(Storage):
             for e in it:
                 if e.name.startswith(".") and e.name.endswith(".part"):
                     continue
-                st = e.stat(follow_symlinks=False)
-                is_dir = e.is_dir(follow_symlinks=False)
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    is_dir = e.is_dir(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while we listed
                 yield Entry(
                     e.name,
                     is_dir,

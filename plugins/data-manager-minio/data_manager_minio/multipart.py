@@ -163,8 +163,8 @@ class ObjectUpload(ObjectWriter):
         md5 = _md5(data)
         what = f"writing {self._label}"
         headers = {**self._headers, "Content-MD5": base64.b64encode(md5).decode()}
-        result = self._conn.call(
-            what, self._conn.client._put_object, self._bucket, self._key, bytes(data), dict(headers)
+        result = self._conn.call(  # the bytearray itself: urllib3 sends any bytes-like body, no copy
+            what, self._conn.client._put_object, self._bucket, self._key, data, dict(headers)
         )
         self._verify_etag(what, result.etag, md5.hex())
         self.etag = _clean_etag(result.etag)

@@ -424,3 +424,40 @@ def test_timeout_in_a_worker_thread(tmp_path: Path) -> None:
     worker.join(15)
     assert len(got) == 1 and isinstance(got[0], JobTimeoutError), got
     assert m.jobs()[0].state == "failed"
+
+
+def test_lock_race_one_winner_per_round(tmp_path: Path) -> None:
+    """Many contenders at once (threads: same host and pid, distinct jobs): exactly one holds the lock."""
+    import threading
+
+    from data_manager.builtin.filesystem import FilesystemStorage
+    from data_manager.errors import RefusedError
+    from data_manager.locks import DatasetLock, LockSettings
+
+    storage = FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")}))
+    for rnd in range(8):
+        barrier = threading.Barrier(5)
+        winners: list[int] = []
+        errors: list[BaseException] = []
+
+        def contend(i: int) -> None:
+            lock = DatasetLock(storage, "d", f"r{rnd}j{i}", "backup", LockSettings(settle=0.02))
+            barrier.wait()
+            try:
+                lock.acquire()
+            except RefusedError:
+                return
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+            winners.append(i)
+            time.sleep(0.2)  # hold it while the losers decide
+            lock.release()
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(winners) == 1, (rnd, winners, errors)
+    assert list(storage.walk("d")) == []

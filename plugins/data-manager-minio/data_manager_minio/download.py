@@ -13,7 +13,7 @@ from typing import Any
 
 from data_manager.errors import NotFoundError, StorageError
 
-from .connection import Connection, describe, is_s3_code
+from .connection import Connection, is_s3_code
 
 CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -173,4 +173,4 @@ class ObjectReader(io.RawIOBase):
             super().close()
 
 
-__all__ = ["ObjectChanged", "ObjectGone", "ObjectReader", "describe"]
+__all__ = ["ObjectChanged", "ObjectGone", "ObjectReader"]

@@ -97,8 +97,8 @@ def test_bad_inputs_one_line_and_nothing_changed(setup: tuple[Path, Path, Path, 
     one_line_error(cli("restore", "--yes", "--set", "ghost.path=/x", "exp42", config=config), 2, "no source 'ghost'")
     one_line_error(cli("backup", "exp42", config=tmp_path / "missing.toml"), 2, "not found")
     bad = tmp_path / "bad.toml"
-    bad.write_text(config.read_text().replace('type = "sqlite"', 'type = "postgres"'))
-    one_line_error(cli("backup", "exp42", config=bad), 2, "unknown source type 'postgres'")
+    bad.write_text(config.read_text().replace('type = "sqlite"', 'type = "nosuchdb"'))
+    one_line_error(cli("backup", "exp42", config=bad), 2, "unknown source type 'nosuchdb'")
     bad.write_text(config.read_text() + "\n[broken\n")
     one_line_error(cli("status", config=bad), 2, "not valid TOML")
     bad.write_text(config.read_text().replace(f'path = "{raw}"', 'path = "/nonexistent/dir"'))

@@ -47,6 +47,7 @@ RINGS = {
 BATCH_ROWS = 64  # rows of one partition sent as one unlogged batch, at most ...
 BATCH_BYTES = 4000  # ... and below Cassandra's default batch_size_warn_threshold (5 KiB)
 DDL_TIMEOUT = 120.0
+WRITES_PER_WORKER = 4  # write requests in flight per unit of `concurrency`: hides the server's latency
 
 
 def _number(settings: Settings, key: str, default: float) -> float:
@@ -302,7 +303,7 @@ class _Writer:
         self.session = conn.session
         self.what = what
         self.idempotent = idempotent
-        self.limit = source.concurrency
+        self.limit = source.concurrency * WRITES_PER_WORKER
         self.slots = threading.Semaphore(self.limit)
         self.failed: deque[tuple[Any, int, BaseException]] = deque()
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+GNU_TIME = "/usr/bin/time"
 
 
 @dataclass
@@ -34,21 +35,22 @@ def run(name: str, cmd: str | list[str], *, nbytes: int = 0, env: dict[str, str]
         shell: bool = False, cwd: str | None = None) -> Measurement:
     """Run ``cmd`` to completion; wall time and the peak RSS of the largest process in its tree.
 
-    ru_maxrss of RUSAGE_CHILDREN is the maximum over all waited-for descendants, so a pipeline
-    (``tar | sha256sum``) run through ``sh -c`` reports its largest member.
+    The command runs under GNU ``time`` (Debian package ``time``): a child forked straight from this
+    Python process would count this process's own pages in its peak RSS. ``time`` reports the maximum
+    over the tree it waited for, so a pipeline (``tar | sha256sum``) reports its largest member.
     """
-    full_env = {**os.environ, **(env or {})}
+    if not os.path.exists(GNU_TIME):
+        raise SystemExit(f"{GNU_TIME} is missing: apt-get install -y time")
+    argv = [GNU_TIME, "-f", "%M", *(["sh", "-c", cmd] if shell else list(cmd))]  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, env=full_env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(argv, env={**os.environ, **(env or {})}, cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - t0
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}): {stderr.strip()[-2000:]}")
-    # wait4 gives the direct child's own rusage; grandchildren are folded into it when it reaps them.
-    return Measurement(name, seconds, usage.ru_maxrss / 1024, nbytes)
+        raise SystemExit(f"{name} failed ({proc.returncode}): {stderr[-2000:]}")
+    peak_kb = int(stderr.splitlines()[-1])
+    return Measurement(name, seconds, peak_kb / 1024, nbytes)
 
 
 def report(title: str, rows: list[Measurement], baseline: str, extra: dict | None = None) -> None:

@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from data_manager.errors import ConfigError, CorruptBackupError, SourceError
+from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from .connection import Target, connect, explain_connect_error, one_line, parse_target, query_error

@@ -97,6 +97,7 @@ def in_ci() -> bool:
 def unavailable(name: str, why: str) -> None:
     """Fail (in CI) or skip (elsewhere) the current test because server NAME cannot be used."""
     product = SERVERS[name][0]
+    why = " ".join(why.split())  # one line, even for multi-line driver errors
     message = f"{product} NOT AVAILABLE: {why} -- run `scripts/services start {name}`"
     if in_ci():
         pytest.fail(message + " (CI=true: server tests never skip in CI)", pytrace=False)
@@ -151,7 +152,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if set(names).intersection(fixtures):
                 if item.get_closest_marker(name) is None:
                     item.add_marker(getattr(pytest.mark, name))
-            elif item.get_closest_marker(name) is not None:
+            elif item.get_closest_marker(name) is not None and fixtures[1] not in names:
                 names.append(fixtures[1])
 
 

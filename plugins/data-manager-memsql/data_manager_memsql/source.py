@@ -30,6 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from operator import itemgetter
 from typing import Any
 from urllib.parse import quote
@@ -95,20 +96,23 @@ def _prefetch(items: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
     q: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
     stop = threading.Event()
 
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False  # the consumer is gone
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(("item", item)):
                     return
-            q.put(("end", None))
+            put(("end", None))
         except BaseException as exc:  # handed to the consumer
-            q.put(("error", exc))
+            put(("error", exc))
 
     thread = threading.Thread(target=produce, name="dm-memsql-read", daemon=True)
     thread.start()
@@ -461,12 +465,13 @@ class MemsqlSource(Source):
             with artifacts.open(table["artifact"]) as f:
                 frames = FrameReader(f, f"source {self.name!r}: {table['artifact']}")
                 inserted = 0
-                for body in _prefetch(frames):
-                    if len(prefix) + len(body) + 64 > max_packet:
-                        raise SourceError(
-                            f"source {self.name!r}: {label}: an INSERT of {len(body) + len(prefix)} bytes exceeds "
-                            f"the server's max_allowed_packet ({max_packet}); raise it")
-                    inserted += cur.execute(prefix + body)
+                with closing(_prefetch(frames)) as bodies:  # the reader thread ends before f closes
+                    for body in bodies:
+                        if len(prefix) + len(body) + 64 > max_packet:
+                            raise SourceError(
+                                f"source {self.name!r}: {label}: an INSERT of {len(body) + len(prefix)} bytes "
+                                f"exceeds the server's max_allowed_packet ({max_packet}); raise it")
+                        inserted += cur.execute(prefix + body)
             if frames.rows != table["rows"] or inserted != frames.rows:
                 raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
                                          f"{table['rows']} backed up")

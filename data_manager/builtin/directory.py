@@ -334,39 +334,58 @@ class DirectorySource(Source):
 
     def _extract(self, stream: BinaryIO, root: Path, dir_meta: list[tuple[Path, int, int]], volume: str) -> None:
         chown = os.geteuid() == 0
-        real_root = os.path.realpath(root)
+        made: set[str] = {""}  # directories known to exist, relative to root
+        links: set[str] = set()  # symlinks created: nothing may be extracted through one
         try:
             tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
         except tarfile.TarError as exc:
             raise CorruptBackupError(f"{self.name}/{volume}: not a tar volume ({exc})") from None
         with tar:
             for member in tar:
-                parts = member.name.split("/")
-                if member.name.startswith("/") or ".." in parts or "" in parts:
-                    raise CorruptBackupError(f"{self.name}/{volume}: unsafe path {member.name!r}")
-                path = root.joinpath(*parts)
-                if not os.path.realpath(path.parent).startswith(real_root):
-                    raise CorruptBackupError(f"{self.name}/{volume}: {member.name!r} escapes the target")
+                name = member.name
+                parts = name.split("/")
+                if name.startswith("/") or ".." in parts or "" in parts:
+                    raise CorruptBackupError(f"{self.name}/{volume}: unsafe path {name!r}")
+                parent = name.rpartition("/")[0]
+                if parent not in made:
+                    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
+                    if links.intersection(prefixes):
+                        raise CorruptBackupError(f"{self.name}/{volume}: {name!r} leads through a symlink")
+                    # A file can come in a volume before the one holding its directory's entry.
+                    os.makedirs(root / parent, exist_ok=True)
+                    made.update(prefixes)
+                path = root / name
                 mtime = member.pax_headers.get(_PAX_MTIME)
                 mtime_ns = _parse_ns(mtime) if mtime else int(member.mtime) * 10**9
                 if member.isdir():
-                    path.mkdir(exist_ok=True)
+                    if name in links:
+                        raise CorruptBackupError(f"{self.name}/{volume}: {name!r} is a symlink and a directory")
+                    if name not in made:
+                        path.mkdir(exist_ok=True)
+                        made.add(name)
                     dir_meta.append((path, member.mode, mtime_ns))
                 elif member.issym():
                     os.symlink(member.linkname, path)
+                    links.add(name)
                     os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+                    if chown:
+                        os.lchown(path, member.uid, member.gid)
                 elif member.isfile():
                     src = tar.extractfile(member)
                     assert src is not None
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-                    os.chmod(path, member.mode)
-                    os.utime(path, ns=(mtime_ns, mtime_ns))
+                    try:
+                        with open(fd, "wb", buffering=0, closefd=False) as out:
+                            while data := src.read(CHUNK):
+                                out.write(data)
+                        if chown:
+                            os.fchown(fd, member.uid, member.gid)
+                        os.fchmod(fd, member.mode)
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
+                    finally:
+                        os.close(fd)
                 else:
-                    raise CorruptBackupError(f"{self.name}/{volume}: unexpected member type for {member.name!r}")
-                if chown:
-                    os.lchown(path, member.uid, member.gid)
+                    raise CorruptBackupError(f"{self.name}/{volume}: unexpected member type for {name!r}")
             # Read to the end, so the artifact's checksum is checked before anything is swapped in.
             while stream.read(CHUNK):
                 pass

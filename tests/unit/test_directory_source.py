@@ -96,3 +96,46 @@ def test_exclude(tmp_path: Path) -> None:
     dm.restore("d", overrides={"raw": {"path": str(out)}})
     assert not (out / "sub" / "deeper" / "random.bin").exists() and not (out / "sub" / "data.csv").exists()
     assert (out / "hello.txt").exists()
+
+
+def test_a_file_whose_directory_entry_is_in_a_later_volume(tmp_path: Path) -> None:
+    """a.bin opens the stored stream (vol-000001); directory b/ then opens the compressed one
+    (vol-000002), and b/c.bin goes to vol-000001: extraction meets b/c.bin before b/."""
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / "a.bin").write_bytes(os.urandom(200_000))
+    (src / "b" / "c.bin").write_bytes(os.urandom(200_000))
+    os.chmod(src / "b", 0o750)
+    before = snapshot(src)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    shutil.rmtree(src)
+    dm.restore("d")
+    assert snapshot(src) == before
+
+
+def test_a_member_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """A crafted volume (link -> /elsewhere, then link/file) must not write outside the target."""
+    import io
+    import tarfile
+
+    from data_manager.builtin.directory import DirectorySource
+    from data_manager.types import Settings
+
+    buf = io.BytesIO()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        tar.addfile(link)
+        evil = tarfile.TarInfo("link/evil")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    buf.seek(0)
+    root = tmp_path / "root"
+    root.mkdir()
+    source = DirectorySource("raw", Settings({"path": str(root)}))
+    with pytest.raises(CorruptBackupError, match="leads through a symlink"):
+        source._extract(buf, root, [], "vol-000001.tar")
+    assert list(outside.iterdir()) == []

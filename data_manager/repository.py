@@ -523,9 +523,9 @@ class SourceArtifacts:
             raw = self._storage.open_read(key)
         except NotFoundError:
             raise CorruptBackupError(f"{key}: missing from the storage") from None
-        reader = _VerifyingReader(raw, rec, key)
+        reader: io.RawIOBase = _Prefetching(_VerifyingReader(raw, rec, key))
         if self._progress is not None:
-            reader = _Counting(reader, self._progress)  # type: ignore[assignment]
+            reader = _Counting(reader, self._progress)
         return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
 
     def verify(self, names: Iterable[str] | None = None) -> None:
@@ -533,6 +533,64 @@ class SourceArtifacts:
             with self.open(name) as f:
                 while f.read(CHUNK):
                     pass
+
+
+class _Prefetching(io.RawIOBase):
+    """Reads, decompresses and hashes ahead on a second thread (bounded queue), so a restore's own work
+    (writing files, feeding a database) overlaps with ours. Errors, corruption found at EOF included,
+    surface in the reader's thread at the point they were met."""
+
+    def __init__(self, inner: io.RawIOBase, depth: int = 4) -> None:
+        super().__init__()
+        self._inner = inner
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._block = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="dm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._inner.read(CHUNK)
+                self._queue.put(data or b"")
+                if not data:
+                    return
+        except BaseException as exc:
+            self._queue.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if not self._block:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return 0
+            self._block = memoryview(item)
+        n = min(len(buf), len(self._block))
+        buf[:n] = self._block[:n]
+        self._block = self._block[n:]
+        return n
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a put() on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._inner.close()
+        super().close()
 
 
 class _Counting(io.RawIOBase):

@@ -27,18 +27,14 @@ from typing import Any, BinaryIO
 
 from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
-from ..types import ArtifactSet, ArtifactSink, ArtifactWriter, Settings, Source, SourceType
+from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+from ..volumes import Volumes, incompressible, numbering
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 INDEX = "files.jsonl"
-_SAMPLE = 64 << 10
 _SMALL = 64 << 10  # below this a file joins the compressed stream without a test
-_STORED_SUFFIXES = {
-    ".7z", ".avi", ".br", ".bz2", ".flac", ".gif", ".gz", ".heic", ".jpeg", ".jpg", ".lz4", ".mkv",
-    ".mov", ".mp3", ".mp4", ".ogg", ".png", ".rar", ".tgz", ".webm", ".webp", ".xz", ".zip", ".zst",
-}
 _ZERO = bytes(512)
 _PAX_MTIME = "mtime"
 
@@ -69,38 +65,10 @@ def _parse_size(settings: Settings, key: str, default: int) -> int:
     raise settings.error(key, f"must be a size like 128MiB or a number of bytes, not {value!r}")
 
 
-def _incompressible(path: Path, sample: bytes) -> bool:
-    if path.suffix.lower() in _STORED_SUFFIXES:
-        return True
-    import zstandard
+class _TarVolumes(Volumes):
+    """Volumes that are pax tar archives."""
 
-    return len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample)
-
-
-class _Volumes:
-    """One stream of tar volumes (compressed or stored), rolling over at ``limit`` bytes."""
-
-    def __init__(self, sink: ArtifactSink, compression: str, limit: int, numbering: Callable[[], str]) -> None:
-        self._sink = sink
-        self._compression = compression
-        self._limit = limit
-        self._numbering = numbering
-        self._out: ArtifactWriter | None = None
-        self.name = ""
-        self.offset = 0
-        self.names: list[str] = []
-
-    def _ensure(self) -> ArtifactWriter:
-        if self._out is None:
-            self.name = self._numbering()
-            self._out = self._sink.open(self.name, compression=self._compression)  # type: ignore[arg-type]
-            self.names.append(self.name)
-            self.offset = 0
-        return self._out
-
-    def write(self, data: bytes | memoryview) -> None:
-        self._ensure().write(data)
-        self.offset += len(data)
+    trailer = _ZERO * 2  # end-of-archive marker
 
     def header(self, info: tarfile.TarInfo, mtime_ns: int) -> None:
         """A member header carrying the exact mtime (nanoseconds) in a pax record."""
@@ -120,21 +88,6 @@ class _Volumes:
     def pad(self, size: int) -> None:
         if size % 512:
             self.write(_ZERO[: 512 - size % 512])
-
-    def roll(self) -> None:
-        if self._out is not None and self.offset >= self._limit:
-            self.close()
-
-    def close(self) -> None:
-        if self._out is not None:
-            self.write(_ZERO * 2)  # end-of-archive marker
-            self._out.close()
-            self._out = None
-
-    def abort(self) -> None:
-        if self._out is not None:
-            self._out.abort()
-            self._out = None
 
 
 class DirectorySource(Source):
@@ -174,13 +127,9 @@ class DirectorySource(Source):
 
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
-        counter = iter(range(1, 1 << 30))
-
-        def numbering() -> str:
-            return f"vol-{next(counter):06d}.tar"
-
-        packed = _Volumes(sink, "zstd", self.volume_size, numbering)
-        stored = _Volumes(sink, "none", self.volume_size, numbering)
+        names = numbering("vol-{:06d}.tar")
+        packed = _TarVolumes(sink, "zstd", self.volume_size, names)
+        stored = _TarVolumes(sink, "none", self.volume_size, names)
         buf = bytearray(CHUNK)
         files = dirs = links = total = 0
         skipped: list[str] = []
@@ -244,8 +193,8 @@ class DirectorySource(Source):
         rel: str,
         info: tarfile.TarInfo,
         st: os.stat_result,
-        packed: _Volumes,
-        stored: _Volumes,
+        packed: _TarVolumes,
+        stored: _TarVolumes,
         buf: bytearray,
         changed: list[str],
     ) -> dict[str, Any]:
@@ -262,7 +211,7 @@ class DirectorySource(Source):
             n = f.readinto(view[: min(size, CHUNK)]) if size else 0
             first = view[:n]
             target = packed
-            if size >= _SMALL and _incompressible(path, bytes(first[:_SAMPLE])):
+            if size >= _SMALL and incompressible(rel, first):
                 target = stored
             info.size = size
             info.type = tarfile.REGTYPE

@@ -24,11 +24,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from pathlib import PurePosixPath
 from typing import Any
 
 from data_manager.errors import CorruptBackupError, DataManagerError, SourceError
-from data_manager.types import ArtifactSet, ArtifactSink, ArtifactWriter, Settings, Source
+from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
+from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings
 from .download import ObjectChanged, ObjectGone, ObjectReader
@@ -39,65 +39,9 @@ log = logging.getLogger(__name__)
 
 INDEX = "objects.jsonl"
 CHUNK = 1 << 20
-_SAMPLE = 64 << 10
-_STORED_SUFFIXES = {
-    ".7z", ".avi", ".br", ".bz2", ".flac", ".gif", ".gz", ".heic", ".jpeg", ".jpg", ".lz4", ".mkv", ".mov",
-    ".mp3", ".mp4", ".ogg", ".parquet", ".png", ".rar", ".tgz", ".webm", ".webp", ".xz", ".zip", ".zst",
-}
-_STORED_TYPES = ("image/", "video/", "audio/", "application/zip", "application/gzip", "application/x-gzip",
-                 "application/zstd", "application/x-7z", "application/x-xz", "application/x-bzip2")
 # Content headers kept with an object, besides Content-Type and user metadata.
 _CONTENT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 _META = "x-amz-meta-"
-
-
-def incompressible(key: str, content_type: str, sample: bytes) -> bool:
-    if PurePosixPath(key).suffix.lower() in _STORED_SUFFIXES or content_type.startswith(_STORED_TYPES):
-        return True
-    import zstandard
-
-    return len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample)
-
-
-class _Volume:
-    """One worker's stream of volumes (compressed or stored), rolling over at ``limit`` bytes."""
-
-    def __init__(self, sink: ArtifactSink, compression: str, limit: int, numbering: Callable[[], str]) -> None:
-        self._sink = sink
-        self._compression = compression
-        self._limit = limit
-        self._numbering = numbering
-        self._out: ArtifactWriter | None = None
-        self.name = ""
-        self.offset = 0
-        self.names: list[str] = []
-
-    def start(self) -> tuple[str, int]:
-        if self._out is None:
-            self.name = self._numbering()
-            self._out = self._sink.open(self.name, compression=self._compression)  # type: ignore[arg-type]
-            self.names.append(self.name)
-            self.offset = 0
-        return self.name, self.offset
-
-    def write(self, data: bytes) -> None:
-        assert self._out is not None
-        self._out.write(data)
-        self.offset += len(data)
-
-    def roll(self) -> None:
-        if self._out is not None and self.offset >= self._limit:
-            self.close()
-
-    def close(self) -> None:
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.close()
-
-    def abort(self) -> None:
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.abort()
 
 
 class _Stopped(Exception):
@@ -168,19 +112,14 @@ class MinioSource(Source):
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
         lock = threading.Lock()
-        counter = iter(range(1, 1 << 40))
-
-        def numbering() -> str:
-            with lock:
-                return f"vol-{next(counter):06d}"
-
+        names = numbering("vol-{:06d}")
         todo: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
         workers = [
-            (_Volume(sink, "zstd", self.volume_size, numbering), _Volume(sink, "none", self.volume_size, numbering))
+            (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
             for _ in range(self.parallel)
         ]
 
@@ -194,7 +133,7 @@ class MinioSource(Source):
                     stats["objects"] += 1
                     stats["bytes"] += entry["size"]
 
-        def work(packed: _Volume, stored: _Volume) -> None:
+        def work(packed: Volumes, stored: Volumes) -> None:
             try:
                 while not stop.is_set():
                     try:
@@ -278,7 +217,7 @@ class MinioSource(Source):
             not_backed_up_dot_segments=stats["unreadable"][:100],
         )
 
-    def _copy(self, number: int, obj: Any, packed: _Volume, stored: _Volume, stop: threading.Event) -> dict[str, Any] | None:
+    def _copy(self, number: int, obj: Any, packed: Volumes, stored: Volumes, stop: threading.Event) -> dict[str, Any] | None:
         key = obj.object_name
         rel = key[len(self.prefix):]
         try:
@@ -292,8 +231,8 @@ class MinioSource(Source):
             size = reader.size or 0
             content_type = headers.get("content-type", "")
             first = reader.read(CHUNK) if size else b""
-            big = size >= _SAMPLE
-            volume = stored if big and incompressible(rel, content_type, first[:_SAMPLE]) else packed
+            big = size >= SAMPLE
+            volume = stored if big and incompressible(rel, first, content_type) else packed
             name, offset = volume.start()
             digest = hashlib.sha256()
             written = 0

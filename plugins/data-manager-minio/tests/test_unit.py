@@ -10,7 +10,8 @@ from data_manager.errors import ConfigError, StorageError
 from data_manager.plugins import get_registry
 from data_manager.types import Settings
 from data_manager_minio.connection import Connection, ConnectionSettings, describe, is_transient
-from data_manager_minio.source import MinioSource, incompressible
+from data_manager.volumes import incompressible
+from data_manager_minio.source import MinioSource
 from data_manager_minio.storage import S3Storage, normalize_prefix
 
 BASE = {"endpoint": "s3.example.org:9000", "access_key": "AK", "secret_key": "SK-very-secret", "bucket": "b"}
@@ -86,10 +87,10 @@ def test_prefix_and_globs() -> None:
 def test_incompressible() -> None:
     import os
 
-    assert incompressible("a.jpg", "", b"a" * 1000)
-    assert incompressible("a", "video/mp4", b"a" * 1000)
-    assert incompressible("a.bin", "", os.urandom(1 << 16))
-    assert not incompressible("a.csv", "text/csv", b"1,2,3\n" * 10000)
+    assert incompressible("a.jpg", b"a" * 1000)
+    assert incompressible("a", b"a" * 1000, "video/mp4")
+    assert incompressible("a.bin", os.urandom(1 << 16))
+    assert not incompressible("a.csv", b"1,2,3\n" * 10000, "text/csv")
 
 
 def test_transient_errors_and_texts() -> None:

@@ -1,0 +1,89 @@
+"""Size-bounded volumes: for sources that pack many items (files, objects) into few artifacts.
+
+A source keeps two :class:`Volumes` streams, one zstd-compressed and one stored as-is, and sends each item
+to one of them by :func:`incompressible`, so already-compressed data costs no compression CPU. Items are
+never split: a volume closes once it has passed its size limit, so an item larger than the limit has a
+volume of its own. The source's index records each item's volume and offset, so one item can later be
+read alone, by range.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+from .types import ArtifactSink, ArtifactWriter, Compression
+
+SAMPLE = 64 << 10  # how much of an item decides whether it compresses
+STORED_SUFFIXES = frozenset({
+    ".7z", ".avi", ".br", ".bz2", ".flac", ".gif", ".gz", ".heic", ".jpeg", ".jpg", ".lz4", ".mkv",
+    ".mov", ".mp3", ".mp4", ".ogg", ".png", ".rar", ".tgz", ".webm", ".webp", ".xz", ".zip", ".zst",
+})
+STORED_TYPES = ("image/", "video/", "audio/", "application/zip", "application/gzip", "application/x-gzip",
+                "application/zstd", "application/x-7z", "application/x-xz", "application/x-bzip2")
+
+
+def incompressible(name: str, sample: bytes | memoryview, content_type: str = "") -> bool:
+    """Whether an item is better stored as-is: by its suffix or media type, else by compressing a sample."""
+    if PurePosixPath(name).suffix.lower() in STORED_SUFFIXES or content_type.startswith(STORED_TYPES):
+        return True
+    import zstandard
+
+    sample = bytes(sample[:SAMPLE])
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample)
+
+
+def numbering(template: str = "vol-{:06d}") -> Callable[[], str]:
+    """Artifact names shared by several streams (and threads: ``next`` on a count is atomic)."""
+    counter = itertools.count(1)
+    return lambda: template.format(next(counter))
+
+
+class Volumes:
+    """A stream of volumes of one compression, rolling over at ``limit`` bytes."""
+
+    trailer = b""  # written at the end of every volume (e.g. a tar end-of-archive marker)
+
+    def __init__(self, sink: ArtifactSink, compression: Compression, limit: int, names: Callable[[], str]) -> None:
+        self._sink = sink
+        self._compression = compression
+        self._limit = limit
+        self._names = names
+        self._out: ArtifactWriter | None = None
+        self.name = ""
+        self.offset = 0
+        self.names: list[str] = []
+
+    def start(self) -> tuple[str, int]:
+        """The volume and offset the next bytes go to (opening a volume if none is open)."""
+        if self._out is None:
+            self.name = self._names()
+            self._out = self._sink.open(self.name, compression=self._compression)
+            self.names.append(self.name)
+            self.offset = 0
+        return self.name, self.offset
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._out is None:
+            self.start()
+        assert self._out is not None
+        self._out.write(data)
+        self.offset += len(data)
+
+    def roll(self) -> None:
+        """Between items: close the volume if it has reached the limit."""
+        if self._out is not None and self.offset >= self._limit:
+            self.close()
+
+    def close(self) -> None:
+        if self._out is not None:
+            if self.trailer:
+                self.write(self.trailer)
+            out, self._out = self._out, None
+            out.close()
+
+    def abort(self) -> None:
+        if self._out is not None:
+            out, self._out = self._out, None
+            out.abort()

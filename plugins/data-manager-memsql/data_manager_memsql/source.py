@@ -39,6 +39,7 @@ from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import singlestore
+from .parallel import OrderedRanges, ReaderPool, open_shared_snapshot
 from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_ident, select_range, select_rows
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ _INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"
 _GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
 _DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
 _KNOWN = {
-    "host", "port", "user", "password", "database", "databases", "connect_timeout",
+    "host", "port", "user", "password", "database", "databases", "connect_timeout", "parallel",
     "native_backup", "native_backup_config", "native_backup_credentials",
 }
 
@@ -154,6 +155,7 @@ class MemsqlSource(Source):
         if len(set(self.databases)) != len(self.databases):
             raise settings.error("databases", "names a database twice")
         self.connect_timeout = settings.get_int("connect_timeout", 10, minimum=1)
+        self.parallel = settings.get_int("parallel", 2, minimum=1)
         self.native: singlestore.S3Target | None = None
         uri = settings.get("native_backup")
         if uri is not None:
@@ -243,6 +245,7 @@ class MemsqlSource(Source):
             cur = conn.cursor()
             cur.execute("SELECT VERSION()")
             version = cur.fetchone()[0]
+            self._version = version
             memsql = singlestore.memsql_version(cur)
             self._require_databases(cur)
             if memsql and self.native is not None:
@@ -251,15 +254,20 @@ class MemsqlSource(Source):
             if self.native is not None:
                 log.warning("source %s: native_backup applies to SingleStore only; %s gets the portable backup",
                             self.name, version)
-            cur.execute("SET SESSION time_zone = '+00:00'")
+            self._read_session(conn)
+            pool = None
             if memsql:
                 consistency = "read-committed"  # SingleStore has no multi-statement snapshot
             else:
-                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                pool = self._shared_snapshot(conn)
                 consistency = "snapshot"
+            if pool is None:  # one connection reads everything
+                pool = ReaderPool([conn], owned=False)
             started = time.monotonic()
-            databases = [self._backup_database(conn, sink, db) for db in self.databases]
+            try:
+                databases = [self._backup_database(conn, pool, sink, db) for db in self.databases]
+            finally:
+                pool.close()
             schema = {"format": FORMAT, "server_version": version, "memsql_version": memsql,
                       "consistency": consistency, "databases": databases}
             with sink.open(SCHEMA) as out:
@@ -268,7 +276,7 @@ class MemsqlSource(Source):
                 cur.execute("COMMIT")
             rows = sum(t["rows"] for d in databases for t in d["tables"])
             sink.set_info(format=FORMAT, mode="portable", server_version=version, memsql_version=memsql,
-                          consistency=consistency, databases=self.databases, rows=rows,
+                          consistency=consistency, readers=len(pool), databases=self.databases, rows=rows,
                           tables=sum(len(d["tables"]) for d in databases))
             log.info("source %s: %d rows in %.1fs", self.name, rows, time.monotonic() - started)
         except pymysql.err.MySQLError as exc:
@@ -276,7 +284,48 @@ class MemsqlSource(Source):
         finally:
             conn.close()
 
-    def _backup_database(self, conn: Any, sink: ArtifactSink, db: str) -> dict[str, Any]:
+    def _read_session(self, conn: Any) -> int:
+        """Session settings of a reading connection; returns the longest frame GROUP_CONCAT may build."""
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION time_zone = '+00:00'")
+            cur.execute("SELECT @@max_allowed_packet")
+            limit = min(int(cur.fetchone()[0]) - 1024, 64 << 20)
+            cur.execute(f"SET SESSION group_concat_max_len = {limit}")
+        self._concat_limit = limit
+        return limit
+
+    def _shared_snapshot(self, conn: Any) -> ReaderPool | None:
+        """Open the snapshot on ``conn`` and, with ``parallel`` > 1, on as many reader connections.
+
+        The readers share the snapshot only if it is opened on all of them while commits are blocked
+        (:func:`.parallel.open_shared_snapshot`, needs RELOAD). Without that privilege the backup reads
+        with one connection; the snapshot is then opened on ``conn`` alone.
+        """
+        import pymysql
+
+        if self.parallel > 1:
+            readers: list[Any] = []
+            try:
+                for _ in range(self.parallel):
+                    readers.append(self._connect())
+                    self._read_session(readers[-1])
+                lock_conn = self._connect()
+                try:
+                    open_shared_snapshot(lock_conn, [conn, *readers], mariadb="mariadb" in self._version.lower())
+                finally:
+                    lock_conn.close()
+                return ReaderPool(readers)
+            except pymysql.err.MySQLError as exc:
+                for r in readers:
+                    r.close()
+                log.warning("source %s: cannot block commits to share one snapshot among %d connections (%s); "
+                            "reading with one connection", self.name, self.parallel, exc.args[-1])
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        return None
+
+    def _backup_database(self, conn: Any, pool: ReaderPool, sink: ArtifactSink, db: str) -> dict[str, Any]:
         cur = conn.cursor()
         cur.execute("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
                     "WHERE SCHEMA_NAME = %s", (db,))
@@ -286,7 +335,7 @@ class MemsqlSource(Source):
         tables, views, skipped = [], [], []
         for name, kind in objects:
             if kind == "BASE TABLE":
-                tables.append(self._backup_table(conn, sink, db, name))
+                tables.append(self._backup_table(conn, pool, sink, db, name))
             elif kind == "VIEW":
                 views.append(name)
             else:
@@ -303,7 +352,7 @@ class MemsqlSource(Source):
         return {"name": db, "charset": charset, "collation": collation, "tables": tables, "views": view_defs,
                 "skipped": skipped}
 
-    def _backup_table(self, conn: Any, sink: ArtifactSink, db: str, table: str) -> dict[str, Any]:
+    def _backup_table(self, conn: Any, pool: ReaderPool, sink: ArtifactSink, db: str, table: str) -> dict[str, Any]:
         cur = conn.cursor()
         cur.execute(f"SHOW CREATE TABLE {quote_ident(db)}.{quote_ident(table)}")
         ddl = cur.fetchone()[1]
@@ -323,7 +372,7 @@ class MemsqlSource(Source):
             frames = FrameWriter(out)
             if any(not c.generated for c in columns):
                 if integer_key is not None:
-                    self._read_ranges(conn, frames, db, table, columns, integer_key)
+                    self._read_ranges(conn, pool, frames, db, table, columns, integer_key)
                 else:
                     self._read_stream(conn, frames, db, table, columns)
             frames.finish()
@@ -348,51 +397,56 @@ class MemsqlSource(Source):
             batch = max(1, min(_MAX_BATCH, batch * FRAME_BYTES // max(frames.bytes - before, 1)))
         stream.close()
 
-    def _read_ranges(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column],
-                     key: str) -> None:
-        """Key range by key range, each range's rows joined into one frame by the server."""
+    def _read_ranges(self, conn: Any, pool: ReaderPool, frames: FrameWriter, db: str, table: str,
+                     columns: list[Column], key: str) -> None:
+        """Key range by key range, each range's rows joined into one frame by the server; the ranges are
+        read by the pool's connections in parallel and written in key order."""
         cur = conn.cursor()
         qt, qk = f"{quote_ident(db)}.{quote_ident(table)}", quote_ident(key)
-        cur.execute("SELECT @@max_allowed_packet")
-        limit = min(int(cur.fetchone()[0]) - 1024, 64 << 20)
-        cur.execute(f"SET SESSION group_concat_max_len = {limit}")
         cur.execute(f"SELECT MIN({qk}), MAX({qk}) FROM {qt}")
         lo, top = cur.fetchone()
         if lo is None:
             return
         query = select_range(db, table, columns, key)
-        step = 256
-        while lo is not None and lo <= top:
-            hi = min(lo + step - 1, top)
-            cur.execute(query, (lo, hi))
-            body, rows = cur.fetchone()
-            got = len(body) if body is not None else 0
-            if rows and (body is None or got >= limit or cur.warning_count):  # cut at group_concat_max_len
-                if hi == lo:
-                    self._read_stream_range(conn, frames, db, table, columns, key, lo)
-                    lo, step = lo + 1, 1
-                else:
-                    step = max(1, (hi - lo + 1) // 4)
-                continue
-            frames.write_frame(body or b"", rows)
-            lo = hi + 1
-            if rows == 0 and lo <= top:  # a gap in the keys: jump over it
-                cur.execute(f"SELECT MIN({qk}) FROM {qt} WHERE {qk} >= %s", (lo,))
-                lo = cur.fetchone()[0]
-                step *= 2
-            else:
-                step = max(1, int(step * min(4.0, max(0.25, FRAME_BYTES / max(got, 1)))))
+        after = f"SELECT MIN({qk}) FROM {qt} WHERE {qk} > %s"
+        limit = self._concat_limit
+        single = f"{select_rows(db, table, columns)} WHERE {qk} = %s"
+        label = f"{db}.{table}"
 
-    def _read_stream_range(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column],
-                           key: str, value: int) -> None:
-        """One row too large for GROUP_CONCAT: read it alone."""
-        cur = conn.cursor()
-        cur.execute(f"{select_rows(db, table, columns)} WHERE {quote_ident(key)} = %s", (value,))
-        rows = [r[0] for r in cur.fetchall()]
-        if None in rows:
-            raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
-                              "server's max_allowed_packet; raise it to back this table up")
-        frames.write_batch(rows)
+        def fetch(rconn: Any, lo: int, hi: int) -> tuple[list[tuple[bytes, int]], int, int | None]:
+            rcur = rconn.cursor()
+            out: list[tuple[bytes, int]] = []
+            nbytes, a, step = 0, lo, hi - lo + 1
+            while a <= hi:
+                b = min(a + step - 1, hi)
+                rcur.execute(query, (a, b))
+                body, rows = rcur.fetchone()
+                got = len(body) if body is not None else 0
+                if rows and (body is None or got >= limit or rcur.warning_count):  # cut at group_concat_max_len
+                    if b == a:  # one row too large for GROUP_CONCAT: read it alone
+                        rcur.execute(single, (a,))
+                        row = rcur.fetchone()[0]
+                        if row is None:
+                            raise SourceError(f"source {self.name!r}: a row of {label} is larger than the "
+                                              "server's max_allowed_packet; raise it to back this table up")
+                        out.append((row if isinstance(row, bytes) else row.encode(), 1))
+                        nbytes += len(row)
+                        a, step = a + 1, 1
+                    else:
+                        step = max(1, (b - a + 1) // 4)
+                    continue
+                if rows:
+                    out.append((body, rows))
+                    nbytes += got
+                a = b + 1
+            next_key = None
+            if not out:
+                rcur.execute(after, (hi,))
+                next_key = rcur.fetchone()[0]
+            return out, nbytes, next_key
+
+        for body, rows in OrderedRanges(pool, fetch, lo, top, FRAME_BYTES):
+            frames.write_frame(body, rows)
 
     # ------------------------------------------------------------------ restore
 

@@ -109,12 +109,14 @@ def value_expression(col: Column) -> str:
         e = f"CAST({c} AS DOUBLE)" if t == "float" else c  # FLOAT prints with 6 digits: widen it, exactly
     elif kind == "bit":
         e = f"{c}+0"
-    elif t in TEMPORAL_TYPES:
-        return f"QUOTE({c})"  # ASCII; QUOTE gives NULL as the keyword
-    elif t == "json":  # MySQL's native JSON accepts no binary string: utf8mb4 text
-        return f"QUOTE(CONVERT({c} USING utf8mb4))"
-    else:  # binary, and text as its own charset's bytes: X'..' inserts them as they are
-        e = f"CONCAT('X''',HEX({c}),'''')"
+    elif t in TEMPORAL_TYPES:  # ASCII without quotes; QUOTE gives NULL as the keyword
+        return f"QUOTE({c})" if col.nullable else f"CONCAT('''',{c},'''')"
+    elif t == "json":  # MySQL's native JSON accepts no binary string: a utf8mb4 literal (introducer)
+        e = f"CONCAT('_utf8mb4',QUOTE(CONVERT({c} USING utf8mb4)))"
+    elif kind == "binary":  # QUOTE escapes \, ', NUL and ^Z of any bytes; NULL gives the keyword NULL
+        return f"QUOTE({c})"
+    else:  # text as its own charset's bytes (never converted): QUOTE of the binary string
+        return f"QUOTE(CAST({c} AS BINARY))"
     return f"IFNULL({e},'NULL')" if col.nullable else e
 
 

@@ -44,7 +44,10 @@ from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_id
 
 log = logging.getLogger(__name__)
 
-FORMAT = "data-manager-memsql/1"
+FORMAT = "data-manager-memsql/2"
+# 1: strings as X'<hex>' (restored with the utf8mb4 connection charset); 2: strings as QUOTE() of their
+# bytes, which must be read as binary strings: restored with character_set_connection = binary.
+FORMATS = ("data-manager-memsql/1", FORMAT)
 SCHEMA = "schema.json"
 NATIVE = "native.json"
 FRAME_BYTES = 1 << 20  # target size of one frame = one INSERT at restore
@@ -474,7 +477,7 @@ class MemsqlSource(Source):
                 schema = json.loads(f.read())
             except ValueError as exc:
                 raise CorruptBackupError(f"source {self.name!r}: {SCHEMA} is unreadable ({exc})") from None
-        if schema.get("format") != FORMAT:
+        if schema.get("format") not in FORMATS:
             raise CorruptBackupError(f"source {self.name!r}: unknown format {schema.get('format')!r}")
         dbs = schema["databases"]
         targets = self._targets([d["name"] for d in dbs])
@@ -491,7 +494,7 @@ class MemsqlSource(Source):
                 cur.execute(f"CREATE DATABASE {quote_ident(stage)} CHARACTER SET {db['charset']} "
                             f"COLLATE {db['collation']}")
                 created.append(stage)
-                self._load_database(cur, artifacts, db, stage, max_packet)
+                self._load_database(cur, artifacts, db, stage, max_packet, binary=schema["format"] != FORMATS[0])
             leftover = set(artifacts.names()) - {SCHEMA} - {t["artifact"] for d in dbs for t in d["tables"]}
             if leftover:
                 artifacts.verify(sorted(leftover))
@@ -508,10 +511,13 @@ class MemsqlSource(Source):
         cur.execute("SET SESSION foreign_key_checks = 0")
         cur.execute("SET SESSION unique_checks = 0")
 
-    def _load_database(self, cur: Any, artifacts: ArtifactSet, db: dict[str, Any], stage: str, max_packet: int) -> None:
+    def _load_database(self, cur: Any, artifacts: ArtifactSet, db: dict[str, Any], stage: str, max_packet: int,
+                       binary: bool) -> None:
         cur.execute(f"USE {quote_ident(stage)}")
         for table in db["tables"]:
             cur.execute(table["ddl"])
+        if binary:  # string literals are the columns' bytes: taken as they are, never converted
+            cur.execute("SET SESSION character_set_connection = binary")
         for table in db["tables"]:
             columns = [Column.from_json(c) for c in table["columns"]]
             prefix = insert_prefix(table["name"], columns)
@@ -529,6 +535,7 @@ class MemsqlSource(Source):
             if frames.rows != table["rows"] or inserted != frames.rows:
                 raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
                                          f"{table['rows']} backed up")
+        cur.execute("SET NAMES utf8mb4")
         self._create_views(cur, db["views"])  # in the scratch database: proves they will work
 
     def _create_views(self, cur: Any, views: list[dict[str, Any]]) -> None:

@@ -56,7 +56,7 @@ _INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"
 _GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
 _DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
 _KNOWN = {
-    "host", "port", "user", "password", "database", "databases", "connect_timeout", "parallel",
+    "host", "port", "user", "password", "database", "databases", "connect_timeout", "parallel", "compress",
     "native_backup", "native_backup_config", "native_backup_credentials",
 }
 
@@ -159,6 +159,8 @@ class MemsqlSource(Source):
             raise settings.error("databases", "names a database twice")
         self.connect_timeout = settings.get_int("connect_timeout", 10, minimum=1)
         self.parallel = settings.get_int("parallel", 2, minimum=1)
+        # false: rows artifacts stored uncompressed (zstd is most of the client's CPU time; see the docs)
+        self.compress = settings.get_bool("compress", True)
         self.native: singlestore.S3Target | None = None
         uri = settings.get("native_backup")
         if uri is not None:
@@ -371,7 +373,7 @@ class MemsqlSource(Source):
         integer_key = key[0] if len(key) == 1 and key[0] in by_name and by_name[key[0]].data_type in _INTEGER_TYPES \
             else None
         name = artifact_name(db, table)
-        with sink.open(name) as out:
+        with sink.open(name, compression="auto" if self.compress else "none") as out:
             frames = FrameWriter(out)
             if any(not c.generated for c in columns):
                 if integer_key is not None:

@@ -215,6 +215,22 @@ def test_round_trip_every_type_into_another_database(tmp_path, server):
     dm.verify("d")
 
 
+@pytest.mark.parametrize("options", [{"parallel": 1}, {"parallel": 3, "compress": False}])
+def test_round_trip_with_one_reader_or_three_uncompressed(tmp_path, server, options):
+    src = server["database"]
+    make_database(server, src)
+    sql(server, "CREATE TABLE sparse (id BIGINT PRIMARY KEY, v VARCHAR(20));\n"
+                "INSERT INTO sparse SELECT seq * 1000003, CONCAT('v', seq) FROM seq_1_to_3000;\n"
+                "INSERT INTO sparse VALUES (-9223372036854775808, 'min'), (9223372036854775807, 'max')", src)
+    dm = manager(tmp_path, server, database=src, **options)
+    dm.backup("d")
+    target = server["new_database"]()
+    dm.restore("d", "latest", overrides={"db": {"database": target}})
+    assert mysqldump(server, target) == mysqldump(server, src)
+    exact_same(server, src, target, "types")
+    assert scratch_left(server) == []
+
+
 def test_restore_in_place_replaces_tables_and_views(tmp_path, server):
     db = server["database"]
     make_database(server, db)

@@ -238,3 +238,53 @@ def test_native_backup_flow_runs_backup_database_per_database():
     assert record["mode"] == "native" and [d["name"] for d in record["databases"]] == ["a", "b"]
     assert all(d["path"].startswith("bkt/dm/") for d in record["databases"])
     assert "SK" not in json.dumps(sink.info) and "SK" not in sink.files["native.json"].decode()
+
+
+# ---------------------------------------------------------------- ordered parallel ranges
+
+
+def test_ordered_ranges_keep_key_order_and_skip_gaps():
+    from data_manager_memsql.parallel import OrderedRanges, ReaderPool
+
+    keys = [*range(1, 200), *range(10**12, 10**12 + 300), 2**63 - 1]  # a huge gap and the top key
+    calls = []
+
+    def fetch(conn, lo, hi):
+        calls.append((lo, hi))
+        got = [k for k in keys if lo <= k <= hi]
+        frames = [(",".join(map(str, got)).encode(), len(got))] if got else []
+        nxt = None if got else next((k for k in keys if k > hi), None)
+        return frames, sum(len(f[0]) for f in frames), nxt
+
+    pool = ReaderPool([object(), object(), object()], owned=False)
+    try:
+        frames = list(OrderedRanges(pool, fetch, keys[0], keys[-1], target=400, step=16))
+    finally:
+        pool.close()
+    seen = [int(k) for body, _ in frames for k in body.split(b",")]
+    assert seen == keys and sum(n for _, n in frames) == len(keys)
+    assert len(calls) < 200  # the gap was jumped, not walked
+
+
+def test_ordered_ranges_surface_a_reader_error():
+    from data_manager_memsql.parallel import OrderedRanges, ReaderPool
+
+    def fetch(conn, lo, hi):
+        if lo > 50:
+            raise SourceError("boom")
+        return [(b"x", hi - lo + 1)], 1, None
+
+    pool = ReaderPool([object(), object()], owned=False)
+    try:
+        with pytest.raises(SourceError, match="boom"):
+            list(OrderedRanges(pool, fetch, 1, 1000, target=10, step=10))
+    finally:
+        pool.close()
+
+
+def test_parallel_and_compress_settings():
+    assert (source(database="x").parallel, source(database="x").compress) == (2, True)
+    s = source(database="x", parallel="4", compress=False)
+    assert (s.parallel, s.compress) == (4, False)
+    with pytest.raises(ConfigError, match="parallel"):
+        source(database="x", parallel=0)

@@ -7,7 +7,9 @@ with MariaDB's sequence engine: one wide "events" table (integers, DECIMAL, DOUB
 long strings, a small binary column, NULLs) and one narrow "samples" table. Then:
 
 * backup: ``mysqldump --single-transaction`` to a file (baseline), the same piped through ``zstd -3``,
-  and ``data-manager backup`` (filesystem storage; zstd and sha256 done by the core);
+  and ``data-manager backup`` (filesystem storage; zstd and sha256 done by the core) three times: as
+  configured by default (zstd, ``parallel = 2``), with ``compress = false`` (like for like with
+  ``mysqldump > file``) and with ``parallel = 1``;
 * restore: ``mysql`` replaying the dump into a fresh database, and ``data-manager restore --set
   db.database=...`` into a fresh database.
 
@@ -112,12 +114,12 @@ def main() -> None:
         print(f"making ~{args.size_mb} MB of rows in {DB} ...", flush=True)
         nbytes = make_data(args)
         config = work / "dm.toml"
-        config.write_text(
-            f'[storages.local]\ntype = "filesystem"\nroot = "{work / "backups"}"\n'
-            f'[datasets.bench]\n[[datasets.bench.sources]]\nname = "db"\ntype = "memsql"\n'
-            f'host = "{args.host}"\nport = {args.port}\nuser = "{args.user}"\npassword = "${{DM_BENCH_PASSWORD}}"\n'
-            f'database = "{DB}"\n'
-        )
+        text = f'[storages.local]\ntype = "filesystem"\nroot = "{work / "backups"}"\n'
+        for dataset, extra in (("bench", ""), ("bench_raw", "compress = false\n"), ("bench_one", "parallel = 1\n")):
+            text += (f'[datasets.{dataset}]\n[[datasets.{dataset}.sources]]\nname = "db"\ntype = "memsql"\n'
+                     f'host = "{args.host}"\nport = {args.port}\nuser = "{args.user}"\n'
+                     f'password = "${{DM_BENCH_PASSWORD}}"\ndatabase = "{DB}"\n{extra}')
+        config.write_text(text)
         run("warm buffer pool (mysqldump > /dev/null)",
             f"{dump} {conn} --single-transaction {DB} > /dev/null", shell=True, env=env)
         rows = [
@@ -130,6 +132,11 @@ def main() -> None:
                             shell=True, env=env, nbytes=nbytes))
         rows.append(run("data-manager backup", [*dm_command(), "--config", str(config), "backup", "bench"],
                         env=env, nbytes=nbytes))
+        stored = sum(p.stat().st_size for p in (work / "backups").rglob("*") if p.is_file())
+        rows.append(run("data-manager backup, compress=false",
+                        [*dm_command(), "--config", str(config), "backup", "bench_raw"], env=env, nbytes=nbytes))
+        rows.append(run("data-manager backup, parallel=1",
+                        [*dm_command(), "--config", str(config), "backup", "bench_one"], env=env, nbytes=nbytes))
         for t in targets:
             client(args, f"DROP DATABASE IF EXISTS {t};\nCREATE DATABASE {t} CHARACTER SET utf8mb4")
         rows.append(run("mysql < dump (fresh database)", f"{mysql} {conn} {targets[0]} < {work}/dump.sql",
@@ -139,7 +146,6 @@ def main() -> None:
                          f"db.database={targets[1]}", "bench"], env=env, nbytes=nbytes))
         same = client(args, f"CHECKSUM TABLE {DB}.events, {targets[1]}.events, {DB}.samples, {targets[1]}.samples")
         sums = [line.split("\t")[1] for line in same.splitlines()]
-        stored = sum(p.stat().st_size for p in (work / "backups").rglob("*") if p.is_file())
         dump_size = (work / "dump.sql").stat().st_size
         report(f"memsql: {nbytes / 1e6:.0f} MB of rows (MariaDB), backup and restore", rows,
                baseline="mysqldump > file",

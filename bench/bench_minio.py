@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
-from common import dm_command, report, run
+from common import Measurement, dm_command, report
+from common import run as run_child
 
 ENDPOINT = "127.0.0.1:9000"
 ACCESS, SECRET = "dmadmin", "dmadmin-secret"
@@ -36,6 +38,38 @@ RCLONE_ENV = {
     "RCLONE_CONFIG_M_SECRET_ACCESS_KEY": SECRET,
     "RCLONE_CONFIG_M_REGION": "us-east-1",
 }
+
+
+CPU: dict[str, dict[str, float]] = {}  # per contender: CPU seconds of its process tree and of the MinIO server
+
+
+def _minio_cpu() -> float | None:
+    """CPU seconds the local MinIO server has used so far (None if it is not a local process)."""
+    try:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "minio":
+                        with open(f"/proc/{pid}/stat") as st:
+                            fields = st.read().rsplit(")", 1)[1].split()
+                        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        pass
+    return None
+
+
+def run(name: str, cmd: str | list[str], **kw: object) -> Measurement:
+    """``common.run`` plus the CPU time of the contender and of MinIO: on a shared machine wall times vary a
+    lot, CPU seconds much less, and they show what each contender costs."""
+    before, server = resource.getrusage(resource.RUSAGE_CHILDREN), _minio_cpu()
+    m = run_child(name, cmd, **kw)  # type: ignore[arg-type]
+    after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), _minio_cpu()
+    cpu = {"cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)}
+    if server is not None and server_after is not None:
+        cpu["minio_cpu_s"] = round(server_after - server, 2)
+    CPU[name] = cpu
+    print(f"{name}: {m.seconds:.2f} s, CPU {cpu['cpu_s']:.2f} s, MinIO CPU {cpu.get('minio_cpu_s', '?')} s")
+    return m
 
 
 def make_tree(root: Path, size_mb: int) -> tuple[int, int]:
@@ -113,7 +147,7 @@ def main() -> None:
             run("data-manager backup dir -> s3", [*dm, "backup", "dir2s3"], env=env, nbytes=nbytes),
         ]
         report(f"minio dir to s3: {nbytes / 1e6:.0f} MB in {files} files", rows, baseline="rclone copy dir -> s3",
-               extra={"source_bytes": nbytes, "files": files})
+               extra={"source_bytes": nbytes, "files": files, "cpu": dict(CPU)})
 
         rows = [
             run("rclone copy s3 -> dir", ["rclone", "copy", f"m:{rclone_dst}", str(work / "rclone-copy")],
@@ -125,7 +159,7 @@ def main() -> None:
         ]
         stored = sum(p.stat().st_size for p in (work / "backups").rglob("*") if p.is_file())
         report(f"minio bucket to fs: {nbytes / 1e6:.0f} MB in {files} objects", rows, baseline="rclone copy s3 -> dir",
-               extra={"source_bytes": nbytes, "stored_bytes": stored, "objects": files})
+               extra={"source_bytes": nbytes, "stored_bytes": stored, "objects": files, "cpu": dict(CPU)})
         print(f"stored {stored / 1e6:.0f} MB for {nbytes / 1e6:.0f} MB of objects")
     finally:
         if not args.keep:

@@ -2,12 +2,15 @@
 
 Backup (portable path, every server):
 
-* one connection; on MariaDB/MySQL ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` at REPEATABLE READ, so
-  every table of every configured database is read at the same instant (SingleStore: READ COMMITTED);
+* on MariaDB/MySQL ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` at REPEATABLE READ, so every table of
+  every configured database is read at the same instant; with ``parallel`` > 1 on the main connection and
+  N reader connections, opened while commits are blocked for those few statements
+  (:mod:`.parallel`; SingleStore: one connection, READ COMMITTED);
 * per database: default charset/collation, ``SHOW FULL TABLES``, ``SHOW CREATE TABLE`` and the columns
   of ``information_schema.COLUMNS`` per table, ``SHOW CREATE VIEW`` per view (DEFINER removed);
 * per table one rows artifact (:mod:`.rowformat`): the server writes each row as a SQL value tuple, an
-  unbuffered cursor streams them, the plugin frames batches of ~1 MiB;
+  key ranges of ~1 MiB joined by the server are read by the readers in parallel and written in key order
+  (other tables: an unbuffered cursor streams them, the plugin frames batches of ~1 MiB);
 * ``schema.json`` last, with the DDL, the columns and every table's row count.
 
 Restore builds every database in a scratch database beside it (``<target>__dmr_<random>``): DDL, rows as

@@ -19,6 +19,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+LOCK_WAIT_SECONDS = 5  # longest wait for the commit block; then the backup reads with one connection
+
 
 def open_shared_snapshot(lock_conn: Any, conns: list[Any], mariadb: bool) -> None:
     """``START TRANSACTION WITH CONSISTENT SNAPSHOT`` on every connection of ``conns`` while commits are
@@ -30,6 +32,7 @@ def open_shared_snapshot(lock_conn: Any, conns: list[Any], mariadb: bool) -> Non
     the caller's to handle (it falls back to one connection).
     """
     cur = lock_conn.cursor()
+    cur.execute(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")  # never stall the writers for long
     if mariadb:
         cur.execute("BACKUP STAGE START")
         try:

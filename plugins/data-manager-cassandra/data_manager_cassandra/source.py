@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import threading
 import time
 from collections import deque
@@ -44,10 +45,13 @@ RINGS = {
     "org.apache.cassandra.dht.Murmur3Partitioner": (-(2**63), 2**63 - 1),
     "org.apache.cassandra.dht.RandomPartitioner": (-1, 2**127),
 }
-BATCH_ROWS = 64  # rows of one partition sent as one unlogged batch, at most ...
-BATCH_BYTES = 4000  # ... and below Cassandra's default batch_size_warn_threshold (5 KiB)
+# Consecutive rows whose partitions have the same replicas go in one unlogged batch of at most:
+BATCH_ROWS = 64  # rows,
+BATCH_BYTES = 4000  # bytes of values (below Cassandra's default batch_size_warn_threshold, 5 KiB),
+BATCH_PARTITIONS = 10  # partitions (Cassandra's unlogged_batch_across_partitions_warn_threshold).
 DDL_TIMEOUT = 120.0
-WRITES_PER_WORKER = 4  # write requests in flight per unit of `concurrency`: hides the server's latency
+WRITES_PER_WORKER = 8  # write requests in flight per unit of `concurrency`: hides the server's latency
+_KEY_PART = struct.Struct(">H")
 
 
 def _number(settings: Settings, key: str, default: float) -> float:
@@ -374,9 +378,14 @@ class _RowLoader:
         self._bound = BoundStatement
         self._batch = BatchStatement
         self._batch_type = BatchType.COUNTER if self.counter else BatchType.UNLOGGED
+        self.keyspace = target
+        self.metadata = conn.metadata
         self.last_partition: list[bytes | None] | None = None
+        self.replicas: tuple[Any, ...] = ()  # the replicas of last_partition
         self.batch: list[Any] = []
         self.batch_partition: Any = None
+        self.batch_replicas: tuple[Any, ...] = ()
+        self.batch_partitions = 0
         self.batch_bytes = 0
 
     # -- statements
@@ -405,10 +414,15 @@ class _RowLoader:
         bound = self._bound(prepared)
         bound.values = values
         size = sum(len(v) for v in values if v is not None)
-        if self.batch and (partition != self.batch_partition or len(self.batch) >= BATCH_ROWS
-                           or self.batch_bytes + size > BATCH_BYTES):
+        new_partition = partition != self.batch_partition
+        if self.batch and (len(self.batch) >= BATCH_ROWS or self.batch_bytes + size > BATCH_BYTES or (
+                new_partition and (self.replicas != self.batch_replicas or self.batch_partitions >= BATCH_PARTITIONS))):
             self._flush()
+            new_partition = True
+        if not self.batch:
+            self.batch_replicas = self.replicas
         self.batch.append(bound)
+        self.batch_partitions += new_partition
         self.batch_partition = partition
         self.batch_bytes += size
 
@@ -422,6 +436,8 @@ class _RowLoader:
             batch.is_idempotent = not self.counter
             self.writer.submit(batch)
         self.batch = []
+        self.batch_partition = None
+        self.batch_partitions = 0
         self.batch_bytes = 0
 
     # -- rows
@@ -439,7 +455,17 @@ class _RowLoader:
         partition = [row[i] for i in self.pk]
         new = partition != self.last_partition
         self.last_partition = partition
+        if new:
+            self.replicas = self._replicas(partition)
         return partition, new
+
+    def _replicas(self, partition: list[bytes | None]) -> tuple[Any, ...]:
+        """The nodes holding ``partition`` (the driver's token map; ``()`` if it has none)."""
+        if len(partition) == 1:
+            key = partition[0] or b""
+        else:  # a composite partition key's routing key: each part as [uint16 length][bytes][0]
+            key = b"".join(_KEY_PART.pack(len(v or b"")) + (v or b"") + b"\x00" for v in partition)
+        return tuple(self.metadata.get_replicas(self.keyspace, key))
 
     def _row(self, row: list[bytes | None], elapsed: int) -> None:
         partition, new = self._new_partition(row)

@@ -8,14 +8,10 @@ backoff, and turns everything else into one clear line without secrets.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import hmac
 import logging
 import random
 import threading
 import time
-from urllib.parse import quote
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -166,9 +162,6 @@ class Connection:
         self._client: Any = None
         self._http: Any = None
         self._lock = threading.Lock()
-        self._pool: Any = None
-        self._regions: dict[str, str | None] = {}
-        self._signing_keys: dict[tuple[str, str], bytes] = {}
 
     @property
     def client(self) -> Any:
@@ -200,79 +193,6 @@ class Connection:
             region=self.cs.region,
             http_client=http,
         )
-
-    # ------------------------------------------------------------------ lean GET
-
-    def _region(self, bucket: str) -> str | None:
-        """The bucket's region for signing (the SDK's own, cached), or None if the lean path cannot be used."""
-        if bucket not in self._regions:
-            region: str | None = self.cs.region
-            if region is None:
-                try:
-                    region = self.client._get_region(bucket)  # the SDK's lookup, cached there as well
-                except Exception:  # noqa: BLE001 - SDK internals changed or lookup failed: use the SDK path
-                    region = None
-            self._regions[bucket] = region
-        return self._regions[bucket]
-
-    def _signing_key(self, day: str, region: str) -> bytes:
-        key = self._signing_keys.get((day, region))
-        if key is None:
-            assert self.cs.secret_key is not None
-            key = ("AWS4" + self.cs.secret_key).encode()
-            for part in (day, region, "s3", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._signing_keys = {(day, region): key}
-        return key
-
-    def fast_get(self, bucket: str, key: str, headers: dict[str, str]) -> Any:
-        """GET ``bucket/key`` straight on the connection pool, signed here (AWS Signature V4, path style).
-
-        The SDK's ``get_object`` spends more CPU per request than a small object takes to copy (URL
-        building and re-parsing, header conversions, four HMACs for the signing key every time); backing up
-        many small objects is bound by that. Returns the urllib3 response (body not read) for a 200/206
-        answer, else None, after which the caller repeats the request through the SDK, which turns the
-        answer into the right exception (NoSuchKey, PreconditionFailed, throttling...). Not used for AWS
-        hosts (virtual-host style) or when the region is unknown.
-        """
-        if "amazonaws.com" in self.cs.endpoint:
-            return None
-        region = self._region(bucket)
-        if region is None:
-            return None
-        if self._pool is None:
-            self.client  # creates self._http
-            scheme = "https" if self.cs.secure else "http"
-            self._pool = self._http.connection_from_url(f"{scheme}://{self.cs.endpoint}/")
-        path = quote(f"/{bucket}/{key}", safe="/~")
-        headers = {"Host": self.cs.endpoint, **headers}
-        if self.cs.access_key is not None:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-            payload = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of b""
-            headers["x-amz-content-sha256"] = payload
-            headers["x-amz-date"] = stamp
-            signed = sorted(k.lower() for k in headers)
-            values = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
-            canonical = "\n".join(
-                ["GET", path, "", *(f"{k}:{values[k]}" for k in signed), "", ";".join(signed), payload]
-            )
-            scope = f"{day}/{region}/s3/aws4_request"
-            to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-            signature = hmac.new(self._signing_key(day, region), to_sign.encode(), hashlib.sha256).hexdigest()
-            headers["Authorization"] = (
-                f"AWS4-HMAC-SHA256 Credential={self.cs.access_key}/{scope}, "
-                f"SignedHeaders={';'.join(signed)}, Signature={signature}"
-            )
-        resp = self._pool.urlopen(
-            "GET", path, headers=headers, preload_content=False, retries=False, redirect=False,
-            assert_same_host=False,
-        )
-        if resp.status in (200, 206):
-            return resp
-        resp.drain_conn()
-        resp.release_conn()
-        return None
 
     def error(self, what: str, exc: BaseException | str) -> DataManagerError:
         detail = exc if isinstance(exc, str) else describe(exc)
@@ -316,4 +236,4 @@ class Connection:
     def close(self) -> None:
         if self._http is not None:
             self._http.clear()
-        self._client = self._http = self._pool = None
+        self._client = self._http = None

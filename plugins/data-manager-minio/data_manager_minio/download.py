@@ -73,15 +73,11 @@ class ObjectReader(io.RawIOBase):
         if self._range_size is not None:
             stop = start + self._range_size if stop is None else min(stop, start + self._range_size)
         length = 0 if stop is None else stop - start
-        headers = {"If-Match": f'"{self.etag}"'} if self.etag else {}
-        if start or length:
-            headers["Range"] = f"bytes={start}-{start + length - 1}" if length else f"bytes={start}-"
+        headers = {"If-Match": f'"{self.etag}"'} if self.etag else None
         try:
-            resp = self._conn.fast_get(self._bucket, self._key, headers)
-            if resp is None:  # not a plain success: the SDK repeats it and raises the right error
-                resp = self._conn.client.get_object(
-                    self._bucket, self._key, offset=start, length=length, request_headers=headers or None
-                )
+            resp = self._conn.client.get_object(
+                self._bucket, self._key, offset=start, length=length, request_headers=headers
+            )
         except Exception as exc:
             if is_s3_code(exc, "NoSuchKey"):
                 raise ObjectGone(f"{self._conn.label}: {self._label}: not found") from None

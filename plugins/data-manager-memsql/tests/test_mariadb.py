@@ -391,3 +391,24 @@ def test_cli_restore_elsewhere_with_set(tmp_path, server):
     r = runner.invoke(main, ["--config", str(config), "restore", "--yes", "--set", f"db.database={target}", "d"])
     assert r.exit_code == 0, r.output
     assert sql(server, "SELECT id, v FROM t ORDER BY id", target) == ((1, "a"), (2, "b"))
+
+
+def test_without_the_commit_block_one_connection_reads(tmp_path, server, monkeypatch, caplog):
+    import pymysql
+
+    from data_manager_memsql import source as source_module
+
+    def refuse(*args, **kwargs):
+        raise pymysql.err.OperationalError(1227, "Access denied; you need the RELOAD privilege")
+
+    monkeypatch.setattr(source_module, "open_shared_snapshot", refuse)
+    src = server["database"]
+    make_database(server, src)
+    dm = manager(tmp_path, server, database=src, parallel=3)
+    with caplog.at_level("WARNING"):
+        dm.backup("d")
+    assert "reading with one connection" in caplog.text
+    target = server["new_database"]()
+    dm.restore("d", "latest", overrides={"db": {"database": target}})
+    assert mysqldump(server, target) == mysqldump(server, src)
+    assert scratch_left(server) == []

@@ -8,7 +8,8 @@ page, and written undecoded (:mod:`.rawpages`, :mod:`.rowformat`) to ``rows/KEYS
 Restore, per keyspace: verify the whole backup first, drop the target (the keyspace, or only the backed-up
 tables), recreate the schema under the target name, then write the rows back with prepared statements
 bound to the very bytes read, ``USING TIMESTAMP`` the original write time and ``TTL`` the time left,
-rows of one partition in unlogged batches, a bounded number of requests in flight.
+consecutive rows whose partitions live on the same replicas in unlogged batches (under the server's
+batch warning thresholds), a bounded number of requests in flight.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ RINGS = {
 }
 # Consecutive rows whose partitions have the same replicas go in one unlogged batch of at most:
 BATCH_ROWS = 64  # rows,
-BATCH_BYTES = 4000  # bytes of values (below Cassandra's default batch_size_warn_threshold, 5 KiB),
+BATCH_BYTES = 4800  # bytes, counting CELL_OVERHEAD per value: Cassandra's size of the batch's mutations stays
+CELL_OVERHEAD = 20  # below its default batch_size_warn_threshold (5 KiB), which logs a warning per batch,
 BATCH_PARTITIONS = 10  # partitions (Cassandra's unlogged_batch_across_partitions_warn_threshold).
 DDL_TIMEOUT = 120.0
 WRITES_PER_WORKER = 8  # write requests in flight per unit of `concurrency`: hides the server's latency
@@ -300,7 +302,7 @@ class CassandraSource(Source):
 
 
 class _Writer:
-    """Runs statements asynchronously, at most ``concurrency`` in flight; retries idempotent ones."""
+    """Runs statements asynchronously, at most ``WRITES_PER_WORKER x concurrency`` in flight; retries idempotent ones."""
 
     def __init__(self, source: CassandraSource, conn: Connection, what: str, idempotent: bool) -> None:
         self.source = source
@@ -413,7 +415,7 @@ class _RowLoader:
     def _send(self, partition: Any, prepared: Any, values: list[Any]) -> None:
         bound = self._bound(prepared)
         bound.values = values
-        size = sum(len(v) for v in values if v is not None)
+        size = sum(len(v) for v in values if v is not None) + CELL_OVERHEAD * len(values)
         new_partition = partition != self.batch_partition
         if self.batch and (len(self.batch) >= BATCH_ROWS or self.batch_bytes + size > BATCH_BYTES or (
                 new_partition and (self.replicas != self.batch_replicas or self.batch_partitions >= BATCH_PARTITIONS))):

@@ -169,3 +169,38 @@ def test_table_columns_kinds():
 def test_if_not_exists():
     assert if_not_exists("CREATE TYPE ks.t (\n  a int\n)", "type") == "CREATE TYPE IF NOT EXISTS ks.t (\n  a int\n)"
     assert if_not_exists("CREATE OR REPLACE FUNCTION ks.f(a int)", "function").startswith("CREATE FUNCTION IF NOT EXISTS ks.f")
+
+
+def test_restore_batches_partitions_by_replicas():
+    """Consecutive partitions on the same replicas share a batch, at most BATCH_PARTITIONS of them."""
+    import struct
+    import time
+    from types import SimpleNamespace
+
+    from data_manager_cassandra import source as src
+
+    class Batch(list):
+        def __init__(self, batch_type):
+            super().__init__()
+
+        def add(self, bound):
+            self.append(bound)
+
+    sent = []
+    key = struct.Struct(">i")
+    metadata = SimpleNamespace(get_replicas=lambda ks, k: ["a"] if key.unpack(k)[0] < 5 or key.unpack(k)[0] >= 10 else ["b"])
+    conn = SimpleNamespace(metadata=metadata, session=SimpleNamespace(prepare=lambda cql: SimpleNamespace()))
+    source = SimpleNamespace(concurrency=1, conn=SimpleNamespace(retries=0), name="db")
+    header = {"columns": [{"name": "p", "type": "int", "kind": "partition_key", "multicell": False},
+                          {"name": "v", "type": "int", "kind": "regular", "multicell": False}],
+              "select": ["p", "v", "WRITETIME(v)", "TTL(v)"], "timed": [[1, 2, 3, False]], "counter": False,
+              "table": "t"}
+    loader = src._RowLoader(source, conn, header, "ks")
+    loader._bound = lambda prepared: SimpleNamespace()
+    loader._batch = Batch
+    loader.writer = SimpleNamespace(submit=sent.append, finish=lambda: None)
+    rows = [[key.pack(p), key.pack(p), struct.pack(">q", 1), None] for p in range(25)]
+    loader.page(len(rows), int(time.time() * 1000), rowformat.encode_cells(rows))
+    loader.finish()
+    partitions = [[key.unpack(b.values[0])[0] for b in batch] for batch in sent]
+    assert partitions == [list(range(0, 5)), list(range(5, 10)), list(range(10, 20)), list(range(20, 25))]

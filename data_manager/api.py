@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -528,8 +526,6 @@ class DataManager:
             spec = configured.get(rec.name)
             if spec is None or spec.type != rec.type:
                 # Not in the config (any more): restore from the recorded settings, ${VAR} read now.
-                from .config import _settings
-
                 where = f"backup {data_id}/{info.timestamp}, source {rec.name!r}"
                 stype, _ = self._source_type_for_restore(rec.type, where)
                 spec = SourceSpec(rec.name, rec.type, _settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import queue
 import socket
 import threading

@@ -6,6 +6,7 @@ same run, and prints one table: seconds, MB/s, ratio to the baseline, peak RSS o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -17,6 +18,21 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 GNU_TIME = "/usr/bin/time"
+LOCK = Path(os.environ.get("DM_BENCH_LOCK", "/var/tmp/data-manager-bench.lock"))
+
+
+def _one_benchmark_at_a_time() -> None:
+    """Wait until no other benchmark runs on this machine: two at once would measure each other."""
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another benchmark to finish ({LOCK}) ...", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    # fd stays open: the lock is held until this process exits
+
+
+_one_benchmark_at_a_time()
 
 
 @dataclass

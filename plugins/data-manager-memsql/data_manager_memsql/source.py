@@ -8,13 +8,13 @@ Backup (portable path, every server):
   (:mod:`.parallel`; SingleStore: one connection, READ COMMITTED);
 * per database: default charset/collation, ``SHOW FULL TABLES``, ``SHOW CREATE TABLE`` and the columns
   of ``information_schema.COLUMNS`` per table, ``SHOW CREATE VIEW`` per view (DEFINER removed);
-* per table one rows artifact (:mod:`.rowformat`): the server writes each row as a SQL value tuple, an
-  key ranges of ~1 MiB joined by the server are read by the readers in parallel and written in key order
-  (other tables: an unbuffered cursor streams them, the plugin frames batches of ~1 MiB);
+* per table one rows artifact (:mod:`.rowformat`): the rows as the server's text-protocol packets, kept
+  as they arrived (:mod:`.wire`); tables with a one-column integer key in key ranges of ~1 MiB read by
+  the readers in parallel and written in key order, other tables through one unbuffered query;
 * ``schema.json`` last, with the DDL, the columns and every table's row count.
 
 Restore builds every database in a scratch database beside it (``<target>__dmr_<random>``): DDL, rows as
-multi-row INSERTs, then the views as a check. Only when everything is loaded, every artifact read to EOF
+multi-row INSERTs (the packets turned into SQL literals on a helper thread), then the views as a check. Only when everything is loaded, every artifact read to EOF
 (checksums checked) and every row count matched, one ``RENAME TABLE`` statement moves the target's
 current tables aside (``<target>__dmo_<random>``) and the restored ones in, for all databases at once;
 then the views are created in the target and the aside/scratch databases dropped.
@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from operator import itemgetter
 from typing import Any
 from urllib.parse import quote
 
@@ -43,18 +42,29 @@ from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import singlestore
 from .parallel import OrderedRanges, ReaderPool, open_shared_snapshot
-from .rowformat import Column, FrameReader, FrameWriter, insert_prefix, quote_ident, select_range, select_rows
+from .rowformat import (
+    MAGIC_VALUES,
+    Column,
+    FrameReader,
+    FrameWriter,
+    insert_prefix,
+    literal_kinds,
+    packets_to_values,
+    quote_ident,
+    select_rows,
+)
+from .wire import read_raw_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = "data-manager-memsql/2"
-# 1: strings as X'<hex>' (restored with the utf8mb4 connection charset); 2: strings as QUOTE() of their
-# bytes, which must be read as binary strings: restored with character_set_connection = binary.
-FORMATS = ("data-manager-memsql/1", FORMAT)
+FORMAT = "data-manager-memsql/3"
+# 1: VALUES text, strings as X'<hex>' (restored with the utf8mb4 connection charset); 2: VALUES text,
+# strings as QUOTE() of their bytes (restored with character_set_connection = binary, as is 3);
+# 3: text-protocol row packets.
+FORMATS = ("data-manager-memsql/1", "data-manager-memsql/2", FORMAT)
 SCHEMA = "schema.json"
 NATIVE = "native.json"
-FRAME_BYTES = 1 << 20  # target size of one frame = one INSERT at restore
-_MAX_BATCH = 50_000
+FRAME_BYTES = 1 << 20  # target size of one frame, and of one INSERT at restore
 _INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
 _DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
@@ -292,15 +302,14 @@ class MemsqlSource(Source):
         finally:
             conn.close()
 
-    def _read_session(self, conn: Any) -> int:
-        """Session settings of a reading connection; returns the longest frame GROUP_CONCAT may build."""
+    @staticmethod
+    def _read_session(conn: Any, rows_only: bool = False) -> None:
+        """Session settings of a connection that reads rows. ``rows_only``: it reads nothing else, so its
+        results can stay binary (strings as their stored bytes, never converted) for good."""
         with conn.cursor() as cur:
             cur.execute("SET SESSION time_zone = '+00:00'")
-            cur.execute("SELECT @@max_allowed_packet")
-            limit = min(int(cur.fetchone()[0]) - 1024, 64 << 20)
-            cur.execute(f"SET SESSION group_concat_max_len = {limit}")
-        self._concat_limit = limit
-        return limit
+            if rows_only:
+                cur.execute("SET SESSION character_set_results = binary")
 
     def _shared_snapshot(self, conn: Any) -> ReaderPool | None:
         """Open the snapshot on ``conn`` and, with ``parallel`` > 1, on as many reader connections.
@@ -316,7 +325,7 @@ class MemsqlSource(Source):
             try:
                 for _ in range(self.parallel):
                     readers.append(self._connect())
-                    self._read_session(readers[-1])
+                    self._read_session(readers[-1], rows_only=True)
                 lock_conn = self._connect()
                 try:
                     open_shared_snapshot(lock_conn, [conn, *readers], mariadb="mariadb" in self._version.lower())
@@ -376,82 +385,66 @@ class MemsqlSource(Source):
         integer_key = key[0] if len(key) == 1 and key[0] in by_name and by_name[key[0]].data_type in _INTEGER_TYPES \
             else None
         name = artifact_name(db, table)
+        # the main connection reads rows (a stream, or the ranges with no readers of its own): binary
+        # results for this table only, its other queries want text
+        shared = integer_key is None or conn in pool.conns
         with sink.open(name, compression="auto" if self.compress else "none") as out:
             frames = FrameWriter(out)
             if any(not c.generated for c in columns):
-                if integer_key is not None:
-                    self._read_ranges(conn, pool, frames, db, table, columns, integer_key)
-                else:
-                    self._read_stream(conn, frames, db, table, columns)
+                if shared:
+                    cur.execute("SET SESSION character_set_results = binary")
+                try:
+                    if integer_key is not None:
+                        self._read_ranges(conn, pool, frames, db, table, columns, integer_key)
+                    else:
+                        self._read_stream(conn, frames, db, table, columns)
+                finally:
+                    if shared and conn.open:
+                        conn.cursor().execute("SET SESSION character_set_results = utf8mb4")
             frames.finish()
         return {"name": table, "ddl": ddl, "columns": [c.to_json() for c in columns], "artifact": name,
                 "rows": frames.rows}
 
     def _read_stream(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column]) -> None:
-        """Row by row through an unbuffered cursor, in batches of about one frame."""
-        import pymysql.cursors
+        """All rows through one unbuffered query, cut into frames of about ``FRAME_BYTES``."""
+        pending: list[bytes] = []
+        counts = [0, 0]  # rows, bytes pending
 
-        first = itemgetter(0)
-        stream = conn.cursor(pymysql.cursors.SSCursor)
-        stream.execute(select_rows(db, table, columns))
-        batch = 1000
-        while rows := stream.fetchmany(batch):
-            values = list(map(first, rows))
-            if None in values:
-                raise SourceError(f"source {self.name!r}: a row of {db}.{table} is larger than the "
-                                  "server's max_allowed_packet; raise it to back this table up")
-            before = frames.bytes
-            frames.write_batch(values)
-            batch = max(1, min(_MAX_BATCH, batch * FRAME_BYTES // max(frames.bytes - before, 1)))
-        stream.close()
+        def emit(packets: bytes, rows: int) -> None:
+            pending.append(packets)
+            counts[0] += rows
+            counts[1] += len(packets)
+            if counts[1] >= FRAME_BYTES:
+                frames.write_frame(b"".join(pending), counts[0])
+                pending.clear()
+                counts[:] = [0, 0]
+
+        read_raw_rows(conn, select_rows(db, table, columns), emit)
+        frames.write_frame(b"".join(pending), counts[0])
 
     def _read_ranges(self, conn: Any, pool: ReaderPool, frames: FrameWriter, db: str, table: str,
                      columns: list[Column], key: str) -> None:
-        """Key range by key range, each range's rows joined into one frame by the server; the ranges are
-        read by the pool's connections in parallel and written in key order."""
+        """Key range by key range, one frame each; the ranges are read by the pool's connections in
+        parallel and written in key order."""
         cur = conn.cursor()
         qt, qk = f"{quote_ident(db)}.{quote_ident(table)}", quote_ident(key)
         cur.execute(f"SELECT MIN({qk}), MAX({qk}) FROM {qt}")
         lo, top = cur.fetchone()
         if lo is None:
             return
-        query = select_range(db, table, columns, key)
+        select = select_rows(db, table, columns)
         after = f"SELECT MIN({qk}) FROM {qt} WHERE {qk} > %s"
-        limit = self._concat_limit
-        single = f"{select_rows(db, table, columns)} WHERE {qk} = %s"
-        label = f"{db}.{table}"
 
         def fetch(rconn: Any, lo: int, hi: int) -> tuple[list[tuple[bytes, int]], int, int | None]:
-            rcur = rconn.cursor()
-            out: list[tuple[bytes, int]] = []
-            nbytes, a, step = 0, lo, hi - lo + 1
-            while a <= hi:
-                b = min(a + step - 1, hi)
-                rcur.execute(query, (a, b))
-                body, rows = rcur.fetchone()
-                got = len(body) if body is not None else 0
-                if rows and (body is None or got >= limit or rcur.warning_count):  # cut at group_concat_max_len
-                    if b == a:  # one row too large for GROUP_CONCAT: read it alone
-                        rcur.execute(single, (a,))
-                        row = rcur.fetchone()[0]
-                        if row is None:
-                            raise SourceError(f"source {self.name!r}: a row of {label} is larger than the "
-                                              "server's max_allowed_packet; raise it to back this table up")
-                        out.append((row if isinstance(row, bytes) else row.encode(), 1))
-                        nbytes += len(row)
-                        a, step = a + 1, 1
-                    else:
-                        step = max(1, (b - a + 1) // 4)
-                    continue
-                if rows:
-                    out.append((body, rows))
-                    nbytes += got
-                a = b + 1
-            next_key = None
-            if not out:
+            chunks: list[bytes] = []
+            rows = read_raw_rows(rconn, f"{select} WHERE {qk} BETWEEN {int(lo)} AND {int(hi)}",
+                                 lambda packets, _: chunks.append(packets))
+            if rows:
+                body = b"".join(chunks)
+                return [(body, rows)], len(body), None
+            with rconn.cursor() as rcur:
                 rcur.execute(after, (hi,))
-                next_key = rcur.fetchone()[0]
-            return out, nbytes, next_key
+                return [], 0, rcur.fetchone()[0]
 
         for body, rows in OrderedRanges(pool, fetch, lo, top, FRAME_BYTES):
             frames.write_frame(body, rows)
@@ -499,7 +492,7 @@ class MemsqlSource(Source):
                 cur.execute(f"CREATE DATABASE {quote_ident(stage)} CHARACTER SET {db['charset']} "
                             f"COLLATE {db['collation']}")
                 created.append(stage)
-                self._load_database(cur, artifacts, db, stage, max_packet, binary=schema["format"] != FORMATS[0])
+                self._load_database(cur, artifacts, db, stage, max_packet, schema["format"])
             leftover = set(artifacts.names()) - {SCHEMA} - {t["artifact"] for d in dbs for t in d["tables"]}
             if leftover:
                 artifacts.verify(sorted(leftover))
@@ -517,20 +510,29 @@ class MemsqlSource(Source):
         cur.execute("SET SESSION unique_checks = 0")
 
     def _load_database(self, cur: Any, artifacts: ArtifactSet, db: dict[str, Any], stage: str, max_packet: int,
-                       binary: bool) -> None:
+                       fmt: str) -> None:
         cur.execute(f"USE {quote_ident(stage)}")
         for table in db["tables"]:
             cur.execute(table["ddl"])
-        if binary:  # string literals are the columns' bytes: taken as they are, never converted
+        if fmt != FORMATS[0]:  # string literals are the columns' bytes: taken as they are, never converted
             cur.execute("SET SESSION character_set_connection = binary")
         for table in db["tables"]:
             columns = [Column.from_json(c) for c in table["columns"]]
             prefix = insert_prefix(table["name"], columns)
             label = f"{db['name']}.{table['name']}"
             with artifacts.open(table["artifact"]) as f:
-                frames = FrameReader(f, f"source {self.name!r}: {table['artifact']}")
+                where = f"source {self.name!r}: {table['artifact']}"
+                if fmt == FORMAT:
+                    frames = FrameReader(f, where)
+                    kinds = literal_kinds(columns)
+                    values: Iterable[bytes] = (v for body in frames
+                                               for v, _ in packets_to_values(body, kinds, FRAME_BYTES, where))
+                else:  # formats 1 and 2: the frames are VALUES text already
+                    frames = FrameReader(f, where, MAGIC_VALUES)
+                    values = frames
                 inserted = 0
-                with closing(_prefetch(frames)) as bodies:  # the reader thread ends before f closes
+                # the packets become SQL on the reader thread while the server inserts; it ends before f closes
+                with closing(_prefetch(values)) as bodies:
                     for body in bodies:
                         if len(prefix) + len(body) + 64 > max_packet:
                             raise SourceError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -412,3 +413,49 @@ def test_without_the_commit_block_one_connection_reads(tmp_path, server, monkeyp
     dm.restore("d", "latest", overrides={"db": {"database": target}})
     assert mysqldump(server, target) == mysqldump(server, src)
     assert scratch_left(server) == []
+
+
+class _Artifacts:
+    """An ArtifactSet in memory, for a backup written by an earlier format."""
+
+    source_name = "db"
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files, self.info = files, {"mode": "portable"}
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def size(self, name: str) -> int:
+        return len(self.files[name])
+
+    def open(self, name: str):
+        import io
+
+        return io.BytesIO(self.files[name])
+
+    def verify(self, names=None) -> None:
+        pass
+
+
+def test_a_format_2_backup_still_restores(server):
+    """Format 2 kept VALUES text that the server wrote (QUOTE() of the stored bytes); it restores as is."""
+    from data_manager.types import Settings
+    from data_manager_memsql.rowformat import MAGIC_VALUES, Column
+    from data_manager_memsql.source import MemsqlSource
+
+    frame = b"(1,'it\\'s \\\\ \xc3\xa9',X'00ff',2.5),(2,NULL,'',NULL)"
+    rows = MAGIC_VALUES + len(frame).to_bytes(4, "big") + frame + bytes(4) + (2).to_bytes(8, "big")
+    columns = [Column("id", "int", "int(11)", None, False, False), Column("s", "varchar", "varchar(20)", "utf8mb4"),
+               Column("b", "varbinary", "varbinary(4)"), Column("f", "float", "float")]
+    schema = {"format": "data-manager-memsql/2", "databases": [{
+        "name": "old", "charset": "utf8mb4", "collation": "utf8mb4_general_ci", "views": [], "skipped": [],
+        "tables": [{"name": "t", "artifact": "tables/old/t.rows", "rows": 2, "columns": [c.to_json() for c in columns],
+                    "ddl": "CREATE TABLE `t` (`id` int(11) NOT NULL PRIMARY KEY, `s` varchar(20), "
+                           "`b` varbinary(4), `f` float) DEFAULT CHARSET=utf8mb4"}]}]}
+    target = server["new_database"]()
+    src = MemsqlSource("db", Settings({k: server[k] for k in ("host", "port", "user", "password")} | {"database": target},
+                                      where="test"))
+    src.restore(_Artifacts({"schema.json": json.dumps(schema).encode(), "tables/old/t.rows": rows}))
+    assert sql(server, "SELECT id, s, HEX(b), f FROM t ORDER BY id", target) == \
+        ((1, "it's \\ é", "00FF", 2.5), (2, None, "", None))

@@ -11,14 +11,21 @@ from data_manager.errors import ConfigError, CorruptBackupError, SourceError
 from data_manager.types import Settings
 from data_manager_memsql import singlestore
 from data_manager_memsql.rowformat import (
+    HEX,
+    JSON_UTF8,
+    MAGIC_VALUES,
+    QUOTED,
+    RAW,
     Column,
     FrameReader,
     FrameWriter,
     insert_prefix,
+    literal_kinds,
+    packets_to_values,
     quote_ident,
-    row_expression,
-    value_expression,
+    select_rows,
 )
+from data_manager_memsql.wire import walk_packets
 from data_manager_memsql.source import MemsqlSource, artifact_name, scratch_name, strip_definer
 
 
@@ -107,48 +114,126 @@ def test_strip_definer():
 # ---------------------------------------------------------------- rows format
 
 
-def test_value_expressions_by_type():
-    assert value_expression(Column("n", "bigint", "bigint(20) unsigned")) == "IFNULL(`n`,'NULL')"
-    assert value_expression(Column("n", "int", "int(11)", nullable=False)) == "`n`"
-    assert value_expression(Column("f", "float", "float")) == "IFNULL(CAST(`f` AS DOUBLE),'NULL')"
-    assert value_expression(Column("b", "bit", "bit(5)")) == "IFNULL(`b`+0,'NULL')"
-    assert value_expression(Column("x", "varbinary", "varbinary(5)")) == "QUOTE(`x`)"
-    assert value_expression(Column("g", "point", "point")) == "QUOTE(`g`)"
-    assert value_expression(Column("s", "varchar", "varchar(5)", "latin1")) == "QUOTE(CAST(`s` AS BINARY))"
-    assert value_expression(Column("e", "enum", "enum('a')", "utf8mb4")) == "QUOTE(CAST(`e` AS BINARY))"
-    assert value_expression(Column("d", "datetime", "datetime(6)")) == "QUOTE(`d`)"
-    assert value_expression(Column("d", "date", "date", nullable=False)) == "CONCAT('''',`d`,'''')"
-    assert value_expression(Column("j", "json", "json")) == \
-        "IFNULL(CONCAT('_utf8mb4',QUOTE(CONVERT(`j` USING utf8mb4))),'NULL')"
-    assert Column("c", "char", "char(3)", "binary").kind == "binary"
+def packet(seq: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes([seq]) + payload
 
 
-def test_generated_columns_are_neither_selected_nor_inserted():
-    cols = [Column("a", "int", "int"), Column("g", "int", "int", generated=True), Column("we`ird", "text", "text")]
-    expr = row_expression(cols)
-    assert "`g`" not in expr and "`we``ird`" in expr
-    assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`) VALUES "
+def lenenc(value: bytes | None) -> bytes:
+    """A text-protocol value: NULL marker, or a length-encoded string."""
+    if value is None:
+        return b"\xfb"
+    n = len(value)
+    if n < 251:
+        head = bytes([n])
+    elif n < 1 << 16:
+        head = b"\xfc" + n.to_bytes(2, "little")
+    elif n < 1 << 24:
+        head = b"\xfd" + n.to_bytes(3, "little")
+    else:
+        head = b"\xfe" + n.to_bytes(8, "little")
+    return head + value
+
+
+def rows_packets(rows: list[list[bytes | None]]) -> bytes:
+    """Row packets as a server sends them, rows of 16 MiB or more split into 0xFFFFFF-byte packets."""
+    out, seq = [], 2
+    for row in rows:
+        payload = b"".join(lenenc(v) for v in row)
+        while True:
+            out.append(packet(seq % 256, payload[:0xFFFFFF]))
+            seq += 1
+            if len(payload) < 0xFFFFFF:
+                break
+            payload = payload[0xFFFFFF:]
+    return b"".join(out)
+
+
+EOF_PACKET = packet(9, b"\xfe\x00\x00\x02\x00")
+
+
+def test_literal_kinds_by_type():
+    cols = [Column("n", "bigint", "bigint(20) unsigned"), Column("f", "float", "float"), Column("b", "bit", "bit(5)"),
+            Column("x", "varbinary", "varbinary(5)"), Column("g", "point", "point"),
+            Column("s", "varchar", "varchar(5)", "latin1"), Column("c", "char", "char(3)", "binary"),
+            Column("e", "enum", "enum('a')", "utf8mb4"), Column("d", "datetime", "datetime(6)"),
+            Column("j", "json", "json"), Column("v", "int", "int", generated=True), Column("y", "year", "year")]
+    assert literal_kinds(cols) == (RAW, RAW, HEX, HEX, HEX, QUOTED, HEX, QUOTED, QUOTED, JSON_UTF8, RAW)
+
+
+def test_select_widens_float_and_leaves_out_generated_columns():
+    cols = [Column("a", "int", "int"), Column("g", "int", "int", generated=True), Column("we`ird", "text", "text"),
+            Column("f", "float", "float")]
+    assert select_rows("d", "t", cols) == "SELECT `a`,`we``ird`,CAST(`f` AS DOUBLE) FROM `d`.`t`"
+    assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`,`f`) VALUES "
     assert quote_ident("a`b") == "`a``b`"
+
+
+def test_packets_become_exact_literals():
+    every_byte = bytes(range(256))
+    rows = [[b"1", b"it's \\ a\x00b\x1a", every_byte, None, b"2024-01-01", b'{"a": "\xc3\xa9"}'],
+            [b"-2.5e-07", b"", b"", None, b"0000-00-00", None]]
+    kinds = (RAW, QUOTED, HEX, QUOTED, QUOTED, JSON_UTF8)
+    [(values, n)] = list(packets_to_values(rows_packets(rows), kinds, 1 << 20, "t"))
+    assert n == 2
+    assert values == (b"(1,'it\\'s \\\\ a\\0b\\Z',X'" + every_byte.hex().encode() + b"',NULL,'2024-01-01',"
+                      b"_utf8mb4'{\"a\": \"\xc3\xa9\"}'),(-2.5e-07,'',X'',NULL,'0000-00-00',NULL)")
+
+
+def test_packets_to_values_in_pieces_and_with_long_values():
+    big = b"x" * 70_000  # a 3-byte length
+    rows = [[str(i).encode(), big if i % 3 == 0 else b"y"] for i in range(10)]
+    pieces = list(packets_to_values(rows_packets(rows), (RAW, QUOTED), 50_000, "t"))
+    assert [n for _, n in pieces] == [1, 3, 3, 3]
+    assert b",".join(v for v, _ in pieces).count(b"'" + big + b"'") == 4
+
+
+def test_a_row_of_16_mib_spans_packets():
+    huge = b"z" * (0xFFFFFF + 10)  # 8-byte length, payload over two packets
+    body = rows_packets([[b"1", huge], [b"2", b"a"]])
+    end, rows, continued, status = walk_packets(body + EOF_PACKET, False)
+    assert (end, rows, continued, status) == (len(body), 2, False, 1)
+    [(values, n)] = list(packets_to_values(body, (RAW, QUOTED), 1 << 30, "t"))
+    assert n == 2 and values == b"(1,'" + huge + b"'),(2,'a')"
+
+
+def test_walk_stops_at_incomplete_packets_and_errors():
+    body = rows_packets([[b"1", b"a"], [b"2", None]])
+    assert walk_packets(body[:-1], False) == (len(rows_packets([[b"1", b"a"]])), 1, False, 0)
+    error = packet(4, b"\xff\x15\x04#42000boom")
+    assert walk_packets(body + error, False) == (len(body), 2, False, 2)
+    # a continuation packet is never taken for the end, whatever its first byte
+    assert walk_packets(packet(2, b"\xfe" * 0xFFFFFF) + packet(3, b"\xfe\x00") + EOF_PACKET, False)[:2] == \
+        (0xFFFFFF + 4 + 6, 1)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b[:3], lambda b: b"\x05\x00\x00\x01\x01" + b[5:]])
+def test_damaged_packets_are_corrupt(damage):
+    body = rows_packets([[b"1", b"abc"], [b"2", b"de"]])
+    with pytest.raises(CorruptBackupError):
+        list(packets_to_values(damage(body), (RAW, QUOTED), 1 << 20, "t"))
 
 
 def test_frames_round_trip_and_count():
     buf = io.BytesIO()
     w = FrameWriter(buf)
-    w.write_batch([b"(1,'a')", b"(2,NULL)"])
-    w.write_batch([])
-    w.write_batch([b"(3,X'00ff')"])
+    w.write_frame(b"p1p2", 2)
+    w.write_frame(b"", 0)
+    w.write_frame(b"p3", 1)
     w.finish()
     buf.seek(0)
     r = FrameReader(buf, "t")
-    assert list(r) == [b"(1,'a'),(2,NULL)", b"(3,X'00ff')"]
+    assert list(r) == [b"p1p2", b"p3"]
     assert r.rows == 3 == w.rows
+    buf.seek(0)
+    with pytest.raises(CorruptBackupError, match="format"):  # a format 3 artifact is not VALUES text
+        list(FrameReader(buf, "t", MAGIC_VALUES))
 
 
 @pytest.mark.parametrize("mangle", [lambda b: b[:-3], lambda b: b"XX" + b[2:], lambda b: b + b"junk"])
 def test_frames_detect_damage(mangle):
     buf = io.BytesIO()
     w = FrameWriter(buf)
-    w.write_batch([b"(1)"])
+    w.write_frame(b"p", 1)
     w.finish()
     with pytest.raises(CorruptBackupError):
         list(FrameReader(io.BytesIO(mangle(buf.getvalue())), "t"))

@@ -88,7 +88,10 @@ def mysqldump(s, database: str) -> str:
 
 
 def scratch_left(s) -> list[str]:
-    return [r[0] for r in sql(s, "SHOW DATABASES") if "__dmr_" in r[0] or "__dmo_" in r[0]]
+    """Scratch databases left beside this test's databases (others may be restoring on the same server)."""
+    ours = {s["database"][:42], *(name[:42] for name in s["made"])}
+    return [r[0] for r in sql(s, "SHOW DATABASES")
+            if ("__dmr_" in r[0] or "__dmo_" in r[0]) and r[0].split("__dm")[0] in ours]
 
 
 # ------------------------------------------------------------------ the data

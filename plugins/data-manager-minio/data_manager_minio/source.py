@@ -5,12 +5,12 @@ Backup lists the objects (recursively, paginated, resuming after a broken listin
 into volumes of its own: plain concatenations of object bytes, one stream compressed with zstd and one
 stored as is (for objects that do not compress, decided from the first 64 KiB), rolling over at
 ``volume_size``. ``objects.jsonl`` lists every object: its key relative to the prefix, size, ETag,
-last-modified, content type and other content headers, user metadata, storage class, sha256, and the
-volume and offset of its bytes. Artifact names are numbers (``vol-000001``), never derived from keys, so
+last-modified, content type and other content headers, user metadata, storage class, BLAKE3 digest,
+and the volume and offset of its bytes. Artifact names are numbers (``vol-000001``), never derived from keys, so
 any key (unicode, spaces, ``..``) is safe.
 
 Restore reads each volume once, in parallel over volumes, and writes every object to the target bucket
-and prefix (created if missing): each object's sha256 is checked before its upload is completed, so no
+and prefix (created if missing): each object's digest is checked before its upload is completed, so no
 damaged object ever becomes visible. Objects not in the backup are left alone unless ``delete_extra``.
 """
 
@@ -25,6 +25,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
+
+from blake3 import blake3
 
 from data_manager.errors import CorruptBackupError, DataManagerError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
@@ -46,6 +48,18 @@ _META = "x-amz-meta-"
 
 class _Stopped(Exception):
     pass
+
+
+def object_digest(entry: dict[str, Any]) -> tuple[str, Any, str]:
+    """The digest an index entry records: (algorithm, a fresh hasher, expected hex).
+
+    Backups since blake3 record ``blake3``; older ones ``sha256``, which restore still checks.
+    """
+    if "blake3" in entry:
+        return "blake3", blake3(), entry["blake3"]
+    if "sha256" in entry:
+        return "sha256", hashlib.sha256(), entry["sha256"]
+    raise CorruptBackupError(f"index entry of {entry.get('key')!r} has no digest")
 
 
 class MinioSource(Source):
@@ -234,7 +248,7 @@ class MinioSource(Source):
             big = size >= SAMPLE
             volume = stored if big and incompressible(rel, first, content_type) else packed
             name, offset = volume.start()
-            digest = hashlib.sha256()
+            digest = blake3()  # 2.4x less CPU than sha256; the core hashes each volume with sha256 as well
             written = 0
             changed = False
             data = first
@@ -267,7 +281,7 @@ class MinioSource(Source):
             "headers": {h: headers[h] for h in _CONTENT_HEADERS if h in headers},
             "metadata": {k[len(_META):]: v for k, v in headers.items() if k.startswith(_META)},
             "storage_class": headers.get("x-amz-storage-class") or obj.storage_class or "STANDARD",
-            "sha256": digest.hexdigest(),
+            "blake3": digest.hexdigest(),
             "volume": name,
             "offset": offset,
         }
@@ -371,7 +385,7 @@ class MinioSource(Source):
         upload = ObjectUpload(self.conn, self.bucket, key, part_size=self.part_size, headers=headers,
                               check_etag=self.check_etag, label=f"s3://{self.bucket}/{key}")
         try:
-            digest = hashlib.sha256()
+            algorithm, digest, expected = object_digest(e)
             left = e["size"]
             while left:
                 data = stream.read(min(left, CHUNK))
@@ -380,8 +394,8 @@ class MinioSource(Source):
                 digest.update(data)
                 upload.write(data)
                 left -= len(data)
-            if digest.hexdigest() != e["sha256"]:
-                raise CorruptBackupError(f"{self.name}/{volume}: object {e['key']!r} does not match its sha256")
+            if digest.hexdigest() != expected:
+                raise CorruptBackupError(f"{self.name}/{volume}: object {e['key']!r} does not match its {algorithm}")
             upload.commit()
         except BaseException:
             upload.abort()

@@ -131,3 +131,22 @@ def test_call_retries_then_gives_one_line(monkeypatch: pytest.MonkeyPatch) -> No
 
     with pytest.raises(KeyError):
         conn.call("reading x", bug)
+
+
+def test_object_digest_blake3_and_older_sha256() -> None:
+    import hashlib
+
+    from blake3 import blake3
+
+    from data_manager.errors import CorruptBackupError
+    from data_manager_minio.source import object_digest
+
+    data = b"object bytes"
+    name, h, expected = object_digest({"key": "k", "blake3": blake3(data).hexdigest()})
+    h.update(data)
+    assert name == "blake3" and h.hexdigest() == expected
+    name, h, expected = object_digest({"key": "k", "sha256": hashlib.sha256(data).hexdigest()})  # backups before blake3
+    h.update(data)
+    assert name == "sha256" and h.hexdigest() == expected
+    with pytest.raises(CorruptBackupError, match="no digest"):
+        object_digest({"key": "k"})

@@ -10,8 +10,11 @@ place that calls them, so a change in the SDK is fixed here and nowhere else.
 
 * holds at most two parts in memory: the one being filled and the one on its way to the server (uploaded
   by a helper thread, so the producer keeps working meanwhile);
-* sends each part with its ``Content-MD5`` (the server refuses a damaged body) and checks the ETag the
-  server returns against the same MD5; a failed part is retried with backoff;
+* over https, sends each part with its ``Content-MD5`` (the server refuses a damaged body) and checks the
+  ETag the server returns against the same MD5; over plain http with credentials the SDK already signs
+  every body's sha256 (``x-amz-content-sha256``), which the server checks, so no MD5 is computed there (it
+  was the costliest hash of a restore: 534 MB/s against sha256's 1260 MB/s); a failed part is retried
+  with backoff;
 * an object smaller than one part is written with one ``PUT``; a bigger one becomes visible only when the
   multipart upload is completed in :meth:`commit`; :meth:`abort` (and any failure) aborts the upload, so
   nothing is left half-written;
@@ -42,6 +45,14 @@ def _md5(data: bytes | bytearray) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
+def payload_signed(conn: Connection) -> bool:
+    """Does the SDK sign each body's sha256 (plain http with credentials), so the server checks it?
+
+    Over https the SDK sends ``UNSIGNED-PAYLOAD``; without credentials nothing is signed.
+    """
+    return not conn.cs.secure and conn.cs.access_key is not None
+
+
 def _clean_etag(etag: str | None) -> str:
     return (etag or "").strip('"').lower()
 
@@ -66,7 +77,9 @@ class ObjectUpload(ObjectWriter):
         self._label = label or key
         self._base_part = max(part_size, MIN_PART)
         self._headers = dict(headers or {})
-        self._check_etag = check_etag
+        # MD5 (Content-MD5 and the ETag check) only where the body is not already checked by its signature.
+        self._use_md5 = not payload_signed(conn)
+        self._check_etag = check_etag and self._use_md5
         self._buf = bytearray()
         self._upload_id: str | None = None
         self._parts: list[tuple[int, str, bytes]] = []  # (number, etag, md5) of uploaded parts
@@ -114,17 +127,13 @@ class ObjectUpload(ObjectWriter):
     # ------------------------------------------------------------------ the helper thread
 
     def _upload_part(self, number: int, data: bytearray) -> None:
-        md5 = _md5(data)
+        md5 = _md5(data) if self._use_md5 else b""
         what = f"uploading part {number} of {self._label}"
+        headers = {"Content-MD5": base64.b64encode(md5).decode()} if md5 else {}
 
         def once() -> str:
             return self._conn.client._upload_part(
-                self._bucket,
-                self._key,
-                data,
-                {"Content-MD5": base64.b64encode(md5).decode()},
-                self._upload_id,
-                number,
+                self._bucket, self._key, data, dict(headers), self._upload_id, number
             )
 
         etag = self._conn.call(what, once)
@@ -160,9 +169,9 @@ class ObjectUpload(ObjectWriter):
 
     def _put_whole(self) -> None:
         data = self._buf
-        md5 = _md5(data)
+        md5 = _md5(data) if self._use_md5 else b""
         what = f"writing {self._label}"
-        headers = {**self._headers, "Content-MD5": base64.b64encode(md5).decode()}
+        headers = {**self._headers, **({"Content-MD5": base64.b64encode(md5).decode()} if md5 else {})}
         result = self._conn.call(  # the bytearray itself: urllib3 sends any bytes-like body, no copy
             what, self._conn.client._put_object, self._bucket, self._key, data, dict(headers)
         )
@@ -189,7 +198,9 @@ class ObjectUpload(ObjectWriter):
                 # A retried complete whose first attempt did succeed: the upload is gone, the object is there.
                 if is_s3_code(exc, "NoSuchUpload"):
                     stat = client.stat_object(self._bucket, self._key)
-                    if _clean_etag(stat.etag) == expected:
+                    ours = _clean_etag(stat.etag) == expected if self._use_md5 else (
+                        stat.size == self.size and _clean_etag(stat.etag).endswith(f"-{len(parts)}"))
+                    if ours:
                         return stat.etag
                 raise
 

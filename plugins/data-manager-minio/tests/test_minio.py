@@ -111,6 +111,7 @@ def test_failed_upload_is_aborted(bucket: Bucket) -> None:
 
 
 def test_etag_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("data_manager_minio.multipart.payload_signed", lambda conn: False)  # as over https
     s = storage(bucket, part_size="5MiB")
     client = s.conn.client
     real = client._upload_part
@@ -122,6 +123,24 @@ def test_etag_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: pytest.Monk
         w.commit()
     w.abort()
     assert bucket.uploads() == [] and not s.exists("x/bad.bin")
+
+
+def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over plain http no MD5 is sent: the body's signed sha256 is what the server checks."""
+    import minio.api
+
+    from data_manager_minio.multipart import payload_signed
+
+    s = storage(bucket, part_size="5MiB")
+    assert payload_signed(s.conn)
+    monkeypatch.setattr(minio.api, "sha256_hash", lambda body: hashlib.sha256(b"other bytes").hexdigest())
+    for size in (MiB, 6 * MiB):  # one PUT, then a multipart upload
+        w = s.open_write("x/damaged.bin")
+        with pytest.raises(StorageError, match="XAmzContentSHA256Mismatch"):
+            w.write(os.urandom(size))
+            w.commit()
+        w.abort()
+    assert bucket.uploads() == [] and not s.exists("x/damaged.bin")
 
 
 def test_failed_part_is_retried(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:

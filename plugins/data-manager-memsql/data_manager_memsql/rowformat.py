@@ -1,18 +1,19 @@
-"""The rows format: per table, frames of MySQL text-protocol row packets, exactly as the server sent them.
+"""The rows format: per table, frames of MySQL binary-protocol row packets, exactly as the server sent them.
 
-The text protocol already carries every value exactly: numbers and dates as the server's text, strings
-as their stored bytes (the backup reads with ``character_set_results = binary``), each behind its length,
-and NULL as its own marker (so NULL and the empty string stay apart). A backup therefore keeps the row
-packets as they arrived (:mod:`.wire`): the server works no harder than for ``mysqldump``'s ``SELECT *``
-and the client never looks at a value. The only exception is FLOAT, selected as DOUBLE (see
-:func:`select_rows`).
+The backup reads every table through a prepared statement, so the rows come in the binary protocol,
+which carries every value exactly and costs the server the least (:mod:`.wire`): integers, FLOAT and
+DOUBLE as their bytes, dates and times as small structs, DECIMAL as its text, strings as their stored
+bytes (the backup reads with ``character_set_results = binary``), NULL as a bit in each row's bitmap (so
+NULL and the empty string stay apart). The packets are kept as they arrived; the client never looks at a
+value. ``schema.json`` records each table's wire types (type code and flags per column), which decoding
+needs.
 
-A restore turns each row into a SQL literal tuple (:func:`packets_to_values`, per column kind from
-:func:`literal_kinds`) and sends them as multi-row ``INSERT`` statements.
+A restore turns each row into a SQL literal tuple (:func:`packets_to_values`, with the column decoders
+of :func:`decoders`) and sends them as multi-row ``INSERT`` statements.
 
 Tables with a one-column integer primary key are read in key ranges of about one frame each (by several
 connections at once, see :mod:`.parallel`); the range adapts to the bytes each one returned. Other tables
-stream through one unbuffered query, cut into frames of about 1 MiB at row boundaries.
+stream through one statement, cut into frames of about 1 MiB at row boundaries.
 
 Artifact layout (big-endian)::
 
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 
 from data_manager.errors import CorruptBackupError
 
-MAGIC = b"DMMYPKTS1\n"  # frames of row packets (format 3)
+MAGIC = b"DMMYPKTS1\n"  # frames of binary row packets (format 3)
 MAGIC_VALUES = b"DMMYROWS1\n"  # frames of VALUES text (formats 1 and 2)
 _LEN = struct.Struct(">I")
 _COUNT = struct.Struct(">Q")
@@ -100,15 +101,9 @@ def stored_columns(columns: Sequence[Column]) -> list[Column]:
 
 
 def select_rows(database: str, table: str, columns: Sequence[Column]) -> str:
-    """``SELECT`` of the stored columns, each as the text protocol carries it exactly.
-
-    Every column is selected as it is, but FLOAT: MariaDB sends a FLOAT with 6 significant digits,
-    which loses bits (``mysqldump`` does lose them), so it is widened to DOUBLE, whose text is exact and
-    reads back as the same float.
-    """
-    exprs = ",".join(f"CAST({quote_ident(c.name)} AS DOUBLE)" if c.data_type.lower() == "float"
-                     else quote_ident(c.name) for c in stored_columns(columns))
-    return f"SELECT {exprs} FROM {quote_ident(database)}.{quote_ident(table)}"
+    """``SELECT`` of the stored columns, run as a prepared statement (binary rows: every value exact)."""
+    names = ",".join(quote_ident(c.name) for c in stored_columns(columns))
+    return f"SELECT {names} FROM {quote_ident(database)}.{quote_ident(table)}"
 
 
 def insert_prefix(table: str, columns: Sequence[Column]) -> bytes:
@@ -116,18 +111,19 @@ def insert_prefix(table: str, columns: Sequence[Column]) -> bytes:
     return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ".encode()
 
 
-# --------------------------------------------------------------------------- packets -> SQL literals
+# --------------------------------------------------------------------------- binary rows -> SQL literals
 
-RAW, QUOTED, HEX, JSON_UTF8 = 0, 1, 2, 3
+RAW, QUOTED, HEX, JSON_UTF8 = 0, 1, 2, 3  # literal kinds of length-prefixed values
 
 
 def literal_kinds(columns: Sequence[Column]) -> tuple[int, ...]:
-    """How each stored column's text-protocol value becomes a SQL literal at restore.
+    """How each stored column's value becomes a SQL literal at restore, when it comes length-prefixed.
 
-    RAW: numbers, as the server wrote them. QUOTED: dates and times, and text (its own charset's bytes;
-    the restore session reads literals as binary strings, so they are never converted). HEX: binary
-    strings, BIT and spatial values, as ``X'..'`` (any byte). JSON_UTF8: MySQL's native JSON, which
-    refuses binary strings: a quoted ``_utf8mb4`` literal.
+    RAW: DECIMAL text, as the server wrote it. QUOTED: text (its own charset's bytes; the restore session
+    reads literals as binary strings, so they are never converted), ENUM/SET. HEX: binary strings, BIT
+    and spatial values, as ``X'..'`` (any byte). JSON_UTF8: MySQL's native JSON, which refuses binary
+    strings: a quoted ``_utf8mb4`` literal. (Integers, FLOAT/DOUBLE and temporal values come as fixed
+    binary fields; see :func:`decoders`.)
     """
     kinds = []
     for c in stored_columns(columns):
@@ -140,6 +136,39 @@ def literal_kinds(columns: Sequence[Column]) -> tuple[int, ...]:
         else:
             kinds.append(QUOTED)
     return tuple(kinds)
+
+
+# Decoders of binary-protocol values (wire type codes of the MySQL protocol, FIELD_TYPE in pymysql).
+_STR, _INT, _FLOAT4, _FLOAT8, _DATE, _DATETIME, _TIME = range(7)
+_INT_SIZES = {1: 1, 2: 2, 13: 2, 3: 4, 9: 4, 8: 8}  # TINY, SHORT, YEAR, LONG, INT24, LONGLONG
+_WIRE_UNSIGNED = 32
+_F4, _F8 = struct.Struct("<f"), struct.Struct("<d")
+
+
+def decoders(columns: Sequence[Column], wire: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """Per stored column ``(decoder, size or literal kind, signed)`` from its wire type and flags."""
+    stored = stored_columns(columns)
+    if len(stored) != len(wire):
+        raise CorruptBackupError(f"{len(wire)} wire columns for {len(stored)} stored columns")
+    out = []
+    for kind, (code, flags) in zip(literal_kinds(stored), wire):
+        if code in _INT_SIZES:
+            out.append((_INT, _INT_SIZES[code], 0 if flags & _WIRE_UNSIGNED or code == 13 else 1))
+        elif code == 4:
+            out.append((_FLOAT4, 4, 0))
+        elif code == 5:
+            out.append((_FLOAT8, 8, 0))
+        elif code in (10, 14):
+            out.append((_DATE, 0, 0))
+        elif code in (7, 12):
+            out.append((_DATETIME, 0, 0))
+        elif code == 11:
+            out.append((_TIME, 0, 0))
+        elif code == 6:  # the NULL type: only ever NULL, which the bitmap says
+            out.append((_STR, RAW, 0))
+        else:  # DECIMAL, strings, BLOBs, BIT, ENUM/SET, JSON, GEOMETRY: length-prefixed bytes
+            out.append((_STR, kind, 0))
+    return out
 
 
 _SPECIAL = re.compile(rb"[\\'\x00\x1a]")  # what QUOTE() escapes
@@ -172,45 +201,95 @@ def _payloads(body: bytes, label: str) -> Iterator[tuple[bytes, int]]:
                 break
 
 
-def packets_to_values(body: bytes, kinds: tuple[int, ...], max_bytes: int, label: str) -> Iterator[tuple[bytes, int]]:
-    """The rows of ``body`` (text-protocol row packets) as ``(v1,..),(..)`` VALUES text, in pieces of
-    about ``max_bytes``; yields ``(values, rows)``."""
+def _temporal(row: bytes, p: int, decoder: int) -> tuple[bytes, int]:
+    """A DATE/DATETIME/TIMESTAMP or TIME field at ``row[p]`` (length byte first) as a quoted literal."""
+    n = row[p]
+    f = row[p + 1:p + 1 + n]
+    if len(f) != n:
+        raise IndexError
+    p += 1 + n
+    if decoder == _TIME:  # negative u8, days u32, hour, minute, second[, microsecond u32]
+        if n == 0:
+            return b"'00:00:00'", p
+        neg, days, h, m, sec = struct.unpack_from("<BIBBB", f)
+        text = f"{'-' if neg else ''}{days * 24 + h:02d}:{m:02d}:{sec:02d}"
+    else:  # year u16, month, day[, hour, minute, second[, microsecond u32]]
+        y, mo, d = struct.unpack_from("<HBB", f) if n else (0, 0, 0)
+        text = f"{y:04d}-{mo:02d}-{d:02d}"
+        if decoder == _DATETIME:
+            h, m, sec = (f[4], f[5], f[6]) if n >= 7 else (0, 0, 0)
+            text += f" {h:02d}:{m:02d}:{sec:02d}"
+    if n in (11, 12):
+        text += f".{int.from_bytes(f[-4:], 'little'):06d}"
+    return b"'" + text.encode() + b"'", p
+
+
+def packets_to_values(body: bytes, decoders: Sequence[tuple[int, int, int]], max_bytes: int,
+                      label: str) -> Iterator[tuple[bytes, int]]:
+    """The rows of ``body`` (binary-protocol row packets) as ``(v1,..),(..)`` VALUES text, in pieces of
+    about ``max_bytes``; yields ``(values, rows)``. Every value is exact: integers in decimal, FLOAT and
+    DOUBLE as the shortest text that reads back as the same number."""
     search, sub = _SPECIAL.search, _SPECIAL.sub
+    f4, f8 = _F4.unpack_from, _F8.unpack_from
+    from_bytes = int.from_bytes
+    ncols = len(decoders)
+    nullmap = (ncols + 9) // 8
     out: list[bytes] = []
     size = rows = 0
     for row, p in _payloads(body, label):
+        if row[p] != 0:
+            raise CorruptBackupError(f"{label}: not a binary row packet")
+        bitmap = from_bytes(row[p + 1:p + 1 + nullmap], "little") >> 2
+        p += 1 + nullmap
         parts: list[bytes] = []
         put = parts.append
         try:
-            for kind in kinds:
-                b = row[p]
-                if b < 251:
-                    n = b
-                    p += 1
-                elif b == 251:  # NULL
+            for decoder, arg, signed in decoders:
+                if bitmap & 1:
                     put(b"NULL")
-                    p += 1
-                    continue
-                elif b == 252:
-                    n = row[p + 1] | (row[p + 2] << 8)
-                    p += 3
-                elif b == 253:
-                    n = row[p + 1] | (row[p + 2] << 8) | (row[p + 3] << 16)
+                elif decoder == _STR:
+                    b = row[p]
+                    if b < 251:
+                        n = b
+                        p += 1
+                    elif b == 252:
+                        n = row[p + 1] | (row[p + 2] << 8)
+                        p += 3
+                    elif b == 253:
+                        n = row[p + 1] | (row[p + 2] << 8) | (row[p + 3] << 16)
+                        p += 4
+                    else:
+                        n = from_bytes(row[p + 1:p + 9], "little")
+                        p += 9
+                    v = row[p:p + n]
+                    if len(v) != n:
+                        raise IndexError
+                    p += n
+                    if arg == RAW:
+                        put(v)
+                    elif arg == HEX:
+                        put(b"X'" + hexlify(v) + b"'")
+                    else:
+                        if search(v):
+                            v = sub(_escape, v)
+                        put((b"'" if arg == QUOTED else b"_utf8mb4'") + v + b"'")
+                elif decoder == _INT:
+                    v = row[p:p + arg]
+                    if len(v) != arg:
+                        raise IndexError
+                    put(b"%d" % from_bytes(v, "little", signed=bool(signed)))
+                    p += arg
+                elif decoder == _FLOAT8:
+                    put(repr(f8(row, p)[0]).encode())
+                    p += 8
+                elif decoder == _FLOAT4:
+                    put(repr(f4(row, p)[0]).encode())
                     p += 4
                 else:
-                    n = int.from_bytes(row[p + 1:p + 9], "little")
-                    p += 9
-                v = row[p:p + n]
-                p += n
-                if kind == RAW:
+                    v, p = _temporal(row, p, decoder)
                     put(v)
-                elif kind == HEX:
-                    put(b"X'" + hexlify(v) + b"'")
-                else:
-                    if search(v):
-                        v = sub(_escape, v)
-                    put((b"'" if kind == QUOTED else b"_utf8mb4'") + v + b"'")
-        except IndexError:
+                bitmap >>= 1
+        except (IndexError, struct.error):
             raise CorruptBackupError(f"{label}: a row packet ends inside a value") from None
         value = b"(" + b",".join(parts) + b")"
         out.append(value)

@@ -8,8 +8,8 @@ Backup (portable path, every server):
   (:mod:`.parallel`; SingleStore: one connection, READ COMMITTED);
 * per database: default charset/collation, ``SHOW FULL TABLES``, ``SHOW CREATE TABLE`` and the columns
   of ``information_schema.COLUMNS`` per table, ``SHOW CREATE VIEW`` per view (DEFINER removed);
-* per table one rows artifact (:mod:`.rowformat`): the rows as the server's text-protocol packets, kept
-  as they arrived (:mod:`.wire`); tables with a one-column integer key in key ranges of ~1 MiB read by
+* per table one rows artifact (:mod:`.rowformat`): the rows as the server's binary-protocol packets
+  (a prepared statement), kept as they arrived (:mod:`.wire`); tables with a one-column integer key in key ranges of ~1 MiB read by
   the readers in parallel and written in key order, other tables through one unbuffered query;
 * ``schema.json`` last, with the DDL, the columns and every table's row count.
 
@@ -40,20 +40,19 @@ from urllib.parse import quote
 from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from . import singlestore
+from . import singlestore, wire
 from .parallel import OrderedRanges, ReaderPool, open_shared_snapshot
 from .rowformat import (
     MAGIC_VALUES,
     Column,
     FrameReader,
     FrameWriter,
+    decoders,
     insert_prefix,
-    literal_kinds,
     packets_to_values,
     quote_ident,
     select_rows,
 )
-from .wire import read_raw_rows
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +384,7 @@ class MemsqlSource(Source):
         integer_key = key[0] if len(key) == 1 and key[0] in by_name and by_name[key[0]].data_type in _INTEGER_TYPES \
             else None
         name = artifact_name(db, table)
+        types: list[tuple[int, int]] = []
         # the main connection reads rows (a stream, or the ranges with no readers of its own): binary
         # results for this table only, its other queries want text
         shared = integer_key is None or conn in pool.conns
@@ -395,18 +395,20 @@ class MemsqlSource(Source):
                     cur.execute("SET SESSION character_set_results = binary")
                 try:
                     if integer_key is not None:
-                        self._read_ranges(conn, pool, frames, db, table, columns, integer_key)
+                        types = self._read_ranges(conn, pool, frames, db, table, columns, integer_key)
                     else:
-                        self._read_stream(conn, frames, db, table, columns)
+                        types = self._read_stream(conn, frames, db, table, columns)
                 finally:
                     if shared and conn.open:
                         conn.cursor().execute("SET SESSION character_set_results = utf8mb4")
             frames.finish()
         return {"name": table, "ddl": ddl, "columns": [c.to_json() for c in columns], "artifact": name,
-                "rows": frames.rows}
+                "rows": frames.rows, "wire": types}
 
-    def _read_stream(self, conn: Any, frames: FrameWriter, db: str, table: str, columns: list[Column]) -> None:
-        """All rows through one unbuffered query, cut into frames of about ``FRAME_BYTES``."""
+    def _read_stream(self, conn: Any, frames: FrameWriter, db: str, table: str,
+                     columns: list[Column]) -> list[tuple[int, int]]:
+        """All rows through one statement, cut into frames of about ``FRAME_BYTES``; returns the wire
+        types of the result columns."""
         pending: list[bytes] = []
         counts = [0, 0]  # rows, bytes pending
 
@@ -419,35 +421,44 @@ class MemsqlSource(Source):
                 pending.clear()
                 counts[:] = [0, 0]
 
-        read_raw_rows(conn, select_rows(db, table, columns), emit)
+        stmt = wire.prepare(conn, select_rows(db, table, columns))
+        wire.execute_rows(conn, stmt, (), emit)
+        wire.close(conn, stmt)
         frames.write_frame(b"".join(pending), counts[0])
+        return [list(c) for c in stmt.columns]
 
     def _read_ranges(self, conn: Any, pool: ReaderPool, frames: FrameWriter, db: str, table: str,
-                     columns: list[Column], key: str) -> None:
+                     columns: list[Column], key: str) -> list[tuple[int, int]]:
         """Key range by key range, one frame each; the ranges are read by the pool's connections in
-        parallel and written in key order."""
+        parallel and written in key order. Returns the wire types of the result columns."""
         cur = conn.cursor()
         qt, qk = f"{quote_ident(db)}.{quote_ident(table)}", quote_ident(key)
         cur.execute(f"SELECT MIN({qk}), MAX({qk}) FROM {qt}")
         lo, top = cur.fetchone()
-        if lo is None:
-            return
-        select = select_rows(db, table, columns)
-        after = f"SELECT MIN({qk}) FROM {qt} WHERE {qk} > %s"
+        sql = f"{select_rows(db, table, columns)} WHERE {qk} BETWEEN ? AND ?"
+        statements = {id(c): wire.prepare(c, sql) for c in pool.conns}  # one per reader, closed below
+        try:
+            if lo is not None:
+                after = f"SELECT MIN({qk}) FROM {qt} WHERE {qk} > %s"
 
-        def fetch(rconn: Any, lo: int, hi: int) -> tuple[list[tuple[bytes, int]], int, int | None]:
-            chunks: list[bytes] = []
-            rows = read_raw_rows(rconn, f"{select} WHERE {qk} BETWEEN {int(lo)} AND {int(hi)}",
-                                 lambda packets, _: chunks.append(packets))
-            if rows:
-                body = b"".join(chunks)
-                return [(body, rows)], len(body), None
-            with rconn.cursor() as rcur:
-                rcur.execute(after, (hi,))
-                return [], 0, rcur.fetchone()[0]
+                def fetch(rconn: Any, lo: int, hi: int) -> tuple[list[tuple[bytes, int]], int, int | None]:
+                    chunks: list[bytes] = []
+                    rows = wire.execute_rows(rconn, statements[id(rconn)], (int(lo), int(hi)),
+                                             lambda packets, _: chunks.append(packets))
+                    if rows:
+                        body = b"".join(chunks)
+                        return [(body, rows)], len(body), None
+                    with rconn.cursor() as rcur:
+                        rcur.execute(after, (hi,))
+                        return [], 0, rcur.fetchone()[0]
 
-        for body, rows in OrderedRanges(pool, fetch, lo, top, FRAME_BYTES):
-            frames.write_frame(body, rows)
+                for body, rows in OrderedRanges(pool, fetch, lo, top, FRAME_BYTES):
+                    frames.write_frame(body, rows)
+        finally:
+            for c in pool.conns:
+                if c.open:
+                    wire.close(c, statements[id(c)])
+        return [list(c) for c in next(iter(statements.values())).columns]
 
     # ------------------------------------------------------------------ restore
 
@@ -524,9 +535,12 @@ class MemsqlSource(Source):
                 where = f"source {self.name!r}: {table['artifact']}"
                 if fmt == FORMAT:
                     frames = FrameReader(f, where)
-                    kinds = literal_kinds(columns)
+                    try:
+                        decode = decoders(columns, table["wire"])
+                    except CorruptBackupError as exc:
+                        raise CorruptBackupError(f"{where}: {exc}") from None
                     values: Iterable[bytes] = (v for body in frames
-                                               for v, _ in packets_to_values(body, kinds, FRAME_BYTES, where))
+                                               for v, _ in packets_to_values(body, decode, FRAME_BYTES, where))
                 else:  # formats 1 and 2: the frames are VALUES text already
                     frames = FrameReader(f, where, MAGIC_VALUES)
                     values = frames

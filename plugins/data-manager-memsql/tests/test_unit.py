@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import pytest
 
@@ -19,6 +20,7 @@ from data_manager_memsql.rowformat import (
     Column,
     FrameReader,
     FrameWriter,
+    decoders,
     insert_prefix,
     literal_kinds,
     packets_to_values,
@@ -118,10 +120,8 @@ def packet(seq: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "little") + bytes([seq]) + payload
 
 
-def lenenc(value: bytes | None) -> bytes:
-    """A text-protocol value: NULL marker, or a length-encoded string."""
-    if value is None:
-        return b"\xfb"
+def lenenc(value: bytes) -> bytes:
+    """A length-prefixed value of the binary protocol."""
     n = len(value)
     if n < 251:
         head = bytes([n])
@@ -134,11 +134,20 @@ def lenenc(value: bytes | None) -> bytes:
     return head + value
 
 
+def binary_row(fields: list[bytes | None]) -> bytes:
+    """A binary-protocol row payload: header, NULL bitmap (offset 2), the encoded fields."""
+    bitmap = 0
+    for i, f in enumerate(fields):
+        if f is None:
+            bitmap |= 1 << (i + 2)
+    return b"\x00" + bitmap.to_bytes((len(fields) + 9) // 8, "little") + b"".join(f for f in fields if f is not None)
+
+
 def rows_packets(rows: list[list[bytes | None]]) -> bytes:
     """Row packets as a server sends them, rows of 16 MiB or more split into 0xFFFFFF-byte packets."""
     out, seq = [], 2
     for row in rows:
-        payload = b"".join(lenenc(v) for v in row)
+        payload = binary_row(row)
         while True:
             out.append(packet(seq % 256, payload[:0xFFFFFF]))
             seq += 1
@@ -149,6 +158,11 @@ def rows_packets(rows: list[list[bytes | None]]) -> bytes:
 
 
 EOF_PACKET = packet(9, b"\xfe\x00\x00\x02\x00")
+# wire types (code, flags) as the server describes the columns of a result
+TINY, SHORT, LONG, LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL, VARSTR, BLOB, BIT, JSON = (
+    (1, 0), (2, 0), (3, 0), (8, 0), (4, 0), (5, 0), (10, 0), (12, 0), (11, 0), (13, 32), (246, 0), (253, 0), (252, 128),
+    (16, 32), (245, 0))
+UNSIGNED = 32
 
 
 def test_literal_kinds_by_type():
@@ -160,45 +174,74 @@ def test_literal_kinds_by_type():
     assert literal_kinds(cols) == (RAW, RAW, HEX, HEX, HEX, QUOTED, HEX, QUOTED, QUOTED, JSON_UTF8, RAW)
 
 
-def test_select_widens_float_and_leaves_out_generated_columns():
+def test_select_leaves_out_generated_columns():
     cols = [Column("a", "int", "int"), Column("g", "int", "int", generated=True), Column("we`ird", "text", "text"),
             Column("f", "float", "float")]
-    assert select_rows("d", "t", cols) == "SELECT `a`,`we``ird`,CAST(`f` AS DOUBLE) FROM `d`.`t`"
+    assert select_rows("d", "t", cols) == "SELECT `a`,`we``ird`,`f` FROM `d`.`t`"
     assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`,`f`) VALUES "
     assert quote_ident("a`b") == "`a``b`"
 
 
-def test_packets_become_exact_literals():
+def decode(columns, wire_types, rows, max_bytes=1 << 20):
+    return list(packets_to_values(rows_packets(rows), decoders(columns, wire_types), max_bytes, "t"))
+
+
+def test_binary_values_become_exact_literals():
+    columns = [Column("i", "tinyint", "tinyint"), Column("u", "int", "int unsigned"), Column("b", "bigint", "bigint"),
+               Column("f", "float", "float"), Column("d", "double", "double"), Column("dt", "date", "date"),
+               Column("ts", "datetime", "datetime(6)"), Column("tm", "time", "time(6)"), Column("y", "year", "year"),
+               Column("dec", "decimal", "decimal(65,30)")]
+    wire_types = [TINY, (3, UNSIGNED), LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL]
+    f = struct.pack("<f", -756.802)
+    row = [b"\xff", (2**32 - 1).to_bytes(4, "little"), (-2**63).to_bytes(8, "little", signed=True), f,
+           struct.pack("<d", 2.0**53 + 2), b"\x04" + struct.pack("<HBB", 2024, 2, 29),
+           b"\x0b" + struct.pack("<HBBBBBI", 1999, 12, 31, 23, 59, 58, 7), b"\x0c" + struct.pack("<BIBBBI", 1, 34, 22, 59, 59, 1),
+           struct.pack("<H", 1901), lenenc(b"-0.000000000000000000000000000001")]
+    zeros = [b"\x00", b"\x00" * 4, b"\x00" * 8, struct.pack("<f", -0.0), struct.pack("<d", 5e-324), b"\x00", b"\x00",
+             b"\x00", b"\x00\x00", lenenc(b"0")]
+    [(values, n)] = decode(columns, wire_types, [row, zeros, [None] * 10])
+    assert n == 3
+    assert values == (
+        b"(-1,4294967295,-9223372036854775808," + repr(struct.unpack("<f", f)[0]).encode() + b",9007199254740994.0,"
+        b"'2024-02-29','1999-12-31 23:59:58.000007','-838:59:59.000001',1901,-0.000000000000000000000000000001),"
+        b"(0,0,0,-0.0,5e-324,'0000-00-00','0000-00-00 00:00:00','00:00:00',0,0),"
+        b"(NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL)")
+    assert float(repr(struct.unpack("<f", f)[0])) == struct.unpack("<f", f)[0]  # reads back as the same FLOAT
+
+
+def test_strings_are_quoted_or_hex():
     every_byte = bytes(range(256))
-    rows = [[b"1", b"it's \\ a\x00b\x1a", every_byte, None, b"2024-01-01", b'{"a": "\xc3\xa9"}'],
-            [b"-2.5e-07", b"", b"", None, b"0000-00-00", None]]
-    kinds = (RAW, QUOTED, HEX, QUOTED, QUOTED, JSON_UTF8)
-    [(values, n)] = list(packets_to_values(rows_packets(rows), kinds, 1 << 20, "t"))
-    assert n == 2
-    assert values == (b"(1,'it\\'s \\\\ a\\0b\\Z',X'" + every_byte.hex().encode() + b"',NULL,'2024-01-01',"
-                      b"_utf8mb4'{\"a\": \"\xc3\xa9\"}'),(-2.5e-07,'',X'',NULL,'0000-00-00',NULL)")
+    columns = [Column("s", "varchar", "varchar(9)", "utf8mb4"), Column("b", "blob", "blob"),
+               Column("bits", "bit", "bit(9)"), Column("j", "json", "json")]
+    wire_types = [VARSTR, BLOB, BIT, JSON]
+    [(values, _)] = decode(columns, wire_types, [[lenenc(b"it's \\ a\x00b\x1a"), lenenc(every_byte), lenenc(b"\x01\xff"),
+                                                   lenenc(b'{"a": "\xc3\xa9"}')],
+                                                  [lenenc(b""), lenenc(b""), lenenc(b"\x00\x00"), None]])
+    assert values == (b"('it\\'s \\\\ a\\0b\\Z',X'" + every_byte.hex().encode() + b"',X'01ff',"
+                      b"_utf8mb4'{\"a\": \"\xc3\xa9\"}'),('',X'',X'0000',NULL)")
 
 
 def test_packets_to_values_in_pieces_and_with_long_values():
     big = b"x" * 70_000  # a 3-byte length
-    rows = [[str(i).encode(), big if i % 3 == 0 else b"y"] for i in range(10)]
-    pieces = list(packets_to_values(rows_packets(rows), (RAW, QUOTED), 50_000, "t"))
+    rows = [[i.to_bytes(4, "little"), lenenc(big if i % 3 == 0 else b"y")] for i in range(10)]
+    pieces = decode([Column("i", "int", "int"), Column("s", "text", "text")], [LONG, BLOB[:1] + (0,)], rows, 50_000)
     assert [n for _, n in pieces] == [1, 3, 3, 3]
     assert b",".join(v for v, _ in pieces).count(b"'" + big + b"'") == 4
 
 
 def test_a_row_of_16_mib_spans_packets():
     huge = b"z" * (0xFFFFFF + 10)  # 8-byte length, payload over two packets
-    body = rows_packets([[b"1", huge], [b"2", b"a"]])
+    body = rows_packets([[b"\x01", lenenc(huge)], [b"\x02", lenenc(b"a")]])
     end, rows, continued, status = walk_packets(body + EOF_PACKET, False)
     assert (end, rows, continued, status) == (len(body), 2, False, 1)
-    [(values, n)] = list(packets_to_values(body, (RAW, QUOTED), 1 << 30, "t"))
+    cols = [Column("i", "tinyint", "tinyint"), Column("s", "longtext", "longtext")]
+    [(values, n)] = list(packets_to_values(body, decoders(cols, [TINY, (251, 0)]), 1 << 30, "t"))
     assert n == 2 and values == b"(1,'" + huge + b"'),(2,'a')"
 
 
 def test_walk_stops_at_incomplete_packets_and_errors():
-    body = rows_packets([[b"1", b"a"], [b"2", None]])
-    assert walk_packets(body[:-1], False) == (len(rows_packets([[b"1", b"a"]])), 1, False, 0)
+    body = rows_packets([[b"\x01", lenenc(b"a")], [b"\x02", None]])
+    assert walk_packets(body[:-1], False) == (len(rows_packets([[b"\x01", lenenc(b"a")]])), 1, False, 0)
     error = packet(4, b"\xff\x15\x04#42000boom")
     assert walk_packets(body + error, False) == (len(body), 2, False, 2)
     # a continuation packet is never taken for the end, whatever its first byte
@@ -208,9 +251,15 @@ def test_walk_stops_at_incomplete_packets_and_errors():
 
 @pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b[:3], lambda b: b"\x05\x00\x00\x01\x01" + b[5:]])
 def test_damaged_packets_are_corrupt(damage):
-    body = rows_packets([[b"1", b"abc"], [b"2", b"de"]])
+    body = rows_packets([[b"\x01", lenenc(b"abc")], [b"\x02", lenenc(b"de")]])
+    dec = decoders([Column("i", "tinyint", "tinyint"), Column("s", "text", "text")], [TINY, (252, 0)])
     with pytest.raises(CorruptBackupError):
-        list(packets_to_values(damage(body), (RAW, QUOTED), 1 << 20, "t"))
+        list(packets_to_values(damage(body), dec, 1 << 20, "t"))
+
+
+def test_wire_types_must_match_the_columns():
+    with pytest.raises(CorruptBackupError, match="2 wire columns for 1 stored"):
+        decoders([Column("i", "int", "int")], [LONG, LONG])
 
 
 def test_frames_round_trip_and_count():

@@ -47,10 +47,17 @@ RINGS = {
     "org.apache.cassandra.dht.RandomPartitioner": (-1, 2**127),
 }
 # Consecutive rows whose partitions have the same replicas go in one unlogged batch of at most:
-BATCH_ROWS = 64  # rows,
-BATCH_BYTES = 4800  # bytes, counting CELL_OVERHEAD per value: Cassandra's size of the batch's mutations stays
-CELL_OVERHEAD = 20  # below its default batch_size_warn_threshold (5 KiB), which logs a warning per batch,
+BATCH_ROWS = 64  # rows (measured: larger batches save no more server or client CPU),
+BATCH_BYTES = 5120  # bytes as Cassandra counts a batch's mutations (estimated from above by _size): its
+#                     default batch_size_warn_threshold (5 KiB) logs a warning per batch over it; batches
+#                     within one partition are exempt from it and go up to SINGLE_PARTITION_BYTES,
 BATCH_PARTITIONS = 10  # partitions (Cassandra's unlogged_batch_across_partitions_warn_threshold).
+SINGLE_PARTITION_BYTES = 1 << 20  # far below the largest mutation a node takes (commitlog_segment_size / 2)
+# Cassandra's size of a row in a batch (PartitionUpdate.dataSize; measured from the sizes its batch
+# warnings print, 5.0): 29 bytes a partition plus its key, 33 a row plus its clustering values, 14 a cell
+# plus its value, 4 more a cell and a row with a TTL. Rounded up here:
+PARTITION_SIZE, ROW_SIZE, CELL_SIZE, TTL_SIZE = 32, 40, 16, 4
+COUNTER_CELL_SIZE = 64  # a counter update cell (measured 56 with its 8-byte value: the counter context)
 DDL_TIMEOUT = 120.0
 WRITES_PER_WORKER = 8  # write requests in flight per unit of `concurrency`: hides the server's latency
 _KEY_PART = struct.Struct(">H")
@@ -375,6 +382,7 @@ class _RowLoader:
         self.ck = [i for i, c in enumerate(self.columns) if c.kind == "clustering"]
         self.static = {i for i, c in enumerate(self.columns) if c.kind == "static"}
         self.counters = [i for i, c in enumerate(self.columns) if c.kind in ("static", "regular")]
+        self.multicell = {col for col, _wt, _ttl, multicell in self.timed if multicell}
         self.writer = _Writer(source, conn, self.label, idempotent=not self.counter)
         self.prepared: dict[tuple[tuple[int, ...], bool], Any] = {}
         self._bound = BoundStatement
@@ -412,13 +420,18 @@ class _RowLoader:
             self.prepared[key] = stmt
         return stmt
 
-    def _send(self, partition: Any, prepared: Any, values: list[Any]) -> None:
+    def _send(self, partition: Any, prepared: Any, values: list[Any], size: int) -> None:
+        """Add one statement of ``size`` bytes (as Cassandra counts a batch's size) to the batch."""
         bound = self._bound(prepared)
         bound.values = values
-        size = sum(len(v) for v in values if v is not None) + CELL_OVERHEAD * len(values)
         new_partition = partition != self.batch_partition
-        if self.batch and (len(self.batch) >= BATCH_ROWS or self.batch_bytes + size > BATCH_BYTES or (
+        if new_partition:
+            size += PARTITION_SIZE + sum(len(v) for v in partition if v is not None)
+        limit = BATCH_BYTES if new_partition or self.batch_partitions > 1 else SINGLE_PARTITION_BYTES
+        if self.batch and (len(self.batch) >= BATCH_ROWS or self.batch_bytes + size > limit or (
                 new_partition and (self.replicas != self.batch_replicas or self.batch_partitions >= BATCH_PARTITIONS))):
+            if not new_partition:  # the statement's partition was counted with the batch's first one
+                size += PARTITION_SIZE + sum(len(v) for v in partition if v is not None)
             self._flush()
             new_partition = True
         if not self.batch:
@@ -500,10 +513,29 @@ class _RowLoader:
             wrote_row = wrote_row or with_ck
             keys = self.pk + (self.ck if with_ck else [])
             values = [row[i] for i in keys] + [row[i] for i in cols] + [wt, rowformat.pack_int32(ttl)]
-            self._send(partition, self._statement(tuple(cols), with_ck), values)
+            self._send(partition, self._statement(tuple(cols), with_ck), values,
+                       self._size(values, len(keys), cols, ttl))
         if has_clustering and not wrote_row:
             # The row exists with no (live) regular cell: insert its primary key alone.
-            self._send(partition, self._statement((), True), [row[i] for i in self.pk + self.ck])
+            keys = self.pk + self.ck
+            self._send(partition, self._statement((), True), [row[i] for i in keys],
+                       self._size([row[i] for i in keys], len(keys), [], 0))
+
+    def _size(self, values: list[Any], nkeys: int, cols: list[int], ttl: int) -> int:
+        """An upper bound of the size Cassandra counts for an INSERT's row in a batch, without its partition.
+
+        Keys are counted whole (only the clustering ones count there; being over is safe). A non-frozen
+        collection or UDT is one cell per element, each with a path (a 16-byte timeuuid for lists):
+        measured ~40 bytes an element of a list<int> serialized in 8; 9x its serialized size + 40 bounds
+        even a list of empty values.
+        """
+        per_cell = CELL_SIZE + TTL_SIZE if ttl else CELL_SIZE
+        size = ROW_SIZE + (TTL_SIZE if ttl else 0) + sum(len(v) for v in values[:nkeys] if v is not None)
+        multicell = self.multicell
+        for col, v in zip(cols, values[nkeys:]):
+            n = len(v) if v is not None else 0
+            size += 9 * n + 40 + per_cell if col in multicell else n + per_cell
+        return size
 
     def _counter_row(self, row: list[bytes | None]) -> None:
         partition, new = self._new_partition(row)
@@ -512,12 +544,19 @@ class _RowLoader:
         statics = tuple(i for i in cols if i in self.static)
         has_clustering = all(row[i] is not None for i in self.ck)
         if statics and (not regular or not has_clustering):
-            self._send(partition, self._statement(statics, False), [row[i] for i in statics] + [row[i] for i in self.pk])
+            values = [row[i] for i in statics] + [row[i] for i in self.pk]
+            self._send(partition, self._statement(statics, False), values, _counter_size(values, len(statics)))
             cols = tuple(regular)
         if cols and has_clustering:
             keys = self.pk + self.ck
-            self._send(partition, self._statement(cols, True), [row[i] for i in cols] + [row[i] for i in keys])
+            values = [row[i] for i in cols] + [row[i] for i in keys]
+            self._send(partition, self._statement(cols, True), values, _counter_size(values, len(cols)))
 
     def finish(self) -> None:
         self._flush()
         self.writer.finish()
+
+
+def _counter_size(values: list[Any], ncells: int) -> int:
+    """An upper bound of the size Cassandra counts for a counter update of ``ncells`` cells in a batch."""
+    return ROW_SIZE + sum(len(v) for v in values if v is not None) + ncells * COUNTER_CELL_SIZE

@@ -204,3 +204,44 @@ def test_restore_batches_partitions_by_replicas():
     loader.finish()
     partitions = [[key.unpack(b.values[0])[0] for b in batch] for batch in sent]
     assert partitions == [list(range(0, 5)), list(range(5, 10)), list(range(10, 20)), list(range(20, 25))]
+
+
+def test_restore_batch_bytes_limit_spares_single_partitions():
+    """Batches over several partitions stay under Cassandra's 5 KiB warning; one partition's do not need to."""
+    import struct
+    import time
+    from types import SimpleNamespace
+
+    from data_manager_cassandra import source as src
+
+    class Batch(list):
+        def __init__(self, batch_type):
+            super().__init__()
+
+        def add(self, bound):
+            self.append(bound)
+
+    key = struct.Struct(">i")
+    header = {"columns": [{"name": "p", "type": "int", "kind": "partition_key", "multicell": False},
+                          {"name": "c", "type": "int", "kind": "clustering", "multicell": False},
+                          {"name": "v", "type": "blob", "kind": "regular", "multicell": False}],
+              "select": ["p", "c", "v", "WRITETIME(v)", "TTL(v)"], "timed": [[2, 3, 4, False]], "counter": False,
+              "table": "t"}
+
+    def batches(partition_of) -> list[int]:
+        sent: list = []
+        metadata = SimpleNamespace(get_replicas=lambda ks, k: ["a"])
+        conn = SimpleNamespace(metadata=metadata, session=SimpleNamespace(prepare=lambda cql: SimpleNamespace()))
+        source = SimpleNamespace(concurrency=1, conn=SimpleNamespace(retries=0), name="db")
+        loader = src._RowLoader(source, conn, header, "ks")
+        loader._bound = lambda prepared: SimpleNamespace()
+        loader._batch = Batch
+        loader.writer = SimpleNamespace(submit=sent.append, finish=lambda: None)
+        rows = [[key.pack(partition_of(i)), key.pack(i), b"x" * 1000, struct.pack(">q", 1), None] for i in range(100)]
+        loader.page(len(rows), int(time.time() * 1000), rowformat.encode_cells(rows))
+        loader.finish()
+        return [len(b) if isinstance(b, Batch) else 1 for b in sent]
+
+    assert batches(lambda i: 0) == [src.BATCH_ROWS, 100 - src.BATCH_ROWS]  # one partition: rows cap only
+    spread = batches(lambda i: i)  # ~1.1 kB a row over as many partitions: 4 a batch (5 KiB)
+    assert sum(spread) == 100 and max(spread) == 4

@@ -27,10 +27,8 @@ server wrote itself (``QUOTE()``, ``HEX()``...); a restore still sends them as t
 
 from __future__ import annotations
 
-import re
 import struct
-from binascii import hexlify
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -111,77 +109,38 @@ def insert_prefix(table: str, columns: Sequence[Column]) -> bytes:
     return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ".encode()
 
 
-# --------------------------------------------------------------------------- binary rows -> SQL literals
+# --------------------------------------------------------------------------- binary rows -> INSERT parameters
 
-RAW, QUOTED, HEX, JSON_UTF8 = 0, 1, 2, 3  # literal kinds of length-prefixed values
-
-
-def literal_kinds(columns: Sequence[Column]) -> tuple[int, ...]:
-    """How each stored column's value becomes a SQL literal at restore, when it comes length-prefixed.
-
-    RAW: DECIMAL text, as the server wrote it. QUOTED: text (its own charset's bytes; the restore session
-    reads literals as binary strings, so they are never converted), ENUM/SET. HEX: binary strings, BIT
-    and spatial values, as ``X'..'`` (any byte). JSON_UTF8: MySQL's native JSON, which refuses binary
-    strings: a quoted ``_utf8mb4`` literal. (Integers, FLOAT/DOUBLE and temporal values come as fixed
-    binary fields; see :func:`decoders`.)
-    """
-    kinds = []
-    for c in stored_columns(columns):
-        if c.kind == "number":
-            kinds.append(RAW)
-        elif c.kind in ("binary", "bit"):
-            kinds.append(HEX)
-        elif c.data_type.lower() == "json":
-            kinds.append(JSON_UTF8)
-        else:
-            kinds.append(QUOTED)
-    return tuple(kinds)
+MAX_PARAMS = 65535  # of one prepared statement (u16 in the protocol)
+# Wire types whose binary value the server reads as a parameter of another type: INT24 is sent in 4
+# bytes like LONG, YEAR in 2 like SHORT, NEWDATE like DATE. Every other length-prefixed value (strings,
+# BIT, ENUM/SET, GEOMETRY, JSON) goes as a BLOB parameter: a binary string, which the server never
+# converts between charsets (a text column gets its bytes back as they were stored).
+_PARAM_TYPE = {9: 3, 13: 2, 14: 10}
+_FIXED_PARAMS = frozenset({0, 1, 2, 3, 4, 5, 7, 8, 10, 11, 12, 246})  # DECIMAL, ints, floats, dates
+_BLOB, _WIRE_UNSIGNED, _PARAM_UNSIGNED = 252, 32, 0x80
 
 
-# Decoders of binary-protocol values (wire type codes of the MySQL protocol, FIELD_TYPE in pymysql).
-_STR, _INT, _FLOAT4, _FLOAT8, _DATE, _DATETIME, _TIME = range(7)
-_INT_SIZES = {1: 1, 2: 2, 13: 2, 3: 4, 9: 4, 8: 8}  # TINY, SHORT, YEAR, LONG, INT24, LONGLONG
-_WIRE_UNSIGNED = 32
-_F4, _F8 = struct.Struct("<f"), struct.Struct("<d")
+def param_types(wire: Sequence[Sequence[int]]) -> bytes:
+    """The parameter types (2 bytes each) under which a row's binary values go back to the server."""
+    out = bytearray()
+    for code, flags in wire:
+        code = _PARAM_TYPE.get(code, code)
+        if code not in _FIXED_PARAMS:
+            code = _BLOB
+        out += bytes([code, _PARAM_UNSIGNED if flags & _WIRE_UNSIGNED else 0])
+    return bytes(out)
 
 
-def decoders(columns: Sequence[Column], wire: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
-    """Per stored column ``(decoder, size or literal kind, signed)`` from its wire type and flags."""
-    stored = stored_columns(columns)
-    if len(stored) != len(wire):
-        raise CorruptBackupError(f"{len(wire)} wire columns for {len(stored)} stored columns")
-    out = []
-    for kind, (code, flags) in zip(literal_kinds(stored), wire):
-        if code in _INT_SIZES:
-            out.append((_INT, _INT_SIZES[code], 0 if flags & _WIRE_UNSIGNED or code == 13 else 1))
-        elif code == 4:
-            out.append((_FLOAT4, 4, 0))
-        elif code == 5:
-            out.append((_FLOAT8, 8, 0))
-        elif code in (10, 14):
-            out.append((_DATE, 0, 0))
-        elif code in (7, 12):
-            out.append((_DATETIME, 0, 0))
-        elif code == 11:
-            out.append((_TIME, 0, 0))
-        elif code == 6:  # the NULL type: only ever NULL, which the bitmap says
-            out.append((_STR, RAW, 0))
-        else:  # DECIMAL, strings, BLOBs, BIT, ENUM/SET, JSON, GEOMETRY: length-prefixed bytes
-            out.append((_STR, kind, 0))
-    return out
+def placeholders(columns: Sequence[Column]) -> bytes:
+    """``(?,?,..)`` for one row; MySQL's native JSON refuses binary strings: its value is converted."""
+    return b"(" + b",".join(b"CONVERT(? USING utf8mb4)" if c.data_type.lower() == "json" else b"?"
+                            for c in stored_columns(columns)) + b")"
 
 
-_SPECIAL = re.compile(rb"[\\'\x00\x1a]")  # what QUOTE() escapes
-_ESCAPES = {b"\\": b"\\\\", b"'": b"\\'", b"\x00": b"\\0", b"\x1a": b"\\Z"}
-
-
-def _escape(match: re.Match[bytes]) -> bytes:
-    return _ESCAPES[match.group()]
-
-
-def _payloads(body: bytes, label: str) -> Iterator[tuple[bytes, int]]:
-    """``(buffer, offset)`` of each row's payload in a run of packets: ``body`` itself for a row in one
-    packet, or the joined payloads of a row that spans packets (16 MiB and more)."""
+def _payloads(body: bytes, label: str) -> Iterator[tuple[bytes, int, int]]:
+    """Each row's payload in a run of packets as ``(buffer, start, end)``: ``body`` itself for a row in
+    one packet (no copy), or the joined payloads of a row that spans packets (16 MiB and more)."""
     pos, size = 0, len(body)
     while pos < size:
         parts: list[bytes] = []
@@ -193,113 +152,50 @@ def _payloads(body: bytes, label: str) -> Iterator[tuple[bytes, int]]:
                 raise CorruptBackupError(f"{label}: truncated row packet")
             start, pos = pos + 4, pos + 4 + n
             if n < 0xFFFFFF and not parts:
-                yield body, start
+                yield body, start, pos
                 break
             parts.append(body[start:pos])
             if n < 0xFFFFFF:
-                yield b"".join(parts), 0
+                row = b"".join(parts)
+                yield row, 0, len(row)
                 break
 
 
-def _temporal(row: bytes, p: int, decoder: int) -> tuple[bytes, int]:
-    """A DATE/DATETIME/TIMESTAMP or TIME field at ``row[p]`` (length byte first) as a quoted literal."""
-    n = row[p]
-    f = row[p + 1:p + 1 + n]
-    if len(f) != n:
-        raise IndexError
-    p += 1 + n
-    if decoder == _TIME:  # negative u8, days u32, hour, minute, second[, microsecond u32]
-        if n == 0:
-            return b"'00:00:00'", p
-        neg, days, h, m, sec = struct.unpack_from("<BIBBB", f)
-        text = f"{'-' if neg else ''}{days * 24 + h:02d}:{m:02d}:{sec:02d}"
-    else:  # year u16, month, day[, hour, minute, second[, microsecond u32]]
-        y, mo, d = struct.unpack_from("<HBB", f) if n else (0, 0, 0)
-        text = f"{y:04d}-{mo:02d}-{d:02d}"
-        if decoder == _DATETIME:
-            h, m, sec = (f[4], f[5], f[6]) if n >= 7 else (0, 0, 0)
-            text += f" {h:02d}:{m:02d}:{sec:02d}"
-    if n in (11, 12):
-        text += f".{int.from_bytes(f[-4:], 'little'):06d}"
-    return b"'" + text.encode() + b"'", p
+class ParamBatches:
+    """Turns frames of binary row packets into batches of INSERT parameters: per batch the row count,
+    the NULL bitmap of all its parameters and their values. No value is decoded: a row's values are
+    already in parameter form; only its NULL bits move (from the row's bitmap, at offset 2, to the
+    batch's, at offset 0).
 
+    A batch ends at ``max_rows`` rows or before its values pass ``max_bytes``.
+    """
 
-def packets_to_values(body: bytes, decoders: Sequence[tuple[int, int, int]], max_bytes: int,
-                      label: str) -> Iterator[tuple[bytes, int]]:
-    """The rows of ``body`` (binary-protocol row packets) as ``(v1,..),(..)`` VALUES text, in pieces of
-    about ``max_bytes``; yields ``(values, rows)``. Every value is exact: integers in decimal, FLOAT and
-    DOUBLE as the shortest text that reads back as the same number."""
-    search, sub = _SPECIAL.search, _SPECIAL.sub
-    f4, f8 = _F4.unpack_from, _F8.unpack_from
-    from_bytes = int.from_bytes
-    ncols = len(decoders)
-    nullmap = (ncols + 9) // 8
-    out: list[bytes] = []
-    size = rows = 0
-    for row, p in _payloads(body, label):
-        if row[p] != 0:
-            raise CorruptBackupError(f"{label}: not a binary row packet")
-        bitmap = from_bytes(row[p + 1:p + 1 + nullmap], "little") >> 2
-        p += 1 + nullmap
-        parts: list[bytes] = []
-        put = parts.append
-        try:
-            for decoder, arg, signed in decoders:
-                if bitmap & 1:
-                    put(b"NULL")
-                elif decoder == _STR:
-                    b = row[p]
-                    if b < 251:
-                        n = b
-                        p += 1
-                    elif b == 252:
-                        n = row[p + 1] | (row[p + 2] << 8)
-                        p += 3
-                    elif b == 253:
-                        n = row[p + 1] | (row[p + 2] << 8) | (row[p + 3] << 16)
-                        p += 4
-                    else:
-                        n = from_bytes(row[p + 1:p + 9], "little")
-                        p += 9
-                    v = row[p:p + n]
-                    if len(v) != n:
-                        raise IndexError
-                    p += n
-                    if arg == RAW:
-                        put(v)
-                    elif arg == HEX:
-                        put(b"X'" + hexlify(v) + b"'")
-                    else:
-                        if search(v):
-                            v = sub(_escape, v)
-                        put((b"'" if arg == QUOTED else b"_utf8mb4'") + v + b"'")
-                elif decoder == _INT:
-                    v = row[p:p + arg]
-                    if len(v) != arg:
-                        raise IndexError
-                    put(b"%d" % from_bytes(v, "little", signed=bool(signed)))
-                    p += arg
-                elif decoder == _FLOAT8:
-                    put(repr(f8(row, p)[0]).encode())
-                    p += 8
-                elif decoder == _FLOAT4:
-                    put(repr(f4(row, p)[0]).encode())
-                    p += 4
-                else:
-                    v, p = _temporal(row, p, decoder)
-                    put(v)
-                bitmap >>= 1
-        except (IndexError, struct.error):
-            raise CorruptBackupError(f"{label}: a row packet ends inside a value") from None
-        value = b"(" + b",".join(parts) + b")"
-        out.append(value)
-        size += len(value) + 1
-        rows += 1
-        if size >= max_bytes:
-            yield b",".join(out), rows
-            out, size, rows = [], 0, 0
-    if out:
-        yield b",".join(out), rows
+    def __init__(self, ncols: int, max_rows: int, max_bytes: int, label: str) -> None:
+        self.ncols, self.max_rows, self.max_bytes, self.label = ncols, max_rows, max_bytes, label
+        self._nullmap = (ncols + 9) // 8
+        self._mask = (1 << ncols) - 1
+
+    def batches(self, frames: Iterable[bytes]) -> Iterator[tuple[int, bytes, bytes]]:
+        ncols, nullmap, mask, label = self.ncols, self._nullmap, self._mask, self.label
+        from_bytes = int.from_bytes
+        values: list[bytes] = []
+        nulls = size = rows = 0
+        for body in frames:
+            for row, p, end in _payloads(body, label):
+                if end - p < 1 + nullmap or row[p] != 0:
+                    raise CorruptBackupError(f"{label}: not a binary row packet")
+                value = row[p + 1 + nullmap:end]
+                if rows and (rows == self.max_rows or size + len(value) > self.max_bytes):
+                    yield rows, nulls.to_bytes((rows * ncols + 7) // 8, "little"), b"".join(values)
+                    values, nulls, size, rows = [], 0, 0, 0
+                bits = (from_bytes(row[p + 1:p + 1 + nullmap], "little") >> 2) & mask
+                if bits:
+                    nulls |= bits << (rows * ncols)
+                values.append(value)
+                size += len(value)
+                rows += 1
+        if rows:
+            yield rows, nulls.to_bytes((rows * ncols + 7) // 8, "little"), b"".join(values)
 
 
 # --------------------------------------------------------------------------- framing

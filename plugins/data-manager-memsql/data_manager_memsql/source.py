@@ -47,11 +47,14 @@ from .rowformat import (
     Column,
     FrameReader,
     FrameWriter,
-    decoders,
+    MAX_PARAMS,
+    ParamBatches,
     insert_prefix,
-    packets_to_values,
+    param_types,
+    placeholders,
     quote_ident,
     select_rows,
+    stored_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -529,35 +532,66 @@ class MemsqlSource(Source):
             cur.execute("SET SESSION character_set_connection = binary")
         for table in db["tables"]:
             columns = [Column.from_json(c) for c in table["columns"]]
-            prefix = insert_prefix(table["name"], columns)
             label = f"{db['name']}.{table['name']}"
             with artifacts.open(table["artifact"]) as f:
                 where = f"source {self.name!r}: {table['artifact']}"
                 if fmt == FORMAT:
-                    frames = FrameReader(f, where)
-                    try:
-                        decode = decoders(columns, table["wire"])
-                    except CorruptBackupError as exc:
-                        raise CorruptBackupError(f"{where}: {exc}") from None
-                    values: Iterable[bytes] = (v for body in frames
-                                               for v, _ in packets_to_values(body, decode, FRAME_BYTES, where))
-                else:  # formats 1 and 2: the frames are VALUES text already
-                    frames = FrameReader(f, where, MAGIC_VALUES)
-                    values = frames
-                inserted = 0
-                # the packets become SQL on the reader thread while the server inserts; it ends before f closes
-                with closing(_prefetch(values)) as bodies:
-                    for body in bodies:
-                        if len(prefix) + len(body) + 64 > max_packet:
-                            raise SourceError(
-                                f"source {self.name!r}: {label}: an INSERT of {len(body) + len(prefix)} bytes "
-                                f"exceeds the server's max_allowed_packet ({max_packet}); raise it")
-                        inserted += cur.execute(prefix + body)
+                    inserted, frames = self._insert_binary(cur.connection, artifacts, f, table, columns, max_packet,
+                                                           where)
+                else:
+                    inserted, frames = self._insert_values(cur, f, table, columns, max_packet, where, label)
             if frames.rows != table["rows"] or inserted != frames.rows:
                 raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
                                          f"{table['rows']} backed up")
         cur.execute("SET NAMES utf8mb4")
         self._create_views(cur, db["views"])  # in the scratch database: proves they will work
+
+    def _insert_binary(self, conn: Any, artifacts: ArtifactSet, f: Any, table: dict[str, Any], columns: list[Column],
+                       max_packet: int, where: str) -> tuple[int, FrameReader]:
+        """Format 3: the rows go back as the parameters of a prepared multi-row INSERT, in the binary form
+        they were read in (no value is decoded or formatted on either side)."""
+        frames = FrameReader(f, where)
+        ncols = len(stored_columns(columns))
+        if len(table["wire"]) != ncols:
+            raise CorruptBackupError(f"{where}: {len(table['wire'])} wire types for {ncols} columns")
+        types, row_sql = param_types(table["wire"]), placeholders(columns)
+        prefix = insert_prefix(table["name"], columns)
+        # rows per INSERT: about FRAME_BYTES of values, at most MAX_PARAMS parameters; one prepared
+        # statement per row count (in practice this one and the table's last, shorter batch)
+        per_row = artifacts.size(table["artifact"]) / max(table["rows"], 1)
+        rows_per = max(1, min(MAX_PARAMS // ncols, int(FRAME_BYTES / max(per_row, 1))))
+        # an execute packet holds 2 bytes of type and 1 bit of NULL per parameter, then the values
+        batches = ParamBatches(ncols, rows_per, max_packet - (2 * ncols + 1) * rows_per - 4096, where).batches(frames)
+        statements: dict[int, wire.Statement] = {}
+        inserted = 0
+        try:
+            # batches are cut on the reader thread while the server inserts; it ends before f closes
+            with closing(_prefetch(batches)) as ready:
+                for rows, nulls, values in ready:
+                    stmt = statements.get(rows)
+                    if stmt is None:
+                        stmt = statements[rows] = wire.prepare(conn, (prefix + b",".join([row_sql] * rows)).decode())
+                    inserted += wire.execute_insert(conn, stmt, types * rows, nulls, values)
+        finally:
+            for stmt in statements.values():
+                if conn.open:
+                    wire.close(conn, stmt)
+        return inserted, frames
+
+    def _insert_values(self, cur: Any, f: Any, table: dict[str, Any], columns: list[Column], max_packet: int,
+                       where: str, label: str) -> tuple[int, FrameReader]:
+        """Formats 1 and 2: each frame is VALUES text already, sent as one INSERT."""
+        frames = FrameReader(f, where, MAGIC_VALUES)
+        prefix = insert_prefix(table["name"], columns)
+        inserted = 0
+        with closing(_prefetch(frames)) as bodies:  # the reader thread ends before f closes
+            for body in bodies:
+                if len(prefix) + len(body) + 64 > max_packet:
+                    raise SourceError(
+                        f"source {self.name!r}: {label}: an INSERT of {len(body) + len(prefix)} bytes "
+                        f"exceeds the server's max_allowed_packet ({max_packet}); raise it")
+                inserted += cur.execute(prefix + body)
+        return inserted, frames
 
     def _create_views(self, cur: Any, views: list[dict[str, Any]]) -> None:
         """Create views, retrying those that use a view not created yet."""

@@ -17,7 +17,9 @@ pymysql, so a change there fails the tests, never a backup silently.
 
 Packets (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_packets.html): ``u24
 length, u8 sequence, payload``; a payload of 0xFFFFFF bytes continues in the next packet. A binary row
-payload starts with 0x00. The rows end with an EOF packet (first byte 0xFE and shorter than 0xFFFFFF) or
+payload starts with 0x00, then a NULL bitmap, then the non-NULL values, encoded exactly as the
+parameters of ``COM_STMT_EXECUTE`` are: a restore sends the values back as they are
+(:func:`execute_insert`). The rows end with an EOF packet (first byte 0xFE and shorter than 0xFFFFFF) or
 an error packet (0xFF).
 """
 
@@ -105,6 +107,15 @@ def _execute_packet(stmt: Statement, params: tuple[int, ...]) -> bytes:
         out += b"".join(bytes([_LONGLONG, _UNSIGNED if p >= 1 << 63 else 0]) for p in params)
         out += b"".join(p.to_bytes(8, "little", signed=p < 0) for p in params)
     return out
+
+
+def execute_insert(conn: Any, stmt: Statement, types: bytes, nulls: bytes, values: bytes) -> int:
+    """Execute ``stmt`` with parameters already in binary-protocol form: ``types`` (2 bytes a
+    parameter), the ``nulls`` bitmap and the concatenated ``values``. Returns the affected rows."""
+    from pymysql.protocol import OKPacketWrapper
+
+    conn._execute_command(COM_STMT_EXECUTE, struct.pack("<IBI", stmt.id, 0, 1) + nulls + b"\x01" + types + values)
+    return int(OKPacketWrapper(conn._read_packet()).affected_rows)
 
 
 def execute_rows(conn: Any, stmt: Statement, params: tuple[int, ...], emit: Callable[[bytes, int], None]) -> int:

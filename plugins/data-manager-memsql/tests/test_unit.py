@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 
 import pytest
 
@@ -12,18 +11,14 @@ from data_manager.errors import ConfigError, CorruptBackupError, SourceError
 from data_manager.types import Settings
 from data_manager_memsql import singlestore
 from data_manager_memsql.rowformat import (
-    HEX,
-    JSON_UTF8,
     MAGIC_VALUES,
-    QUOTED,
-    RAW,
     Column,
     FrameReader,
     FrameWriter,
-    decoders,
+    ParamBatches,
     insert_prefix,
-    literal_kinds,
-    packets_to_values,
+    param_types,
+    placeholders,
     quote_ident,
     select_rows,
 )
@@ -165,68 +160,49 @@ TINY, SHORT, LONG, LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL,
 UNSIGNED = 32
 
 
-def test_literal_kinds_by_type():
-    cols = [Column("n", "bigint", "bigint(20) unsigned"), Column("f", "float", "float"), Column("b", "bit", "bit(5)"),
-            Column("x", "varbinary", "varbinary(5)"), Column("g", "point", "point"),
-            Column("s", "varchar", "varchar(5)", "latin1"), Column("c", "char", "char(3)", "binary"),
-            Column("e", "enum", "enum('a')", "utf8mb4"), Column("d", "datetime", "datetime(6)"),
-            Column("j", "json", "json"), Column("v", "int", "int", generated=True), Column("y", "year", "year")]
-    assert literal_kinds(cols) == (RAW, RAW, HEX, HEX, HEX, QUOTED, HEX, QUOTED, QUOTED, JSON_UTF8, RAW)
+def test_parameter_types_follow_the_wire_types():
+    wire = [TINY, (3, UNSIGNED), LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL, VARSTR, BLOB, BIT, JSON,
+            (9, 0), (14, 0), (247, 0), (255, 128)]
+    assert param_types(wire) == bytes([
+        1, 0, 3, 0x80, 8, 0, 4, 0, 5, 0, 10, 0, 12, 0, 11, 0,
+        2, 0x80,  # YEAR: 2 bytes like SHORT, unsigned
+        246, 0,  # DECIMAL as its text
+        252, 0, 252, 0, 252, 0x80, 252, 0,  # strings, BLOB, BIT, JSON: binary strings (never converted)
+        3, 0,  # INT24 comes in 4 bytes like LONG
+        10, 0,  # NEWDATE
+        252, 0, 252, 0])  # ENUM, GEOMETRY
 
 
-def test_select_leaves_out_generated_columns():
+def test_select_and_insert_leave_out_generated_columns():
     cols = [Column("a", "int", "int"), Column("g", "int", "int", generated=True), Column("we`ird", "text", "text"),
-            Column("f", "float", "float")]
-    assert select_rows("d", "t", cols) == "SELECT `a`,`we``ird`,`f` FROM `d`.`t`"
-    assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`,`f`) VALUES "
+            Column("j", "json", "json")]
+    assert select_rows("d", "t", cols) == "SELECT `a`,`we``ird`,`j` FROM `d`.`t`"
+    assert insert_prefix("t`", cols) == b"INSERT INTO `t``` (`a`,`we``ird`,`j`) VALUES "
+    assert placeholders(cols) == b"(?,?,CONVERT(? USING utf8mb4))"
     assert quote_ident("a`b") == "`a``b`"
 
 
-def decode(columns, wire_types, rows, max_bytes=1 << 20):
-    return list(packets_to_values(rows_packets(rows), decoders(columns, wire_types), max_bytes, "t"))
+def batches(ncols, rows, max_rows=100, max_bytes=1 << 20, frames=1):
+    body = rows_packets(rows)
+    cut = len(rows_packets(rows[: len(rows) // 2])) if frames == 2 else len(body)
+    return list(ParamBatches(ncols, max_rows, max_bytes, "t").batches([body[:cut], body[cut:]] if frames == 2 else [body]))
 
 
-def test_binary_values_become_exact_literals():
-    columns = [Column("i", "tinyint", "tinyint"), Column("u", "int", "int unsigned"), Column("b", "bigint", "bigint"),
-               Column("f", "float", "float"), Column("d", "double", "double"), Column("dt", "date", "date"),
-               Column("ts", "datetime", "datetime(6)"), Column("tm", "time", "time(6)"), Column("y", "year", "year"),
-               Column("dec", "decimal", "decimal(65,30)")]
-    wire_types = [TINY, (3, UNSIGNED), LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL]
-    f = struct.pack("<f", -756.802)
-    row = [b"\xff", (2**32 - 1).to_bytes(4, "little"), (-2**63).to_bytes(8, "little", signed=True), f,
-           struct.pack("<d", 2.0**53 + 2), b"\x04" + struct.pack("<HBB", 2024, 2, 29),
-           b"\x0b" + struct.pack("<HBBBBBI", 1999, 12, 31, 23, 59, 58, 7), b"\x0c" + struct.pack("<BIBBBI", 1, 34, 22, 59, 59, 1),
-           struct.pack("<H", 1901), lenenc(b"-0.000000000000000000000000000001")]
-    zeros = [b"\x00", b"\x00" * 4, b"\x00" * 8, struct.pack("<f", -0.0), struct.pack("<d", 5e-324), b"\x00", b"\x00",
-             b"\x00", b"\x00\x00", lenenc(b"0")]
-    [(values, n)] = decode(columns, wire_types, [row, zeros, [None] * 10])
+def test_rows_become_parameters_unchanged_with_their_null_bits():
+    rows = [[b"\x01", lenenc(b"a"), None], [None, None, b"\x07" * 8], [b"\x03", lenenc(b""), b"\x00" * 8]]
+    [(n, nulls, values)] = batches(3, rows)
     assert n == 3
-    assert values == (
-        b"(-1,4294967295,-9223372036854775808," + repr(struct.unpack("<f", f)[0]).encode() + b",9007199254740994.0,"
-        b"'2024-02-29','1999-12-31 23:59:58.000007','-838:59:59.000001',1901,-0.000000000000000000000000000001),"
-        b"(0,0,0,-0.0,5e-324,'0000-00-00','0000-00-00 00:00:00','00:00:00',0,0),"
-        b"(NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL)")
-    assert float(repr(struct.unpack("<f", f)[0])) == struct.unpack("<f", f)[0]  # reads back as the same FLOAT
+    # NULL bits at offset 0, parameter i of row r at bit r*3+i: row 0 col 2, row 1 cols 0 and 1
+    assert nulls == ((1 << 2) | (1 << 3) | (1 << 4)).to_bytes(2, "little")
+    assert values == b"\x01" + lenenc(b"a") + b"\x07" * 8 + b"\x03" + lenenc(b"") + b"\x00" * 8
 
 
-def test_strings_are_quoted_or_hex():
-    every_byte = bytes(range(256))
-    columns = [Column("s", "varchar", "varchar(9)", "utf8mb4"), Column("b", "blob", "blob"),
-               Column("bits", "bit", "bit(9)"), Column("j", "json", "json")]
-    wire_types = [VARSTR, BLOB, BIT, JSON]
-    [(values, _)] = decode(columns, wire_types, [[lenenc(b"it's \\ a\x00b\x1a"), lenenc(every_byte), lenenc(b"\x01\xff"),
-                                                   lenenc(b'{"a": "\xc3\xa9"}')],
-                                                  [lenenc(b""), lenenc(b""), lenenc(b"\x00\x00"), None]])
-    assert values == (b"('it\\'s \\\\ a\\0b\\Z',X'" + every_byte.hex().encode() + b"',X'01ff',"
-                      b"_utf8mb4'{\"a\": \"\xc3\xa9\"}'),('',X'',X'0000',NULL)")
-
-
-def test_packets_to_values_in_pieces_and_with_long_values():
-    big = b"x" * 70_000  # a 3-byte length
-    rows = [[i.to_bytes(4, "little"), lenenc(big if i % 3 == 0 else b"y")] for i in range(10)]
-    pieces = decode([Column("i", "int", "int"), Column("s", "text", "text")], [LONG, BLOB[:1] + (0,)], rows, 50_000)
-    assert [n for _, n in pieces] == [1, 3, 3, 3]
-    assert b",".join(v for v, _ in pieces).count(b"'" + big + b"'") == 4
+def test_batches_end_at_max_rows_or_max_bytes():
+    rows = [[i.to_bytes(4, "little"), lenenc(b"x" * (70_000 if i % 3 == 0 else 1))] for i in range(10)]
+    assert [n for n, _, _ in batches(2, rows, max_rows=4)] == [4, 4, 2]
+    assert [n for n, _, _ in batches(2, rows, max_bytes=100_000)] == [3, 3, 3, 1]
+    assert [n for n, _, _ in batches(2, rows, frames=2)] == [10]  # batches span frames
+    assert b"".join(v for _, _, v in batches(2, rows, max_rows=3)) == b"".join(binary_row(r)[2:] for r in rows)
 
 
 def test_a_row_of_16_mib_spans_packets():
@@ -234,9 +210,8 @@ def test_a_row_of_16_mib_spans_packets():
     body = rows_packets([[b"\x01", lenenc(huge)], [b"\x02", lenenc(b"a")]])
     end, rows, continued, status = walk_packets(body + EOF_PACKET, False)
     assert (end, rows, continued, status) == (len(body), 2, False, 1)
-    cols = [Column("i", "tinyint", "tinyint"), Column("s", "longtext", "longtext")]
-    [(values, n)] = list(packets_to_values(body, decoders(cols, [TINY, (251, 0)]), 1 << 30, "t"))
-    assert n == 2 and values == b"(1,'" + huge + b"'),(2,'a')"
+    [(n, nulls, values)] = list(ParamBatches(2, 10, 1 << 30, "t").batches([body]))
+    assert n == 2 and values == b"\x01" + lenenc(huge) + b"\x02" + lenenc(b"a")
 
 
 def test_walk_stops_at_incomplete_packets_and_errors():
@@ -249,17 +224,11 @@ def test_walk_stops_at_incomplete_packets_and_errors():
         (0xFFFFFF + 4 + 6, 1)
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b[:3], lambda b: b"\x05\x00\x00\x01\x01" + b[5:]])
+@pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b[:3], lambda b: b"\x01\x00\x00\x01\x01" + b[5:]])
 def test_damaged_packets_are_corrupt(damage):
     body = rows_packets([[b"\x01", lenenc(b"abc")], [b"\x02", lenenc(b"de")]])
-    dec = decoders([Column("i", "tinyint", "tinyint"), Column("s", "text", "text")], [TINY, (252, 0)])
     with pytest.raises(CorruptBackupError):
-        list(packets_to_values(damage(body), dec, 1 << 20, "t"))
-
-
-def test_wire_types_must_match_the_columns():
-    with pytest.raises(CorruptBackupError, match="2 wire columns for 1 stored"):
-        decoders([Column("i", "int", "int")], [LONG, LONG])
+        list(ParamBatches(2, 10, 1 << 20, "t").batches([damage(body)]))
 
 
 def test_frames_round_trip_and_count():

@@ -70,6 +70,8 @@ class ObjectUpload(ObjectWriter):
         headers: dict[str, str] | None = None,
         check_etag: bool = True,
         label: str | None = None,
+        overlap: bool = True,
+        size: int | None = None,
     ) -> None:
         self._conn = conn
         self._bucket = bucket
@@ -80,10 +82,13 @@ class ObjectUpload(ObjectWriter):
         # MD5 (Content-MD5 and the ETag check) only where the body is not already checked by its signature.
         self._use_md5 = not payload_signed(conn)
         self._check_etag = check_etag and self._use_md5
+        self._expected = size  # the object's size if known: buffers are then allocated once, at their final size
         self._buf = bytearray()
+        self._fill = 0  # bytes of _buf in use
         self._upload_id: str | None = None
         self._parts: list[tuple[int, str, bytes]] = []  # (number, etag, md5) of uploaded parts
         self._number = 0
+        self._overlap = overlap  # False: each part is sent before the next is filled (half the memory)
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: Future[None] | None = None
         self._state = "open"  # open -> committed | aborted
@@ -98,13 +103,29 @@ class ObjectUpload(ObjectWriter):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != "open":
             raise ValueError(f"write to {self._label} after commit/abort")
-        self._buf += data
-        self.size += len(data)
-        if len(self._buf) >= self._part_limit():
-            self._send_part()
+        view = memoryview(data).cast("B")
+        while view:
+            room = self._part_limit() - self._fill  # parts are cut exactly at the limit
+            piece, view = view[:room], view[room:]
+            end = self._fill + len(piece)
+            if self._fill == 0 and self._expected is not None:  # one allocation of the part's final size
+                self._buf = bytearray(min(self._part_limit(), max(self._expected - self.size, end)))
+            self._buf[self._fill : end] = piece  # grows the buffer if it is too short
+            self._fill = end
+            self.size += len(piece)
+            if self._fill >= self._part_limit():
+                self._send_part()
+
+    def _take(self) -> bytearray:
+        """The bytes filled so far (the buffer itself when full: no copy); a new, empty buffer."""
+        data = self._buf
+        if self._fill < len(data):
+            del data[self._fill :]
+        self._buf, self._fill = bytearray(), 0
+        return data
 
     def _send_part(self) -> None:
-        data, self._buf = self._buf, bytearray()
+        data = self._take()
         if self._upload_id is None:
             self._upload_id = self._conn.call(
                 f"starting the upload of {self._label}",
@@ -118,6 +139,8 @@ class ObjectUpload(ObjectWriter):
         self._number += 1
         assert self._pool is not None
         self._inflight = self._pool.submit(self._upload_part, self._number, data)
+        if not self._overlap:
+            self._wait_inflight()
 
     def _wait_inflight(self) -> None:
         if self._inflight is not None:
@@ -157,7 +180,7 @@ class ObjectUpload(ObjectWriter):
             if self._upload_id is None:
                 self._put_whole()
             else:
-                if self._buf:
+                if self._fill:
                     self._send_part()
                 self._wait_inflight()
                 self._complete()
@@ -168,7 +191,7 @@ class ObjectUpload(ObjectWriter):
         self._shutdown()
 
     def _put_whole(self) -> None:
-        data = self._buf
+        data = self._take()
         md5 = _md5(data) if self._use_md5 else b""
         what = f"writing {self._label}"
         headers = {**self._headers, **({"Content-MD5": base64.b64encode(md5).decode()} if md5 else {})}
@@ -177,7 +200,6 @@ class ObjectUpload(ObjectWriter):
         )
         self._verify_etag(what, result.etag, md5.hex())
         self.etag = _clean_etag(result.etag)
-        self._buf = bytearray()
 
     def _complete(self) -> None:
         from minio.datatypes import Part
@@ -213,7 +235,7 @@ class ObjectUpload(ObjectWriter):
         if self._state != "open":
             return
         self._state = "aborted"
-        self._buf = bytearray()
+        self._buf, self._fill = bytearray(), 0
         try:
             self._wait_inflight()
         except BaseException:

@@ -379,11 +379,14 @@ class MinioSource(Source):
 
     def _restore_object(self, stream: Any, volume: str, e: dict[str, Any]) -> None:
         key = self.prefix + e["key"]
+        # With several volumes restored at once each thread sends its part before filling the next (no
+        # overlap): the other threads keep the server busy, and memory is parallel x part_size, not twice that.
         headers = {"Content-Type": e.get("content_type") or "application/octet-stream"}
         headers.update({h.title(): v for h, v in (e.get("headers") or {}).items()})
         headers.update({_META + k: v for k, v in (e.get("metadata") or {}).items()})
         upload = ObjectUpload(self.conn, self.bucket, key, part_size=self.part_size, headers=headers,
-                              check_etag=self.check_etag, label=f"s3://{self.bucket}/{key}")
+                              check_etag=self.check_etag, label=f"s3://{self.bucket}/{key}",
+                              size=e["size"], overlap=self.parallel == 1)
         try:
             algorithm, digest, expected = object_digest(e)
             left = e["size"]

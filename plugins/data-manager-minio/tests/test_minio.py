@@ -100,6 +100,21 @@ def test_multipart_upload_checked_and_invisible_until_complete(bucket: Bucket) -
     assert bucket.uploads() == []
 
 
+@pytest.mark.parametrize("size_hint, overlap", [(None, True), (11 * MiB + 3, False), (MiB, True)])
+def test_parts_cut_at_the_limit(bucket: Bucket, size_hint: int | None, overlap: bool) -> None:
+    """One large write is cut into exact parts, with or without a (possibly wrong) size hint."""
+    from data_manager_minio.multipart import ObjectUpload
+
+    s = storage(bucket)
+    data = os.urandom(11 * MiB + 3)
+    w = ObjectUpload(s.conn, bucket.name, "x/cut.bin", part_size=5 * MiB, size=size_hint, overlap=overlap)
+    w.write(memoryview(data)[:7])
+    w.write(data[7:])
+    w.commit()
+    assert w.etag is not None and w.etag.endswith("-3") and w.size == len(data)
+    assert bucket.get("x/cut.bin") == data
+
+
 def test_failed_upload_is_aborted(bucket: Bucket) -> None:
     s = storage(bucket, part_size="5MiB")
     w = s.open_write("x/failed.bin")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, _settings, load_config, parse_config
+from .config import Config, load_config, make_settings, parse_config
 from .errors import ConfigError, DataManagerError, PluginError, RefusedError, UsageError
 from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder, StateDB, Watchdog, parse_duration, state_path
 from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
@@ -216,7 +216,7 @@ class DataManager:
         for name, table in raw.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{file}: key 'guards.{name}': must be a table", key=f"guards.{name}")
-            guards[name] = _settings(table, f"{file}: [guards.{name}]", (), self.config.secrets)
+            guards[name] = make_settings(table, f"{file}: [guards.{name}]", (), self.config.secrets)
         claimed: set[str] = set()
         for names in self.registry.hook.configure(config=self.config.data, guards=guards):
             claimed.update(names or ())
@@ -528,7 +528,7 @@ class DataManager:
                 # Not in the config (any more): restore from the recorded settings, ${VAR} read now.
                 where = f"backup {data_id}/{info.timestamp}, source {rec.name!r}"
                 stype, _ = self._source_type_for_restore(rec.type, where)
-                spec = SourceSpec(rec.name, rec.type, _settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))
+                spec = SourceSpec(rec.name, rec.type, make_settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))
             settings = spec.settings.overridden(overrides.get(rec.name, {}))
             plan.append((rec, self._source(spec, settings)))
         return dataset, repo, info, plan

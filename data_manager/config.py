@@ -110,9 +110,11 @@ def _table(value: Any, where: str, key: str) -> dict[str, Any]:
     return value
 
 
-def _settings(
+def make_settings(
     table: dict[str, Any], where: str, secret_keys: tuple[str, ...], secrets: set[str]
 ) -> Settings:
+    """The :class:`Settings` of one config table: ``${VAR}`` expanded (the raw text kept for metadata),
+    secret keys marked; values taken from the environment are added to ``secrets`` (scrubbed from logs)."""
     probe = Settings({}, secret_keys=secret_keys)
     values = {
         k: _expand(v, where, k, secrets, probe.is_secret(k)) for k, v in table.items() if k not in _SOURCE_RESERVED
@@ -136,7 +138,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         if "type" not in table:
             raise ConfigError(f"{where}: key 'type': missing (required)", key="type")
         stype, _ = registry.storage_type(str(table["type"]), where)
-        storages[name] = StorageConfig(name, stype.name, _settings(table, where, stype.secret_keys, secrets))
+        storages[name] = StorageConfig(name, stype.name, make_settings(table, where, stype.secret_keys, secrets))
 
     datasets: dict[str, Dataset] = {}
     for data_id, table in _table(data.get("datasets", {}), file, "datasets").items():
@@ -175,7 +177,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
             if "type" not in src:
                 raise ConfigError(f"{swhere}: key 'type': missing (required)", key="type")
             stype, _ = registry.source_type(str(src["type"]), swhere)
-            sources.append(SourceSpec(name, stype.name, _settings(src, swhere, stype.secret_keys, secrets)))
+            sources.append(SourceSpec(name, stype.name, make_settings(src, swhere, stype.secret_keys, secrets)))
         options = {k: v for k, v in table.items() if k not in ("storage", "sources")}
         datasets[data_id] = Dataset(data_id, storage, tuple(sources), options)
 

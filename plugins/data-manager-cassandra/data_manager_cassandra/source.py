@@ -14,6 +14,8 @@ batch warning thresholds), a bounded number of requests in flight.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import struct
@@ -21,7 +23,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 from data_manager.errors import ConfigError, CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
@@ -295,7 +297,7 @@ class CassandraSource(Source):
 
     def _restore_rows(self, conn: Connection, artifacts: ArtifactSet, table: dict[str, Any], target: str) -> None:
         label = f"{target}.{table['name']}"
-        with artifacts.open(table["artifact"]) as f:
+        with artifacts.open(table["artifact"]) as f, _gc_frozen():
             header = rowformat.read_header(f, table["artifact"])
             loader = _RowLoader(self, conn, header, target)
             rows = 0
@@ -306,6 +308,21 @@ class CassandraSource(Source):
         if rows != table["rows"]:
             raise CorruptBackupError(f"source {self.name!r}: {label}: {rows} rows in the backup, {table['rows']} recorded")
         log.info("source %s: %s: %d rows restored", self.name, label, rows)
+
+
+@contextlib.contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Run the block with the objects that exist now out of the cyclic garbage collector's scans.
+
+    Loading rows leaves a few reference cycles per request (the driver's futures and their timers), so
+    the collector runs its full passes often, and each scanned every object of the process (modules,
+    the driver's metadata...): ~14 % of the loading thread's CPU (py-spy). Frozen objects are skipped.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _Writer:
@@ -319,6 +336,9 @@ class _Writer:
         self.limit = source.concurrency * WRITES_PER_WORKER
         self.slots = threading.Semaphore(self.limit)
         self.failed: deque[tuple[Any, int, BaseException]] = deque()
+        from cassandra.query import BatchStatement
+
+        self.batch_class = BatchStatement
 
     def submit(self, stmt: Any, attempt: int = 0) -> None:
         if self.failed:
@@ -329,9 +349,14 @@ class _Writer:
         except BaseException:
             self.slots.release()
             raise
-        future.add_callbacks(self._done, self._failed, errback_args=(stmt, attempt))
+        future.add_callbacks(self._done, self._failed, callback_args=(stmt,), errback_args=(stmt, attempt))
 
-    def _done(self, _result: Any) -> None:
+    def _done(self, _result: Any, stmt: Any) -> None:
+        # The driver's future stays in a reference cycle (its timer) until the garbage collector runs, and
+        # it holds the statement: emptying a batch frees its rows at once, so the collector has 30x less
+        # to scan (it was ~20 % of the loading thread's CPU, py-spy).
+        if isinstance(stmt, self.batch_class):
+            stmt.clear()
         self.slots.release()
 
     def _failed(self, exc: BaseException, stmt: Any, attempt: int) -> None:

@@ -32,9 +32,7 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import closing
 from typing import Any
 from urllib.parse import quote
@@ -408,7 +406,7 @@ class MemsqlSource(Source):
                         conn.cursor().execute("SET SESSION character_set_results = utf8mb4")
             frames.finish()
         return {"name": table, "ddl": ddl, "columns": [c.to_json() for c in columns], "artifact": name,
-                "rows": frames.rows, "wire": types, "primary_key": key}
+                "rows": frames.rows, "wire": types}
 
     def _read_stream(self, conn: Any, frames: FrameWriter, db: str, table: str,
                      columns: list[Column]) -> list[tuple[int, int]]:
@@ -532,58 +530,26 @@ class MemsqlSource(Source):
             cur.execute(table["ddl"])
         if fmt != FORMATS[0]:  # string literals are the columns' bytes: taken as they are, never converted
             cur.execute("SET SESSION character_set_connection = binary")
-        pool = self._writers(stage) if fmt == FORMAT and any(t.get("primary_key") for t in db["tables"]) else None
-        try:
-            for table in db["tables"]:
-                columns = [Column.from_json(c) for c in table["columns"]]
-                label = f"{db['name']}.{table['name']}"
-                with artifacts.open(table["artifact"]) as f:
-                    where = f"source {self.name!r}: {table['artifact']}"
-                    if fmt == FORMAT:
-                        # rows in any order give the same table only where a primary key orders them
-                        writers = pool if pool is not None and table.get("primary_key") else \
-                            ReaderPool([cur.connection], owned=False)
-                        try:
-                            inserted, frames = self._insert_binary(writers, artifacts, f, table, columns, max_packet,
-                                                                   where)
-                        finally:
-                            if writers is not pool:
-                                writers.close()
-                    else:
-                        inserted, frames = self._insert_values(cur, f, table, columns, max_packet, where, label)
-                if frames.rows != table["rows"] or inserted != frames.rows:
-                    raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
-                                             f"{table['rows']} backed up")
-        finally:
-            if pool is not None:
-                pool.close()
+        for table in db["tables"]:
+            columns = [Column.from_json(c) for c in table["columns"]]
+            label = f"{db['name']}.{table['name']}"
+            with artifacts.open(table["artifact"]) as f:
+                where = f"source {self.name!r}: {table['artifact']}"
+                if fmt == FORMAT:
+                    inserted, frames = self._insert_binary(cur.connection, artifacts, f, table, columns, max_packet,
+                                                           where)
+                else:
+                    inserted, frames = self._insert_values(cur, f, table, columns, max_packet, where, label)
+            if frames.rows != table["rows"] or inserted != frames.rows:
+                raise CorruptBackupError(f"source {self.name!r}: {label}: {inserted} rows inserted, "
+                                         f"{table['rows']} backed up")
         cur.execute("SET NAMES utf8mb4")
         self._create_views(cur, db["views"])  # in the scratch database: proves they will work
 
-    def _writers(self, stage: str) -> ReaderPool | None:
-        """``parallel`` connections that insert into the scratch database ``stage`` side by side (the
-        server then inserts on as many cores); None with ``parallel = 1``."""
-        if self.parallel < 2:
-            return None
-        conns: list[Any] = []
-        try:
-            for _ in range(self.parallel):
-                conns.append(self._connect())
-                with conns[-1].cursor() as cur:
-                    self._restore_session(cur)
-                    cur.execute(f"USE {quote_ident(stage)}")
-                    cur.execute("SET SESSION character_set_connection = binary")
-        except BaseException:
-            for c in conns:
-                c.close()
-            raise
-        return ReaderPool(conns)
-
-    def _insert_binary(self, writers: ReaderPool, artifacts: ArtifactSet, f: Any, table: dict[str, Any],
-                       columns: list[Column], max_packet: int, where: str) -> tuple[int, FrameReader]:
+    def _insert_binary(self, conn: Any, artifacts: ArtifactSet, f: Any, table: dict[str, Any], columns: list[Column],
+                       max_packet: int, where: str) -> tuple[int, FrameReader]:
         """Format 3: the rows go back as the parameters of a prepared multi-row INSERT, in the binary form
-        they were read in (no value is decoded or formatted on either side), by the ``writers``'
-        connections side by side; at most two batches per connection are in flight."""
+        they were read in (no value is decoded or formatted on either side)."""
         frames = FrameReader(f, where)
         ncols = len(stored_columns(columns))
         if len(table["wire"]) != ncols:
@@ -596,39 +562,20 @@ class MemsqlSource(Source):
         rows_per = max(1, min(MAX_PARAMS // ncols, int(FRAME_BYTES / max(per_row, 1))))
         # an execute packet holds 2 bytes of type and 1 bit of NULL per parameter, then the values
         batches = ParamBatches(ncols, rows_per, max_packet - (2 * ncols + 1) * rows_per - 4096, where).batches(frames)
-        statements: dict[tuple[int, int], wire.Statement] = {}  # (connection, rows) -> statement
-
-        def insert(conn: Any, rows: int, nulls: bytes, values: bytes) -> int:
-            stmt = statements.get((id(conn), rows))
-            if stmt is None:
-                sql = (prefix + b",".join([row_sql] * rows)).decode()
-                stmt = statements[id(conn), rows] = wire.prepare(conn, sql)
-            return wire.execute_insert(conn, stmt, types * rows, nulls, values)
-
+        statements: dict[int, wire.Statement] = {}
         inserted = 0
-        pending: deque[Future[int]] = deque()
         try:
             # batches are cut on the reader thread while the server inserts; it ends before f closes
             with closing(_prefetch(batches)) as ready:
-                for batch in ready:
-                    if len(pending) >= 2 * len(writers):
-                        inserted += pending.popleft().result()
-                    pending.append(writers.submit(insert, *batch))
-                while pending:
-                    inserted += pending.popleft().result()
+                for rows, nulls, values in ready:
+                    stmt = statements.get(rows)
+                    if stmt is None:
+                        stmt = statements[rows] = wire.prepare(conn, (prefix + b",".join([row_sql] * rows)).decode())
+                    inserted += wire.execute_insert(conn, stmt, types * rows, nulls, values)
         finally:
-            for fut in pending:
-                fut.cancel()
-            for fut in pending:
-                if not fut.cancelled():
-                    try:
-                        fut.result()
-                    except Exception:  # the first error is already on its way up
-                        pass
-            for conn in writers.conns:
-                for (cid, _), stmt in list(statements.items()):
-                    if cid == id(conn) and conn.open:
-                        wire.close(conn, stmt)
+            for stmt in statements.values():
+                if conn.open:
+                    wire.close(conn, stmt)
         return inserted, frames
 
     def _insert_values(self, cur: Any, f: Any, table: dict[str, Any], columns: list[Column], max_packet: int,

@@ -386,7 +386,7 @@ def test_ordered_ranges_surface_a_reader_error():
 
 
 def test_parallel_and_compress_settings():
-    assert (source(database="x").parallel, source(database="x").compress) == (2, True)
+    assert (source(database="x").parallel, source(database="x").compress) == (1, True)
     s = source(database="x", parallel="4", compress=False)
     assert (s.parallel, s.compress) == (4, False)
     with pytest.raises(ConfigError, match="parallel"):

@@ -58,24 +58,40 @@ SCHEMA = (f"CREATE TABLE {{ks}}.{TABLE} (p int, c int, name text, value double, 
 
 
 def make_data(args: argparse.Namespace, session) -> None:
-    from cassandra.concurrent import execute_concurrent_with_args
+    """Load the rows, one partition (10 rows) per unlogged batch: ~5x less CPU than a request a row."""
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.query import BatchStatement, BatchType
 
     session.execute(f"DROP KEYSPACE IF EXISTS {KS}", timeout=300)
     session.execute(f"CREATE KEYSPACE {KS} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
     session.execute(SCHEMA.format(ks=KS))
     ins = session.prepare(f"INSERT INTO {KS}.{TABLE} (p, c, name, value, at, tag) VALUES (?, ?, ?, ?, ?, ?)")
+
+    def batches(lo: int, hi: int):
+        for first in range(lo, hi, PER_PARTITION):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for i in range(first, min(hi, first + PER_PARTITION)):
+                batch.add(ins, (i // PER_PARTITION, i % PER_PARTITION, f"event {i} of run {i // 1000}",
+                                i * 0.001 + 1 / (i + 3), 1_700_000_000_000 + i * 37,
+                                (i * 2654435761 % 2**32).to_bytes(4, "big")))
+            yield batch, ()
+
     step = 50_000
     for lo in range(0, args.rows, step):
-        rows = ((i // PER_PARTITION, i % PER_PARTITION, f"event {i} of run {i // 1000}", i * 0.001 + 1 / (i + 3),
-                 1_700_000_000_000 + i * 37, (i * 2654435761 % 2**32).to_bytes(4, "big"))
-                for i in range(lo, min(args.rows, lo + step)))
-        execute_concurrent_with_args(session, ins, rows, concurrency=64)
+        execute_concurrent(session, batches(lo, min(args.rows, lo + step)), concurrency=32,
+                           raise_on_first_error=True)
         print(f"  {min(args.rows, lo + step)} rows", end="\r", flush=True)
     print()
 
 
 def count(session, ks: str) -> int:
-    return session.execute(f"SELECT count(*) FROM {ks}.{TABLE}", timeout=600).one()[0]
+    """Rows of the table, counted over 64 token ranges (one count(*) of 1M rows exceeds the server's timeout)."""
+    lo, hi, parts = -(2**63), 2**63 - 1, 64
+    bounds = [lo + (hi - lo) * i // parts for i in range(parts)] + [hi]
+    return sum(  # no key has the minimum token (Murmur3), and `token(p) = min` would mean the whole ring
+        session.execute(f"SELECT count(*) FROM {ks}.{TABLE} WHERE token(p) > {a} AND token(p) <= {b}",
+                        timeout=600).one()[0]
+        for a, b in zip(bounds, bounds[1:]))
 
 
 def main() -> None:

@@ -225,13 +225,20 @@ class CassandraSource(Source):
                     fetched_at = int(time.time() * 1000)
                     result = retrying(self.conn, f"reading {label}", lambda: conn.raw.execute(
                         stmt, paging_state=paging_state, execution_profile="read"))
-                    page = result.current_rows[0] if result.current_rows else None
+                    pages = result.current_rows
+                    page = pages[0] if pages else None
                     if page is not None and page.rows:
                         with lock:
                             out.write(rowformat.encode_page(page.rows, page.cells, fetched_at))
                             out.write(page.cells)
                         count += page.rows
                     paging_state = result.paging_state
+                    # The driver's response future (holding this very list) stays in a reference cycle
+                    # until a full garbage collection, which runs rarely here: without this, every page
+                    # read stayed in memory until then (measured: +120 MB RSS over 1M rows, tracemalloc).
+                    if isinstance(pages, list):
+                        pages.clear()
+                    page = None
                     if not paging_state:
                         return count
 

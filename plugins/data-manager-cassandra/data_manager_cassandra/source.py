@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import math
+import queue
 import struct
 import threading
 import time
@@ -63,6 +64,10 @@ COUNTER_CELL_SIZE = 64  # a counter update cell (measured 56 with its 8-byte val
 DDL_TIMEOUT = 120.0
 WRITES_PER_WORKER = 8  # write requests in flight per unit of `concurrency`: hides the server's latency
 _KEY_PART = struct.Struct(">H")
+
+
+class _Stopped(Exception):
+    """A table's read was abandoned (another range failed, or writing did): a reader stops quietly."""
 
 
 def _number(settings: Settings, key: str, default: float) -> float:
@@ -212,13 +217,28 @@ class CassandraSource(Source):
             "columns": [c.to_json() for c in columns], "select": select, "timed": timed,
         }
         artifact = f"rows/{ks.name}/{table.name}.rows"
-        lock = threading.Lock()
-        with sink.open(artifact) as out:
-            out.write(rowformat.encode_header(header))
+        workers = min(self.concurrency, len(ranges))
+        # Readers hand their pages to this thread, which alone writes them: the core's staging buffer and
+        # its 1 MiB blocks are then allocated by one thread, so in one malloc arena, instead of one arena
+        # per reader thread, each keeping its own freed blocks (measured: RSS crept up ~1 MB/s before).
+        # Items: a page (rows, fetched_at_ms, cells); None when a range is done; the exception it failed with.
+        pages_q: queue.Queue[tuple[int, int, bytes] | BaseException | None] = queue.Queue(2 * workers)
+        stop = threading.Event()
 
-            def read_range(bounds: tuple[int, int] | None) -> int:
-                count = 0
-                paging_state = None
+        def hand_over(item: tuple[int, int, bytes] | BaseException | None) -> None:
+            """Queue ``item`` for the writing thread; raise _Stopped once it has given up."""
+            while not stop.is_set():
+                try:
+                    pages_q.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    pass
+            raise _Stopped
+
+        def read_range(bounds: tuple[int, int] | None) -> int:
+            count = 0
+            paging_state = None
+            try:
                 while True:
                     stmt = prepared.bind(bounds or ())
                     stmt.fetch_size = self.page_size
@@ -227,27 +247,47 @@ class CassandraSource(Source):
                         stmt, paging_state=paging_state, execution_profile="read"))
                     pages = result.current_rows
                     page = pages[0] if pages else None
-                    if page is not None and page.rows:
-                        with lock:
-                            out.write(rowformat.encode_page(page.rows, page.cells, fetched_at))
-                            out.write(page.cells)
-                        count += page.rows
                     paging_state = result.paging_state
                     # The driver's response future (holding this very list) stays in a reference cycle
                     # until a full garbage collection, which runs rarely here: without this, every page
                     # read stayed in memory until then (measured: +120 MB RSS over 1M rows, tracemalloc).
                     if isinstance(pages, list):
                         pages.clear()
+                    if page is not None and page.rows:
+                        hand_over((page.rows, fetched_at, page.cells))
+                        count += page.rows
                     page = None
                     if not paging_state:
-                        return count
+                        break
+            except _Stopped:
+                return count
+            except BaseException as exc:
+                with contextlib.suppress(_Stopped):
+                    hand_over(exc)
+                raise
+            hand_over(None)
+            return count
 
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(ranges)),
-                                    thread_name_prefix="dm-cassandra-read") as pool:
+        with sink.open(artifact) as out:
+            out.write(rowformat.encode_header(header))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dm-cassandra-read") as pool:
                 futures = [pool.submit(read_range, r) for r in ranges]
                 try:
+                    done = 0
+                    while done < len(futures):
+                        item = pages_q.get()
+                        if item is None:
+                            done += 1
+                        elif isinstance(item, BaseException):
+                            raise item
+                        else:
+                            n, fetched_at, cells = item
+                            out.write(rowformat.encode_page(n, cells, fetched_at))
+                            out.write(cells)
+                            item = cells = None  # type: ignore[assignment]  # free the page before waiting
                     rows = sum(f.result() for f in futures)
                 except BaseException:
+                    stop.set()
                     for f in futures:
                         f.cancel()
                     raise

@@ -302,6 +302,37 @@ def test_wide_partition(cass, tmp_path):
     assert raw_table(cass, other, "wide")[0] == WIDE_ROWS
 
 
+def test_read_failure_mid_table_stops_the_backup(cass, tmp_path, monkeypatch):
+    """One token range failing after some pages: the backup fails at once, naming the read, and does not hang."""
+    from cassandra import InvalidRequest
+    from cassandra.cluster import Session
+
+    ks = cass["keyspace"]
+    cql(cass, f"CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)")
+    ins = cass["session"].prepare(f"INSERT INTO {ks}.t (k, v) VALUES (?, ?)")
+    from cassandra.concurrent import execute_concurrent
+
+    execute_concurrent(cass["session"], [(ins, (i, f"v{i}")) for i in range(3000)], concurrency=32,
+                       raise_on_first_error=True)
+    real = Session.execute
+    pages = {"n": 0}
+
+    def execute(self, query, *args, **kwargs):
+        if kwargs.get("paging_state"):  # only the backup's later pages
+            pages["n"] += 1
+            if pages["n"] == 20:
+                raise InvalidRequest("injected failure")
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "execute", execute)
+    dm = manager(tmp_path, cass, page_size=10, splits=8, concurrency=4)
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"reading .*\.t failed: InvalidRequest"):
+        dm.backup("d")
+    assert time.monotonic() - t0 < 60
+    assert pages["n"] >= 20
+
+
 def test_several_keyspaces(cass, tmp_path):
     ks = cass["keyspace"]
     ks2 = cass["new_keyspace"]()

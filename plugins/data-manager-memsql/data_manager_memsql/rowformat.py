@@ -113,21 +113,27 @@ def insert_prefix(table: str, columns: Sequence[Column]) -> bytes:
 
 MAX_PARAMS = 65535  # of one prepared statement (u16 in the protocol)
 # Wire types whose binary value the server reads as a parameter of another type: INT24 is sent in 4
-# bytes like LONG, YEAR in 2 like SHORT, NEWDATE like DATE. Every other length-prefixed value (strings,
-# BIT, ENUM/SET, GEOMETRY, JSON) goes as a BLOB parameter: a binary string, which the server never
-# converts between charsets (a text column gets its bytes back as they were stored).
+# bytes like LONG, YEAR in 2 like SHORT, NEWDATE like DATE. A length-prefixed value of a column with a
+# charset (strings, ENUM/SET) or of a binary type (BINARY, BLOB, BIT, GEOMETRY) goes as a BLOB parameter:
+# a binary string, which the server never converts between charsets, so a text column gets its bytes
+# back as they were stored. Any other (MariaDB's INET4/INET6/UUID, MySQL's JSON, types this module does
+# not know) goes as VAR_STRING: the server's own text of the value, which such a type parses back
+# (INET6 would take a binary string of 16 bytes, e.g. '1:2:3:4:5:6:7:88', as its raw form).
 _PARAM_TYPE = {9: 3, 13: 2, 14: 10}
 _FIXED_PARAMS = frozenset({0, 1, 2, 3, 4, 5, 7, 8, 10, 11, 12, 246})  # DECIMAL, ints, floats, dates
-_BLOB, _WIRE_UNSIGNED, _PARAM_UNSIGNED = 252, 32, 0x80
+_BLOB, _VAR_STRING, _WIRE_UNSIGNED, _PARAM_UNSIGNED = 252, 253, 32, 0x80
 
 
-def param_types(wire: Sequence[Sequence[int]]) -> bytes:
+def param_types(wire: Sequence[Sequence[int]], columns: Sequence[Column]) -> bytes:
     """The parameter types (2 bytes each) under which a row's binary values go back to the server."""
+    stored = stored_columns(columns)
+    if len(stored) != len(wire):
+        raise CorruptBackupError(f"{len(wire)} wire types for {len(stored)} columns")
     out = bytearray()
-    for code, flags in wire:
+    for (code, flags), col in zip(wire, stored):
         code = _PARAM_TYPE.get(code, code)
         if code not in _FIXED_PARAMS:
-            code = _BLOB
+            code = _BLOB if col.charset is not None or col.kind in ("binary", "bit") else _VAR_STRING
         out += bytes([code, _PARAM_UNSIGNED if flags & _WIRE_UNSIGNED else 0])
     return bytes(out)
 

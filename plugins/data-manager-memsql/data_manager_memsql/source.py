@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "data-manager-memsql/3"
 # 1: VALUES text, strings as X'<hex>' (restored with the utf8mb4 connection charset); 2: VALUES text,
-# strings as QUOTE() of their bytes (restored with character_set_connection = binary, as is 3);
+# strings as QUOTE() of their bytes (restored with character_set_connection = binary);
 # 3: text-protocol row packets.
 FORMATS = ("data-manager-memsql/1", "data-manager-memsql/2", FORMAT)
 SCHEMA = "schema.json"
@@ -520,6 +520,8 @@ class MemsqlSource(Source):
 
     def _restore_session(self, cur: Any) -> None:
         cur.execute("SET SESSION time_zone = '+00:00'")
+        # not strict, as mysqldump's replay: stored values strict mode refuses (an ENUM's '' error
+        # value) must load; zero dates load as they are; NO_AUTO_VALUE_ON_ZERO keeps id 0
         cur.execute("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'")
         cur.execute("SET SESSION foreign_key_checks = 0")
         cur.execute("SET SESSION unique_checks = 0")
@@ -529,7 +531,7 @@ class MemsqlSource(Source):
         cur.execute(f"USE {quote_ident(stage)}")
         for table in db["tables"]:
             cur.execute(table["ddl"])
-        if fmt != FORMATS[0]:  # string literals are the columns' bytes: taken as they are, never converted
+        if fmt == FORMATS[1]:  # string literals are the columns' bytes: taken as they are, never converted
             cur.execute("SET SESSION character_set_connection = binary")
         for table in db["tables"]:
             columns = [Column.from_json(c) for c in table["columns"]]
@@ -553,9 +555,11 @@ class MemsqlSource(Source):
         they were read in (no value is decoded or formatted on either side)."""
         frames = FrameReader(f, where)
         ncols = len(stored_columns(columns))
-        if len(table["wire"]) != ncols:
-            raise CorruptBackupError(f"{where}: {len(table['wire'])} wire types for {ncols} columns")
-        types, row_sql = param_types(table["wire"]), placeholders(columns)
+        try:
+            types = param_types(table["wire"], columns)
+        except CorruptBackupError as exc:
+            raise CorruptBackupError(f"{where}: {exc}") from None
+        row_sql = placeholders(columns)
         prefix = insert_prefix(table["name"], columns)
         # rows per INSERT: about FRAME_BYTES of values, at most MAX_PARAMS parameters; one prepared
         # statement per row count (in practice this one and the table's last, shorter batch)

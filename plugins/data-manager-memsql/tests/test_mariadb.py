@@ -461,3 +461,19 @@ def test_a_format_2_backup_still_restores(server):
     src.restore(_Artifacts({"schema.json": json.dumps(schema).encode(), "tables/old/t.rows": rows}))
     assert sql(server, "SELECT id, s, HEX(b), f FROM t ORDER BY id", target) == \
         ((1, "it's \\ é", "00FF", 2.5), (2, None, "", None))
+
+
+def test_mariadb_inet_and_uuid_types_round_trip(tmp_path, server):
+    """INET4/INET6/UUID go back as their text: as a binary string, a 16-character INET6 text would be
+    taken as the 16 raw bytes of an address."""
+    src = server["database"]
+    sql(server, "CREATE TABLE t (id INT PRIMARY KEY, a INET6, u UUID, i4 INET4);\n"
+                "INSERT INTO t VALUES (1, '1:2:3:4:5:6:7:88', '123e4567-e89b-12d3-a456-426614174000', '1.2.3.4'),"
+                " (2, '::1', NULL, '255.255.255.255'), (3, NULL, UUID(), NULL)", src)
+    dm = manager(tmp_path, server, database=src)
+    dm.backup("d")
+    target = server["new_database"]()
+    dm.restore("d", "latest", overrides={"db": {"database": target}})
+    query = "SELECT id, CAST(a AS CHAR), CAST(u AS CHAR), CAST(i4 AS CHAR) FROM t ORDER BY id"
+    assert sql(server, query, target) == sql(server, query, src)
+    assert sql(server, query, target)[0][1] == "1:2:3:4:5:6:7:88"

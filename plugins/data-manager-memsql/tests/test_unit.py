@@ -162,15 +162,24 @@ UNSIGNED = 32
 
 def test_parameter_types_follow_the_wire_types():
     wire = [TINY, (3, UNSIGNED), LONGLONG, FLOAT, DOUBLE, DATE, DATETIME, TIME, YEAR, DECIMAL, VARSTR, BLOB, BIT, JSON,
-            (9, 0), (14, 0), (247, 0), (255, 128)]
-    assert param_types(wire) == bytes([
+            (9, 0), (14, 0), (247, 0), (255, 128), (254, 0), (254, 0)]
+    cols = [Column(str(i), t, t, cs) for i, (t, cs) in enumerate([
+        ("tinyint", None), ("int", None), ("bigint", None), ("float", None), ("double", None), ("date", None),
+        ("datetime", None), ("time", None), ("year", None), ("decimal", None), ("varchar", "latin1"),
+        ("blob", None), ("bit", None), ("json", None), ("mediumint", None), ("date", None), ("enum", "utf8mb4"),
+        ("point", None), ("inet6", None), ("uuid", None)])]
+    assert param_types(wire, cols) == bytes([
         1, 0, 3, 0x80, 8, 0, 4, 0, 5, 0, 10, 0, 12, 0, 11, 0,
         2, 0x80,  # YEAR: 2 bytes like SHORT, unsigned
         246, 0,  # DECIMAL as its text
-        252, 0, 252, 0, 252, 0x80, 252, 0,  # strings, BLOB, BIT, JSON: binary strings (never converted)
+        252, 0, 252, 0, 252, 0x80,  # a string, BLOB, BIT: binary strings (never converted)
+        253, 0,  # MySQL's JSON: text (no charset in information_schema)
         3, 0,  # INT24 comes in 4 bytes like LONG
         10, 0,  # NEWDATE
-        252, 0, 252, 0])  # ENUM, GEOMETRY
+        252, 0, 252, 0,  # ENUM (has a charset), GEOMETRY (binary)
+        253, 0, 253, 0])  # INET6, UUID: their text, which they parse back
+    with pytest.raises(CorruptBackupError, match="2 wire types for 1 columns"):
+        param_types([TINY, TINY], cols[:1])
 
 
 def test_select_and_insert_leave_out_generated_columns():

@@ -568,7 +568,8 @@ class MemsqlSource(Source):
         # an execute packet holds 2 bytes of type and 1 bit of NULL per parameter, then the values
         batches = ParamBatches(ncols, rows_per, max_packet - (2 * ncols + 1) * rows_per - 4096, where).batches(frames)
         statements: dict[int, wire.Statement] = {}
-        inserted = 0
+        inserted = warned = 0
+        first_warning = ""
         try:
             # batches are cut on the reader thread while the server inserts; it ends before f closes
             with closing(_prefetch(batches)) as ready:
@@ -576,11 +577,20 @@ class MemsqlSource(Source):
                     stmt = statements.get(rows)
                     if stmt is None:
                         stmt = statements[rows] = wire.prepare(conn, (prefix + b",".join([row_sql] * rows)).decode())
-                    inserted += wire.execute_insert(conn, stmt, types * rows, nulls, values)
+                    done, warnings = wire.execute_insert(conn, stmt, types * rows, nulls, values)
+                    inserted += done
+                    if warnings and not warned:
+                        with conn.cursor() as wcur:
+                            wcur.execute("SHOW WARNINGS LIMIT 1")
+                            first_warning = " ".join(str(v) for v in (wcur.fetchone() or ()))
+                    warned += warnings
         finally:
             for stmt in statements.values():
                 if conn.open:
                     wire.close(conn, stmt)
+        if warned:  # e.g. an ENUM's '' error value loads with a warning; a value the type changed would too
+            log.warning("source %s: %s: the server reported %d warning(s) while inserting, first: %s",
+                        self.name, where.split(": ", 1)[-1], warned, first_warning)
         return inserted, frames
 
     def _insert_values(self, cur: Any, f: Any, table: dict[str, Any], columns: list[Column], max_packet: int,

@@ -109,13 +109,15 @@ def _execute_packet(stmt: Statement, params: tuple[int, ...]) -> bytes:
     return out
 
 
-def execute_insert(conn: Any, stmt: Statement, types: bytes, nulls: bytes, values: bytes) -> int:
+def execute_insert(conn: Any, stmt: Statement, types: bytes, nulls: bytes, values: bytes) -> tuple[int, int]:
     """Execute ``stmt`` with parameters already in binary-protocol form: ``types`` (2 bytes a
-    parameter), the ``nulls`` bitmap and the concatenated ``values``. Returns the affected rows."""
+    parameter), the ``nulls`` bitmap and the concatenated ``values``. Returns the affected rows and the
+    server's warning count."""
     from pymysql.protocol import OKPacketWrapper
 
     conn._execute_command(COM_STMT_EXECUTE, struct.pack("<IBI", stmt.id, 0, 1) + nulls + b"\x01" + types + values)
-    return int(OKPacketWrapper(conn._read_packet()).affected_rows)
+    ok = OKPacketWrapper(conn._read_packet())
+    return int(ok.affected_rows), int(ok.warning_count)
 
 
 def execute_rows(conn: Any, stmt: Statement, params: tuple[int, ...], emit: Callable[[bytes, int], None]) -> int:

@@ -477,3 +477,16 @@ def test_mariadb_inet_and_uuid_types_round_trip(tmp_path, server):
     query = "SELECT id, CAST(a AS CHAR), CAST(u AS CHAR), CAST(i4 AS CHAR) FROM t ORDER BY id"
     assert sql(server, query, target) == sql(server, query, src)
     assert sql(server, query, target)[0][1] == "1:2:3:4:5:6:7:88"
+
+
+def test_server_warnings_while_inserting_are_logged(tmp_path, server, caplog):
+    """An ENUM's '' error value is stored and restored, but loads with a warning: the log says so."""
+    src = server["database"]
+    sql(server, "CREATE TABLE t (id INT PRIMARY KEY, e ENUM('a','b'));\nINSERT INTO t VALUES (1, 'zz'), (2, 'a')", src)
+    dm = manager(tmp_path, server, database=src)
+    dm.backup("d")
+    target = server["new_database"]()
+    with caplog.at_level("WARNING"):
+        dm.restore("d", "latest", overrides={"db": {"database": target}})
+    assert sql(server, "SELECT id, e + 0 FROM t ORDER BY id", target) == ((1, 0), (2, 1))
+    assert "1 warning(s) while inserting, first: Warning 1265 Data truncated for column 'e'" in caplog.text

@@ -90,9 +90,6 @@ class Column:
                    bool(d.get("nullable", True)))
 
 
-TEMPORAL_TYPES = frozenset({"date", "datetime", "timestamp", "time"})
-
-
 def stored_columns(columns: Sequence[Column]) -> list[Column]:
     """The columns whose values are backed up and inserted: every column but generated ones."""
     return [c for c in columns if not c.generated]
@@ -213,7 +210,6 @@ class FrameWriter:
     def __init__(self, out: Any) -> None:
         self._out = out
         self.rows = 0
-        self.bytes = 0
         out.write(MAGIC)
 
     def write_frame(self, body: bytes, rows: int) -> None:
@@ -222,7 +218,6 @@ class FrameWriter:
             self._out.write(_LEN.pack(len(body)))
             self._out.write(body)
             self.rows += rows
-            self.bytes += len(body)
 
     def finish(self) -> None:
         self._out.write(_LEN.pack(0) + _COUNT.pack(self.rows))

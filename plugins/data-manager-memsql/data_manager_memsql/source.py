@@ -556,6 +556,8 @@ class MemsqlSource(Source):
         frames = FrameReader(f, where)
         ncols = len(stored_columns(columns))
         try:
+            if not isinstance(table.get("wire"), list):
+                raise CorruptBackupError("schema.json has no wire types for this table")
             types = param_types(table["wire"], columns)
         except CorruptBackupError as exc:
             raise CorruptBackupError(f"{where}: {exc}") from None

@@ -147,6 +147,16 @@ class MinioSource(Source):
                     stats["objects"] += 1
                     stats["bytes"] += entry["size"]
 
+        def put(item: tuple[int, Any] | None) -> bool:
+            """Queue ``item`` for the workers, waiting for room; False once they have stopped."""
+            while not stop.is_set():
+                try:
+                    todo.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
         def work(packed: Volumes, stored: Volumes) -> None:
             try:
                 while not stop.is_set():
@@ -182,21 +192,10 @@ class MinioSource(Source):
                     stats["unreadable"].append(rel)  # some S3 servers allow such keys; the minio SDK refuses them
                     continue
                 number += 1
-                while not stop.is_set():
-                    try:
-                        todo.put((number, obj), timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put((number, obj)):
                     break
             for _ in threads:
-                while not stop.is_set():
-                    try:
-                        todo.put(None, timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
+                put(None)
             for t in threads:
                 t.join()
             if errors:

@@ -171,34 +171,44 @@ def test_if_not_exists():
     assert if_not_exists("CREATE OR REPLACE FUNCTION ks.f(a int)", "function").startswith("CREATE FUNCTION IF NOT EXISTS ks.f")
 
 
-def test_restore_batches_partitions_by_replicas():
-    """Consecutive partitions on the same replicas share a batch, at most BATCH_PARTITIONS of them."""
-    import struct
-    import time
+class _Batch(list):
+    """Stands for the driver's BatchStatement: the bound statements added to it."""
+
+    def __init__(self, batch_type):
+        super().__init__()
+
+    def add(self, bound):
+        self.append(bound)
+
+
+def _loader(header, get_replicas, sent):
+    """A _RowLoader with no server: the token map answers ``get_replicas``, what it sends goes to ``sent``."""
     from types import SimpleNamespace
 
     from data_manager_cassandra import source as src
 
-    class Batch(list):
-        def __init__(self, batch_type):
-            super().__init__()
+    conn = SimpleNamespace(metadata=SimpleNamespace(get_replicas=get_replicas),
+                           session=SimpleNamespace(prepare=lambda cql: SimpleNamespace()))
+    source = SimpleNamespace(concurrency=1, conn=SimpleNamespace(retries=0), name="db")
+    loader = src._RowLoader(source, conn, header, "ks")
+    loader._bound = lambda prepared: SimpleNamespace()
+    loader._batch = _Batch
+    loader.writer = SimpleNamespace(submit=sent.append, finish=lambda: None)
+    return loader
 
-        def add(self, bound):
-            self.append(bound)
+
+def test_restore_batches_partitions_by_replicas():
+    """Consecutive partitions on the same replicas share a batch, at most BATCH_PARTITIONS of them."""
+    import struct
+    import time
 
     sent = []
     key = struct.Struct(">i")
-    metadata = SimpleNamespace(get_replicas=lambda ks, k: ["a"] if key.unpack(k)[0] < 5 or key.unpack(k)[0] >= 10 else ["b"])
-    conn = SimpleNamespace(metadata=metadata, session=SimpleNamespace(prepare=lambda cql: SimpleNamespace()))
-    source = SimpleNamespace(concurrency=1, conn=SimpleNamespace(retries=0), name="db")
     header = {"columns": [{"name": "p", "type": "int", "kind": "partition_key", "multicell": False},
                           {"name": "v", "type": "int", "kind": "regular", "multicell": False}],
               "select": ["p", "v", "WRITETIME(v)", "TTL(v)"], "timed": [[1, 2, 3, False]], "counter": False,
               "table": "t"}
-    loader = src._RowLoader(source, conn, header, "ks")
-    loader._bound = lambda prepared: SimpleNamespace()
-    loader._batch = Batch
-    loader.writer = SimpleNamespace(submit=sent.append, finish=lambda: None)
+    loader = _loader(header, lambda ks, k: ["a"] if key.unpack(k)[0] < 5 or key.unpack(k)[0] >= 10 else ["b"], sent)
     rows = [[key.pack(p), key.pack(p), struct.pack(">q", 1), None] for p in range(25)]
     loader.page(len(rows), int(time.time() * 1000), rowformat.encode_cells(rows))
     loader.finish()
@@ -210,16 +220,8 @@ def test_restore_batch_bytes_limit_spares_single_partitions():
     """Batches over several partitions stay under Cassandra's 5 KiB warning; one partition's do not need to."""
     import struct
     import time
-    from types import SimpleNamespace
 
     from data_manager_cassandra import source as src
-
-    class Batch(list):
-        def __init__(self, batch_type):
-            super().__init__()
-
-        def add(self, bound):
-            self.append(bound)
 
     key = struct.Struct(">i")
     header = {"columns": [{"name": "p", "type": "int", "kind": "partition_key", "multicell": False},
@@ -230,17 +232,11 @@ def test_restore_batch_bytes_limit_spares_single_partitions():
 
     def batches(partition_of) -> list[int]:
         sent: list = []
-        metadata = SimpleNamespace(get_replicas=lambda ks, k: ["a"])
-        conn = SimpleNamespace(metadata=metadata, session=SimpleNamespace(prepare=lambda cql: SimpleNamespace()))
-        source = SimpleNamespace(concurrency=1, conn=SimpleNamespace(retries=0), name="db")
-        loader = src._RowLoader(source, conn, header, "ks")
-        loader._bound = lambda prepared: SimpleNamespace()
-        loader._batch = Batch
-        loader.writer = SimpleNamespace(submit=sent.append, finish=lambda: None)
+        loader = _loader(header, lambda ks, k: ["a"], sent)
         rows = [[key.pack(partition_of(i)), key.pack(i), b"x" * 1000, struct.pack(">q", 1), None] for i in range(100)]
         loader.page(len(rows), int(time.time() * 1000), rowformat.encode_cells(rows))
         loader.finish()
-        return [len(b) if isinstance(b, Batch) else 1 for b in sent]
+        return [len(b) if isinstance(b, _Batch) else 1 for b in sent]
 
     assert batches(lambda i: 0) == [src.BATCH_ROWS, 100 - src.BATCH_ROWS]  # one partition: rows cap only
     spread = batches(lambda i: i)  # ~1.1 kB a row over as many partitions: 4 a batch (5 KiB)

@@ -1,8 +1,9 @@
 """Source ``minio``: the objects of a bucket (or of a prefix in it), from MinIO or any S3 server.
 
-Backup lists the objects (recursively, paginated, resuming after a broken listing) and hands them to
-``parallel`` worker threads. Each worker streams objects, 1 MiB at a time and in ranges of ``range_size``,
-into volumes of its own: plain concatenations of object bytes, one stream compressed with zstd and one
+Backup lists the objects (recursively, paginated, resuming after a broken listing). Objects up to
+``small_size`` are fetched whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`); larger ones (and
+any small one the fast path hands back) go to ``parallel`` worker threads, which stream them through the
+SDK, 1 MiB at a time and in ranges of ``range_size``. Each fetching thread writes volumes of its own: plain concatenations of object bytes, one stream compressed with zstd and one
 stored as is (for objects that do not compress, decided from the first 64 KiB), rolling over at
 ``volume_size``. ``objects.jsonl`` lists every object: its key relative to the prefix, size, ETag,
 last-modified, content type and other content headers, user metadata, storage class, BLAKE3 digest,
@@ -34,6 +35,7 @@ from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings
 from .download import ObjectChanged, ObjectGone, ObjectReader
+from .fetch import SmallObjects
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
 from .storage import normalize_prefix, parse_size
 
@@ -68,7 +70,7 @@ class MinioSource(Source):
         settings.check_known(
             CONNECTION_KEYS
             | {"bucket", "prefix", "include", "exclude", "parallel", "volume_size", "range_size", "part_size",
-               "delete_extra", "verify_first", "check_etag"}
+               "small_size", "delete_extra", "verify_first", "check_etag"}
         )
         self.cs = ConnectionSettings.read(settings)
         self.bucket = settings.get_str("bucket")
@@ -78,6 +80,8 @@ class MinioSource(Source):
         self.parallel = settings.get_int("parallel", 8, minimum=1)
         self.volume_size = parse_size(settings, "volume_size", 128 << 20)
         self.range_size = parse_size(settings, "range_size", 64 << 20, CHUNK)
+        # Fetched whole, in memory: parallel x small_size bytes at most. 0 sends every object through the SDK.
+        self.small_size = min(parse_size(settings, "small_size", 1 << 20, 0), self.range_size)
         self.part_size = parse_size(settings, "part_size", DEFAULT_PART, MIN_PART)
         self.delete_extra = settings.get_bool("delete_extra", False)
         self.verify_first = settings.get_bool("verify_first", True)
@@ -123,18 +127,30 @@ class MinioSource(Source):
 
     # ------------------------------------------------------------------ backup
 
+    def _region(self) -> str:
+        """The bucket's region, for libcurl's signature: the setting, else what the SDK found out."""
+        if self.cs.region:
+            return self.cs.region
+        try:  # the SDK caches the bucket's region (GetBucketLocation); it has no public accessor
+            return str(self.conn.client._get_region(self.bucket))
+        except Exception:  # noqa: BLE001 - a wrong guess only costs GIVE_UP hand-backs to the SDK path
+            return "us-east-1"
+
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
         lock = threading.Lock()
         names = numbering("vol-{:06d}")
         todo: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
+        small: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
-        workers = [
+        fetcher = SmallObjects(self.cs, self.bucket, self._region(), self.parallel, self.small_size) if self.small_size else None
+        # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
+        volumes = [
             (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
-            for _ in range(self.parallel)
+            for _ in range(self.parallel + 1)
         ]
 
         def write_entry(entry: dict[str, Any]) -> None:
@@ -147,11 +163,11 @@ class MinioSource(Source):
                     stats["objects"] += 1
                     stats["bytes"] += entry["size"]
 
-        def put(item: tuple[int, Any] | None) -> bool:
-            """Queue ``item`` for the workers, waiting for room; False once they have stopped."""
+        def put(q: queue.Queue[tuple[int, Any] | None], item: tuple[int, Any] | None) -> bool:
+            """Queue ``item``, waiting for room; False once the threads have stopped."""
             while not stop.is_set():
                 try:
-                    todo.put(item, timeout=0.2)
+                    q.put(item, timeout=0.2)
                     return True
                 except queue.Full:
                     pass
@@ -179,8 +195,26 @@ class MinioSource(Source):
                 errors.append(exc)
                 stop.set()
 
-        threads = [threading.Thread(target=work, args=w, name=f"dm-minio-{i}", daemon=True) for i, w in enumerate(workers)]
-        for t in threads:
+        def fetch(packed: Volumes, stored: Volumes) -> None:
+            assert fetcher is not None
+            try:
+                fetcher.run(
+                    small,
+                    lambda item, headers, body: write_entry(self._store(item, headers, body, packed, stored)),
+                    lambda item: put(todo, item),
+                    stop,
+                )
+                if not stop.is_set():
+                    packed.close()
+                    stored.close()
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+
+        workers = [threading.Thread(target=work, args=v, name=f"dm-minio-{i}", daemon=True)
+                   for i, v in enumerate(volumes[:-1])]
+        fetching = [threading.Thread(target=fetch, args=volumes[-1], name="dm-minio-small", daemon=True)] if fetcher else []
+        for t in workers + fetching:
             t.start()
         try:
             number = 0
@@ -192,24 +226,30 @@ class MinioSource(Source):
                     stats["unreadable"].append(rel)  # some S3 servers allow such keys; the minio SDK refuses them
                     continue
                 number += 1
-                if not put((number, obj)):
+                if not put(small if fetcher and (obj.size or 0) <= self.small_size else todo, (number, obj)):
                     break
-            for _ in threads:
-                put(None)
-            for t in threads:
+            if fetching:
+                put(small, None)
+                fetching[0].join()  # its hand-backs go to the workers' queue, so it ends first
+            for _ in workers:
+                put(todo, None)
+            for t in workers:
                 t.join()
             if errors:
                 raise errors[0]
             index.close()
         except BaseException:
             stop.set()
-            for t in threads:
+            for t in workers + fetching:
                 t.join()
-            for packed, stored in workers:
+            for packed, stored in volumes:
                 packed.abort()
                 stored.abort()
             index.abort()
             raise
+        if fetcher is not None:
+            log.debug("source %s: %d small objects fetched over libcurl, %d handed to the SDK path",
+                      self.name, fetcher.fetched, fetcher.handed_back)
         if stats["changed"]:
             log.warning("source %s: %d objects changed while being read, not backed up: %s",
                         self.name, len(stats["changed"]), stats["changed"][:5])
@@ -224,15 +264,46 @@ class MinioSource(Source):
             prefix=self.prefix,
             objects=stats["objects"],
             bytes=stats["bytes"],
-            volumes=sorted(n for p, s in workers for n in p.names + s.names),
+            volumes=sorted(n for p, s in volumes for n in p.names + s.names),
             changed_during_backup=stats["changed"][:100],
             deleted_during_backup=stats["vanished"][:100],
             not_backed_up_dot_segments=stats["unreadable"][:100],
         )
 
+    def _entry(self, number: int, obj: Any, headers: dict[str, str], etag: str | None, size: int, digest: str,
+               volume: str, offset: int) -> dict[str, Any]:
+        """An object's index line, from its listing and the headers of its GET."""
+        return {
+            "n": number,
+            "key": obj.object_name[len(self.prefix):],
+            "size": size,
+            "etag": etag,
+            "last_modified": obj.last_modified.isoformat() if obj.last_modified else headers.get("last-modified"),
+            "content_type": headers.get("content-type", ""),
+            "headers": {h: headers[h] for h in _CONTENT_HEADERS if h in headers},
+            "metadata": {k[len(_META):]: v for k, v in headers.items() if k.startswith(_META)},
+            "storage_class": headers.get("x-amz-storage-class") or obj.storage_class or "STANDARD",
+            "blake3": digest,
+            "volume": volume,
+            "offset": offset,
+        }
+
+    def _store(self, item: tuple[int, Any], headers: dict[str, str], body: bytearray, packed: Volumes,
+               stored: Volumes) -> dict[str, Any]:
+        """A small object fetched whole (by :mod:`.fetch`) into a volume; its index line."""
+        number, obj = item
+        size = len(body)
+        incompressible_ = size >= SAMPLE and incompressible(obj.object_name, body, headers.get("content-type", ""))
+        volume = stored if incompressible_ else packed
+        name, offset = volume.start()
+        volume.write(body)
+        volume.roll()
+        etag = headers.get("etag", "").strip('"') or None
+        return self._entry(number, obj, headers, etag, size, blake3(body).hexdigest(), name, offset)
+
     def _copy(self, number: int, obj: Any, packed: Volumes, stored: Volumes, stop: threading.Event) -> dict[str, Any] | None:
+        """An object streamed through the SDK into a volume; its index line (None: deleted since the listing)."""
         key = obj.object_name
-        rel = key[len(self.prefix):]
         try:
             reader = ObjectReader(self.conn, self.bucket, key, range_size=self.range_size, label=f"s3://{self.bucket}/{key}")
         except ObjectGone:
@@ -242,10 +313,9 @@ class MinioSource(Source):
         with closing(reader):
             headers = reader.headers
             size = reader.size or 0
-            content_type = headers.get("content-type", "")
             first = reader.read(CHUNK) if size else b""
             big = size >= SAMPLE
-            volume = stored if big and incompressible(rel, first, content_type) else packed
+            volume = stored if big and incompressible(key, first, headers.get("content-type", "")) else packed
             name, offset = volume.start()
             digest = blake3()  # 2.4x less CPU than sha256; the core hashes each volume with sha256 as well
             written = 0
@@ -270,20 +340,7 @@ class MinioSource(Source):
                     volume.write(part)
                     written += len(part)
         volume.roll()
-        entry: dict[str, Any] = {
-            "n": number,
-            "key": rel,
-            "size": size,
-            "etag": reader.etag,
-            "last_modified": obj.last_modified.isoformat() if obj.last_modified else headers.get("last-modified"),
-            "content_type": content_type,
-            "headers": {h: headers[h] for h in _CONTENT_HEADERS if h in headers},
-            "metadata": {k[len(_META):]: v for k, v in headers.items() if k.startswith(_META)},
-            "storage_class": headers.get("x-amz-storage-class") or obj.storage_class or "STANDARD",
-            "blake3": digest.hexdigest(),
-            "volume": name,
-            "offset": offset,
-        }
+        entry = self._entry(number, obj, headers, reader.etag, size, digest.hexdigest(), name, offset)
         if changed:
             entry["changed"] = True
         return entry

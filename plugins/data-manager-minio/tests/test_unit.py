@@ -150,3 +150,24 @@ def test_object_digest_blake3_and_older_sha256() -> None:
     assert name == "sha256" and h.hexdigest() == expected
     with pytest.raises(CorruptBackupError, match="no digest"):
         object_digest({"key": "k"})
+
+
+def test_small_object_headers() -> None:
+    from data_manager_minio.fetch import parse_headers
+
+    lines = [b"HTTP/1.1 200 OK\r\n", b"Content-Type: text/plain\r\n", b"ETag: \"abc\"\r\n",
+             b"X-Amz-Meta-Owner: J\xf6rg\r\n", b"Content-Length: 5\r\n", b"\r\n"]
+    assert parse_headers(lines) == {"content-type": "text/plain", "etag": '"abc"', "x-amz-meta-owner": "Jörg",
+                                    "content-length": "5"}  # ISO-8859-1, as http.client decodes headers
+    assert parse_headers([b"HTTP/1.1 100 Continue\r\n", b"\r\n", *lines])["etag"] == '"abc"'  # the last answer counts
+    assert parse_headers([b"HTTP/1.1 206 Partial Content\r\n", b"ETag: \"abc\"\r\n"]) is None
+    assert parse_headers([b"HTTP/1.1 503 Slow Down\r\n"]) is None
+    assert parse_headers([]) is None
+
+
+def test_small_size_is_capped_by_range_size() -> None:
+    assert MinioSource("b", _settings()).small_size == 1 << 20
+    assert MinioSource("b", _settings(small_size="8MiB", range_size="2MiB")).small_size == 2 << 20
+    assert MinioSource("b", _settings(small_size=0)).small_size == 0
+    with pytest.raises(ConfigError, match="small_size"):
+        MinioSource("b", _settings(small_size="lots"))

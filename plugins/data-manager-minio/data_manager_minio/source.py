@@ -23,7 +23,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
@@ -174,36 +174,33 @@ class MinioSource(Source):
             return False
 
         def work(packed: Volumes, stored: Volumes) -> None:
-            try:
-                while not stop.is_set():
-                    try:
-                        item = todo.get(timeout=0.2)
-                    except queue.Empty:
-                        continue
-                    if item is None:
-                        break
-                    entry = self._copy(item[0], item[1], packed, stored, stop)
-                    if entry is None:
-                        with lock:
-                            stats["vanished"].append(item[1].object_name[len(self.prefix):])
-                    else:
-                        write_entry(entry)
-                if not stop.is_set():
-                    packed.close()
-                    stored.close()
-            except BaseException as exc:
-                errors.append(exc)
-                stop.set()
+            while not stop.is_set():
+                try:
+                    item = todo.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                entry = self._copy(item[0], item[1], packed, stored, stop)
+                if entry is None:
+                    with lock:
+                        stats["vanished"].append(item[1].object_name[len(self.prefix):])
+                else:
+                    write_entry(entry)
 
         def fetch(packed: Volumes, stored: Volumes) -> None:
             assert fetcher is not None
+            fetcher.run(
+                small,
+                lambda item, headers, body: write_entry(self._store(item, headers, body, packed, stored)),
+                lambda item: put(todo, item),
+                stop,
+            )
+
+        def thread(fill: Callable[[Volumes, Volumes], None], packed: Volumes, stored: Volumes) -> None:
+            """A fetching thread: ``fill`` its volumes, then close them; its first error stops every thread."""
             try:
-                fetcher.run(
-                    small,
-                    lambda item, headers, body: write_entry(self._store(item, headers, body, packed, stored)),
-                    lambda item: put(todo, item),
-                    stop,
-                )
+                fill(packed, stored)
                 if not stop.is_set():
                     packed.close()
                     stored.close()
@@ -211,9 +208,10 @@ class MinioSource(Source):
                 errors.append(exc)
                 stop.set()
 
-        workers = [threading.Thread(target=work, args=v, name=f"dm-minio-{i}", daemon=True)
+        workers = [threading.Thread(target=thread, args=(work, *v), name=f"dm-minio-{i}", daemon=True)
                    for i, v in enumerate(volumes[:-1])]
-        fetching = [threading.Thread(target=fetch, args=volumes[-1], name="dm-minio-small", daemon=True)] if fetcher else []
+        fetching = [threading.Thread(target=thread, args=(fetch, *volumes[-1]), name="dm-minio-small", daemon=True)
+                    ] if fetcher else []
         for t in workers + fetching:
             t.start()
         try:

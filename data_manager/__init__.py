@@ -1,7 +1,9 @@
 """data-manager: back up and restore datasets spread over several stores.
 
 What a plugin imports from here: :data:`hookimpl`, the types of :mod:`data_manager.types` and the errors of
-:mod:`data_manager.errors`. What a caller (e.g. the experiments-manager) imports: :class:`DataManager`.
+:mod:`data_manager.errors`; sources that read on threads or pack many items also use the helpers of
+:mod:`data_manager.threads` and :mod:`data_manager.volumes`. What a caller (e.g. the experiments-manager)
+imports: :class:`DataManager`.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from data_manager.errors import ConfigError, CorruptBackupError, SourceError
+from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import rowformat
@@ -227,13 +228,8 @@ class CassandraSource(Source):
 
         def hand_over(item: tuple[int, int, bytes] | BaseException | None) -> None:
             """Queue ``item`` for the writing thread; raise _Stopped once it has given up."""
-            while not stop.is_set():
-                try:
-                    pages_q.put(item, timeout=0.2)
-                    return
-                except queue.Full:
-                    pass
-            raise _Stopped
+            if not put_unless_stopped(pages_q, item, stop):
+                raise _Stopped
 
         def read_range(bounds: tuple[int, int] | None) -> int:
             count = 0

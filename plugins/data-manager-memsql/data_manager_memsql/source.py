@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 from data_manager.errors import CorruptBackupError, SourceError
+from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import singlestore, wire
@@ -116,13 +117,7 @@ def _prefetch(items: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
     stop = threading.Event()
 
     def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                pass
-        return False  # the consumer is gone
+        return put_unless_stopped(q, item, stop)  # False: the consumer is gone
 
     def produce() -> None:
         try:

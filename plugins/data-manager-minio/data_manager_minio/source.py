@@ -30,6 +30,7 @@ from typing import Any
 from blake3 import blake3
 
 from data_manager.errors import CorruptBackupError, DataManagerError, SourceError
+from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 
@@ -164,14 +165,7 @@ class MinioSource(Source):
                     stats["bytes"] += entry["size"]
 
         def put(q: queue.Queue[tuple[int, Any] | None], item: tuple[int, Any] | None) -> bool:
-            """Queue ``item``, waiting for room; False once the threads have stopped."""
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+            return put_unless_stopped(q, item, stop)
 
         def work(packed: Volumes, stored: Volumes) -> None:
             while not stop.is_set():

@@ -96,13 +96,17 @@ class SmallObjects:
         every other one (it returns False once the backup has stopped). Both run on this thread.
         """
         multi = pycurl.CurlMulti()
-        free = [self._handle() for _ in range(self._concurrency)]
         busy: dict[Any, tuple[tuple[int, Any], bytearray, list[bytes]]] = {}
         failures = 0
+        try:
+            free = [self._handle() for _ in range(self._concurrency)]
+        except (pycurl.error, AttributeError) as exc:  # a pycurl built on a libcurl without SigV4 (< 7.75)
+            log.info("libcurl cannot sign S3 requests here (%s); every object goes through the SDK", exc)
+            free, failures = [], GIVE_UP
         ended = False
         try:
             while not stop.is_set():
-                while free and not ended:
+                while (free or failures >= GIVE_UP) and not ended:
                     try:
                         item = todo.get_nowait() if busy else todo.get(timeout=0.2)
                     except queue.Empty:

@@ -171,3 +171,28 @@ def test_small_size_is_capped_by_range_size() -> None:
     assert MinioSource("b", _settings(small_size=0)).small_size == 0
     with pytest.raises(ConfigError, match="small_size"):
         MinioSource("b", _settings(small_size="lots"))
+
+
+def test_small_objects_without_sigv4_all_handed_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A libcurl that cannot sign (pycurl built on libcurl < 7.75): every object goes to the SDK path."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    import pycurl
+
+    from data_manager_minio.fetch import SmallObjects
+
+    def no_sigv4(self: SmallObjects) -> None:
+        raise pycurl.error(48, "An unknown option was passed in to libcurl")
+
+    monkeypatch.setattr(SmallObjects, "_handle", no_sigv4)
+    todo: queue.Queue[object] = queue.Queue()
+    for n in range(3):
+        todo.put((n, SimpleNamespace(object_name=f"k{n}")))
+    todo.put(None)
+    back: list[int] = []
+    fetcher = SmallObjects(ConnectionSettings.read(_settings()), "b", "us-east-1", 4, max_size=1 << 20)
+    fetcher.run(todo, lambda *a: pytest.fail("nothing can be fetched"), lambda item: back.append(item[0]) or True,
+                threading.Event())
+    assert back == [0, 1, 2] and (fetcher.fetched, fetcher.handed_back) == (0, 3)

@@ -6,7 +6,7 @@ Makes keyspace ``dm_bench_cassandra`` with one table of ``--rows`` rows (10 rows
 int clustering, text, double, timestamp, a short blob). Then:
 
 * backup: ``cqlsh -e "COPY ... TO 'rows.csv'"`` (baseline) and ``data-manager backup`` (filesystem
-  storage; zstd and sha256 done by the core);
+  storage; zstd and BLAKE3 done by the core);
 * restore: ``cqlsh -e "COPY ... FROM 'rows.csv'"`` into an empty copy of the table, and
   ``data-manager restore --set db.keyspace=...`` into a fresh keyspace (it creates the schema itself).
 

@@ -2,8 +2,8 @@
 
     python bench/bench_directory.py [--big-mb 1024] [--small 20000] [--keep]
 
-Both read the same tree from a warm page cache in the same run. data-manager does more (per-file and
-per-volume sha256, compression decisions, zstd for what compresses, fsync): the ratio says what that costs.
+Both read the same tree from a warm page cache in the same run. data-manager does more (per-file sha256 and
+per-volume BLAKE3, compression decisions, zstd for what compresses, fsync): the ratio says what that costs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ with MariaDB's sequence engine: one wide "events" table (integers, DECIMAL, DOUB
 long strings, a small binary column, NULLs) and one narrow "samples" table. Then:
 
 * backup: ``mysqldump --single-transaction`` to a file (baseline), the same piped through ``zstd -3``,
-  and ``data-manager backup`` (filesystem storage; zstd and sha256 done by the core) three times: as
+  and ``data-manager backup`` (filesystem storage; zstd and BLAKE3 done by the core) three times: as
   configured by default (zstd, one reader), with ``compress = false`` (like for like with
   ``mysqldump > file``) and with ``parallel = 2`` readers;
 * restore: ``mysql`` replaying the dump into a fresh database, and ``data-manager restore --set

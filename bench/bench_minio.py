@@ -9,7 +9,7 @@
    ``data-manager backup`` with the ``minio`` source and the ``filesystem`` storage;
 3. that backup restored into a new bucket, against the upload of step 1.
 
-data-manager does more than a copy (a BLAKE3 digest of every object, sha256 of every artifact, zstd where it pays,
+data-manager does more than a copy (a BLAKE3 digest of every object, BLAKE3 of every artifact, zstd where it pays,
 an index, fsync, checked multipart parts): the ratio says what that costs. rclone runs with its defaults
 (4 transfers, MD5 checks), configured through RCLONE_CONFIG_M_* variables.
 """

@@ -309,7 +309,7 @@ def restore(obj: Context, args: tuple[str, ...], yes: bool, sets: tuple[str, ...
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def verify(obj: Context, args: tuple[str, ...], as_json: bool) -> None:
-    """Read a backup back and check every artifact's size and sha256."""
+    """Read a backup back and check every artifact's size and digest (BLAKE3)."""
     which, data_id = _which_and_id(args)
     progress = _Progress(sys.stderr.isatty() and not as_json and not obj.quiet)
     try:

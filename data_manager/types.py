@@ -211,7 +211,7 @@ class ArtifactSet(Protocol):
     def open(self, name: str) -> BinaryIO:
         """A stream of the artifact's original bytes (decompressed).
 
-        Reading it to the end checks size and sha256 and raises
+        Reading it to the end checks size and digest (BLAKE3) and raises
         :class:`~data_manager.errors.CorruptBackupError` on a mismatch, so a source must read every
         artifact to EOF before it makes its restore visible.
         """

@@ -1,9 +1,11 @@
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import CorruptBackupError, UsageError
@@ -58,9 +60,35 @@ def test_compression_is_chosen_by_content(repo: Repository) -> None:
 def test_manifest_is_human_readable_and_complete(repo: Repository) -> None:
     ts = write_backup(repo, {"a/b.bin": b"x" * 10})
     doc = json.loads((Path(repo.storage.location()) / "d" / ts / "backup.json").read_text())
-    assert doc["format"] == "data-manager-backup/1" and doc["complete"] is True
+    assert doc["format"] == "data-manager-backup/2" and doc["complete"] is True
     art = doc["sources"][0]["artifacts"][0]
-    assert art["size"] == 10 and len(art["sha256"]) == 64 and art["file"] in ("a/b.bin", "a/b.bin.zst")
+    assert art["size"] == 10 and art["blake3"] == blake3(b"x" * 10).hexdigest()
+    assert art["file"] in ("a/b.bin", "a/b.bin.zst")
+
+
+def _as_format_1(repo: Repository, ts: str) -> None:
+    """Rewrite a backup's metadata as format 1 wrote it: sha256 of each artifact's original bytes."""
+    base = Path(repo.storage.location()) / "d" / ts
+    for path in (base / "backup.json", base / "s" / "source.json"):
+        doc = json.loads(path.read_text())
+        for src in doc.get("sources", [doc]):
+            for art in src["artifacts"]:
+                del art["blake3"]
+                art["sha256"] = hashlib.sha256(read(repo, ts, art["name"])).hexdigest()
+        if "format" in doc:
+            doc["format"] = "data-manager-backup/1"
+        path.write_text(json.dumps(doc))
+
+
+def test_format_1_backups_with_sha256_are_still_read_and_checked(repo: Repository) -> None:
+    data = b"hello world " * 100_000
+    ts = write_backup(repo, {"art": data}, compression="none")
+    _as_format_1(repo, ts)
+    assert read(repo, ts, "art") == data
+    stored = Path(repo.storage.location()) / "d" / ts / "s" / "art"
+    stored.write_bytes(data.replace(b"hello", b"jello", 1))
+    with pytest.raises(CorruptBackupError, match="sha256 mismatch"):
+        read(repo, ts, "art")
 
 
 def test_incomplete_backup_is_listed_but_never_latest(repo: Repository) -> None:

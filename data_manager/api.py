@@ -25,6 +25,7 @@ from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder,
 from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
 from .plugins import Registry, get_registry
 from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
+from .threads import Background
 from .types import Dataset, Operation, Settings, Source, SourceSpec, Storage
 
 log = logging.getLogger(__name__)
@@ -331,8 +332,12 @@ class DataManager:
         body: Callable[[_JobContext], Any],
         *,
         wait: float = 0.0,
+        prepare: Callable[[], Any] | None = None,
     ) -> tuple[Any, Recorder, str | None]:
         """Run ``body`` as a job: record, ask guards, lock, mark busy, run with a time limit, release, unlock.
+
+        ``prepare`` (read-only checks) runs on a thread while guards are asked and the lock settles; its
+        error fails the job before the dataset is marked busy.
 
         Returns ``(body's result, recorder, release error)``; raises the job's error (a timeout as
         :class:`~data_manager.jobs.JobTimeoutError`), after the dataset was released and unlocked.
@@ -346,12 +351,15 @@ class DataManager:
         lock: DatasetLock | None = None
         watchdog: Watchdog | None = None
         entered: list[Any] = []
+        prepared = Background(prepare, "dm-prepare") if prepare is not None else None
         try:
             try:
                 self._check_guards(dataset, operation)
                 lock = DatasetLock(self.storage(dataset.storage), dataset.data_id, rec.job.id, operation,
                                    self.lock_settings)
                 lock.acquire(wait)
+                if prepared is not None:
+                    prepared.result()
                 rec.start()
                 log.info("%s started", what)
                 watchdog = Watchdog(self.timeout(dataset), what)
@@ -458,8 +466,15 @@ class DataManager:
             ctx.check()
             return writer, writer.commit()
 
+        def check_sources() -> None:
+            # An unreachable or misconfigured source fails the backup before anything is marked or written;
+            # checking while the lock settles also hides the time plugins take to import their client libraries.
+            for _, source in sources:
+                source.check()
+
         (writer, manifest), rec, release_error = self._run_job(
-            dataset, "backup", [(spec.name, spec.type) for spec, _ in sources], body, wait=wait
+            dataset, "backup", [(spec.name, spec.type) for spec, _ in sources], body, wait=wait,
+            prepare=None if resume else check_sources,  # a resumed backup may not need every source again
         )
         log.info("backup %s/%s complete", data_id, writer.timestamp)
         return BackupResult(

@@ -1,10 +1,12 @@
-"""For sources that read on several threads and hand the results over through bounded queues."""
+"""Small threading helpers: a stop-aware queue hand-over (for sources that read on several threads) and
+a call started in the background whose result or error is collected later."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -21,3 +23,27 @@ def put_unless_stopped(q: queue.Queue[T], item: T, stop: threading.Event, poll: 
         except queue.Full:
             pass
     return False
+
+
+class Background(Generic[T]):
+    """``fn()`` started now on a daemon thread; :meth:`result` waits for it and returns its value or raises
+    its exception. Daemon, so that a caller giving up early (e.g. refused by a guard) never waits for it."""
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]

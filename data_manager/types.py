@@ -249,7 +249,11 @@ class Source(ABC):
         return ""
 
     def check(self) -> None:
-        """Make sure the source is reachable and readable (used by ``status`` and ``--dry-run``)."""
+        """Make sure the source is reachable and readable; raise ``SourceError`` with one clear line if not.
+
+        Called by ``status``, ``--dry-run``, and before every backup on a thread of its own while the core
+        asks the guards and takes the lock. It must only read: never write, lock or hold a connection open.
+        """
 
     @abstractmethod
     def backup(self, sink: ArtifactSink) -> None:

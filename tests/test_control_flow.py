@@ -223,6 +223,18 @@ def test_guard_unreachable_clear_error_nothing_written(tmp_path: Path) -> None:
     assert files_under(tmp_path / "backups") == []
 
 
+def test_bad_source_fails_before_the_dataset_is_marked(tmp_path: Path, fake: Any) -> None:
+    """Sources are checked (while the lock settles) before guards mark the dataset unavailable."""
+    config = write_config(tmp_path, [{"name": "a", "type": "directory", "path": str(tree(tmp_path))},
+                                     {"name": "b", "type": "directory", "path": str(tmp_path / "gone")}], fake=fake)
+    r = cli(config, "backup", "d")
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert r.stderr.strip() == f"data-manager: error: source 'b': {tmp_path / 'gone'} is not a directory"
+    assert fake.availability == [] and files_under(tmp_path / "backups") == []
+    st = status(config)
+    assert st["recent"][0]["state"] == "failed" and st["datasets"][0]["locks"] == []
+
+
 def test_unclaimed_guard_table_is_a_config_error(tmp_path: Path, fake: Any) -> None:
     config = write_config(tmp_path, [{"name": "a", "type": "directory", "path": str(tree(tmp_path))}], fake=fake)
     config.write_text(config.read_text().replace("[guards.experiments]", "[guards.experiment]"))

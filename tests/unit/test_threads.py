@@ -1,4 +1,4 @@
-"""The hand-over helper for sources that read on threads."""
+"""The threading helpers: the stop-aware hand-over and the background call."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import queue
 import threading
 import time
 
-from data_manager.threads import put_unless_stopped
+import pytest
+
+from data_manager.threads import Background, put_unless_stopped
 
 
 def test_put_waits_for_room() -> None:
@@ -27,3 +29,22 @@ def test_put_gives_up_once_stopped() -> None:
     assert not put_unless_stopped(q, 2, stop, poll=0.02)  # full and no consumer: returns instead of hanging
     assert q.get_nowait() == 1 and q.empty()
     assert not put_unless_stopped(queue.Queue(), 3, stop)  # stopped: nothing is queued, even with room
+
+
+def test_background_returns_the_value_or_raises_the_error_in_the_caller() -> None:
+    started = threading.Event()
+
+    def slow() -> int:
+        started.set()
+        time.sleep(0.05)
+        return 7
+
+    job = Background(slow, "t")
+    assert started.wait(1)  # running before result() is asked for
+    assert job.result() == 7
+
+    def broken() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        Background(broken, "t").result()

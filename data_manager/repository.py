@@ -221,14 +221,14 @@ class ArtifactStream(io.RawIOBase):
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._done:
             raise ValueError(f"artifact {self.name} is closed")
-        n = len(data)
+        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
         self._size += n
         if n >= CHUNK and self._pipeline is not None:
             # Large writes go out as they are, CHUNK at a time (views of immutable bytes: no copy), after
             # whatever was staged: copying to keep blocks aligned would touch every byte once more.
             if self._staged:
                 self._emit_staged()
-            view, immutable = memoryview(data), isinstance(data, bytes)
+            view, immutable = memoryview(data).cast("B"), isinstance(data, bytes)
             whole = n - n % CHUNK
             for i in range(0, whole, CHUNK):
                 self._pipeline.put(view[i : i + CHUNK] if immutable else bytes(view[i : i + CHUNK]))

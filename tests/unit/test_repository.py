@@ -1,3 +1,4 @@
+import array
 import hashlib
 import json
 import os
@@ -78,9 +79,14 @@ def test_writes_of_any_size_and_type_round_trip(repo: Repository) -> None:
                     out.write(piece)
                 if compression == "zstd":
                     expected += piece
+        with sink.open(f"{compression}-words", compression=compression) as out:  # type: ignore[arg-type]
+            out.write(memoryview(array.array("I", range(MiB // 2))))  # 2 MiB of 4-byte items
     w.add_done(sink.finish())
     ts = w.commit()["timestamp"]
     assert read(repo, ts, "zstd") == expected and read(repo, ts, "none") == expected
+    words = array.array("I", range(MiB // 2)).tobytes()
+    assert read(repo, ts, "zstd-words") == words and read(repo, ts, "none-words") == words
+    assert {a.name: a.size for a in sink.record.artifacts}["zstd-words"] == len(words)
     stored = Path(repo.storage.location()) / "d" / ts / "s" / "zstd.zst"
     assert zstandard.ZstdDecompressor().stream_reader(stored.read_bytes(), read_across_frames=True).read() == expected
 

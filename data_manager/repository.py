@@ -112,7 +112,7 @@ class ArtifactRecord:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArtifactRecord:
-        algorithm = "blake3" if "blake3" in d else "sha256"
+        algorithm = "sha256" if "sha256" in d else "blake3"  # format 1 wrote sha256
         return cls(d["name"], d["size"], d[algorithm], d["stored_size"], d["compression"], algorithm)
 
     def hasher(self) -> Any:
@@ -688,8 +688,12 @@ class Repository:
             doc = json.loads(data)
             if doc.get("format") not in FORMATS:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
+            for source in doc["sources"]:  # a damaged record is this one line now, not a KeyError later
+                SourceRecord.from_json(source)
             return doc
-        except (ValueError, AttributeError) as exc:
+        except KeyError as exc:
+            raise CorruptBackupError(f"{key}: unreadable metadata (missing {exc})") from None
+        except (ValueError, AttributeError, TypeError) as exc:
             raise CorruptBackupError(f"{key}: unreadable metadata ({exc})") from None
 
     def backups(self, data_id: str) -> list[BackupInfo]:

@@ -157,6 +157,14 @@ def test_a_flipped_byte_is_caught(repo: Repository, compression: str) -> None:
         read(repo, ts, "art")
 
 
+def test_a_damaged_manifest_is_one_clear_error(repo: Repository) -> None:
+    ts = write_backup(repo, {"art": b"data"})
+    path = Path(repo.storage.location()) / "d" / ts / "backup.json"
+    path.write_text(path.read_text().replace('"blake3"', '"b3"'))
+    with pytest.raises(CorruptBackupError, match=r"backup.json: unreadable metadata \(missing 'blake3'\)"):
+        repo.resolve("d", ts)
+
+
 def test_truncated_and_missing_artifacts_are_caught(repo: Repository) -> None:
     ts = write_backup(repo, {"a": os.urandom(100_000), "b": os.urandom(100_000)})
     base = Path(repo.storage.location()) / "d" / ts / "s"

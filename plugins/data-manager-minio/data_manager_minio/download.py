@@ -74,19 +74,23 @@ class ObjectReader(io.RawIOBase):
             stop = start + self._range_size if stop is None else min(stop, start + self._range_size)
         length = 0 if stop is None else stop - start
         headers = {"If-Match": f'"{self.etag}"'} if self.etag else None
-        try:
-            resp = self._conn.client.get_object(
-                self._bucket, self._key, offset=start, length=length, request_headers=headers
-            )
-        except Exception as exc:
-            if is_s3_code(exc, "NoSuchKey"):
-                raise ObjectGone(f"{self._conn.label}: {self._label}: not found") from None
-            if is_s3_code(exc, "PreconditionFailed"):
-                raise ObjectChanged(f"{self._conn.label}: {self._label}: changed while being read") from None
-            if is_s3_code(exc, "InvalidRange") and self.size is None and start == 0:
-                self.size = 0  # an empty object asked for a range
-                return
-            raise
+        while True:
+            try:
+                resp = self._conn.client.get_object(
+                    self._bucket, self._key, offset=start, length=length, request_headers=headers
+                )
+                break
+            except Exception as exc:
+                if is_s3_code(exc, "NoSuchKey"):
+                    raise ObjectGone(f"{self._conn.label}: {self._label}: not found") from None
+                if is_s3_code(exc, "PreconditionFailed"):
+                    raise ObjectChanged(f"{self._conn.label}: {self._label}: changed while being read") from None
+                if is_s3_code(exc, "InvalidRange") and self.size is None and start == 0 and length:
+                    # An empty object has no byte range: its plain GET gives the headers (ETag, type, user
+                    # metadata) the index records, which the range's error answer does not.
+                    length = 0
+                    continue
+                raise
         first = self.etag is None
         try:
             got = self._resp_length(resp, start)

@@ -132,6 +132,7 @@ class SmallObjects:
                     pass
                 while True:
                     queued, ok, failed = multi.info_read()
+                    reasons = {h: message for h, _, message in failed}
                     for h in ok + [f[0] for f in failed]:
                         multi.remove_handle(h)
                         free.append(h)
@@ -145,7 +146,7 @@ class SmallObjects:
                             continue
                         failures += 1
                         if failures == GIVE_UP:
-                            why = f"HTTP {h.getinfo(pycurl.RESPONSE_CODE)}" if h in ok else "transfer failed"
+                            why = f"HTTP {h.getinfo(pycurl.RESPONSE_CODE)}" if h in ok else f"transfer failed: {reasons[h]}"
                             log.info("%s: %d small-object GETs in a row failed (%s); the rest go through the SDK",
                                      self._base, GIVE_UP, why)
                         self.handed_back += 1
@@ -153,8 +154,10 @@ class SmallObjects:
                             return
                     if not queued:
                         break
-                if busy and multi.select(0.2) < 0:
-                    time.sleep(0.01)  # no socket to wait on yet (e.g. resolving a name)
+                if busy and multi.select(0.2) <= 0:
+                    # 0 also comes back at once when libcurl has no socket to offer yet (e.g. while
+                    # resolving a name): a short sleep keeps this loop from spinning.
+                    time.sleep(0.001)
         finally:
             for h in list(busy):
                 multi.remove_handle(h)

@@ -25,7 +25,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
@@ -36,9 +36,11 @@ from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings
 from .download import ObjectChanged, ObjectGone, ObjectReader
-from .fetch import SmallObjects
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
 from .storage import normalize_prefix, parse_size
+
+if TYPE_CHECKING:
+    from .fetch import SmallObjects
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,17 @@ class MinioSource(Source):
         except Exception:  # noqa: BLE001 - a wrong guess only costs GIVE_UP hand-backs to the SDK path
             return "us-east-1"
 
+    def _small_objects(self) -> SmallObjects | None:
+        """The libcurl fetcher of small objects, or None where pycurl cannot be loaded (the SDK path then
+        fetches every object). Imported here, not at registration: every CLI command registers plugins."""
+        try:
+            from .fetch import SmallObjects
+        except ImportError as exc:
+            log.info("source %s: libcurl (pycurl) cannot be loaded here (%s); every object goes through the SDK",
+                     self.name, exc)
+            return None
+        return SmallObjects(self.cs, self.bucket, self._region(), self.parallel, self.small_size)
+
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
         lock = threading.Lock()
@@ -147,7 +160,7 @@ class MinioSource(Source):
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
-        fetcher = SmallObjects(self.cs, self.bucket, self._region(), self.parallel, self.small_size) if self.small_size else None
+        fetcher = self._small_objects() if self.small_size else None
         # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
         volumes = [
             (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
@@ -369,6 +382,10 @@ class MinioSource(Source):
         todo: queue.Queue[str] = queue.Queue()
         for v in volumes:
             todo.put(v)
+        workers = min(self.parallel, max(1, len(volumes)))
+        # With several volumes restored at once each thread sends its part before filling the next (no
+        # overlap): the other threads keep the server busy, and memory is parallel x part_size, not twice that.
+        overlap = workers == 1
 
         def work() -> None:
             try:
@@ -377,13 +394,13 @@ class MinioSource(Source):
                         volume = todo.get_nowait()
                     except queue.Empty:
                         return
-                    self._restore_volume(artifacts, volume, by_volume.get(volume, []), stop)
+                    self._restore_volume(artifacts, volume, by_volume.get(volume, []), stop, overlap)
             except BaseException as exc:
                 errors.append(exc)
                 stop.set()
 
         threads = [threading.Thread(target=work, name=f"dm-minio-restore-{i}", daemon=True)
-                   for i in range(min(self.parallel, max(1, len(volumes))))]
+                   for i in range(workers)]
         for t in threads:
             t.start()
         try:
@@ -400,7 +417,8 @@ class MinioSource(Source):
             keep = {e["key"] for entries in by_volume.values() for e in entries}
             self._delete_extra(keep)
 
-    def _restore_volume(self, artifacts: ArtifactSet, volume: str, entries: list[dict[str, Any]], stop: threading.Event) -> None:
+    def _restore_volume(self, artifacts: ArtifactSet, volume: str, entries: list[dict[str, Any]], stop: threading.Event,
+                        overlap: bool) -> None:
         with artifacts.open(volume) as stream:
             pos = 0
 
@@ -420,21 +438,19 @@ class MinioSource(Source):
                 if e.get("changed"):
                     skip(e["size"])
                     continue
-                self._restore_object(stream, volume, e)
+                self._restore_object(stream, volume, e, overlap)
                 pos += e["size"]
             while stream.read(CHUNK):  # to EOF: the volume's own checksum is checked there
                 pass
 
-    def _restore_object(self, stream: Any, volume: str, e: dict[str, Any]) -> None:
+    def _restore_object(self, stream: Any, volume: str, e: dict[str, Any], overlap: bool) -> None:
         key = self.prefix + e["key"]
-        # With several volumes restored at once each thread sends its part before filling the next (no
-        # overlap): the other threads keep the server busy, and memory is parallel x part_size, not twice that.
         headers = {"Content-Type": e.get("content_type") or "application/octet-stream"}
         headers.update({h.title(): v for h, v in (e.get("headers") or {}).items()})
         headers.update({_META + k: v for k, v in (e.get("metadata") or {}).items()})
         upload = ObjectUpload(self.conn, self.bucket, key, part_size=self.part_size, headers=headers,
                               check_etag=self.check_etag, label=f"s3://{self.bucket}/{key}",
-                              size=e["size"], overlap=self.parallel == 1)
+                              size=e["size"], overlap=overlap)
         try:
             algorithm, digest, expected = object_digest(e)
             left = e["size"]

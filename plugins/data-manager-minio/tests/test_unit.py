@@ -27,10 +27,20 @@ def test_registered_lazily() -> None:
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, data_manager_minio.source, data_manager_minio.storage; print('minio' in sys.modules)"],
+        [sys.executable, "-c", "import sys, data_manager_minio.source, data_manager_minio.storage; "
+                               "print('minio' in sys.modules, 'pycurl' in sys.modules)"],
         capture_output=True, text=True, check=True,
     )
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
+
+
+def test_without_pycurl_every_object_goes_through_the_sdk(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "pycurl", None)  # import pycurl -> ImportError
+    monkeypatch.delitem(sys.modules, "data_manager_minio.fetch", raising=False)
+    with caplog.at_level("INFO"):
+        assert MinioSource("b", _settings())._small_objects() is None
+    assert "libcurl (pycurl) cannot be loaded here" in caplog.text
 
 
 @pytest.mark.parametrize(

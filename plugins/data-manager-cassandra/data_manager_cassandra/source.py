@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from data_manager.errors import ConfigError, CorruptBackupError, SourceError
@@ -258,8 +258,7 @@ class CassandraSource(Source):
             except _Stopped:
                 return count
             except BaseException as exc:
-                with contextlib.suppress(_Stopped):
-                    hand_over(exc)
+                put_unless_stopped(pages_q, exc, stop)  # unless the writer has already given up
                 raise
             hand_over(None)
             return count
@@ -267,8 +266,10 @@ class CassandraSource(Source):
         with sink.open(artifact) as out:
             out.write(rowformat.encode_header(header))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dm-cassandra-read") as pool:
-                futures = [pool.submit(read_range, r) for r in ranges]
-                try:
+                futures: list[Future[int]] = []
+                try:  # submitting inside: a Ctrl-C between two submits must still stop the readers started
+                    for r in ranges:
+                        futures.append(pool.submit(read_range, r))
                     done = 0
                     while done < len(futures):
                         item = pages_q.get()

@@ -330,7 +330,7 @@ def test_read_failure_mid_table_stops_the_backup(cass, tmp_path, monkeypatch):
     with pytest.raises(SourceError, match=r"reading .*\.t failed: InvalidRequest"):
         dm.backup("d")
     assert time.monotonic() - t0 < 60
-    assert pages["n"] >= 20
+    assert 20 <= pages["n"] < 100  # ~300 later pages in all: the other readers stopped, they did not read on
 
 
 def test_several_keyspaces(cass, tmp_path):

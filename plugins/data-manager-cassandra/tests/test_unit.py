@@ -241,3 +241,5 @@ def test_restore_batch_bytes_limit_spares_single_partitions():
     assert batches(lambda i: 0) == [src.BATCH_ROWS, 100 - src.BATCH_ROWS]  # one partition: rows cap only
     spread = batches(lambda i: i)  # ~1.1 kB a row over as many partitions: 4 a batch (5 KiB)
     assert sum(spread) == 100 and max(spread) == 4
+    # Three rows a partition: still 5 KiB, not the single-partition limit, once a batch spans partitions.
+    assert max(batches(lambda i: i // 3)) == 4

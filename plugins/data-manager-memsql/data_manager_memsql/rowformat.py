@@ -5,11 +5,11 @@ which carries every value exactly and costs the server the least (:mod:`.wire`):
 DOUBLE as their bytes, dates and times as small structs, DECIMAL as its text, strings as their stored
 bytes (the backup reads with ``character_set_results = binary``), NULL as a bit in each row's bitmap (so
 NULL and the empty string stay apart). The packets are kept as they arrived; the client never looks at a
-value. ``schema.json`` records each table's wire types (type code and flags per column), which decoding
-needs.
+value. ``schema.json`` records each table's wire types (type code and flags per column), which the
+restore declares as its parameter types.
 
-A restore turns each row into a SQL literal tuple (:func:`packets_to_values`, with the column decoders
-of :func:`decoders`) and sends them as multi-row ``INSERT`` statements.
+A restore sends the rows back, still in that binary form, as the parameters of a prepared multi-row
+``INSERT`` (:class:`ParamBatches` cuts them into batches); no value is decoded on either side.
 
 Tables with a one-column integer primary key are read in key ranges of about one frame each (by several
 connections at once, see :mod:`.parallel`); the range adapts to the bytes each one returned. Other tables

@@ -10,11 +10,12 @@ Backup (portable path, every server):
   of ``information_schema.COLUMNS`` per table, ``SHOW CREATE VIEW`` per view (DEFINER removed);
 * per table one rows artifact (:mod:`.rowformat`): the rows as the server's binary-protocol packets
   (a prepared statement), kept as they arrived (:mod:`.wire`); tables with a one-column integer key in key ranges of ~1 MiB read by
-  the readers in parallel and written in key order, other tables through one unbuffered query;
+  the readers in parallel and written in key order, other tables through one statement;
 * ``schema.json`` last, with the DDL, the columns and every table's row count.
 
 Restore builds every database in a scratch database beside it (``<target>__dmr_<random>``): DDL, rows as
-multi-row INSERTs (the packets turned into SQL literals on a helper thread), then the views as a check. Only when everything is loaded, every artifact read to EOF
+multi-row prepared INSERTs (the row packets' values sent back as parameters, batches cut on a helper
+thread), then the views as a check. Only when everything is loaded, every artifact read to EOF
 (checksums checked) and every row count matched, one ``RENAME TABLE`` statement moves the target's
 current tables aside (``<target>__dmo_<random>``) and the restored ones in, for all databases at once;
 then the views are created in the target and the aside/scratch databases dropped.
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 FORMAT = "data-manager-memsql/3"
 # 1: VALUES text, strings as X'<hex>' (restored with the utf8mb4 connection charset); 2: VALUES text,
 # strings as QUOTE() of their bytes (restored with character_set_connection = binary);
-# 3: text-protocol row packets.
+# 3: binary-protocol row packets, restored as the parameters of prepared INSERTs.
 FORMATS = ("data-manager-memsql/1", "data-manager-memsql/2", FORMAT)
 SCHEMA = "schema.json"
 NATIVE = "native.json"
@@ -112,7 +113,7 @@ def _json_setting(settings: Settings, key: str) -> dict[str, Any] | None:
 
 
 def _prefetch(items: Iterable[bytes], depth: int = 3) -> Iterator[bytes]:
-    """Iterate ``items`` on a helper thread (artifact reading, zstd and sha256 overlap the server's work)."""
+    """Iterate ``items`` on a helper thread (reading and cutting the frames overlaps the server's work)."""
     q: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
     stop = threading.Event()
 
@@ -535,7 +536,7 @@ class MemsqlSource(Source):
                 where = f"source {self.name!r}: {table['artifact']}"
                 if fmt == FORMAT:
                     inserted, frames = self._insert_binary(cur.connection, artifacts, f, table, columns, max_packet,
-                                                           where)
+                                                           where, label)
                 else:
                     inserted, frames = self._insert_values(cur, f, table, columns, max_packet, where, label)
             if frames.rows != table["rows"] or inserted != frames.rows:
@@ -545,7 +546,7 @@ class MemsqlSource(Source):
         self._create_views(cur, db["views"])  # in the scratch database: proves they will work
 
     def _insert_binary(self, conn: Any, artifacts: ArtifactSet, f: Any, table: dict[str, Any], columns: list[Column],
-                       max_packet: int, where: str) -> tuple[int, FrameReader]:
+                       max_packet: int, where: str, label: str) -> tuple[int, FrameReader]:
         """Format 3: the rows go back as the parameters of a prepared multi-row INSERT, in the binary form
         they were read in (no value is decoded or formatted on either side)."""
         frames = FrameReader(f, where)
@@ -561,7 +562,7 @@ class MemsqlSource(Source):
         # rows per INSERT: about FRAME_BYTES of values, at most MAX_PARAMS parameters; one prepared
         # statement per row count (in practice this one and the table's last, shorter batch)
         per_row = artifacts.size(table["artifact"]) / max(table["rows"], 1)
-        rows_per = max(1, min(MAX_PARAMS // ncols, int(FRAME_BYTES / max(per_row, 1))))
+        rows_per = max(1, min(MAX_PARAMS // max(ncols, 1), int(FRAME_BYTES / max(per_row, 1))))
         # an execute packet holds 2 bytes of type and 1 bit of NULL per parameter, then the values
         batches = ParamBatches(ncols, rows_per, max_packet - (2 * ncols + 1) * rows_per - 4096, where).batches(frames)
         statements: dict[int, wire.Statement] = {}
@@ -571,6 +572,11 @@ class MemsqlSource(Source):
             # batches are cut on the reader thread while the server inserts; it ends before f closes
             with closing(_prefetch(batches)) as ready:
                 for rows, nulls, values in ready:
+                    size = len(values) + len(nulls) + 2 * ncols * rows + 64
+                    if size > max_packet:  # one row alone is bigger than any batch may be
+                        raise SourceError(
+                            f"source {self.name!r}: {label}: an INSERT of {size} bytes exceeds the server's "
+                            f"max_allowed_packet ({max_packet}); raise it")
                     stmt = statements.get(rows)
                     if stmt is None:
                         stmt = statements[rows] = wire.prepare(conn, (prefix + b",".join([row_sql] * rows)).decode())
@@ -587,7 +593,7 @@ class MemsqlSource(Source):
                     wire.close(conn, stmt)
         if warned:  # e.g. an ENUM's '' error value loads with a warning; a value the type changed would too
             log.warning("source %s: %s: the server reported %d warning(s) while inserting, first: %s",
-                        self.name, where.split(": ", 1)[-1], warned, first_warning)
+                        self.name, table["artifact"], warned, first_warning)
         return inserted, frames
 
     def _insert_values(self, cur: Any, f: Any, table: dict[str, Any], columns: list[Column], max_packet: int,

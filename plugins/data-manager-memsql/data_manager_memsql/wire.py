@@ -6,8 +6,8 @@ large chunks. The rows come from a server-side prepared statement (``COM_STMT_PR
 ``COM_STMT_EXECUTE``), i.e. in the *binary* protocol: integers, FLOAT and DOUBLE as their machine bytes
 (exact, and the server formats nothing: measured here, 0.5 s of server CPU per 1.25M narrow rows against
 0.8 s for a text ``SELECT *`` and 1.9 s when a FLOAT is cast to DOUBLE so that its text is exact), dates
-and times as small structs, strings and DECIMAL as length-prefixed bytes. :mod:`.rowformat` decodes them
-at restore time.
+and times as small structs, strings and DECIMAL as length-prefixed bytes. A restore sends them back as
+they are, as the parameters of a prepared INSERT (:func:`execute_insert`).
 
 pymysql has no prepared statements, but it does the rest: connecting, authentication, TLS, sending a
 command packet (``_execute_command``) and reading one packet (``_read_packet``, which also turns an
@@ -67,7 +67,7 @@ def walk_packets(buf: bytes, continued: bool) -> tuple[int, int, bool, int]:
 @dataclass(frozen=True)
 class Statement:
     """A prepared statement: its id on the connection, its parameter count, and per result column the
-    wire type and flags (what decoding its binary rows needs)."""
+    wire type and flags (recorded in ``schema.json``: a restore declares them as its parameter types)."""
 
     id: int
     params: int
@@ -142,7 +142,10 @@ def execute_rows(conn: Any, stmt: Statement, params: tuple[int, ...], emit: Call
     in_sync = False  # whether the whole result has been read (else the connection must go)
     try:
         while True:
-            chunk = rfile.read1(READ_SIZE)
+            try:
+                chunk = rfile.read1(READ_SIZE)
+            except OSError as exc:  # the socket only: an error of emit() (the artifact's storage) is its own
+                raise pymysql.err.OperationalError(2013, f"Lost connection to server during query ({exc})") from None
             if not chunk:
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
             buf = left + chunk if left else chunk
@@ -158,8 +161,6 @@ def execute_rows(conn: Any, stmt: Statement, params: tuple[int, ...], emit: Call
                 n = buf[end] | (buf[end + 1] << 8) | (buf[end + 2] << 16)
                 pymysql.err.raise_mysql_exception(buf[end + 4:end + 4 + n])
             left = buf[end:]
-    except OSError as exc:
-        raise pymysql.err.OperationalError(2013, f"Lost connection to server during query ({exc})") from None
     finally:
         if not in_sync:
             conn._force_close()

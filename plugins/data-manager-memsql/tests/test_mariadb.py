@@ -490,3 +490,25 @@ def test_server_warnings_while_inserting_are_logged(tmp_path, server, caplog):
         dm.restore("d", "latest", overrides={"db": {"database": target}})
     assert sql(server, "SELECT id, e + 0 FROM t ORDER BY id", target) == ((1, 0), (2, 1))
     assert "1 warning(s) while inserting, first: Warning 1265 Data truncated for column 'e'" in caplog.text
+
+
+def test_a_row_above_max_allowed_packet_is_one_clear_line(tmp_path, server, monkeypatch):
+    """A row bigger than the target server takes in one packet: refused by name, the target untouched."""
+    from data_manager_memsql.source import MemsqlSource
+
+    src = server["database"]
+    sql(server, "CREATE TABLE big (id INT PRIMARY KEY, b LONGBLOB);\n"
+                "INSERT INTO big VALUES (1, REPEAT('x', 300000)), (2, 'small')", src)
+    dm = manager(tmp_path, server, database=src)
+    dm.backup("d")
+    real = MemsqlSource._load_database
+
+    def small_packets(self, cur, artifacts, db, stage, max_packet, fmt):  # as a server with a 200 kB limit
+        return real(self, cur, artifacts, db, stage, 200_000, fmt)
+
+    monkeypatch.setattr(MemsqlSource, "_load_database", small_packets)
+    target = server["new_database"]()
+    with pytest.raises(SourceError, match=r"big: an INSERT of \d+ bytes exceeds the server's max_allowed_packet "
+                                          r"\(200000\); raise it"):
+        dm.restore("d", "latest", overrides={"db": {"database": target}})
+    assert sql(server, "SHOW TABLES", target) == () and scratch_left(server) == []

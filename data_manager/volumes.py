@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from pathlib import PurePosixPath
 
 from .types import ArtifactSink, ArtifactWriter, Compression
 
@@ -24,10 +23,28 @@ STORED_TYPES = ("image/", "video/", "audio/", "application/zip", "application/gz
                 "application/zstd", "application/x-7z", "application/x-xz", "application/x-bzip2")
 
 
+# Text formats always pay for zstd (even base64 of random bytes stores at ~75%): not sampled.
+TEXT_SUFFIXES = frozenset({
+    ".csv", ".htm", ".html", ".json", ".jsonl", ".log", ".md", ".ndjson", ".sql", ".tsv", ".txt", ".xml",
+    ".yaml", ".yml",
+})
+TEXT_TYPES = ("text/", "application/json", "application/x-ndjson", "application/xml")
+
+
+def _suffix(name: str) -> str:
+    """The lower-cased suffix of a path's last segment, as PurePosixPath has it ("" for ".bashrc")."""
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    return base[dot:].lower() if 0 < dot < len(base) - 1 else ""
+
+
 def incompressible(name: str, sample: bytes | memoryview, content_type: str = "") -> bool:
     """Whether an item is better stored as-is: by its suffix or media type, else by compressing a sample."""
-    if PurePosixPath(name).suffix.lower() in STORED_SUFFIXES or content_type.startswith(STORED_TYPES):
+    suffix = _suffix(name)
+    if suffix in STORED_SUFFIXES or content_type.startswith(STORED_TYPES):
         return True
+    if suffix in TEXT_SUFFIXES or content_type.startswith(TEXT_TYPES):
+        return False
     import zstandard
 
     sample = bytes(sample[:SAMPLE])

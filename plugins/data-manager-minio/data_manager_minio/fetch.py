@@ -48,6 +48,28 @@ def parse_headers(lines: list[bytes]) -> dict[str, str] | None:
     return headers
 
 
+def easy_handle(cs: ConnectionSettings, region: str) -> Any:
+    """A libcurl handle that signs its requests (SigV4) for ``region`` with ``cs``'s keys and trusts what the
+    SDK's connection trusts; no proxy from the environment, as the SDK's pool; ``cs.timeout`` without a byte
+    fails the transfer."""
+    h = pycurl.Curl()
+    if cs.access_key is not None and cs.secret_key is not None:
+        h.setopt(pycurl.AWS_SIGV4, f"aws:amz:{region}:s3")
+        h.setopt(pycurl.USERNAME, cs.access_key)
+        h.setopt(pycurl.PASSWORD, cs.secret_key)
+    if cs.secure:
+        import certifi
+
+        h.setopt(pycurl.CAINFO, os.environ.get("SSL_CERT_FILE") or certifi.where())
+    h.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+    h.setopt(pycurl.PROXY, "")
+    h.setopt(pycurl.NOSIGNAL, 1)
+    h.setopt(pycurl.CONNECTTIMEOUT, min(cs.timeout, 15))
+    h.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+    h.setopt(pycurl.LOW_SPEED_TIME, cs.timeout)
+    return h
+
+
 class SmallObjects:
     """Fetches whole objects of one bucket, ``concurrency`` at a time, for :meth:`run`."""
 
@@ -61,26 +83,11 @@ class SmallObjects:
         self.handed_back = 0
 
     def _handle(self) -> Any:
-        h = pycurl.Curl()
-        cs = self._cs
-        if cs.access_key is not None and cs.secret_key is not None:
-            h.setopt(pycurl.AWS_SIGV4, f"aws:amz:{self._region}:s3")
-            h.setopt(pycurl.USERNAME, cs.access_key)
-            h.setopt(pycurl.PASSWORD, cs.secret_key)
-        if cs.secure:
-            import certifi
-
-            h.setopt(pycurl.CAINFO, os.environ.get("SSL_CERT_FILE") or certifi.where())
-        h.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        h.setopt(pycurl.PROXY, "")  # like the SDK's connection pool: no proxy from the environment
+        h = easy_handle(self._cs, self._region)
         # An object that grew past the limit since the listing is refused here (and handed back to be
         # streamed), never buffered whole.
         h.setopt(pycurl.MAXFILESIZE_LARGE, self._max_size)
-        h.setopt(pycurl.NOSIGNAL, 1)
         h.setopt(pycurl.BUFFERSIZE, _BUFFER)
-        h.setopt(pycurl.CONNECTTIMEOUT, min(cs.timeout, 15))
-        h.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for `timeout` seconds: the transfer fails
-        h.setopt(pycurl.LOW_SPEED_TIME, cs.timeout)
         return h
 
     def run(
@@ -166,4 +173,4 @@ class SmallObjects:
             multi.close()
 
 
-__all__ = ["GIVE_UP", "SmallObjects", "parse_headers"]
+__all__ = ["GIVE_UP", "SmallObjects", "easy_handle", "parse_headers"]

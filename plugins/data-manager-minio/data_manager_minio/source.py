@@ -1,10 +1,11 @@
 """Source ``minio``: the objects of a bucket (or of a prefix in it), from MinIO or any S3 server.
 
-Backup lists the objects (recursively, paginated, resuming after a broken listing). Objects up to
-``small_size`` are fetched whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`); larger ones (and
-any small one the fast path hands back) go to ``parallel`` worker threads, which stream them through the
-SDK, 1 MiB at a time and in ranges of ``range_size``. Each fetching thread writes volumes of its own: plain concatenations of object bytes, one stream compressed with zstd and one
-stored as is (for objects that do not compress, decided from the first 64 KiB), rolling over at
+Backup lists the objects (recursively, paginated, over libcurl by :mod:`.listing`; the SDK lists what that
+could not, and resumes a broken listing after its last key). Objects up to ``small_size`` are fetched
+whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`); larger ones (and any small one the fast path
+hands back) go to ``parallel`` worker threads, which stream them through the SDK, 1 MiB at a time and in
+ranges of ``range_size``. Each fetching thread writes volumes of its own: plain concatenations of object
+bytes, one stream compressed with zstd and one stored as is (:func:`~data_manager.volumes.incompressible`), rolling over at
 ``volume_size``. ``objects.jsonl`` lists every object: its key relative to the prefix, size, ETag,
 last-modified, content type and other content headers, user metadata, storage class, BLAKE3 digest,
 and the volume and offset of its bytes. Artifact names are numbers (``vol-000001``), never derived from keys, so
@@ -41,6 +42,7 @@ from .storage import normalize_prefix, parse_size
 
 if TYPE_CHECKING:
     from .fetch import SmallObjects
+    from .listing import Lister
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class MinioSource(Source):
         self.verify_first = settings.get_bool("verify_first", True)
         self.check_etag = settings.get_bool("check_etag", True)
         self.conn = Connection(self.cs, f"source {name!r} ({self.describe()})", SourceError, 2 * self.parallel + 4)
+        self._curl: bool | None = None
 
     def describe(self) -> str:
         return self.cs.url(self.bucket, self.prefix)
@@ -107,8 +110,16 @@ class MinioSource(Source):
             self.conn.client.list_objects(self.bucket, prefix=self.prefix or None)), None))
 
     def _objects(self, prefix: str) -> Iterator[Any]:
-        """Every object below ``prefix`` (current versions), paginated; a broken listing resumes after the last key."""
+        """Every object below ``prefix`` (current versions), paginated: over libcurl where it loads (:mod:`.listing`),
+        then through the SDK from the last key that got, which also resumes a broken listing after its last key."""
         start_after: str | None = None
+        lister = self._lister()
+        if lister is not None:
+            for obj in lister.objects(prefix):
+                start_after = obj.object_name
+                yield obj
+            if lister.complete:
+                return
         attempt = 0
         while True:
             try:
@@ -139,15 +150,33 @@ class MinioSource(Source):
         except Exception:  # noqa: BLE001 - a wrong guess only costs GIVE_UP hand-backs to the SDK path
             return "us-east-1"
 
-    def _small_objects(self) -> SmallObjects | None:
-        """The libcurl fetcher of small objects, or None where pycurl cannot be loaded (the SDK path then
-        fetches every object). Imported here, not at registration: every CLI command registers plugins."""
-        try:
-            from .fetch import SmallObjects
-        except ImportError as exc:
-            log.info("source %s: libcurl (pycurl) cannot be loaded here (%s); every object goes through the SDK",
-                     self.name, exc)
+    def _libcurl(self) -> bool:
+        """Can pycurl be loaded here (for :mod:`.fetch` and :mod:`.listing`)? Imported on first use, not at
+        registration: every CLI command registers plugins. Where it cannot, the SDK does all the work."""
+        if self._curl is None:
+            try:
+                import pycurl  # noqa: F401
+            except ImportError as exc:
+                log.info("source %s: libcurl (pycurl) cannot be loaded here (%s); the SDK lists and fetches every "
+                         "object", self.name, exc)
+                self._curl = False
+            else:
+                self._curl = True
+        return self._curl
+
+    def _lister(self) -> Lister | None:
+        if not self._libcurl():
             return None
+        from .listing import Lister
+
+        return Lister(self.cs, self.bucket, self._region())
+
+    def _small_objects(self) -> SmallObjects | None:
+        """The libcurl fetcher of small objects (None: every object goes through the SDK)."""
+        if not self.small_size or not self._libcurl():
+            return None
+        from .fetch import SmallObjects
+
         return SmallObjects(self.cs, self.bucket, self._region(), self.parallel, self.small_size)
 
     def backup(self, sink: ArtifactSink) -> None:
@@ -160,7 +189,7 @@ class MinioSource(Source):
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
-        fetcher = self._small_objects() if self.small_size else None
+        fetcher = self._small_objects()
         # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
         volumes = [
             (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))

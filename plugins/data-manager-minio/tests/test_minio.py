@@ -284,7 +284,10 @@ def _index(dm: DataManager, backup: bool = False) -> dict[str, dict[str, Any]]:
     return {e["key"]: {k: v for k, v in e.items() if k not in ("n", "volume", "offset")} for e in entries}
 
 
-def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager_minio.source import MinioSource
+
     objects = fill(bucket)
     for key in AWKWARD_KEYS:
         bucket.put(key, key.encode() * 3, metadata={"Key-Length": str(len(key))})
@@ -293,13 +296,55 @@ def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, capl
     with caplog.at_level("DEBUG", logger="data_manager_minio"):
         dm.backup("d")
     assert _fetch_counts(caplog) == (len(objects) - 1, 0)  # all but the 11 MiB object, none handed back
-    # The SDK path (small_size = 0) writes the same index line for every object: ETag, times, headers...
+    assert "listing over libcurl stopped" not in caplog.text
+    # Listed and fetched by the SDK alone, every object gets the same index line: ETag, times, headers...
+    monkeypatch.setattr(MinioSource, "_lister", lambda self: None)
     assert _index(dm) == _index(dm_for(bucket, tmp_path / "sdk", small_size=0), backup=True)
     other = bucket.other()
     dm.restore("d", "latest", overrides={"b": {"bucket": other}})
     for key, data in objects.items():
         assert bucket.get(key, other) == data, key
     assert bucket.client.stat_object(other, "tilde~").metadata["x-amz-meta-key-length"] == "6"
+
+
+def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    prefix = "dir +é&=x;%20/"
+    for key in AWKWARD_KEYS + ["plain"]:
+        bucket.put(prefix + key, key.encode())
+    bucket.put("dir +é&=y/outside", b"not below the prefix")
+    dm = dm_for(bucket, tmp_path, prefix=prefix)
+    with caplog.at_level("INFO", logger="data_manager_minio"):
+        dm.backup("d")
+    assert "listing over libcurl stopped" not in caplog.text
+    assert set(_index(dm)) == set(AWKWARD_KEYS + ["plain"])
+
+
+def test_listing_that_breaks_is_finished_by_the_sdk(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page refused half-way (here the third): the SDK lists the rest after the last key, none twice or lost."""
+    from data_manager_minio import listing
+
+    objects = fill(bucket)
+    real, pages = listing.parse_page, []
+
+    def parse_page(body: bytes) -> Any:
+        pages.append(body)
+        if len(pages) == 3:
+            raise ValueError("HTTP 503")
+        return real(body)
+
+    monkeypatch.setattr(listing, "PAGE", 7)
+    monkeypatch.setattr(listing, "parse_page", parse_page)
+    dm = dm_for(bucket, tmp_path)
+    with caplog.at_level("INFO", logger="data_manager_minio"):
+        dm.backup("d")
+    assert "listing over libcurl stopped (HTTP 503); the SDK lists the rest" in caplog.text
+    assert len(pages) == 3
+    info = dm.list_backups("d")[-1]
+    with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
+        keys = [json.loads(line)["key"] for line in f.read().splitlines()]
+    assert sorted(keys) == sorted(objects)
 
 
 def test_small_objects_handed_back_to_the_sdk(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,

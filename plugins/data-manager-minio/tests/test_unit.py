@@ -10,7 +10,6 @@ from data_manager.errors import ConfigError, StorageError
 from data_manager.plugins import get_registry
 from data_manager.types import Settings
 from data_manager_minio.connection import Connection, ConnectionSettings, describe, is_transient
-from data_manager.volumes import incompressible
 from data_manager_minio.source import MinioSource
 from data_manager_minio.storage import S3Storage, normalize_prefix
 
@@ -34,13 +33,14 @@ def test_registered_lazily() -> None:
     assert out.stdout.strip() == "False False"
 
 
-def test_without_pycurl_every_object_goes_through_the_sdk(monkeypatch: pytest.MonkeyPatch,
+def test_without_pycurl_the_sdk_lists_and_fetches(monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "pycurl", None)  # import pycurl -> ImportError
     monkeypatch.delitem(sys.modules, "data_manager_minio.fetch", raising=False)
     with caplog.at_level("INFO"):
-        assert MinioSource("b", _settings())._small_objects() is None
-    assert "libcurl (pycurl) cannot be loaded here" in caplog.text
+        source = MinioSource("b", _settings())
+        assert source._small_objects() is None and source._lister() is None
+    assert caplog.text.count("libcurl (pycurl) cannot be loaded here") == 1
 
 
 @pytest.mark.parametrize(
@@ -92,15 +92,6 @@ def test_prefix_and_globs() -> None:
     assert src.selected("raw/x/y.bin") and src.selected("top.csv")
     assert not src.selected("raw/x.tmp") and not src.selected("other/x.bin")
     assert MinioSource("b", _settings()).selected("anything at all/..")
-
-
-def test_incompressible() -> None:
-    import os
-
-    assert incompressible("a.jpg", b"a" * 1000)
-    assert incompressible("a", b"a" * 1000, "video/mp4")
-    assert incompressible("a.bin", os.urandom(1 << 16))
-    assert not incompressible("a.csv", b"1,2,3\n" * 10000, "text/csv")
 
 
 def test_transient_errors_and_texts() -> None:
@@ -206,3 +197,51 @@ def test_small_objects_without_sigv4_all_handed_back(monkeypatch: pytest.MonkeyP
     fetcher.run(todo, lambda *a: pytest.fail("nothing can be fetched"), lambda item: back.append(item[0]) or True,
                 threading.Event())
     assert back == [0, 1, 2] and (fetcher.fetched, fetcher.handed_back) == (0, 3)
+
+
+LISTING = """<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>a%20b/</Prefix>
+<KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><Delimiter></Delimiter><IsTruncated>{truncated}</IsTruncated>
+<EncodingType>url</EncodingType>{token}
+<Contents><Key>a%20b/x%2By+z%C3%A9</Key><LastModified>2026-11-23T07:29:00.123Z</LastModified>
+<ETag>&quot;0123abcd&quot;</ETag><Size>42</Size><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>a%20b/empty</Key><LastModified>2026-11-23T07:29:01Z</LastModified><ETag>"ff-2"</ETag>
+<Size>0</Size><Owner><ID>o</ID></Owner></Contents></ListBucketResult>"""
+
+
+def test_listing_page_parsed_as_the_sdk_parses_it() -> None:
+    from datetime import datetime, timezone
+
+    from minio.datatypes import parse_list_objects
+
+    from data_manager_minio.listing import parse_page
+
+    body = LISTING.format(truncated="true", token="<NextContinuationToken>t/1=</NextContinuationToken>").encode()
+    objects, token = parse_page(body)
+    assert token == "t/1="
+    assert [o.object_name for o in objects] == ["a b/x+y z\u00e9", "a b/empty"]
+    assert objects[0].last_modified == datetime(2026, 11, 23, 7, 29, 0, 123000, tzinfo=timezone.utc)
+
+    class Response:  # what the SDK's parser reads of a urllib3 response
+        data = body
+
+    sdk = parse_list_objects(Response())[0]  # type: ignore[arg-type]
+    attrs = ("object_name", "size", "etag", "last_modified", "storage_class")
+    assert [[getattr(o, a) for a in attrs] for o in objects] == [[getattr(o, a) for a in attrs] for o in sdk]
+    assert [o.last_modified.isoformat() for o in objects] == [o.last_modified.isoformat() for o in sdk]
+    assert parse_page(LISTING.format(truncated="false", token="").encode())[1] is None
+
+
+@pytest.mark.parametrize("body", [
+    LISTING.format(truncated="true", token=""),  # truncated, but no way on: the SDK must take over
+    '<?xml version="1.0"?><Error><Code>SlowDown</Code></Error>',
+    "<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>",  # no key
+    "not xml at all",
+])
+def test_listing_page_that_cannot_be_used(body: str) -> None:
+    import xml.etree.ElementTree as ET
+
+    from data_manager_minio.listing import parse_page
+
+    with pytest.raises((ValueError, KeyError, ET.ParseError)):
+        parse_page(body.encode())

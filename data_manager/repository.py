@@ -192,6 +192,7 @@ class ArtifactStream(io.RawIOBase):
         self._compressor: Any = None
         self._pipeline: _Pipeline | None = None
         self._done = False
+        self.digest = ""
 
     def writable(self) -> bool:
         return True
@@ -270,9 +271,8 @@ class ArtifactStream(io.RawIOBase):
             raise
         self._done = True
         super().close()
-        self._sink._committed(
-            ArtifactRecord(self.name, self._size, self._hash.hexdigest(), self._stored, self._compression)
-        )
+        self.digest = self._hash.hexdigest()
+        self._sink._committed(ArtifactRecord(self.name, self._size, self.digest, self._stored, self._compression))
 
     def abort(self) -> None:
         if self._done:

@@ -165,6 +165,10 @@ def redact_urls(value: Any) -> Any:
 class ArtifactWriter(Protocol):
     """A file-like sink for one artifact. Closing it commits it; ``abort`` discards it."""
 
+    #: Once closed: the BLAKE3 (hex) of the bytes written, as the manifest records it. A source whose item
+    #: fills an artifact alone can take it as the item's digest rather than hash the same bytes again.
+    digest: str
+
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...

@@ -93,12 +93,19 @@ class Volumes:
         if self._out is not None and self.offset >= self._limit:
             self.close()
 
-    def close(self) -> None:
-        if self._out is not None:
-            if self.trailer:
-                self.write(self.trailer)
-            out, self._out = self._out, None
-            out.close()
+    def close(self) -> str:
+        """Close the open volume; its digest (:attr:`~data_manager.types.ArtifactWriter.digest`), "" if none was open.
+
+        Close before :meth:`start` to give the next item a volume of its own: with no :attr:`trailer`, that
+        volume's digest, once closed, is the item's.
+        """
+        if self._out is None:
+            return ""
+        if self.trailer:
+            self.write(self.trailer)
+        out, self._out = self._out, None
+        out.close()
+        return out.digest
 
     def abort(self) -> None:
         if self._out is not None:

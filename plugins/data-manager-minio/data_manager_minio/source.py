@@ -350,14 +350,20 @@ class MinioSource(Source):
             first = reader.read(CHUNK) if size else b""
             big = size >= SAMPLE
             volume = stored if big and incompressible(key, first, headers.get("content-type", "")) else packed
+            # An object of half a volume or more gets a volume of its own, whose digest (the core's BLAKE3 of
+            # it) is the object's: its bytes are hashed once, not twice. Smaller ones are hashed here.
+            alone = size >= self.volume_size // 2
+            if alone:
+                volume.close()
             name, offset = volume.start()
-            digest = blake3()  # 2.3x less CPU than sha256; the core hashes each volume (BLAKE3) as well
+            digest = None if alone else blake3()
             written = 0
             changed = False
             data = first
             try:
                 while data:
-                    digest.update(data)
+                    if digest is not None:
+                        digest.update(data)
                     volume.write(data)
                     written += len(data)
                     if stop.is_set():
@@ -373,8 +379,9 @@ class MinioSource(Source):
                     part = zeros[: size - written]
                     volume.write(part)
                     written += len(part)
+        hexdigest = volume.close() if digest is None else digest.hexdigest()
         volume.roll()
-        entry = self._entry(number, obj, headers, reader.etag, size, digest.hexdigest(), name, offset)
+        entry = self._entry(number, obj, headers, reader.etag, size, hexdigest, name, offset)
         if changed:
             entry["changed"] = True
         return entry

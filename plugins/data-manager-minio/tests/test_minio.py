@@ -261,6 +261,27 @@ def test_round_trip_elsewhere(bucket: Bucket, tmp_path: Path) -> None:
     dm.verify("d")
 
 
+def test_large_object_in_a_volume_of_its_own(bucket: Bucket, tmp_path: Path) -> None:
+    """An object of half a volume or more is alone in its volume, and the core's digest of that volume is its own."""
+    from blake3 import blake3
+
+    objects = fill(bucket)
+    dm = dm_for(bucket, tmp_path, volume_size="8MiB")  # big/multi.bin (11 MiB) is alone, the rest share
+    dm.backup("d")
+    info = dm.list_backups("d")[-1]
+    artifacts = dm.repository("local").artifacts(info, "b")
+    with artifacts.open("objects.jsonl") as f:
+        entries = [json.loads(line) for line in f.read().splitlines()]
+    big = next(e for e in entries if e["key"] == "big/multi.bin")
+    assert big["offset"] == 0 and [e for e in entries if e["volume"] == big["volume"]] == [big]
+    assert big["blake3"] == blake3(objects["big/multi.bin"]).hexdigest()
+    assert {a.name: a.digest for a in artifacts.record.artifacts}[big["volume"]] == big["blake3"]
+    assert all(e["blake3"] == blake3(objects[e["key"]]).hexdigest() for e in entries)
+    other = bucket.other()
+    dm.restore("d", "latest", overrides={"b": {"bucket": other}})
+    assert bucket.get("big/multi.bin", other) == objects["big/multi.bin"]
+
+
 # Keys that need percent-encoding in the URL libcurl signs (MinIO refuses '//' and '.'/'..' segments).
 AWKWARD_KEYS = ["a+b=c&d!'()*@$,;:.txt", "percent%20x", "q?mark#hash", "[brackets]{}|^`", 'quote"s<>',
                 "tab\tkey", "back\\slash", "emoji 😀", "tilde~"]

@@ -5,11 +5,12 @@ could not, and resumes a broken listing after its last key). Objects up to ``sma
 whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`); larger ones (and any small one the fast path
 hands back) go to ``parallel`` worker threads, which stream them through the SDK, 1 MiB at a time and in
 ranges of ``range_size``. Each fetching thread writes volumes of its own: plain concatenations of object
-bytes, one stream compressed with zstd and one stored as is (:func:`~data_manager.volumes.incompressible`), rolling over at
-``volume_size``. ``objects.jsonl`` lists every object: its key relative to the prefix, size, ETag,
-last-modified, content type and other content headers, user metadata, storage class, BLAKE3 digest,
-and the volume and offset of its bytes. Artifact names are numbers (``vol-000001``), never derived from keys, so
-any key (unicode, spaces, ``..``) is safe.
+bytes, one stream compressed with zstd and one stored as is (:func:`~data_manager.volumes.incompressible`),
+rolling over at ``volume_size``; an object of half that or more has a volume to itself. ``objects.jsonl``
+lists every object: its key relative to the prefix, size, ETag, last-modified, content type and other
+content headers, user metadata, storage class, BLAKE3 digest, and the volume and offset of its bytes.
+Artifact names are numbers (``vol-000001``), never derived from keys, so any key (unicode, spaces, ``..``)
+is safe.
 
 Restore reads each volume once, in parallel over volumes, and writes every object to the target bucket
 and prefix (created if missing): each object's digest is checked before its upload is completed, so no

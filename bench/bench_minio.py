@@ -1,13 +1,14 @@
 """S3 both ways against ``rclone copy``, on the same data in the same run (MinIO of scripts/services).
 
-    python bench/bench_minio.py [--size-mb 2048] [--keep]
+    python bench/bench_minio.py [--size-mb 2048] [--rounds 3] [--keep]
 
 1. a directory of mixed files (a few large ones, medium ones, many small; half random, half text) to S3:
    ``rclone copy DIR m:bucket`` against ``data-manager backup`` with the directory source and the ``s3``
    storage;
 2. that bucket (the copy rclone just made) to the local filesystem: ``rclone copy m:bucket DIR`` against
    ``data-manager backup`` with the ``minio`` source and the ``filesystem`` storage; for reference also
-   ``rclone copy`` followed by ``sync -f`` (data-manager fsyncs what it writes, rclone does not);
+   ``rclone copy`` followed by ``sync -f`` (data-manager fsyncs what it writes, rclone does not). The three
+   run in turn ``--rounds`` times; each is reported by its median run, and every round's ratio is printed;
 3. that backup restored into a new bucket, against the upload of step 1.
 
 data-manager does more than a copy (a BLAKE3 digest of every object, BLAKE3 of every artifact, zstd where it pays,
@@ -23,9 +24,10 @@ import resource
 import shutil
 import tempfile
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
-from common import Measurement, dm_command, report
+from common import Measurement, dm_command, medians, report
 from common import run as run_child
 
 ENDPOINT = "127.0.0.1:9000"
@@ -42,7 +44,7 @@ RCLONE_ENV = {
 }
 
 
-CPU: dict[str, dict[str, float]] = {}  # per contender: CPU seconds of its process tree and of the MinIO server
+CPU: dict[str, list[dict[str, float]]] = {}  # per contender, per run: CPU seconds of its process tree and of MinIO
 
 
 def _minio_cpu() -> float | None:
@@ -69,7 +71,7 @@ def run(name: str, cmd: str | list[str], **kw: object) -> Measurement:
     cpu = {"cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)}
     if server is not None and server_after is not None:
         cpu["minio_cpu_s"] = round(server_after - server, 2)
-    CPU[name] = cpu
+    CPU.setdefault(name, []).append(cpu)
     print(f"{name}: {m.seconds:.2f} s, CPU {cpu['cpu_s']:.2f} s, MinIO CPU {cpu.get('minio_cpu_s', '?')} s")
     return m
 
@@ -114,6 +116,7 @@ def make_tree(root: Path, size_mb: int) -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each contender, bucket to filesystem")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     # rclone 1.60 cannot load a custom CA bundle into its transport and refuses to start when AWS_CA_BUNDLE
@@ -152,18 +155,26 @@ def main() -> None:
         # Each contender starts with the page cache clean (an untimed sync): the 2 GB rclone leaves dirty
         # would otherwise be written back during the next run. data-manager fsyncs every volume before it
         # counts; rclone copy does not, so its copy made durable (then `sync -f`) is shown for reference.
-        os.sync()
-        rows = [run("rclone copy s3 -> dir", ["rclone", "copy", f"m:{rclone_dst}", str(work / "rclone-copy")],
-                    env=env, nbytes=nbytes)]
-        os.sync()
-        durable = work / "rclone-durable"
-        rows.append(run("rclone copy s3 -> dir; sync -f", f"rclone copy m:{rclone_dst} {durable} && sync -f {durable}",
-                        shell=True, env=env, nbytes=nbytes))
-        os.sync()
-        rows.append(run("data-manager backup s3 -> fs", [*dm, "backup", "bucket2fs"], env=env, nbytes=nbytes))
+        rounds = []
+        for i in range(args.rounds):
+            for d in (work / "rclone-copy", work / "rclone-durable", work / "backups"):
+                shutil.rmtree(d, ignore_errors=True)
+            os.sync()
+            row = [run("rclone copy s3 -> dir", ["rclone", "copy", f"m:{rclone_dst}", str(work / "rclone-copy")],
+                       env=env, nbytes=nbytes)]
+            os.sync()
+            durable = work / "rclone-durable"
+            row.append(run("rclone copy s3 -> dir; sync -f", f"rclone copy m:{rclone_dst} {durable} && sync -f {durable}",
+                           shell=True, env=env, nbytes=nbytes))
+            os.sync()
+            row.append(run("data-manager backup s3 -> fs", [*dm, "backup", "bucket2fs"], env=env, nbytes=nbytes))
+            print(f"round {i + 1}: data-manager / rclone copy = {row[2].seconds / row[0].seconds:.2f}")
+            rounds.append(row)
         stored = sum(p.stat().st_size for p in (work / "backups").rglob("*") if p.is_file())
-        report(f"minio bucket to fs: {nbytes / 1e6:.0f} MB in {files} objects", rows, baseline="rclone copy s3 -> dir",
-               extra={"source_bytes": nbytes, "stored_bytes": stored, "objects": files, "cpu": dict(CPU)})
+        report(f"minio bucket to fs: {nbytes / 1e6:.0f} MB in {files} objects, median of {args.rounds} rounds",
+               medians(rounds), baseline="rclone copy s3 -> dir",
+               extra={"source_bytes": nbytes, "stored_bytes": stored, "objects": files, "cpu": dict(CPU),
+                      "rounds": [[asdict(m) for m in row] for row in rounds]})
         # Restoring writes every object back to a bucket: the upload (rclone copy dir -> s3) is its measure.
         rows = [
             upload,

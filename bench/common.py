@@ -86,6 +86,19 @@ def report(title: str, rows: list[Measurement], baseline: str, extra: dict | Non
     print(f"(saved {out})")
 
 
+def medians(rounds: list[list[Measurement]]) -> list[Measurement]:
+    """Per contender (same position in every round), its run of median time.
+
+    On a shared machine one run of each says little (the same run varied by 30% here): contenders run
+    in alternation, round after round, and each is reported by its median run.
+    """
+    out = []
+    for runs in zip(*rounds):
+        ordered = sorted(runs, key=lambda m: m.seconds)
+        out.append(ordered[(len(ordered) - 1) // 2])
+    return out
+
+
 def dm_command() -> list[str]:
     """The data-manager CLI of this interpreter."""
     return [sys.executable, "-m", "data_manager"]

@@ -84,6 +84,19 @@ class ConnectionSettings:
         scheme = "https" if self.secure else "http"
         return f"{scheme}://{self.endpoint}/{bucket}" + (f"/{prefix.rstrip('/')}" if prefix else "")
 
+    @property
+    def connect_timeout(self) -> int:
+        return min(self.timeout, 15)
+
+    @staticmethod
+    def ca_file() -> str:
+        """The CA bundle every client here trusts (the SDK's pool and libcurl alike): $SSL_CERT_FILE, else certifi's."""
+        import os
+
+        import certifi
+
+        return os.environ.get("SSL_CERT_FILE") or certifi.where()
+
 
 def is_transient(exc: BaseException) -> bool:
     """Would the same request, repeated a little later, probably succeed?"""
@@ -172,17 +185,14 @@ class Connection:
         return self._client
 
     def _make_client(self) -> Any:
-        import os
-
-        import certifi
         import urllib3
         from minio import Minio
 
         self._http = http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(self.cs.timeout, 15), read=self.cs.timeout),
+            timeout=urllib3.Timeout(connect=self.cs.connect_timeout, read=self.cs.timeout),
             maxsize=self._pool_size,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            ca_certs=self.cs.ca_file(),
             retries=False,  # Connection.call retries, with backoff and a log line
         )
         return Minio(

@@ -13,7 +13,6 @@ row the fast path stops trying and hands everything back.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -58,13 +57,11 @@ def easy_handle(cs: ConnectionSettings, region: str) -> Any:
         h.setopt(pycurl.USERNAME, cs.access_key)
         h.setopt(pycurl.PASSWORD, cs.secret_key)
     if cs.secure:
-        import certifi
-
-        h.setopt(pycurl.CAINFO, os.environ.get("SSL_CERT_FILE") or certifi.where())
+        h.setopt(pycurl.CAINFO, cs.ca_file())
     h.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
     h.setopt(pycurl.PROXY, "")
     h.setopt(pycurl.NOSIGNAL, 1)
-    h.setopt(pycurl.CONNECTTIMEOUT, min(cs.timeout, 15))
+    h.setopt(pycurl.CONNECTTIMEOUT, cs.connect_timeout)
     h.setopt(pycurl.LOW_SPEED_LIMIT, 1)
     h.setopt(pycurl.LOW_SPEED_TIME, cs.timeout)
     return h

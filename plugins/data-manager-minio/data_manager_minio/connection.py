@@ -204,6 +204,15 @@ class Connection:
             http_client=http,
         )
 
+    def region(self, bucket: str) -> str:
+        """The region requests to ``bucket`` are signed for: the setting, else what the SDK found out."""
+        if self.cs.region:
+            return self.cs.region
+        try:  # the SDK caches each bucket's region (GetBucketLocation); it has no public accessor
+            return str(self.client._get_region(bucket))
+        except Exception:  # noqa: BLE001 - a wrong guess only makes libcurl's requests fall back to the SDK
+            return "us-east-1"
+
     def error(self, what: str, exc: BaseException | str) -> DataManagerError:
         detail = exc if isinstance(exc, str) else describe(exc)
         return self.error_class(f"{self.label}: {what}: {detail}")

@@ -142,15 +142,6 @@ class MinioSource(Source):
 
     # ------------------------------------------------------------------ backup
 
-    def _region(self) -> str:
-        """The bucket's region, for libcurl's signature: the setting, else what the SDK found out."""
-        if self.cs.region:
-            return self.cs.region
-        try:  # the SDK caches the bucket's region (GetBucketLocation); it has no public accessor
-            return str(self.conn.client._get_region(self.bucket))
-        except Exception:  # noqa: BLE001 - a wrong guess only costs GIVE_UP hand-backs to the SDK path
-            return "us-east-1"
-
     def _libcurl(self) -> bool:
         """Can pycurl be loaded here (for :mod:`.fetch` and :mod:`.listing`)? Imported on first use, not at
         registration: every CLI command registers plugins. Where it cannot, the SDK does all the work."""
@@ -170,7 +161,7 @@ class MinioSource(Source):
             return None
         from .listing import Lister
 
-        return Lister(self.cs, self.bucket, self._region())
+        return Lister(self.cs, self.bucket, self.conn.region(self.bucket))
 
     def _small_objects(self) -> SmallObjects | None:
         """The libcurl fetcher of small objects (None: every object goes through the SDK)."""
@@ -178,7 +169,7 @@ class MinioSource(Source):
             return None
         from .fetch import SmallObjects
 
-        return SmallObjects(self.cs, self.bucket, self._region(), self.parallel, self.small_size)
+        return SmallObjects(self.cs, self.bucket, self.conn.region(self.bucket), self.parallel, self.small_size)
 
     def backup(self, sink: ArtifactSink) -> None:
         self.check()

@@ -71,7 +71,7 @@ class SmallObjects:
     """Fetches whole objects of one bucket, ``concurrency`` at a time, for :meth:`run`."""
 
     def __init__(self, cs: ConnectionSettings, bucket: str, region: str, concurrency: int, max_size: int) -> None:
-        self._base = f"{'https' if cs.secure else 'http'}://{cs.endpoint}/{quote(bucket, safe='')}/"
+        self._base = cs.url(bucket) + "/"
         self._cs = cs
         self._region = region
         self._concurrency = concurrency

@@ -86,7 +86,7 @@ class Lister:
     """Lists one bucket over libcurl; :attr:`complete` says whether the last :meth:`objects` got to the end."""
 
     def __init__(self, cs: ConnectionSettings, bucket: str, region: str) -> None:
-        self._url = f"{'https' if cs.secure else 'http'}://{cs.endpoint}/{quote(bucket, safe='')}?"
+        self._url = cs.url(bucket)
         self._cs = cs
         self._region = region
         self.complete = False
@@ -105,13 +105,13 @@ class Lister:
         try:
             h = easy_handle(self._cs, self._region)
         except (pycurl.error, AttributeError) as exc:  # a pycurl built on a libcurl without SigV4 (< 7.75)
-            log.info("%s: libcurl cannot sign S3 requests here (%s); the SDK lists the bucket", self._url[:-1], exc)
+            log.info("%s: libcurl cannot sign S3 requests here (%s); the SDK lists the bucket", self._url, exc)
             return
         token: str | None = None
         try:
             while True:
                 body = bytearray()
-                h.setopt(pycurl.URL, self._url + self._query(prefix, token))
+                h.setopt(pycurl.URL, f"{self._url}?{self._query(prefix, token)}")
                 h.setopt(pycurl.WRITEFUNCTION, body.extend)
                 try:
                     h.perform()
@@ -121,7 +121,7 @@ class Lister:
                     objects, token = parse_page(bytes(body))
                 except (pycurl.error, ValueError, KeyError, ET.ParseError) as exc:
                     why = exc.args[1] if isinstance(exc, pycurl.error) and len(exc.args) > 1 else exc
-                    log.info("%s: listing over libcurl stopped (%s); the SDK lists the rest", self._url[:-1], why)
+                    log.info("%s: listing over libcurl stopped (%s); the SDK lists the rest", self._url, why)
                     return
                 yield from objects
                 if token is None:

@@ -328,8 +328,18 @@ def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, capl
     assert bucket.client.stat_object(other, "tilde~").metadata["x-amz-meta-key-length"] == "6"
 
 
-def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager_minio import listing
+
+    real, listed = listing.parse_page, []
+
+    def parse_page(body: bytes) -> Any:
+        objects, token = real(body)
+        listed.extend(o.object_name for o in objects)
+        return objects, token
+
+    monkeypatch.setattr(listing, "parse_page", parse_page)
     prefix = "dir +é&=x;%20/"
     for key in AWKWARD_KEYS + ["plain"]:
         bucket.put(prefix + key, key.encode())
@@ -338,6 +348,7 @@ def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: P
     with caplog.at_level("INFO", logger="data_manager_minio"):
         dm.backup("d")
     assert "listing over libcurl stopped" not in caplog.text
+    assert sorted(listed) == sorted(prefix + k for k in AWKWARD_KEYS + ["plain"])  # all listed over libcurl
     assert set(_index(dm)) == set(AWKWARD_KEYS + ["plain"])
 
 

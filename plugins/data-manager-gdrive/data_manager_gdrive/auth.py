@@ -16,8 +16,10 @@ Four kinds, chosen by the ``auth`` setting:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,15 +145,39 @@ def _run_installed_app_flow(client_secrets_file: Path, token_file: Path, scopes:
 
 
 def save_token(creds: Any, token_file: Path) -> None:
-    """Write the OAuth token readable by the owner only (0600, directory 0700), atomically."""
+    """Write the OAuth token readable by the owner only (0600, directory 0700), atomically.
+
+    The temporary file gets a random name and is created with O_EXCL (and O_NOFOLLOW): a file or symlink
+    another user planted beside the token can neither be followed nor truncated, and nothing is written
+    anywhere but a fresh file of ours, which then replaces the token in one rename.
+    """
     token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = token_file.with_name(f".{token_file.name}.{os.getpid()}.tmp")
-    data = creds.to_json() if hasattr(creds, "to_json") else json.dumps(creds)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = (creds.to_json() if hasattr(creds, "to_json") else json.dumps(creds)).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = token_file.with_name(f".{token_file.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            break
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, token_file)
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, token_file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a crash once the directory is synced
+        dir_fd = os.open(token_file.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

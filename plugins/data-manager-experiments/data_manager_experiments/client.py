@@ -28,6 +28,26 @@ class GuardError(DataManagerError):
     """A guard service could not be asked, or answered something unusable."""
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib, but the token goes only to the origin it was configured for: urllib
+    copies ``Authorization`` to wherever a redirect points (another host, plain http)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_opener = urllib.request.build_opener(_SameOriginAuth)
+
+
 class ServiceClient:
     def __init__(self, name: str, base_url: str, *, token: str | None, timeout: float, retries: int,
                  backoff: float = 0.5) -> None:
@@ -57,7 +77,7 @@ class ServiceClient:
         for attempt in range(1, attempts + 1):
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _opener.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
                     return resp.status, self._json(raw, method, path)
             except urllib.error.HTTPError as exc:

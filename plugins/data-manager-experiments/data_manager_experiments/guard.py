@@ -12,6 +12,7 @@ Contract (docs/experiments-api.yaml in data-manager):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import urllib.parse
@@ -38,6 +39,29 @@ def _url(settings: Settings, key: str, default: Any = ...) -> str | None:
     return value
 
 
+def is_loopback(host: str | None) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (also as an IPv4-mapped address): this machine, not the network."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _check_token_transport(settings: Settings, key: str, url: str) -> None:
+    """The bearer token goes in clear over plain http: allowed only to this machine (a local fake or tunnel)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "http" and not is_loopback(parsed.hostname):
+        raise settings.error(
+            key, f"would send the token in clear over http:// to {parsed.hostname}; use https:// (plain http:// "
+                 "is allowed only to a loopback address: 127.0.0.0/8, ::1, localhost)")
+
+
 def _timeout(settings: Settings) -> float:
     from data_manager.jobs import parse_duration
 
@@ -58,9 +82,13 @@ class ExperimentsGuard:
             raise settings.error("token", "must be a string")
         experiments_url = _url(settings, "experiments_url")
         assert experiments_url is not None
+        spark_url = _url(settings, "spark_url", None)
+        if token is not None:
+            for key, url in (("experiments_url", experiments_url), ("spark_url", spark_url)):
+                if url is not None:
+                    _check_token_transport(settings, key, url)
         self.experiments = ServiceClient("experiments-manager", experiments_url, token=token, timeout=timeout,
                                          retries=retries)
-        spark_url = _url(settings, "spark_url", None)
         self.spark = (ServiceClient("spark-tasks-sender", spark_url, token=token, timeout=timeout, retries=retries)
                       if spark_url else None)
 

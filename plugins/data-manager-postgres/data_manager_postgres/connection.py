@@ -73,8 +73,36 @@ def _default_user() -> str:
         return "postgres"
 
 
-def parse_target(dsn: str, password: str | None = None, dbname: str | None = None) -> Target:
-    """Split ``dsn`` (URI or key=value) into parameters; ValueError (without the DSN) if malformed."""
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# TLS parameters a source may give beside its dsn (they win over the dsn's); libpq reads them, and so do
+# pg_dump, pg_restore and psql, which get them in their connection string
+TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+def is_local(params: Mapping[str, str], environ: Mapping[str, str] | None = None) -> bool:
+    """Do these parameters reach a server on this machine only (a Unix socket or a loopback address)?"""
+    import ipaddress
+
+    env = os.environ if environ is None else environ
+    hosts = params.get("hostaddr") or params.get("host") or env.get("PGHOSTADDR") or env.get("PGHOST") or ""
+    for host in hosts.split(","):
+        host = host.strip()
+        if not host or host.startswith("/") or host.startswith("@") or host.lower() == "localhost":
+            continue  # no host: libpq's Unix socket
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return False
+    return True
+
+
+def parse_target(dsn: str, password: str | None = None, dbname: str | None = None,
+                 tls: Mapping[str, str] | None = None) -> Target:
+    """Split ``dsn`` (URI or key=value) into parameters; ValueError (without the DSN) if malformed.
+
+    ``tls``: ``sslmode``, ``sslrootcert``... given apart from the DSN; they replace the DSN's."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
@@ -86,6 +114,9 @@ def parse_target(dsn: str, password: str | None = None, dbname: str | None = Non
         pw = password
     if dbname:
         params["dbname"] = dbname
+    params.update(tls or {})
+    if params.get("sslmode", "prefer") not in SSLMODES:
+        raise ValueError(f"sslmode must be one of {', '.join(SSLMODES)}, not {params['sslmode']!r}")
     params.setdefault("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
     return Target(params, pw)
 

@@ -30,7 +30,8 @@ from typing import Any
 from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from .connection import Target, connect, explain_connect_error, one_line, parse_target, query_error
+from .connection import (SSLMODES, TLS_KEYS, Target, connect, explain_connect_error, is_local, one_line, parse_target,
+                         query_error)
 from .tools import StderrTail, enlarge_pipe, find_tool, server_major, tool_version
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ HOLD = 1 << 20  # the tail of the SQL script kept from psql until the backup che
 ARTIFACT = "database.pgdump"
 FORMAT = "pg_dump-custom"
 KEYS = {"dsn", "password", "database", "schemas", "exclude_tables", "exclude_table_data", "no_owner",
-        "no_privileges", "bin_dir", "lock_timeout"}
+        "no_privileges", "bin_dir", "lock_timeout", *TLS_KEYS}
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
 
@@ -69,10 +70,21 @@ class PostgresSource(Source):
         if password is not None and not isinstance(password, str):
             raise settings.error("password", "must be a string")
         database = settings.get_str("database", None)
+        tls = {k: settings.get_str(k) if k == "sslmode" or settings.get(k) == "system" else str(settings.get_path(k))
+               for k in TLS_KEYS if k in settings}
+        if tls.get("sslmode", "prefer") not in SSLMODES:
+            raise settings.error("sslmode", f"must be one of {', '.join(SSLMODES)}, not {tls['sslmode']!r}")
         try:
-            self.target: Target = parse_target(dsn, password, database)
+            self.target: Target = parse_target(dsn, password, database, tls)
         except ValueError as exc:
             raise settings.error("dsn", str(exc)) from None
+        if "sslmode" not in self.target.params and not os.environ.get("PGSSLMODE") \
+                and not is_local(self.target.params):
+            # libpq's default, kept for compatibility: "prefer" falls back to a clear-text connection
+            # without a word and never checks the server's certificate
+            log.warning("source %s: no sslmode for %s: libpq's default 'prefer' may connect unencrypted and does "
+                        "not verify the server; set sslmode = \"verify-full\" (with sslrootcert) or \"require\", "
+                        "or \"prefer\"/\"disable\" to accept that", name, self.target.where)
         self.schemas = settings.get_list("schemas", [])
         self.exclude_tables = settings.get_list("exclude_tables", [])
         self.exclude_table_data = settings.get_list("exclude_table_data", [])

@@ -95,3 +95,23 @@ def cli(*args: str, config: Path | None = None, input: str | None = None, env: d
         cmd += ["--config", str(config)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, input=input,
                           env={**os.environ, **(env or {})}, timeout=300)
+
+
+def replace_artifact(backup: Path, source: str, name: str, data: bytes) -> None:
+    """Put ``data`` in place of an artifact of the backup directory ``backup`` (``ROOT/DATA_ID/TIMESTAMP``)
+    and record its new size and digest in the metadata, as a crafted (not a damaged) backup would be."""
+    import json
+
+    import zstandard
+    from blake3 import blake3
+
+    for meta in (backup / "backup.json", backup / source / "source.json"):
+        doc = json.loads(meta.read_text())
+        for src in doc.get("sources", [doc]):
+            if src["name"] != source:
+                continue
+            art = next(a for a in src["artifacts"] if a["name"] == name)
+            stored = zstandard.ZstdCompressor().compress(data) if art["compression"] == "zstd" else data
+            (backup / source / art["file"]).write_bytes(stored)
+            art.update(size=len(data), blake3=blake3(data).hexdigest(), stored_size=len(stored))
+        meta.write_text(json.dumps(doc, indent=2))

@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,36 @@ def test_check_reports_unusable_roots(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="not a directory"):
         storage(f).check()
     storage(tmp_path / "new" / "root").check()  # creatable is fine
+
+
+def test_commit_fsyncs_the_object_then_renames_then_fsyncs_the_directory(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash at any point leaves the old object or the whole new one, never a renamed, half-written file."""
+    s = storage(tmp_path)
+    final = tmp_path / "d" / "obj"
+    calls: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            calls.append(("fsync dir", str(st.st_ino)))
+        else:
+            calls.append(("fsync file", str(st.st_ino), str(st.st_size)))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str], **kw: object) -> None:
+        calls.append(("replace", str(os.stat(src).st_ino), os.fspath(dst)))
+        real_replace(src, dst, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    w = s.open_write("d/obj")
+    w.write(b"x" * 5000)
+    w.write(b"y" * 3000)
+    assert calls == []
+    w.commit()
+    monkeypatch.undo()
+    obj, parent = str(final.stat().st_ino), str(final.parent.stat().st_ino)
+    assert calls == [("fsync file", obj, "8000"), ("replace", obj, str(final)), ("fsync dir", parent)]
+    assert final.read_bytes() == b"x" * 5000 + b"y" * 3000

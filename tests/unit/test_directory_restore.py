@@ -1,0 +1,120 @@
+"""Restores of crafted or damaged volumes: they fail as corrupt, write nothing outside the target, and leave
+the target as it was. Tested through the API on real backups whose volumes are then replaced."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from data_manager.api import DataManager
+from data_manager.errors import CorruptBackupError
+from tests.helpers import replace_artifact, snapshot
+
+
+def manager(tmp_path: Path, src: Path) -> DataManager:
+    return DataManager.from_dict({
+        "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
+        "datasets": {"d": {"sources": [{"name": "raw", "type": "directory", "path": str(src)}]}},
+    })
+
+
+def everything(root: Path) -> list[str]:
+    """Every path below ``root`` but the backups and the state directory, symlinks not followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel.split(os.sep)[0] == "backups":
+            continue
+        out += [os.path.join(rel, n) for n in dirnames + filenames]
+    return sorted(out)
+
+
+def craft(tmp_path: Path, ts: str, name: str, kind: str) -> None:
+    """Replace the backup's one volume by a pax tar volume holding a harmless file, then a member called
+    ``name``, and its index by one listing exactly those two (so only the name is wrong)."""
+    buf = io.BytesIO()
+    index = [{"path": "ok.txt", "type": "file", "mode": 0o644, "mtime_ns": 0, "size": 3, "volume": "vol-000001.tar"}]
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        ok = tarfile.TarInfo("ok.txt")
+        ok.size = 3
+        tar.addfile(ok, io.BytesIO(b"ok\n"))
+        member = tarfile.TarInfo(name)
+        entry = {"path": name, "type": kind, "mode": 0o644, "mtime_ns": 0, "volume": "vol-000001.tar"}
+        if kind == "file":
+            member.size = 4
+            tar.addfile(member, io.BytesIO(b"evil"))
+            entry["size"] = 4
+        elif kind == "dir":
+            member.type = tarfile.DIRTYPE
+            tar.addfile(member)
+        else:
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc"
+            tar.addfile(member)
+            entry["target"] = "/etc"
+        index.append(entry)
+    backup = tmp_path / "backups" / "d" / ts
+    replace_artifact(backup, "raw", "vol-000001.tar", buf.getvalue())
+    replace_artifact(backup, "raw", "files.jsonl", "".join(json.dumps(e) + "\n" for e in index).encode())
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sub/../../evil", "file"), ("sub/../../evil", "dir"), ("sub/../../evil", "symlink"), ("../evil", "file"),
+    ("sub/../../../evil", "file"), ("{abs}/evil", "file"), ("{abs}/evil", "dir"), ("a//b", "file"),
+])
+def test_unsafe_member_names_are_refused(tmp_path: Path, name: str, kind: str) -> None:
+    target = tmp_path / "t" / "raw"
+    (target / "sub").mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    dm = manager(tmp_path, target)
+    ts = dm.backup("d").timestamp
+    (target / "keep.txt").write_text("changed after the backup")  # a successful restore would undo this
+    craft(tmp_path, ts, name.format(abs=tmp_path / "abs"), kind)
+    before, around = snapshot(target), everything(tmp_path)
+
+    with pytest.raises(CorruptBackupError):
+        dm.restore("d")
+    assert snapshot(target) == before
+    assert everything(tmp_path) == around  # nothing written beside the target, or anywhere else
+    assert not (tmp_path / "abs").exists()
+
+
+def test_a_crafted_volume_restores_when_its_names_are_safe(tmp_path: Path) -> None:
+    """The crafting above is sound: with a safe name the same kind of volume restores."""
+    target = tmp_path / "t" / "raw"
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    dm = manager(tmp_path, target)
+    ts = dm.backup("d").timestamp
+    craft(tmp_path, ts, "fine", "file")
+    dm.restore("d")
+    assert (target / "ok.txt").read_text() == "ok\n" and (target / "fine").read_bytes() == b"evil"
+    assert not (target / "keep.txt").exists()
+
+
+def test_a_flipped_byte_in_a_volume_of_whole_tar_records_is_caught(tmp_path: Path) -> None:
+    """tar reads 10240-byte records: when a volume is a whole number of them, tar stops right at its end
+    without reading past it, so only the restore's own read to EOF checks the volume's digest."""
+    target = tmp_path / "t" / "raw"
+    target.mkdir(parents=True)
+    # 1536 bytes of pax and ustar headers + 69,120 of data + 1024 of trailer = 7 records of 10240 bytes.
+    (target / "noise.bin").write_bytes(os.urandom(69_120))
+    dm = manager(tmp_path, target)
+    ts = dm.backup("d").timestamp
+    [vol] = (tmp_path / "backups" / "d" / ts / "raw").glob("vol-*")
+    assert vol.name == "vol-000001.tar"  # stored as-is: the flipped byte reaches tar unchanged
+    data = bytearray(vol.read_bytes())
+    assert len(data) % tarfile.RECORDSIZE == 0, len(data)
+    data[1536 + 30_000] ^= 0x01  # inside the file's data: no tar header notices
+    vol.write_bytes(data)
+    (target / "noise.bin").write_bytes(b"changed after the backup")
+    before, around = snapshot(target), everything(tmp_path)
+
+    with pytest.raises(CorruptBackupError):
+        dm.restore("d")
+    assert snapshot(target) == before
+    assert everything(tmp_path) == around

@@ -8,12 +8,15 @@ offset of its data in the volume, size and sha256, so a single file can later be
 
 Volumes are POSIX pax tar: ``zstd -dc vol-000001.tar.zst | tar -x`` extracts one by hand.
 
-Restore extracts every volume into a hidden directory beside the target, checks every volume's sha256,
-then swaps it in for the target: a failed restore leaves the target as it was.
+Restore extracts every volume into a hidden directory beside the target (never through a symlink, whatever
+the volumes hold), checks every volume's digest and that ``files.jsonl`` lists exactly what they held,
+syncs it to disk, then swaps it in for the target atomically: a failed restore leaves the target as it was.
+setuid/setgid bits are dropped unless ``keep_setuid = true``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +28,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from blake3 import blake3
+
+from ..durable import exchange, fsync_dir, os_reason, sync_filesystem, write_all
 from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
 from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
@@ -93,7 +99,7 @@ class _TarVolumes(Volumes):
 class DirectorySource(Source):
     def __init__(self, name: str, settings: Settings) -> None:
         super().__init__(name, settings)
-        settings.check_known({"path", "volume_size", "exclude"})
+        settings.check_known({"path", "volume_size", "exclude", "keep_setuid"})
         self.path = settings.get_path("path")
         self.volume_size = _parse_size(settings, "volume_size", 128 << 20)
         self.exclude = settings.get_list("exclude", [])
@@ -240,39 +246,123 @@ class DirectorySource(Source):
 
     def restore(self, artifacts: ArtifactSet) -> None:
         target = self.path
+        if target.is_symlink():
+            # Restore into the directory the link points at, so the target stays a symlink.
+            target = Path(os.path.realpath(target))
         if target.exists() and not target.is_dir():
             raise SourceError(f"source {self.name!r}: {target} exists and is not a directory")
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
+            _recover(parent, target.name)
+            tag = secrets.token_hex(4)
+            staging = parent / f".{target.name}{_STAGING}{tag}"
+            os.mkdir(staging, 0o700)
         except OSError as exc:
-            raise SourceError(f"source {self.name!r}: cannot create {parent}: {exc.strerror}") from None
-        tag = secrets.token_hex(4)
-        staging = parent / f".{target.name}.dm-restore-{tag}"
-        staging.mkdir()
+            raise SourceError(f"source {self.name!r}: cannot restore into {target}: {os_reason(exc)}") from None
         try:
-            dir_meta: list[tuple[Path, int, int]] = []
-            volumes = artifacts.info.get("volumes") or [n for n in artifacts.names() if n.startswith("vol-")]
+            self._extract_all(artifacts, staging)
+            _swap(staging, target, tag)
+        except OSError as exc:
+            # A full disk, a read-only filesystem, a permission: one line, the target as it was.
+            raise SourceError(f"source {self.name!r}: cannot restore into {target}: {os_reason(exc)}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def restore_leftovers(self, remove: bool) -> list[str]:
+        """Staging and old copies that an interrupted restore left beside the target."""
+        target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+        found = _leftovers(target.parent, target.name)
+        if remove:
+            for path in found:
+                shutil.rmtree(path, ignore_errors=True)
+        return [str(p) for p in found]
+
+    def _extract_all(self, artifacts: ArtifactSet, staging: Path) -> None:
+        """Every volume into ``staging``, checked against the index, made durable; raises before any swap."""
+        info = artifacts.info
+        volumes = info.get("volumes") or [n for n in artifacts.names() if n.startswith("vol-")]
+        root_mode = info.get("root_mode", 0o755)
+        if not (isinstance(volumes, list) and all(isinstance(v, str) for v in volumes)):
+            raise CorruptBackupError(f"{self.name}: the recorded volume list is not a list of names")
+        if not (isinstance(root_mode, int) and 0 <= root_mode <= 0o7777):
+            raise CorruptBackupError(f"{self.name}: bad recorded root mode {root_mode!r}")
+        keep_setid = self.settings.get_bool("keep_setuid", False)
+        root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        tree = _Tree(root_fd, self.name, keep_setid)
+        try:
             for volume in volumes:
                 with artifacts.open(volume) as stream:
-                    self._extract(stream, staging, dir_meta, volume)
-            # Directories last, deepest first: writing into them changed their mtimes.
-            for path, mode, mtime_ns in sorted(dir_meta, key=lambda d: -len(d[0].parts)):
-                os.chmod(path, mode)
-                os.utime(path, ns=(mtime_ns, mtime_ns))
-            os.chmod(staging, artifacts.info.get("root_mode", 0o755))
-            if "root_mtime_ns" in artifacts.info:
-                os.utime(staging, ns=(artifacts.info["root_mtime_ns"], artifacts.info["root_mtime_ns"]))
-            self._swap(staging, target, tag)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                    tree.extract(stream, volume)
+            if info.get("index"):
+                self._check_index(artifacts, str(info["index"]), tree)
+            tree.finish_directories()
+            os.fchmod(root_fd, _safe_mode(root_mode, keep_setid))
+            mtime = info.get("root_mtime_ns")
+            if isinstance(mtime, int):
+                os.utime(root_fd, ns=(mtime, mtime))
+            # Durable before it becomes the target: one syncfs, not one fsync per file.
+            sync_filesystem(root_fd)
+        finally:
+            tree.close()
 
-    def _swap(self, staging: Path, target: Path, tag: str) -> None:
-        if not target.exists():
-            os.rename(staging, target)
-            return
-        old = target.parent / f".{target.name}.dm-old-{tag}"
+    def _check_index(self, artifacts: ArtifactSet, index: str, tree: _Tree) -> None:
+        """``files.jsonl`` must list exactly what the volumes held (read to EOF: its digest is checked)."""
+        listed = _Tally()
+        with artifacts.open(index) as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    entry = json.loads(line)
+                    listed.add(entry["type"], entry["path"], entry.get("size", 0), entry.get("target", ""))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise CorruptBackupError(f"{self.name}/{index}: line {n} is not an index entry ({exc})") from None
+        if listed != tree.tally:
+            raise CorruptBackupError(
+                f"{self.name}/{index}: lists {listed.count} entries that differ from the {tree.tally.count} in the volumes"
+            )
+
+
+_STAGING = ".dm-restore-"
+_OLD = ".dm-old-"
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _safe_mode(mode: int, keep_setid: bool) -> int:
+    mode &= 0o7777
+    return mode if keep_setid else mode & ~_SETID
+
+
+def _leftovers(parent: Path, name: str) -> list[Path]:
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    prefixes = (f".{name}{_STAGING}", f".{name}{_OLD}")
+    return sorted(Path(e.path) for e in entries if e.name.startswith(prefixes))
+
+
+def _recover(parent: Path, name: str) -> None:
+    """Undo what an interrupted restore left: a target moved aside but not replaced is put back (the swap
+    without an atomic exchange has that window); staging copies are removed."""
+    target = parent / name
+    for path in _leftovers(parent, name):
+        if path.name.startswith(f".{name}{_OLD}") and not os.path.lexists(target):
+            log.warning("putting back %s, moved aside by an interrupted restore", target)
+            os.rename(path, target)
+        else:
+            log.info("removing %s, left by an interrupted restore", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap(staging: Path, target: Path, tag: str) -> None:
+    """Make ``staging`` the target: one atomic exchange where the kernel has it, else two renames."""
+    parent = target.parent
+    if not os.path.lexists(target):
+        os.rename(staging, target)
+    elif exchange(staging, target):
+        pass  # ``staging`` now holds the old tree; the caller removes it
+    else:
+        old = parent / f".{target.name}{_OLD}{tag}"
         os.rename(target, old)
         try:
             os.rename(staging, target)
@@ -280,64 +370,162 @@ class DirectorySource(Source):
             os.rename(old, target)
             raise
         shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(parent)
 
-    def _extract(self, stream: BinaryIO, root: Path, dir_meta: list[tuple[Path, int, int]], volume: str) -> None:
-        chown = os.geteuid() == 0
-        made: set[str] = {""}  # directories known to exist, relative to root
-        links: set[str] = set()  # symlinks created: nothing may be extracted through one
+
+class _Tally:
+    """An order-independent digest of a set of entries (a sum of BLAKE3 hashes), in constant memory: the
+    volumes' members and the index's lines arrive in different orders."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sum = 0
+
+    def add(self, kind: str, path: str, size: int, target: str) -> None:
+        key = f"{kind}\0{path}\0{size}\0{target}".encode("utf-8", "surrogatepass")
+        self._sum = (self._sum + int.from_bytes(blake3(key).digest(), "big")) % (1 << 256)
+        self.count += 1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Tally) and (self.count, self._sum) == (other.count, other._sum)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_OPEN_DIRS = 128
+
+
+class _Tree:
+    """Extracts tar members below a directory fd, across all volumes of a restore.
+
+    Every path component is opened relative to its parent's fd with ``O_NOFOLLOW``, and every file,
+    directory and symlink is created with ``O_EXCL`` semantics: nothing is ever written through a symlink
+    (whichever volume made it), and a name that comes twice is a corrupt backup, whatever the storage holds.
+    """
+
+    def __init__(self, root_fd: int, source: str, keep_setid: bool) -> None:
+        self._source = source
+        self._keep_setid = keep_setid
+        self._chown = os.geteuid() == 0
+        self._dirs: dict[str, int] = {"": root_fd}
+        self._root_fd = root_fd
+        self._dir_meta: list[tuple[str, int, int]] = []
+        self.tally = _Tally()
+        self._label = source
+
+    def _corrupt(self, text: str) -> CorruptBackupError:
+        return CorruptBackupError(f"{self._label}: {text}")
+
+    def _dir_fd(self, rel: str) -> int:
+        """An fd of the directory ``rel`` below the root, created (0700) if missing, never through a link."""
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            return fd
+        parent, _, leaf = rel.rpartition("/")
+        pfd = self._dir_fd(parent)
+        try:
+            try:
+                fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+            except FileNotFoundError:
+                os.mkdir(leaf, 0o700, dir_fd=pfd)  # a file can come in a volume before its directory's entry
+                fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+                raise self._corrupt(f"{rel!r} is a symlink or a file, and a member leads through it") from None
+            raise
+        if len(self._dirs) >= _MAX_OPEN_DIRS:
+            self._close_dirs()
+        self._dirs[rel] = fd
+        return fd
+
+    def _close_dirs(self) -> None:
+        for rel, fd in self._dirs.items():
+            if rel:
+                os.close(fd)
+        self._dirs = {"": self._root_fd}
+
+    def close(self) -> None:
+        self._close_dirs()
+        os.close(self._root_fd)
+
+    def extract(self, stream: BinaryIO, volume: str) -> None:
+        self._label = f"{self._source}/{volume}"
         try:
             tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+            with tar:
+                for member in tar:
+                    self._member(tar, member)
         except tarfile.TarError as exc:
-            raise CorruptBackupError(f"{self.name}/{volume}: not a tar volume ({exc})") from None
-        with tar:
-            for member in tar:
-                name = member.name
-                parts = name.split("/")
-                if name.startswith("/") or ".." in parts or "" in parts:
-                    raise CorruptBackupError(f"{self.name}/{volume}: unsafe path {name!r}")
-                parent = name.rpartition("/")[0]
-                if parent not in made:
-                    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
-                    if links.intersection(prefixes):
-                        raise CorruptBackupError(f"{self.name}/{volume}: {name!r} leads through a symlink")
-                    # A file can come in a volume before the one holding its directory's entry.
-                    os.makedirs(root / parent, exist_ok=True)
-                    made.update(prefixes)
-                path = root / name
-                mtime = member.pax_headers.get(_PAX_MTIME)
-                mtime_ns = _parse_ns(mtime) if mtime else int(member.mtime) * 10**9
-                if member.isdir():
-                    if name in links:
-                        raise CorruptBackupError(f"{self.name}/{volume}: {name!r} is a symlink and a directory")
-                    if name not in made:
-                        path.mkdir(exist_ok=True)
-                        made.add(name)
-                    dir_meta.append((path, member.mode, mtime_ns))
-                elif member.issym():
-                    os.symlink(member.linkname, path)
-                    links.add(name)
-                    os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-                    if chown:
-                        os.lchown(path, member.uid, member.gid)
-                elif member.isfile():
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                    try:
-                        with open(fd, "wb", buffering=0, closefd=False) as out:
-                            while data := src.read(CHUNK):
-                                out.write(data)
-                        if chown:
-                            os.fchown(fd, member.uid, member.gid)
-                        os.fchmod(fd, member.mode)
-                        os.utime(fd, ns=(mtime_ns, mtime_ns))
-                    finally:
-                        os.close(fd)
-                else:
-                    raise CorruptBackupError(f"{self.name}/{volume}: unexpected member type for {name!r}")
-            # Read to the end, so the artifact's checksum is checked before anything is swapped in.
-            while stream.read(CHUNK):
-                pass
+            raise self._corrupt(f"not a valid tar volume ({exc})") from None
+        # Read to the end, so the artifact's checksum is checked before anything is swapped in.
+        while stream.read(CHUNK):
+            pass
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = member.name
+        parts = name.split("/")
+        if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+            raise self._corrupt(f"unsafe path {name!r}")
+        parent, _, leaf = name.rpartition("/")
+        pfd = self._dir_fd(parent)
+        mtime = member.pax_headers.get(_PAX_MTIME)
+        try:
+            mtime_ns = _parse_ns(mtime) if mtime else int(member.mtime) * 10**9
+        except ValueError:
+            raise self._corrupt(f"bad mtime {mtime!r} for {name!r}") from None
+        mode = _safe_mode(member.mode, self._keep_setid)
+        try:
+            if member.isdir():
+                self.tally.add("dir", name, 0, "")
+                try:
+                    os.mkdir(leaf, 0o700, dir_fd=pfd)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.stat(leaf, dir_fd=pfd, follow_symlinks=False).st_mode):
+                        raise self._corrupt(f"{name!r} is both a directory and something else") from None
+                self._dir_meta.append((name, mode, mtime_ns))
+            elif member.issym():
+                self.tally.add("symlink", name, 0, member.linkname)
+                os.symlink(member.linkname, leaf, dir_fd=pfd)
+                os.utime(leaf, ns=(mtime_ns, mtime_ns), dir_fd=pfd, follow_symlinks=False)
+                if self._chown:
+                    os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+            elif member.isfile():
+                self.tally.add("file", name, member.size, "")
+                self._file(tar, member, pfd, leaf, mode, mtime_ns)
+            else:
+                raise self._corrupt(f"unexpected member type for {name!r}")
+        except FileExistsError:
+            raise self._corrupt(f"{name!r} appears twice") from None
+        except ValueError as exc:  # e.g. an embedded NUL the OS refuses
+            raise self._corrupt(f"unusable member {name!r} ({exc})") from None
+
+    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, pfd: int, leaf: str, mode: int, mtime_ns: int) -> None:
+        src = tar.extractfile(member)
+        assert src is not None
+        fd = os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            written = 0
+            while data := src.read(CHUNK):
+                write_all(fd, data)
+                written += len(data)
+            if written != member.size:
+                raise self._corrupt(f"{member.name!r}: {written} bytes in the volume, {member.size} in its header")
+            if self._chown:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+    def finish_directories(self) -> None:
+        """Modes and mtimes of directories last, deepest first: writing into them changed their mtimes, and a
+        read-only directory must still be writable while its children are made."""
+        for rel, mode, mtime_ns in sorted(self._dir_meta, key=lambda d: -d[0].count("/")):
+            fd = self._dir_fd(rel)
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
 def _parse_ns(text: str) -> int:

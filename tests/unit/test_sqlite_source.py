@@ -1,11 +1,14 @@
 import sqlite3
-import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from data_manager.api import DataManager
+from data_manager.builtin.sqlite import DB, WAL, SqliteSource
 from data_manager.errors import CorruptBackupError
+from data_manager.types import Settings
 from tests.helpers import make_sqlite, sqlite_rows
 
 
@@ -33,47 +36,97 @@ def test_round_trip(tmp_path: Path, wal: bool) -> None:
     assert sqlite_rows(fresh) == rows
 
 
-@pytest.mark.parametrize("wal", [False, True])
-def test_consistent_while_a_writer_is_active(tmp_path: Path, wal: bool) -> None:
-    """Each writer transaction moves 1 between two rows: any consistent copy sums to the same total."""
-    db = tmp_path / "live.db"
-    con = sqlite3.connect(db)
-    if wal:
-        con.execute("PRAGMA journal_mode=WAL")
-    con.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER, pad BLOB)")
-    con.executemany("INSERT INTO acct VALUES (?, 1000, randomblob(2000))", [(i,) for i in range(2000)])
-    con.commit()
-    con.close()
-    stop = threading.Event()
+class ProbingSink:
+    """An :class:`~data_manager.types.ArtifactSink` that runs ``probe`` at the first write of the database
+    file: that is, while the source copies it."""
 
-    def writer() -> None:
-        w = sqlite3.connect(db, timeout=30)
-        i = 0
-        while not stop.is_set():
-            a, b = i % 2000, (i * 7 + 1) % 2000
-            w.execute("BEGIN IMMEDIATE")
-            w.execute("UPDATE acct SET bal = bal - 1, pad = randomblob(2000) WHERE id = ?", (a,))
-            w.execute("UPDATE acct SET bal = bal + 1 WHERE id = ?", (b,))
-            w.execute("COMMIT")
-            i += 1
-        w.close()
+    def __init__(self, probe: Callable[[], object]) -> None:
+        self.probe = probe
+        self.seen: list[object] = []
+        self.written: dict[str, int] = {}
+        self.info: dict[str, Any] = {}
+        self.source_name = "db"
 
-    t = threading.Thread(target=writer)
-    t.start()
-    dm = manager(tmp_path, db)
+    def open(self, name: str, *, compression: str = "auto") -> Any:
+        sink = self
+
+        class Writer:
+            digest = ""
+
+            def write(self, data: bytes) -> int:
+                if name == DB and not sink.seen:
+                    sink.seen.append(sink.probe())
+                sink.written[name] = sink.written.get(name, 0) + len(data)
+                return len(data)
+
+            def close(self) -> None:
+                pass
+
+            def abort(self) -> None:
+                pass
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+        return Writer()
+
+    def set_info(self, **info: Any) -> None:
+        self.info.update(info)
+
+
+def source(db: Path) -> SqliteSource:
+    return SqliteSource("db", Settings({"path": str(db)}))
+
+
+def test_rollback_journal_writers_wait_while_the_file_is_copied(tmp_path: Path) -> None:
+    """The copy runs inside a read transaction: its SHARED lock keeps a writer from committing (timeout=0:
+    refused at once), so the file cannot change under the copy."""
+    db = make_sqlite(tmp_path / "x.db", rows=100)
+
+    def write() -> str:
+        con = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            con.execute("INSERT INTO t (id, name) VALUES (100000, 'during the copy')")
+            return "committed"
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        finally:
+            con.close()
+
+    sink = ProbingSink(write)
+    source(db).backup(sink)
+    assert sink.seen == ["database is locked"]
+    assert sink.info["journal_mode"] == "delete" and sink.written[DB] == db.stat().st_size
+    assert write() == "committed"  # and once the copy is done, it may
+
+
+def test_wal_checkpoints_cannot_reset_the_wal_while_it_is_copied(tmp_path: Path) -> None:
+    """The copy runs inside a read transaction: a checkpoint cannot truncate the WAL under it (busy)."""
+    db = make_sqlite(tmp_path / "x.db", rows=100, wal=True)
+    writer = sqlite3.connect(db, isolation_level=None)  # kept open: the WAL is not checkpointed away on close
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE t SET name = 'in the wal' WHERE id < 50")
+    assert Path(f"{db}-wal").stat().st_size > 0
+
+    def checkpoint() -> tuple[int, int, int]:
+        con = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            return con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            con.close()
+
+    sink = ProbingSink(checkpoint)
     try:
-        for n in range(3):
-            dm.backup("d")
+        source(db).backup(sink)
+        busy = sink.seen[0][0]  # type: ignore[index]
+        assert busy == 1, sink.seen
+        assert sink.info["journal_mode"] == "wal" and sink.written[WAL] > 0
+        assert checkpoint()[0] == 0  # and once the copy is done, it completes
     finally:
-        stop.set()
-        t.join()
-    for b in dm.list_backups("d"):
-        out = tmp_path / f"r-{b.timestamp}.db"
-        dm.restore("d", b.timestamp, overrides={"db": {"path": str(out)}})
-        con = sqlite3.connect(out)
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert con.execute("SELECT sum(bal), count(*) FROM acct").fetchone() == (2000 * 1000, 2000)
-        con.close()
+        writer.close()
 
 
 def test_corrupt_backup_leaves_target(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import DataManagerError, ExitCode, UsageError
+from .scrub import scrub
 
 log = logging.getLogger("data_manager")
 
@@ -28,21 +29,11 @@ Exit codes: 0 ok, 1 failed, 2 bad usage/config/dataset/timestamp or missing plug
 
 
 class _Scrubber(logging.Filter):
-    """Keeps secrets out of log lines, whatever a plugin or library puts in them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def scrub(self, text: str) -> str:
-        for s in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(s, "***")
-        return text
+    """Keeps secrets out of log lines, whatever a plugin or library puts in them (see :mod:`data_manager.scrub`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self.scrub(record.getMessage())
-            record.args = None
+        record.msg = scrub(record.getMessage())
+        record.args = None
         return True
 
 
@@ -60,13 +51,12 @@ class Context:
         if self._dm is None:
             from .api import DataManager
 
-            self._dm = DataManager.from_file(self.config_path)
-            SCRUBBER.secrets |= self._dm.config.secrets
+            self._dm = DataManager.from_file(self.config_path)  # registers the config's secrets with scrub
         return self._dm
 
 
 def _fail(exc: DataManagerError) -> NoReturn:
-    click.echo(f"data-manager: error: {SCRUBBER.scrub(str(exc))}", err=True)
+    click.echo(f"data-manager: error: {scrub(str(exc))}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -119,7 +109,7 @@ class _Progress:
 def _release_failed(text: str | None) -> None:
     """The operation is done, but the dataset may still be marked unavailable: say so loudly, exit 1."""
     if text:
-        click.echo(f"data-manager: error: {SCRUBBER.scrub(text)}; see data-manager status", err=True)
+        click.echo(f"data-manager: error: {scrub(text)}; see data-manager status", err=True)
         sys.exit(ExitCode.FAILED)
 
 
@@ -242,11 +232,14 @@ def list_backup(obj: Context, data_id: str | None, as_json: bool) -> None:
         return
     rows = [("DATASET", "TIMESTAMP", "SIZE", "STORED", "STATUS", "SOURCES")]
     for b in backups:
-        rows.append((b.data_id, b.timestamp, human_size(b.size), human_size(b.stored_size),
-                     "complete" if b.complete else "INCOMPLETE", ",".join(b.sources)))
+        state = "complete" if b.complete else "DAMAGED" if b.damaged else "INCOMPLETE"
+        rows.append((b.data_id, b.timestamp, human_size(b.size), human_size(b.stored_size), state, ",".join(b.sources)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         click.echo("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+    for b in backups:
+        if b.damaged:
+            click.echo(f"damaged: {b.data_id}/{b.timestamp}: {b.damaged}", err=True)
 
 
 @main.command()

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ConfigError, UsageError
 from .plugins import Registry
+from .scrub import add_secrets
 from .types import Dataset, Settings, SourceSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -114,12 +115,14 @@ def make_settings(
     table: dict[str, Any], where: str, secret_keys: tuple[str, ...], secrets: set[str]
 ) -> Settings:
     """The :class:`Settings` of one config table: ``${VAR}`` expanded (the raw text kept for metadata),
-    secret keys marked; values taken from the environment are added to ``secrets`` (scrubbed from logs)."""
+    secret keys marked; values taken from the environment and values of secret keys are added to ``secrets``
+    and registered with :mod:`data_manager.scrub` (kept out of logs, the state database and metadata)."""
     probe = Settings({}, secret_keys=secret_keys)
     values = {
         k: _expand(v, where, k, secrets, probe.is_secret(k)) for k, v in table.items() if k not in _SOURCE_RESERVED
     }
     raw = {k: v for k, v in table.items() if k not in _SOURCE_RESERVED}
+    add_secrets(secrets)
     return Settings(values, where=where, raw=raw, secret_keys=secret_keys)
 
 

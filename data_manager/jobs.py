@@ -8,6 +8,9 @@ Path: ``$DATA_MANAGER_STATE``, else ``[state] path`` in the config, else
 ``$XDG_STATE_HOME/data-manager/state.db`` (``~/.local/state/...``). Each call opens its own short
 connection (several processes may share one database; SQLite's busy timeout serialises them).
 
+Errors are stored scrubbed of secrets (:func:`data_manager.scrub.scrub`), and a database we create is
+readable by its owner only (mode 0600, its directory 0700; SQLite gives its journal the same mode).
+
 This module also holds the job watchdog (timeouts) and the duration parser shared by the config tables.
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 from .errors import ConfigError, DataManagerError
 from .repository import iso, now_utc
+from .scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +183,7 @@ CREATE TABLE IF NOT EXISTS availability (
 );
 """
 _VERSION = 1
+_ERRORS = ("error", "release_error")  # the columns that hold free text from sources, storages and plugins
 
 
 def new_job_id() -> str:
@@ -202,11 +207,17 @@ class StateDB:
         self.path = path
         self._ready = False
 
+    def _create(self) -> None:
+        """Create the directory (0700) and the database file (0600) if missing, before SQLite opens it:
+        SQLite would create the file with the umask's mode, and its journal copies the file's mode."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
             if not self._ready:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._create()
             con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise DataManagerError(f"state database {self.path}: cannot open: {exc}") from None
@@ -251,11 +262,13 @@ class StateDB:
         return job
 
     def update_job(self, job_id: str, **values: Any) -> None:
+        values = {k: scrub(v) if k in _ERRORS else v for k, v in values.items()}
         cols = ", ".join(f"{k} = ?" for k in values)
         with self._db() as con:
             con.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
 
     def update_task(self, job_id: str, source: str, **values: Any) -> None:
+        values = {k: scrub(v) if k in _ERRORS else v for k, v in values.items()}
         cols = ", ".join(f"{k} = ?" for k in values)
         with self._db() as con:
             con.execute(f"UPDATE tasks SET {cols} WHERE job_id = ? AND source = ?", (*values.values(), job_id, source))
@@ -263,6 +276,7 @@ class StateDB:
     def finish_job(self, job_id: str, state: str, error: str | None = None) -> None:
         """End a job; its tasks still pending or running end with it (failed, or done if the job is)."""
         now = iso(now_utc())
+        error = scrub(error)
         with self._db() as con:
             con.execute(
                 "UPDATE jobs SET state = ?, ended_at = ?, error = ?, "
@@ -289,6 +303,7 @@ class StateDB:
             con.execute("DELETE FROM availability WHERE data_id = ?", (data_id,))
 
     def set_release_failed(self, data_id: str, job_id: str, error: str) -> None:
+        error = scrub(error)
         with self._db() as con:
             con.execute(
                 "INSERT OR REPLACE INTO availability (data_id, state, job_id, since, error) VALUES (?, ?, ?, ?, ?)",

@@ -1,0 +1,66 @@
+"""The state database keeps secrets out and is readable by its owner only."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+from data_manager.jobs import FAILED, Recorder, StateDB
+from data_manager.scrub import add_secrets
+
+SECRET = "tok-9f8e7d6c5b4a"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_created_private_with_its_directory_and_journal(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "new" / "state.db")
+    db.create_job("backup", "d", [("a", "directory")])
+    assert mode(db.path) == 0o600
+    assert mode(db.path.parent) == 0o700
+    # SQLite gives the rollback journal the database file's mode: look at it while a write is open.
+    con = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("UPDATE jobs SET bytes = 1")
+        journal = Path(f"{db.path}-journal")
+        assert journal.exists() and mode(journal) == 0o600
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+
+
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    StateDB(tmp_path / "state.db").create_job("backup", "d", [])
+    assert mode(tmp_path) == 0o755 and mode(tmp_path / "state.db") == 0o600
+
+
+def test_errors_are_stored_scrubbed(tmp_path: Path) -> None:
+    add_secrets([SECRET])
+    db = StateDB(tmp_path / "state.db")
+    job = db.create_job("backup", "d", [("a", "directory"), ("b", "directory")])
+    rec = Recorder(db, job)
+    rec.start("20240101T000000Z")
+    rec.task_failed("a", f"cannot log in with {SECRET}")
+    rec.task_done("b", 1, f"note {SECRET}")
+    rec.release_failed(f"guard said {SECRET}; also http://u:urlpass@host/")
+    rec.finish(f"failed with {SECRET}")
+    other = db.create_job("restore", "d", [("a", "directory")])
+    Recorder(db, other).task_started("a")
+    db.finish_job(other.id, FAILED, f"stopped: {SECRET}")
+
+    for path in tmp_path.iterdir():
+        data = path.read_bytes()
+        assert SECRET.encode() not in data and b"urlpass" not in data, path
+    stored = db.job(job.id)
+    assert stored is not None
+    assert stored.error == "failed with ***"
+    assert stored.release_error == "guard said ***; also http://u:***@host/"
+    assert [t.error for t in stored.tasks] == ["cannot log in with ***", "note ***"]
+    assert db.unavailable()[0].error == stored.release_error
+    other_stored = db.job(other.id)
+    assert other_stored is not None and other_stored.tasks[0].error == "stopped: ***"

@@ -25,6 +25,7 @@ from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder,
 from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
 from .plugins import Registry, get_registry
 from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
+from .scrub import scrub
 from .threads import Background
 from .types import Dataset, Operation, Settings, Source, SourceSpec, Storage
 
@@ -160,10 +161,17 @@ class _JobContext:
         return self.rec.job.id
 
     def check(self) -> None:
-        """Between steps: stop if the time limit passed or the lock was broken."""
+        """Between steps: stop if the time limit passed or the lock was broken.
+
+        The lock is read back from the storage each time (not only by the heartbeat, every ttl/3), so a
+        forced ``lock break`` stops the job at the next source boundary, before another job overlaps it.
+        """
         self.watchdog.check()
-        if self.lock.lost:
-            raise DataManagerError(f"job {self.job_id}: the lock on {self.lock.data_id} was broken; stopping")
+        if not self.lock.verify():
+            raise DataManagerError(
+                f"job {self.job_id}: the lock on {self.lock.data_id} was broken while the job ran "
+                f"(data-manager lock break --force?); stopping, another job may hold the dataset now"
+            )
 
     def progress(self, factory: ProgressFactory | None, label: str) -> Callable[[int], None]:
         inner = factory(label) if factory else None
@@ -453,7 +461,7 @@ class DataManager:
                         type=spec.type,
                         plugin={"name": plugin.name, "package": plugin.package, "version": plugin.version},
                         settings=spec.settings.public(),
-                        describe=source.describe(),
+                        describe=scrub(source.describe()),  # may hold expanded ${VAR}s (a DSN's password)
                     )
                     sink = writer.source(record, ctx.progress(progress, spec.name))
                     source.backup(sink)

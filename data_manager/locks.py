@@ -8,7 +8,9 @@ The storage contract has no atomic create-if-absent, so the scheme is one lock o
    again, so a contender whose write was still in flight is seen; if it is still the oldest, it holds the
    lock. A loser deletes its object and fails with exit code 3 (or retries until ``--wait`` runs out).
 
-A holder rewrites its object every ``ttl / 3`` (heartbeat) with a new ``expires``. A lock past its expiry
+A holder rewrites its object every ``ttl / 3`` (heartbeat) with a new ``expires``, and a job reads its
+object back at every source boundary (:meth:`DatasetLock.verify`), so a lock broken under it (``lock break
+--force``) stops it before the next source, not up to ``ttl / 3`` later. A lock past its expiry
 is *stale*: it still blocks (its job may only be slow or cut off from the storage), is reported with its
 owner and age, and is broken only by ``data-manager lock break DATA_ID``. The one exception: a lock of a
 process on this very host that no longer exists (kill -9, crash) is certainly dead and is removed.
@@ -257,6 +259,28 @@ class DatasetLock:
                 self._write()
             except Exception as exc:  # a heartbeat that fails once is retried; the lock expires only after ttl
                 log.warning("%s: cannot refresh the lock: %s", self.data_id, exc)
+
+    def verify(self) -> bool:
+        """Read our lock object in the storage now: True if it is still there and still ours.
+
+        The heartbeat notices a broken lock only every ``ttl / 3``; a job calls this between sources, so a
+        ``lock break --force`` stops it before it writes more while another job may already hold the
+        dataset. A lock found gone (or rewritten by someone else) is marked :attr:`lost`. A storage error
+        propagates: if we cannot tell, we must not go on.
+        """
+        if self.lost:
+            return False
+        try:
+            with self.storage.open_read(self.key) as f:
+                doc = json.loads(f.read())
+            ours = isinstance(doc, dict) and doc.get("job_id") == self.job_id and doc.get("created") == self._created
+        except NotFoundError:
+            ours = False
+        except ValueError:  # not JSON any more: not the object we wrote
+            ours = False
+        if not ours:
+            self.lost = True
+        return ours
 
     def release(self) -> None:
         self._stop.set()

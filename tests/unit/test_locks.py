@@ -1,0 +1,277 @@
+"""Dataset locks in the filesystem storage: one holder at a time, stale locks reported and broken only on
+request, dead local holders removed. No fake services: locks.py against the built-in storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from data_manager import locks
+from data_manager.builtin.filesystem import FilesystemStorage
+from data_manager.errors import ConfigError, RefusedError, StorageError
+from data_manager.locks import DatasetLock, LockSettings, break_locks, list_locks
+from data_manager.types import Entry, Settings
+
+FAST = LockSettings(ttl=600, settle=0.02)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> FilesystemStorage:
+    return FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")}))
+
+
+def lock(storage: FilesystemStorage, job: str, settings: LockSettings = FAST) -> DatasetLock:
+    return DatasetLock(storage, "d", job, "backup", settings)
+
+
+def plant(storage: FilesystemStorage, job: str, *, created: float, host: str = "elsewhere", pid: int = 4242,
+          ttl: float = 600, text: str | None = None) -> Path:
+    """A lock object of another job, as its own process would have written it."""
+    path = Path(storage.location()) / "d" / ".locks" / f"{job}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"job_id": job, "operation": "restore", "host": host, "pid": pid, "created": created,
+           "expires": created + ttl}
+    path.write_text(text if text is not None else json.dumps(doc))
+    return path
+
+
+def held(storage: FilesystemStorage) -> list[str]:
+    return [lk.job_id for lk in list_locks(storage, "d")]
+
+
+@pytest.fixture
+def no_poll(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(locks, "_POLL", 0.02)
+    yield
+
+
+def test_lock_race_one_winner_per_round(storage: FilesystemStorage) -> None:
+    """Many contenders at once (threads: same host and pid, distinct jobs): exactly one holds the lock."""
+    for rnd in range(6):
+        barrier = threading.Barrier(5)
+        winners: list[int] = []
+        errors: list[BaseException] = []
+
+        def contend(i: int) -> None:
+            contender = lock(storage, f"r{rnd}j{i}")
+            barrier.wait()
+            try:
+                contender.acquire()
+            except RefusedError:
+                return
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+            winners.append(i)
+            time.sleep(0.15)  # hold it while the losers decide
+            contender.release()
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(winners) == 1, (rnd, winners, errors)
+    assert list(storage.walk("d")) == []
+
+
+def test_a_second_job_is_refused_while_the_first_holds(storage: FilesystemStorage) -> None:
+    first, second = lock(storage, "job1"), lock(storage, "job2")
+    first.acquire()
+    with pytest.raises(RefusedError) as refused:
+        second.acquire()
+    text = str(refused.value)
+    assert text.startswith("d is locked by backup job job1 (host ") and f"pid {os.getpid()})" in text
+    assert "try later or pass --wait SECONDS" in text and "STALE" not in text
+    assert held(storage) == ["job1"]  # the loser took its object away
+    first.release()
+    assert held(storage) == []
+    second.acquire()
+    assert held(storage) == ["job2"]
+    second.release()
+    assert list(storage.walk("d")) == []
+
+
+def test_an_older_lock_object_wins_a_newer_one_does_not(storage: FilesystemStorage) -> None:
+    plant(storage, "newer", created=time.time() + 60, host=socket.gethostname(), pid=os.getpid())
+    mine = lock(storage, "mine")
+    mine.acquire()  # ours was written first: the other contender is the one to back off
+    assert held(storage) == ["mine", "newer"]
+    mine.release()
+    plant(storage, "older", created=time.time() - 1, host=socket.gethostname(), pid=os.getpid())
+    with pytest.raises(RefusedError, match="locked by restore job older"):
+        lock(storage, "late").acquire()
+    assert held(storage) == ["older", "newer"]
+
+
+def test_equal_creation_times_are_ordered_by_job_id(storage: FilesystemStorage) -> None:
+    now = time.time()
+    for job in ("b", "c", "a"):
+        plant(storage, job, created=now)
+    plant(storage, "z", created=now - 1)
+    assert held(storage) == ["z", "a", "b", "c"]
+
+
+def test_a_contender_seen_only_after_the_settle_time_wins(storage: FilesystemStorage,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A winner lists again after settling: an older object whose write was still in flight beats it."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:  # the settle wait: the other job's write lands now
+            plant(storage, "inflight", created=time.time() - 5, host=socket.gethostname(), pid=os.getpid())
+
+    monkeypatch.setattr(locks, "time", types.SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep))
+    with pytest.raises(RefusedError, match="locked by restore job inflight"):
+        lock(storage, "mine", LockSettings(settle=0.5)).acquire()
+    assert slept[0] >= 0.5
+    assert held(storage) == ["inflight"]
+
+
+def test_acquire_settles_before_it_holds(storage: FilesystemStorage) -> None:
+    t0 = time.monotonic()
+    mine = lock(storage, "mine", LockSettings(settle=0.3))
+    mine.acquire()
+    assert time.monotonic() - t0 >= 0.3
+    mine.release()
+
+
+def test_wait_retries_until_the_holder_releases(storage: FilesystemStorage, no_poll: None) -> None:
+    first = lock(storage, "job1")
+    first.acquire()
+    timer = threading.Timer(0.3, first.release)
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        second = lock(storage, "job2")
+        second.acquire(wait=20)
+        assert 0.25 < time.monotonic() - t0 < 10
+        assert held(storage) == ["job2"]
+        second.release()
+    finally:
+        timer.join()
+
+
+def test_wait_gives_up_naming_the_holder(storage: FilesystemStorage, no_poll: None) -> None:
+    first = lock(storage, "job1")
+    first.acquire()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RefusedError, match="locked by backup job job1 .*; still locked after waiting 0s"):
+            lock(storage, "job2").acquire(wait=0.3)
+        assert time.monotonic() - t0 >= 0.3
+        assert held(storage) == ["job1"]
+    finally:
+        first.release()
+
+
+def test_a_stale_lock_blocks_is_reported_and_is_broken_only_on_request(storage: FilesystemStorage) -> None:
+    old = time.time() - 7200
+    plant(storage, "abc", created=old)
+    with pytest.raises(RefusedError) as refused:
+        lock(storage, "mine").acquire()
+    text = str(refused.value)
+    assert "restore job abc (host elsewhere, pid 4242)" in text and "STALE: expired 1h ago" in text
+    assert text.endswith("if that job is gone, break the lock: data-manager lock break d")
+    [info] = list_locks(storage, "d")
+    assert info.expired() and info.to_json()["stale"] is True and "(2h ago)" in info.describe()
+    assert [lk.job_id for lk in break_locks(storage, "d")] == ["abc"]
+    assert held(storage) == []
+    lock(storage, "mine").acquire()
+
+
+def test_a_live_lock_is_broken_only_with_force(storage: FilesystemStorage) -> None:
+    plant(storage, "live", created=time.time())
+    with pytest.raises(RefusedError, match="lock of restore job live .* is live \\(not expired\\); pass --force"):
+        break_locks(storage, "d")
+    assert held(storage) == ["live"]
+    with pytest.raises(RefusedError, match="d has no lock of job other"):
+        break_locks(storage, "d", job_id="other")
+    assert [lk.job_id for lk in break_locks(storage, "d", job_id="live", force=True)] == ["live"]
+    assert held(storage) == []
+
+
+def test_break_by_job_id_leaves_the_other_locks(storage: FilesystemStorage) -> None:
+    plant(storage, "one", created=time.time() - 7200)
+    plant(storage, "two", created=time.time() - 7000)
+    assert [lk.job_id for lk in break_locks(storage, "d", job_id="two")] == ["two"]
+    assert held(storage) == ["one"]
+
+
+def test_the_lock_of_a_dead_local_process_is_removed(storage: FilesystemStorage) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    plant(storage, "crashed", created=time.time() - 10, host=socket.gethostname(), pid=gone.pid)
+    [info] = list_locks(storage, "d")
+    assert info.process_gone() and not info.expired()
+    mine = lock(storage, "mine")
+    mine.acquire()
+    assert held(storage) == ["mine"]
+    mine.release()
+    # Without --force: a dead local holder is no live lock.
+    plant(storage, "crashed", created=time.time() - 10, host=socket.gethostname(), pid=gone.pid)
+    assert [lk.job_id for lk in break_locks(storage, "d")] == ["crashed"]
+
+
+def test_an_unreadable_lock_object_blocks_as_stale(storage: FilesystemStorage) -> None:
+    plant(storage, "garbled", created=0, text="{not json")
+    [info] = list_locks(storage, "d")
+    assert info.unreadable == "JSONDecodeError" and info.expired()
+    assert info.owner() == f"unreadable lock object d/.locks/garbled.json (JSONDecodeError)"
+    with pytest.raises(RefusedError, match="unreadable lock object .*; if that job is gone, break the lock"):
+        lock(storage, "mine").acquire()
+    assert held(storage) == ["garbled"]
+    break_locks(storage, "d")
+    assert held(storage) == []
+
+
+def test_the_heartbeat_extends_the_lock_and_notices_it_was_broken(storage: FilesystemStorage) -> None:
+    mine = lock(storage, "mine", LockSettings(ttl=0.3, settle=0.01))
+    mine.acquire()
+    try:
+        first = list_locks(storage, "d")[0].expires
+        time.sleep(0.35)
+        [now] = list_locks(storage, "d")
+        assert now.expires > first and now.created == list_locks(storage, "d")[0].created
+        assert not mine.lost
+        break_locks(storage, "d", force=True)
+        deadline = time.monotonic() + 5
+        while not mine.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mine.lost
+    finally:
+        mine.release()
+    assert held(storage) == []
+
+
+def test_a_storage_that_does_not_list_the_lock_is_an_error(tmp_path: Path) -> None:
+    class Blind(FilesystemStorage):
+        def list(self, prefix: str) -> Iterator[Entry]:
+            return iter(())
+
+    blind = Blind("t", Settings({"root": str(tmp_path / "backups")}))
+    with pytest.raises(StorageError, match="the lock object just written is not listed"):
+        lock(blind, "mine").acquire()  # type: ignore[arg-type]
+    assert list(FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")})).walk("d")) == []
+
+
+def test_lock_settings_from_config() -> None:
+    assert LockSettings.from_config({}) == LockSettings(600.0, 0.25)
+    assert LockSettings.from_config({"locks": {"ttl": "2m", "settle": "0.5s"}}) == LockSettings(120.0, 0.5)
+    with pytest.raises(ConfigError) as e:
+        LockSettings.from_config({"locks": {"ttl": "1m", "setle": "1s"}}, "/etc/dm.toml")
+    assert str(e.value) == "/etc/dm.toml: [locks]: key 'setle': unknown (known: settle, ttl)" and e.value.key == "setle"
+    with pytest.raises(ConfigError, match="^/etc/dm.toml: key 'locks': must be a table$"):
+        LockSettings.from_config({"locks": 5}, "/etc/dm.toml")
+    with pytest.raises(ConfigError, match="^/etc/dm.toml: \\[locks\\]: key 'ttl'"):
+        LockSettings.from_config({"locks": {"ttl": "soon"}}, "/etc/dm.toml")

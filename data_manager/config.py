@@ -6,6 +6,7 @@ Search order: ``--config PATH``, then ``$DATA_MANAGER_CONFIG``, then ``./data-ma
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -22,6 +23,9 @@ from .types import Dataset, Settings, SourceSpec
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DATASET_KEYS = {"storage", "sources", "description", "timeout"}
+# The top-level tables the core reads: here, in data_manager.api ([jobs], [guards.NAME]), data_manager.jobs
+# ([state]) and data_manager.locks ([locks]). Plugins name theirs through the ``config_tables`` hook.
+CORE_TABLES = ("datasets", "guards", "jobs", "locks", "state", "storages")
 _SOURCE_RESERVED = {"name", "type"}
 
 
@@ -126,11 +130,30 @@ def make_settings(
     return Settings(values, where=where, raw=raw, secret_keys=secret_keys)
 
 
+def _check_tables(data: Mapping[str, Any], registry: Registry, file: str) -> None:
+    """Every top-level entry must be a table the core or an installed plugin reads: a typo is an error."""
+    known = set(CORE_TABLES)
+    for names in registry.hook.config_tables():
+        known.update(names or ())
+    unknown = sorted(set(data) - known)
+    if not unknown:
+        return
+    name = unknown[0]
+    what = f"table [{name}]" if isinstance(data[name], dict) else f"key {name!r}"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean [{close[0]}]?" if close else ""
+    broken = [p.name for p in registry.broken]
+    if broken:
+        hint += f"; plugins that failed to load: {', '.join(broken)}"
+    raise ConfigError(f"{file}: unknown top-level {what} (known: {', '.join(sorted(known))}){hint}", key=name)
+
+
 def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None = None) -> Config:
     """Validate a parsed config mapping. Every error names the file, the dataset and the key."""
     file = str(path) if path else "<config>"
     secrets: set[str] = set()
     data = dict(data)
+    _check_tables(data, registry, file)
 
     storages: dict[str, StorageConfig] = {}
     for name, table in _table(data.get("storages", {}), file, "storages").items():
@@ -194,6 +217,8 @@ def load_config(explicit: str | os.PathLike[str] | None, registry: Registry) -> 
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); TOML files are UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse_config(data, registry, path)

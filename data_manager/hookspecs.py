@@ -92,6 +92,18 @@ def configure(config: Mapping[str, Any], guards: Mapping[str, Settings]) -> list
 
 
 @hookspec
+def config_tables() -> list[str] | None:
+    """Name the top-level tables of the config this plugin reads itself, if any (``["registry"]`` for a
+    ``[registry]`` table it takes from the ``config`` argument of :func:`configure` or :func:`resolve_dataset`).
+
+    The core knows its own (``storages``, ``datasets``, ``guards``, ``jobs``, ``locks``, ``state``); a
+    top-level table that neither the core nor an installed plugin names is a config error (exit 2), so a
+    typo such as ``[lock]`` is never silently ignored. A guard's settings belong in its ``[guards.NAME]``
+    table, claimed through :func:`configure`, not here. Called when a config is parsed; must be constant.
+    """
+
+
+@hookspec
 def check_dataset(dataset: Dataset, operation: Operation) -> str | None:
     """May ``operation`` (``"backup"`` or ``"restore"``) run on ``dataset`` now?
 

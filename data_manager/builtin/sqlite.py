@@ -12,15 +12,18 @@ Backup opens a read transaction and, while holding it, streams the database file
 
 Restore writes the copy beside the target, lets SQLite recover it, runs ``PRAGMA integrity_check``, then
 installs it with SQLite's online backup API (atomic for other connections) or, if there is no target yet,
-by renaming. A failed restore leaves the target as it was.
+by renaming. A failed restore leaves the target as it was. The copy is created readable by its owner only
+and a new target gets the mode the database file had at backup (0600 for backups that did not record it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +79,7 @@ class SqliteSource(Source):
         try:
             con.execute("BEGIN")
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the read snapshot
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
             journal_mode = con.execute("PRAGMA journal_mode").fetchone()[0]
             page_size = con.execute("PRAGMA page_size").fetchone()[0]
             with sink.open(DB) as out:
@@ -88,20 +92,36 @@ class SqliteSource(Source):
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             raise SourceError(f"source {self.name!r}: {self.path}: {exc}") from None
+        except OSError as exc:
+            raise SourceError(f"source {self.name!r}: cannot read {exc.filename or self.path}: {exc.strerror}") from None
         finally:
             con.close()
         sink.set_info(journal_mode=journal_mode, page_size=page_size, db_bytes=size, wal_bytes=wal_size,
-                      sqlite_version=sqlite3.sqlite_version)
+                      sqlite_version=sqlite3.sqlite_version, mode=mode)
 
     def restore(self, artifacts: ArtifactSet) -> None:
         target = self.path
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SourceError(f"source {self.name!r}: cannot create the directory {target.parent}: "
+                              f"{exc.strerror or exc}") from None
+        mode = artifacts.info.get("mode")
+        if not isinstance(mode, int) or isinstance(mode, bool):
+            mode = 0o600  # a backup from before modes were recorded: the data may be private
         staging = target.parent / f".{target.name}.dm-restore-{secrets.token_hex(4)}"
         try:
             for name, dest in ((DB, staging), (WAL, Path(f"{staging}-wal"))):
                 if name in artifacts.names():
-                    with artifacts.open(name) as src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
+                    try:
+                        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except OSError as exc:
+                        raise SourceError(f"source {self.name!r}: cannot create {dest}: {exc.strerror or exc}") from None
+                    try:
+                        with open(fd, "wb") as out, artifacts.open(name) as src:
+                            shutil.copyfileobj(src, out, CHUNK)
+                    except OSError as exc:  # ENOSPC, EIO (reading the backup raises DataManagerErrors)
+                        raise SourceError(f"source {self.name!r}: cannot write {dest}: {exc.strerror or exc}") from None
             con = self._connect(staging, readonly=False)
             try:
                 result = con.execute("PRAGMA integrity_check").fetchone()[0]
@@ -112,7 +132,12 @@ class SqliteSource(Source):
             finally:
                 con.close()
             if not target.exists():
-                os.rename(staging, target)
+                try:
+                    os.chmod(staging, mode & 0o7777)
+                    os.rename(staging, target)
+                except OSError as exc:
+                    raise SourceError(f"source {self.name!r}: cannot install the restored database at {target}: "
+                                      f"{exc.strerror or exc}") from None
                 return
             src = self._connect(staging, readonly=True)
             dst = self._connect(target, readonly=False)
@@ -125,9 +150,11 @@ class SqliteSource(Source):
                 dst.close()
         finally:
             for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
-                leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # missing, or never creatable: the error that got us here counts
+                    leftover.unlink()
 
 
 @hookimpl
 def register_source_types(register: Callable[[SourceType], None]) -> None:
-    register(SourceType("sqlite", SqliteSource, "a SQLite database file, copied consistently while in use"))
+    register(SourceType("sqlite", SqliteSource, "a SQLite database file, copied consistently while in use",
+                        target_keys=("path",)))

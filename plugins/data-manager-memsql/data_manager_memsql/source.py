@@ -42,7 +42,7 @@ from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from . import singlestore, wire
+from . import singlestore, tls, wire
 from .parallel import OrderedRanges, ReaderPool, open_shared_snapshot
 from .rowformat import (
     MAGIC_VALUES,
@@ -58,6 +58,7 @@ from .rowformat import (
     select_rows,
     stored_columns,
 )
+from .validate import check_native, check_schema
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ _GENERATED = re.compile(r"\b(VIRTUAL|STORED|PERSISTENT|COMPUTED)\b", re.I)
 _DEFINER = re.compile(r"\s+DEFINER\s*=\s*(?:`(?:[^`]|``)*`|'[^']*'|[^\s@]+)@(?:`(?:[^`]|``)*`|'[^']*'|\S+)", re.I)
 _KNOWN = {
     "host", "port", "user", "password", "database", "databases", "connect_timeout", "parallel", "compress",
-    "native_backup", "native_backup_config", "native_backup_credentials",
+    "native_backup", "native_backup_config", "native_backup_credentials", *tls.KEYS,
 }
 
 
@@ -169,6 +170,7 @@ class MemsqlSource(Source):
         if len(set(self.databases)) != len(self.databases):
             raise settings.error("databases", "names a database twice")
         self.connect_timeout = settings.get_int("connect_timeout", 10, minimum=1)
+        self.tls = tls.TlsSettings(settings, name)
         # 1: on a server without idle cores one reader is as fast (measured; see the docs) and needs no lock
         self.parallel = settings.get_int("parallel", 1, minimum=1)
         # false: rows artifacts stored uncompressed (zstd is most of the client's CPU time; see the docs)
@@ -198,6 +200,8 @@ class MemsqlSource(Source):
         where = f"{self.host}:{self.port}"
         if code == 1045:
             text = f"access denied for user {self.user!r} at {where} (wrong user or password)"
+        elif code == 2026 or (code == 2003 and ("SSL" in msg or "certificate" in msg.lower())):
+            text = f"TLS with {where} failed ({msg})"
         elif code in (2002, 2003, 2005, 2006):
             text = f"cannot connect to {where}: server unreachable ({msg})"
         elif code == 1049:
@@ -219,13 +223,26 @@ class MemsqlSource(Source):
     def _connect(self) -> Any:
         import pymysql
 
+        context = self.tls.context()
         try:
-            return pymysql.connect(
+            conn = pymysql.connect(
                 host=self.host, port=self.port, user=self.user, password=self.password, charset="utf8mb4",
                 autocommit=True, connect_timeout=self.connect_timeout, local_infile=False,
+                **({"ssl": context} if context is not None else {}),
             )
         except pymysql.err.MySQLError as exc:
             raise self._fail(exc, "connecting") from None
+        if context is not None:
+            try:
+                encrypted = tls.check_in_use(conn)
+            except pymysql.err.MySQLError as exc:
+                conn.close()
+                raise self._fail(exc, "connecting") from None
+            if not encrypted:
+                conn.close()
+                raise SourceError(f"source {self.name!r}: tls = true, but the connection to {self.host}:{self.port} "
+                                  "is not encrypted (the server does not offer TLS)")
+        return conn
 
     def _missing_databases(self, cur: Any, names: list[str]) -> list[str]:
         cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
@@ -486,9 +503,10 @@ class MemsqlSource(Source):
                 schema = json.loads(f.read())
             except ValueError as exc:
                 raise CorruptBackupError(f"source {self.name!r}: {SCHEMA} is unreadable ({exc})") from None
-        if schema.get("format") not in FORMATS:
-            raise CorruptBackupError(f"source {self.name!r}: unknown format {schema.get('format')!r}")
-        dbs = schema["databases"]
+        try:  # before anything is sent: the backup's values become SQL text
+            dbs = check_schema(schema, FORMATS, FORMAT)
+        except CorruptBackupError as exc:
+            raise CorruptBackupError(f"source {self.name!r}: {exc}") from None
         targets = self._targets([d["name"] for d in dbs])
         scratch = [scratch_name(t, "r") for t in targets]
         aside = [scratch_name(t, "o") for t in targets]
@@ -734,8 +752,14 @@ class MemsqlSource(Source):
             raise SourceError(f"source {self.name!r}: this backup is a SingleStore native backup; configure "
                               "native_backup (and its credentials) to restore it")
         with artifacts.open(NATIVE) as f:
-            record = json.loads(f.read())
-        entries = record["databases"]
+            try:
+                record = json.loads(f.read())
+            except ValueError as exc:
+                raise CorruptBackupError(f"source {self.name!r}: {NATIVE} is unreadable ({exc})") from None
+        try:
+            entries = check_native(record)
+        except CorruptBackupError as exc:
+            raise CorruptBackupError(f"source {self.name!r}: {exc}") from None
         targets = self._targets([e["name"] for e in entries])
         conn = self._connect()
         try:

@@ -124,6 +124,7 @@ class CleanupItem:
     action: str  # removed | would remove | kept
 
     reason: str = ""
+    path: str = ""  # a restore's leftover beside a source's target (then timestamp is "")
 
     def to_json(self) -> dict[str, Any]:
         return vars(self).copy()
@@ -269,6 +270,20 @@ class DataManager:
         if found is not None:
             return found
         return self.config.dataset(data_id)  # raises the "unknown dataset" error
+
+    def stored_dataset(self, data_id: str) -> Dataset:
+        """The dataset to read backups of: the configured one, else one that left the config but whose
+        backups are in exactly one configured storage (restored from what they recorded)."""
+        try:
+            return self.dataset(data_id)
+        except UsageError:
+            found = [name for name in self.config.storages if self.repository(name).timestamps(data_id)]
+            if len(found) != 1:
+                if found:
+                    raise UsageError(f"dataset {data_id!r} is not in the config and has backups in several storages "
+                                     f"({', '.join(found)}): add it to the config with its storage") from None
+                raise
+            return Dataset(data_id, found[0], ())
 
     def _source(self, spec: SourceSpec, settings: Settings | None = None) -> Source:
         stype, _ = self.registry.source_type(spec.type, spec.settings.where)
@@ -515,7 +530,7 @@ class DataManager:
     def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
         """Backups of one dataset, or of every dataset found in the configured storages; oldest first."""
         if data_id is not None:
-            dataset = self.dataset(data_id)
+            dataset = self.stored_dataset(data_id)
             return self.repository(dataset.storage).backups(data_id)
         out: list[BackupInfo] = []
         for name in self.config.storages:
@@ -525,14 +540,14 @@ class DataManager:
         return out
 
     def find_backup(self, data_id: str, which: str = "latest") -> tuple[Repository, BackupInfo]:
-        dataset = self.dataset(data_id)
+        dataset = self.stored_dataset(data_id)
         repo = self.repository(dataset.storage)
         return repo, repo.resolve(data_id, which)
 
     def _restore_plan(
         self, data_id: str, which: str, overrides: Mapping[str, Mapping[str, Any]], only: list[str] | None
     ) -> tuple[Dataset, Repository, BackupInfo, list[tuple[SourceRecord, Source]]]:
-        dataset = self.dataset(data_id)
+        dataset = self.stored_dataset(data_id)
         if which != "latest":
             parse_timestamp(which)
         repo, info = self.find_backup(data_id, which)
@@ -548,13 +563,26 @@ class DataManager:
                 continue
             spec = configured.get(rec.name)
             if spec is None or spec.type != rec.type:
-                # Not in the config (any more): restore from the recorded settings, ${VAR} read now.
-                where = f"backup {data_id}/{info.timestamp}, source {rec.name!r}"
-                stype, _ = self._source_type_for_restore(rec.type, where)
-                spec = SourceSpec(rec.name, rec.type, make_settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))
+                spec = self._recorded_spec(data_id, info.timestamp, rec, overrides.get(rec.name, {}))
             settings = spec.settings.overridden(overrides.get(rec.name, {}))
             plan.append((rec, self._source(spec, settings)))
         return dataset, repo, info, plan
+
+    def _recorded_spec(self, data_id: str, timestamp: str, rec: SourceRecord, given: Mapping[str, Any]) -> SourceSpec:
+        """A source the config does not have (any more): its recorded settings, ``${VAR}`` read now, but
+        never its recorded target: where it is restored must come from the user (``--set``)."""
+        where = f"backup {data_id}/{timestamp}, source {rec.name!r}"
+        stype, _ = self._source_type_for_restore(rec.type, where)
+        missing = [k for k in stype.target_keys if k not in given] if stype.target_keys else ([] if given else [""])
+        if missing:
+            if missing == [""]:
+                hint = f"--set {rec.name}.KEY=VALUE for the settings that say where it goes"
+            else:
+                hint = " ".join(f"--set {rec.name}.{k}=..." for k in missing)
+                recorded = ", ".join(f"{k}={rec.settings.get(k)!r}" for k in missing if k in rec.settings)
+                hint += f" (recorded: {recorded})" if recorded else ""
+            raise UsageError(f"{where} is not in the config: say where to restore it with {hint}, or --only the others")
+        return SourceSpec(rec.name, rec.type, make_settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))
 
     def _source_type_for_restore(self, type_name: str, where: str) -> Any:
         if type_name not in self.registry.source_types:
@@ -631,12 +659,13 @@ class DataManager:
         now = now_utc()
         for data_id, ds in sorted(self.config.datasets.items()):
             entry = {"data_id": data_id, "storage": ds.storage, "sources": [s.name for s in ds.sources],
-                     "latest": None, "age_seconds": None, "incomplete": 0, "locks": []}
+                     "latest": None, "age_seconds": None, "incomplete": 0, "damaged": 0, "locks": []}
             if reachable.get(ds.storage):
                 try:
                     backups = self.repository(ds.storage).backups(data_id)
                     complete = [b for b in backups if b.complete]
-                    entry["incomplete"] = len(backups) - len(complete)
+                    entry["damaged"] = sum(1 for b in backups if b.damaged)
+                    entry["incomplete"] = len(backups) - len(complete) - entry["damaged"]
                     if complete:
                         entry["latest"] = complete[-1].timestamp
                         entry["age_seconds"] = int((now - complete[-1].when).total_seconds())
@@ -733,6 +762,36 @@ class DataManager:
             finally:
                 if lock is not None:
                     lock.release()
+        out.extend(self._restore_leftovers(data_id, dry_run))
+        return out
+
+    def _restore_leftovers(self, data_id: str | None, dry_run: bool) -> list[CleanupItem]:
+        """What interrupted restores left beside the targets of configured sources; removed under the lock."""
+        out: list[CleanupItem] = []
+        datasets = [self.dataset(data_id)] if data_id is not None else list(self.config.datasets.values())
+        for dataset in datasets:
+            sources = [self._source(spec) for spec in dataset.sources]
+            found = [(s, path) for s in sources for path in s.restore_leftovers(remove=False)]
+            if not found:
+                continue
+            if dry_run:
+                out.extend(CleanupItem(dataset.data_id, "", 0, 0, "would remove", path=p) for _, p in found)
+                continue
+            lock = DatasetLock(self.storage(dataset.storage), dataset.data_id, "cleanup-" + os.urandom(4).hex(),
+                               "cleanup", self.lock_settings)
+            try:
+                lock.acquire()
+            except RefusedError:
+                reason = f"{dataset.data_id} is locked: a restore may be using it"
+                out.extend(CleanupItem(dataset.data_id, "", 0, 0, "kept", reason, p) for _, p in found)
+                continue
+            try:
+                for source in {id(s): s for s, _ in found}.values():
+                    for path in source.restore_leftovers(remove=True):
+                        log.info("removed %s, left by an interrupted restore", path)
+                        out.append(CleanupItem(dataset.data_id, "", 0, 0, "removed", path=path))
+            finally:
+                lock.release()
         return out
 
 

@@ -339,6 +339,7 @@ def status(obj: Context, as_json: bool) -> None:
     for d in st.datasets:
         latest = f"{d['latest']} ({age_text(d['age_seconds'])})" if d["latest"] else "no backup yet"
         extra = f", {d['incomplete']} incomplete" if d["incomplete"] else ""
+        extra += f", {d['damaged']} DAMAGED (see list backup)" if d.get("damaged") else ""
         click.echo(f"  {d['data_id']}: {latest}{extra}; sources {', '.join(d['sources'])}")
         for lock in d.get("locks", []):
             stale = " STALE" if lock["stale"] else ""
@@ -385,10 +386,11 @@ def cleanup(obj: Context, data_id: str | None, older_than: str, dry_run: bool, a
         _emit_json([i.to_json() for i in items])
         return
     if not items:
-        click.echo("no incomplete backups older than " + older_than)
+        click.echo("no incomplete backups older than " + older_than + ", no restore leftovers")
     for i in items:
         why = f" ({i.reason})" if i.reason else ""
-        click.echo(f"{i.action}: {i.data_id}/{i.timestamp} {human_size(i.stored_size)}{why}")
+        what = f"restore leftover {i.path}" if i.path else f"{i.data_id}/{i.timestamp} {human_size(i.stored_size)}"
+        click.echo(f"{i.action}: {what}{why}")
 
 
 @main.group()

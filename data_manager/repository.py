@@ -649,6 +649,7 @@ class BackupInfo:
     stored_size: int | None = None
     sources: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    damaged: str | None = None  # why its backup.json cannot be used (it is then not complete)
 
     @property
     def when(self) -> datetime:
@@ -662,6 +663,7 @@ class BackupInfo:
             "size": self.size,
             "stored_size": self.stored_size,
             "sources": self.sources,
+            "damaged": self.damaged,
         }
 
 
@@ -690,16 +692,29 @@ class Repository:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
             for source in doc["sources"]:  # a damaged record is this one line now, not a KeyError later
                 SourceRecord.from_json(source)
-            return doc
         except KeyError as exc:
             raise CorruptBackupError(f"{key}: unreadable metadata (missing {exc})") from None
         except (ValueError, AttributeError, TypeError) as exc:
             raise CorruptBackupError(f"{key}: unreadable metadata ({exc})") from None
+        # Where a backup sits says which it is, not what it says of itself: a backup copied under another
+        # dataset or timestamp would otherwise be restored as that one.
+        if (doc.get("data_id"), doc.get("timestamp")) != (data_id, timestamp):
+            raise CorruptBackupError(
+                f"{key}: records itself as {doc.get('data_id')}/{doc.get('timestamp')}: moved or copied from elsewhere"
+            )
+        return doc
 
     def backups(self, data_id: str) -> list[BackupInfo]:
         out = []
         for ts in self.timestamps(data_id):
-            manifest = self.read_manifest(data_id, ts)
+            try:
+                manifest = self.read_manifest(data_id, ts)
+            except CorruptBackupError as exc:
+                # One damaged backup is listed as such; it never hides the others.
+                log.info("%s", exc)
+                sources = sorted(e.name for e in self.storage.list(f"{data_id}/{ts}") if e.is_dir)
+                out.append(BackupInfo(data_id, ts, False, None, None, sources, damaged=str(exc)))
+                continue
             if manifest is not None:
                 out.append(
                     BackupInfo(
@@ -721,7 +736,8 @@ class Repository:
         return out
 
     def resolve(self, data_id: str, which: str) -> BackupInfo:
-        """``latest`` (newest complete backup) or a TIMESTAMP -> that backup, complete, or a clear error."""
+        """``latest`` (newest complete backup, damaged ones skipped) or a TIMESTAMP -> that backup, complete,
+        or a clear error (a damaged one: :class:`CorruptBackupError`)."""
         if which != "latest":
             parse_timestamp(which)
         backups = self.backups(data_id)
@@ -732,6 +748,8 @@ class Repository:
             return complete[-1]
         for b in backups:
             if b.timestamp == which:
+                if b.damaged:
+                    raise CorruptBackupError(b.damaged)
                 if not b.complete:
                     raise UsageError(f"backup {data_id}/{which} is incomplete (no {MANIFEST}); it cannot be used")
                 return b

@@ -266,6 +266,14 @@ class Source(ABC):
         If this raises, the backup is incomplete and never used; the core discards what was written.
         """
 
+    def restore_leftovers(self, remove: bool) -> list[str]:
+        """What interrupted restores of this source left beside its target (staging copies, a target moved
+        aside), as strings for humans; removed first when ``remove``. ``cleanup`` calls this while it holds
+        the dataset's lock, so no restore of it is running. Look only where this source's own restore
+        stages, never elsewhere. The default: nothing to clean.
+        """
+        return []
+
     @abstractmethod
     def restore(self, artifacts: ArtifactSet) -> None:
         """Put the data back where ``self.settings`` says, replacing what is there.
@@ -285,6 +293,11 @@ class SourceType:
     factory: Callable[[str, Settings], Source]
     description: str = ""
     secret_keys: tuple[str, ...] = ()
+    #: The settings that say where a restore writes (``("path",)`` for a directory). A backup's recorded
+    #: values of these are never used: a source missing from the config is restored only where the user
+    #: says (``--set NAME.KEY=...``), so a storage's content cannot choose where data is written. A type
+    #: that names none needs at least one ``--set`` for such a source.
+    target_keys: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- storages

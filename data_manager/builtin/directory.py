@@ -535,4 +535,5 @@ def _parse_ns(text: str) -> int:
 
 @hookimpl
 def register_source_types(register: Callable[[SourceType], None]) -> None:
-    register(SourceType("directory", DirectorySource, "a directory tree: files, empty directories, symlinks, modes, mtimes"))
+    register(SourceType("directory", DirectorySource, "a directory tree: files, empty directories, symlinks, modes, mtimes",
+                        target_keys=("path",)))

@@ -143,7 +143,8 @@ def test_help_and_plugins_are_fast_and_clean() -> None:
 
 
 def test_restore_from_metadata_alone(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
-    """A dataset no longer in the config is restored from what backup.json recorded."""
+    """A source no longer in the config is restored from what backup.json recorded, to where --set says
+    (never to the recorded path by itself: the storage's content does not choose where data is written)."""
     config, backups, raw, db = setup
     assert cli("backup", "exp42", config=config).returncode == 0
     tree = snapshot(raw)
@@ -152,6 +153,9 @@ def test_restore_from_metadata_alone(setup: tuple[Path, Path, Path, Path], tmp_p
                             f'[[datasets.exp42.sources]]\nname = "other"\ntype = "directory"\npath = "/x"\n')
     shutil.rmtree(raw)
     r = cli("restore", "--yes", "--only", "raw", "exp42", config=only_storage)
+    assert r.returncode == 2 and "--set raw.path=" in r.stderr, r.stderr
+    assert not raw.exists()
+    r = cli("restore", "--yes", "--only", "raw", "--set", f"raw.path={raw}", "exp42", config=only_storage)
     assert r.returncode == 0, r.stderr
     assert snapshot(raw) == tree
     assert os.path.exists(db)

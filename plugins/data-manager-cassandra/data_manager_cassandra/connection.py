@@ -41,6 +41,7 @@ class ConnectionSettings:
     timeout: float
     connect_timeout: float
     retries: int
+    ssl_context: Any = None  # an ssl.SSLContext: every connection is TLS (see .tls)
 
     def where(self) -> str:
         return ",".join(f"{h}:{self.port}" for h in self.contact_points)
@@ -126,6 +127,7 @@ def connect(cs: ConnectionSettings) -> Iterator[Connection]:
         connect_timeout=cs.connect_timeout,
         control_connection_timeout=cs.connect_timeout,
         max_schema_agreement_wait=60,
+        ssl_context=cs.ssl_context,
     )
     try:
         try:

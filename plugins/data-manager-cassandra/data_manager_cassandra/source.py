@@ -30,10 +30,11 @@ from data_manager.errors import ConfigError, CorruptBackupError, SourceError
 from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from . import rowformat
+from . import rowformat, tls
 from .connection import (CONSISTENCY_LEVELS, Connection, ConnectionSettings, backoff, connect, describe_error,
                          is_transient, retrying)
-from .schema import Column, capture, create_keyspace, if_not_exists, quote, render, table_columns
+from .schema import (Column, capture, check_header, check_keyspace, create_keyspace, if_not_exists, parse_replication, quote,
+                     render, replication_cql, table_columns)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ FORMAT = 1
 KNOWN_KEYS = {
     "contact_points", "port", "username", "password", "local_dc", "keyspace", "keyspaces", "tables",
     "consistency", "write_consistency", "concurrency", "splits", "page_size", "timeout", "connect_timeout",
-    "retries", "replication",
+    "retries", "replication", *tls.KEYS,
 }
 SYSTEM_KEYSPACES = {"system", "system_auth", "system_schema", "system_distributed", "system_traces",
                     "system_views", "system_virtual_schema", "system_cluster_metadata"}
@@ -110,6 +111,10 @@ class CassandraSource(Source):
         contact_points = settings.get_list("contact_points", ["127.0.0.1"])
         if not contact_points:
             raise settings.error("contact_points", "must list at least one host")
+        self.tls = tls.TlsSettings(settings, name)
+        if username is not None and not self.tls.enabled and not tls.all_loopback(contact_points):
+            log.warning("source %s: the password goes to %s in clear text: set tls = true (see the docs)", name,
+                        ", ".join(contact_points))
         self.conn = ConnectionSettings(
             source=name,
             contact_points=tuple(contact_points),
@@ -122,11 +127,17 @@ class CassandraSource(Source):
             timeout=_number(settings, "timeout", 30.0),
             connect_timeout=_number(settings, "connect_timeout", 10.0),
             retries=settings.get_int("retries", 5, minimum=0),
+            ssl_context=self.tls.context(),
         )
         self.concurrency = settings.get_int("concurrency", 8, minimum=1)
         self.splits = settings.get_int("splits", max(16, 4 * self.concurrency), minimum=1)
         self.page_size = settings.get_int("page_size", 5000, minimum=10)
-        self.replication = settings.get_str("replication", None)
+        self.replication: dict[str, str] | None = None
+        if "replication" in settings:
+            try:
+                self.replication = parse_replication(settings.get_str("replication"))
+            except ValueError as exc:
+                raise settings.error("replication", str(exc)) from None
 
     def describe(self) -> str:
         return f"cassandra://{self.conn.where()}/{','.join(self.keyspaces)}"
@@ -299,23 +310,43 @@ class CassandraSource(Source):
         if info.get("format") != FORMAT or "keyspaces" not in info:
             raise CorruptBackupError(f"source {self.name!r}: not a cassandra backup of a known format")
         backed = info["keyspaces"]
+        # The backup is read back from storage: nothing of it becomes CQL before it is checked.
+        if not isinstance(backed, list) or not backed:
+            raise CorruptBackupError(f"source {self.name!r}: the backup's keyspaces are not a list")
+        try:
+            replications = [check_keyspace(ks) for ks in backed]
+        except ValueError as exc:
+            raise CorruptBackupError(f"source {self.name!r}: {exc} (corrupt or tampered backup)") from None
         if len(backed) != len(self.keyspaces):
             raise ConfigError(
                 f"{self.settings.where}: the backup holds {len(backed)} keyspace(s) "
                 f"({', '.join(k['name'] for k in backed)}); set keyspace/keyspaces to as many target names")
         # Cassandra has no transactions: check every artifact before anything is dropped or written.
         artifacts.verify()
+        for ks_info in backed:
+            for table in ks_info["tables"]:
+                with artifacts.open(table["artifact"]) as f:
+                    self._header(f, table)
         with connect(self.conn) as conn:
-            for ks_info, target in zip(backed, self.keyspaces):
-                self._restore_schema(conn, ks_info, target)
+            for ks_info, replication, target in zip(backed, replications, self.keyspaces):
+                self._restore_schema(conn, ks_info, self.replication or replication, target)
                 for table in ks_info["tables"]:
                     self._restore_rows(conn, artifacts, table, target)
 
     def _ddl(self, conn: Connection, cql: str, what: str) -> None:
         conn.execute(cql, what=what, timeout=max(DDL_TIMEOUT, self.conn.timeout), retry=False)
 
-    def _restore_schema(self, conn: Connection, ks_info: dict[str, Any], target: str) -> None:
-        replication = self.replication or ks_info["replication"]
+    def _header(self, f: Any, table: dict[str, Any]) -> dict[str, Any]:
+        """The rows artifact's header, checked against the table it restores."""
+        header = rowformat.read_header(f, table["artifact"])
+        try:
+            check_header(header, table["name"])
+        except ValueError as exc:
+            raise CorruptBackupError(f"source {self.name!r}: {table['artifact']}: {exc} (corrupt or tampered backup)") from None
+        return header
+
+    def _restore_schema(self, conn: Connection, ks_info: dict[str, Any], options: dict[str, str], target: str) -> None:
+        replication = replication_cql(options)
         placeholder = ks_info["placeholder"]
         objects = ks_info["objects"]
         if ks_info["whole"]:
@@ -342,7 +373,7 @@ class CassandraSource(Source):
     def _restore_rows(self, conn: Connection, artifacts: ArtifactSet, table: dict[str, Any], target: str) -> None:
         label = f"{target}.{table['name']}"
         with artifacts.open(table["artifact"]) as f, _gc_frozen():
-            header = rowformat.read_header(f, table["artifact"])
+            header = self._header(f, table)
             loader = _RowLoader(self, conn, header, target)
             rows = 0
             for count, fetched_at, cells in rowformat.iter_pages(f, table["artifact"]):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -54,8 +55,65 @@ _CONTENT_HEADERS = ("cache-control", "content-disposition", "content-encoding", 
 _META = "x-amz-meta-"
 
 
+# What an index line may hold, checked on restore before anything is written: the index comes back from
+# the storage, and whoever can write there must not get headers applied that the backup never records
+# (x-amz-acl, x-amz-website-redirect-location...), nor odd keys or sizes.
+MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes (with the target prefix)
+MAX_SIZE = 5 << 40  # S3's largest object, 5 TiB
+MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values in UTF-8
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
+_HEX = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class _Stopped(Exception):
     pass
+
+
+def check_entry(e: Any, prefix: str) -> dict[str, Any]:
+    """An index line, once every value the restore uses is what a backup writes; ValueError otherwise."""
+    if not isinstance(e, dict):
+        raise ValueError("is not an object")
+    key = e.get("key")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key {key!r} is not a non-empty string")
+    try:
+        size = len((prefix + key).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"key {key!r} is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise ValueError(f"key {key[:40]!r}... is {size} bytes with the prefix (S3 takes {MAX_KEY_BYTES})")
+    if "\0" in key or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"key {key!r} holds a NUL or a '.'/'..' segment (never backed up)")
+    for name, limit in (("size", MAX_SIZE), ("offset", None)):
+        v = e.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (limit is not None and v > limit):
+            raise ValueError(f"{name} {v!r} of {key!r} is not a byte count" + (" up to 5 TiB" if limit else ""))
+    if not isinstance(e.get("volume"), str) or not isinstance(e.get("changed", False), bool):
+        raise ValueError(f"volume or changed of {key!r} is not what a backup writes")
+    if not any(isinstance(e.get(a), str) and _HEX.fullmatch(e[a]) for a in ("blake3", "sha256")):
+        raise ValueError(f"{key!r} has no blake3 or sha256 digest of 64 hex digits")
+
+    def header_value(what: str, v: Any) -> None:
+        if not isinstance(v, str) or _CONTROL.search(v) or len(v) > 8192:
+            raise ValueError(f"{what} of {key!r} is not a header value: {str(v)[:40]!r}")
+
+    if e.get("content_type") is not None:
+        header_value("content_type", e["content_type"])
+    headers, metadata = e.get("headers") or {}, e.get("metadata") or {}
+    if not isinstance(headers, dict) or not isinstance(metadata, dict):
+        raise ValueError(f"headers or metadata of {key!r} is not an object")
+    for h, v in headers.items():
+        if h not in _CONTENT_HEADERS:  # the allow-list of the backup
+            raise ValueError(f"header {h!r} of {key!r} is not one a backup keeps ({', '.join(_CONTENT_HEADERS)})")
+        header_value(h, v)
+    for m, v in metadata.items():
+        if not isinstance(m, str) or not _TOKEN.fullmatch(m):
+            raise ValueError(f"metadata name {m!r} of {key!r} is not a header name")
+        header_value(f"metadata {m}", v)
+    if sum(len(m.encode()) + len(v.encode("utf-8", "replace")) for m, v in metadata.items()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata of {key!r} exceeds S3's {MAX_METADATA_BYTES} bytes")
+    return e
 
 
 def object_digest(entry: dict[str, Any]) -> tuple[str, Any, str]:
@@ -383,28 +441,38 @@ class MinioSource(Source):
     def _read_index(self, artifacts: ArtifactSet) -> dict[str, list[dict[str, Any]]]:
         by_volume: dict[str, list[dict[str, Any]]] = {}
         name = artifacts.info.get("index", INDEX)
+        keys: set[str] = set()
         with artifacts.open(name) as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 try:
                     e = json.loads(line)
-                    by_volume.setdefault(e["volume"], []).append(e)
-                except (ValueError, KeyError, TypeError):
-                    raise CorruptBackupError(f"{self.name}/{name}: unreadable line") from None
+                except ValueError:
+                    raise CorruptBackupError(f"{self.name}/{name}: unreadable line {number}") from None
+                try:
+                    check_entry(e, self.prefix)
+                except ValueError as exc:
+                    raise CorruptBackupError(f"{self.name}/{name}: line {number}: {exc} (corrupt or tampered "
+                                             "backup)") from None
+                if e["key"] in keys:
+                    raise CorruptBackupError(f"{self.name}/{name}: line {number}: key {e['key']!r} listed twice")
+                keys.add(e["key"])
+                by_volume.setdefault(e["volume"], []).append(e)
         for entries in by_volume.values():
             entries.sort(key=lambda e: e["offset"])
         return by_volume
 
     def restore(self, artifacts: ArtifactSet) -> None:
         client = self.conn.client
-        if not self.conn.call("checking the bucket", client.bucket_exists, self.bucket):
-            self.conn.call(f"creating bucket {self.bucket!r}", client.make_bucket, self.bucket)
         if self.verify_first:
             artifacts.verify()
+        # the whole index is read and checked before anything is written, the bucket included
         by_volume = self._read_index(artifacts)
         volumes = list(artifacts.info.get("volumes") or sorted(by_volume))
         missing = set(by_volume) - set(volumes)
-        if missing:
+        if missing or not all(isinstance(v, str) for v in volumes):
             raise CorruptBackupError(f"{self.name}/{INDEX}: names volumes not in the backup: {sorted(missing)[:3]}")
+        if not self.conn.call("checking the bucket", client.bucket_exists, self.bucket):
+            self.conn.call(f"creating bucket {self.bucket!r}", client.make_bucket, self.bucket)
         stop = threading.Event()
         errors: list[BaseException] = []
         todo: queue.Queue[str] = queue.Queue()
@@ -474,7 +542,8 @@ class MinioSource(Source):
     def _restore_object(self, stream: Any, volume: str, e: dict[str, Any], overlap: bool) -> None:
         key = self.prefix + e["key"]
         headers = {"Content-Type": e.get("content_type") or "application/octet-stream"}
-        headers.update({h.title(): v for h, v in (e.get("headers") or {}).items()})
+        # the backup's allow-list again (check_entry refused others already)
+        headers.update({h.title(): v for h, v in (e.get("headers") or {}).items() if h in _CONTENT_HEADERS})
         headers.update({_META + k: v for k, v in (e.get("metadata") or {}).items()})
         upload = ObjectUpload(self.conn, self.bucket, key, part_size=self.part_size, headers=headers,
                               check_etag=self.check_etag, label=f"s3://{self.bucket}/{key}",

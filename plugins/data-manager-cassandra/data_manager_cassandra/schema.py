@@ -249,7 +249,7 @@ def _head(kind: str, name: str, table: str | None, ks: str) -> tuple[str, ...]:
 
 def _name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 256 or "\0" in value:
-        raise ValueError(f"{what} {value!r} is not a name")
+        raise ValueError(f"{what} {repr(value)[:80]} is not a name")
     return value
 
 

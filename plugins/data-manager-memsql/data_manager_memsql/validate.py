@@ -34,21 +34,27 @@ def _fail(where: str, problem: str) -> CorruptBackupError:
     return CorruptBackupError(f"{where}: {problem} (corrupt or tampered backup)")
 
 
+def _short(value: Any) -> str:
+    """``value`` for a one-line message: its repr, cut short (a crafted value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _name(value: Any, where: str, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME or "\0" in value:
-        raise _fail(where, f"{what} {value!r} is not a name of 1 to {MAX_NAME} characters")
+        raise _fail(where, f"{what} {_short(value)} is not a name of 1 to {MAX_NAME} characters")
     return value
 
 
 def _word(value: Any, where: str, what: str) -> str:
     if not isinstance(value, str) or not WORD.fullmatch(value):
-        raise _fail(where, f"{what} {value!r} is not a plain word ([A-Za-z0-9_])")
+        raise _fail(where, f"{what} {_short(value)} is not a plain word ([A-Za-z0-9_])")
     return value
 
 
 def _count(value: Any, where: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(where, f"{what} {value!r} is not a count")
+        raise _fail(where, f"{what} {_short(value)} is not a count")
     return value
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from data_manager.api import DataManager
 from data_manager.errors import ConfigError, CorruptBackupError, ExitCode, SourceError
 from data_manager.types import Settings
 from data_manager_memsql import source as source_module

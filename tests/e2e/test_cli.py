@@ -1,8 +1,11 @@
 """The command as users and scripts run it: real processes, exit codes, one-line errors."""
 
 import json
-import os
 import shutil
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,18 +53,35 @@ def test_backup_list_restore_verify(setup: tuple[Path, Path, Path, Path], tmp_pa
     assert status["datasets"][0]["latest"] == ts2 and status["storages"][0]["reachable"] is True
 
 
+def files(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` with its content (empty if ``root`` does not exist)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_dry_runs_change_nothing(setup: tuple[Path, Path, Path, Path]) -> None:
     config, backups, raw, db = setup
+    tree, rows = snapshot(raw), db.read_bytes()
     r = cli("backup", "--dry-run", "exp42", config=config)
-    assert r.returncode == 0 and "would back up" in r.stdout
+    assert r.returncode == 0 and "would back up" in r.stdout, r.stderr
     assert not backups.exists()
+    assert snapshot(raw) == tree and db.read_bytes() == rows
+
     assert cli("backup", "exp42", config=config).returncode == 0
-    before = snapshot(raw)
     (raw / "hello.txt").write_text("newer")
+    (raw / "new.txt").write_text("not in the backup")
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM t WHERE id > 10")
+    con.commit()
+    con.close()
+    changed, changed_rows, stored = snapshot(raw), db.read_bytes(), files(backups)
+    jobs = json.loads(cli("status", "--json", config=config).stdout)["recent"]
     r = cli("restore", "--dry-run", "exp42", config=config)
-    assert r.returncode == 0 and "would restore" in r.stdout and str(raw) in r.stdout
-    assert (raw / "hello.txt").read_text() == "newer"
-    assert before != snapshot(raw)
+    assert r.returncode == 0 and "would restore" in r.stdout, r.stderr
+    assert str(raw) in r.stdout and str(db) in r.stdout
+    assert snapshot(raw) == changed and db.read_bytes() == changed_rows  # neither source was touched
+    assert files(backups) == stored  # no backup, no lock, nothing written in the storage
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["notes.db", "raw"]  # no staging beside the targets
+    assert json.loads(cli("status", "--json", config=config).stdout)["recent"] == jobs  # no job ran
 
 
 def test_flipped_byte_is_caught_by_verify_and_restore(setup: tuple[Path, Path, Path, Path]) -> None:
@@ -134,12 +154,34 @@ exclude = ["${{DM_SECRET_PATTERN}}"]
     assert "${DM_SECRET_PATTERN}" in next((tmp_path / "b").rglob("backup.json")).read_text()
 
 
+HEAVY = {"cassandra", "minio", "googleapiclient", "google", "psycopg", "psycopg2", "pymysql", "MySQLdb",
+         "zstandard", "urllib3", "requests"}
+
+
+def imported(*args: str) -> set[str]:
+    """The top-level modules the command imports (``python -X importtime``)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "data_manager", *args], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
 def test_help_and_plugins_are_fast_and_clean() -> None:
-    r = cli("--help")
-    assert r.returncode == 0 and "Exit codes" in r.stdout
-    r = cli("plugins", "--json")
-    names = {p["name"] for p in json.loads(r.stdout)}
+    for args, needle in ((["--help"], "Exit codes"), (["plugins", "--json"], '"name": "sqlite"')):
+        t0 = time.monotonic()
+        r = cli(*args)
+        seconds = time.monotonic() - t0
+        assert r.returncode == 0 and needle in r.stdout, r.stderr
+        assert r.stderr == ""  # no warning, no log line, no deprecation notice
+        assert seconds < 5, f"{args}: {seconds:.1f}s"  # ~0.4 s; a bound a loaded machine still meets
+    names = {p["name"] for p in json.loads(cli("plugins", "--json").stdout)}
     assert {"filesystem", "directory", "sqlite"} <= names
+    # Fast by construction: no client library or compressor is imported to print help or list plugins.
+    help_imports, plugins_imports = imported("--help"), imported("plugins", "--json")
+    assert "data_manager" in help_imports and "click" in help_imports
+    assert help_imports & HEAVY == set() and plugins_imports & HEAVY == set()
+    assert [m for m in help_imports if m.startswith("data_manager_")] == []  # --help loads no plugin at all
 
 
 def test_restore_from_metadata_alone(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
@@ -151,6 +193,11 @@ def test_restore_from_metadata_alone(setup: tuple[Path, Path, Path, Path], tmp_p
     only_storage = tmp_path / "storage-only.toml"
     only_storage.write_text(f'[storages.local]\ntype = "filesystem"\nroot = "{backups}"\n[datasets.exp42]\n'
                             f'[[datasets.exp42.sources]]\nname = "other"\ntype = "directory"\npath = "/x"\n')
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM t WHERE id > 10")
+    con.commit()
+    con.close()
+    db_bytes = db.read_bytes()
     shutil.rmtree(raw)
     r = cli("restore", "--yes", "--only", "raw", "exp42", config=only_storage)
     assert r.returncode == 2 and "--set raw.path=" in r.stderr, r.stderr
@@ -158,4 +205,4 @@ def test_restore_from_metadata_alone(setup: tuple[Path, Path, Path, Path], tmp_p
     r = cli("restore", "--yes", "--only", "raw", "--set", f"raw.path={raw}", "exp42", config=only_storage)
     assert r.returncode == 0, r.stderr
     assert snapshot(raw) == tree
-    assert os.path.exists(db)
+    assert db.read_bytes() == db_bytes  # --only raw: the other source was left alone

@@ -49,15 +49,24 @@ def test_volumes_are_bounded_and_indexed(tmp_path: Path) -> None:
     dm = manager(tmp_path, src, volume_size="1MiB")
     ts = dm.backup("d").timestamp
     base = tmp_path / "backups" / "d" / ts / "raw"
-    volumes = sorted(base.glob("vol-*"))
-    assert len(volumes) == 3  # big.bin alone, then 3 files per volume
-    assert all(v.stat().st_size < 1_500_000 for v in volumes if v.stat().st_size < 2_500_000)
     index = [json.loads(line) for line in (base / "files.jsonl").read_text().splitlines()]
-    big = next(e for e in index if e["path"] == "big.bin")
-    # The index says where the bytes are: one file can be read without the others.
-    with open(base / big["volume"], "rb") as f:
-        f.seek(big["offset"])
-        assert f.read(big["size"]) == (src / "big.bin").read_bytes()
+    by_volume: dict[str, list[str]] = {}
+    for entry in index:
+        by_volume.setdefault(entry["volume"], []).append(entry["path"])
+    # big.bin alone (a file is never split), then the others 3 a volume: a volume closes once past 1 MiB.
+    assert sorted(by_volume.values()) == [["big.bin"], ["f0.bin", "f1.bin", "f2.bin"], ["f3.bin", "f4.bin", "f5.bin"]]
+    assert sorted(p.name for p in base.glob("vol-*")) == sorted(by_volume)  # stored as-is: no .zst
+    for volume, paths in by_volume.items():
+        size = (base / volume).stat().st_size
+        data = sum((src / p).stat().st_size for p in paths)
+        # Only headers and the trailer beside the data; no volume goes on past the item that passed the limit.
+        assert data < size < data + 4096 * len(paths) + 10240, (volume, size)
+        assert size - (src / paths[-1]).stat().st_size < (1 << 20) + 4096 * len(paths), (volume, size)
+    # The index says where every file's bytes are: one file can be read without the others.
+    for entry in index:
+        with open(base / entry["volume"], "rb") as f:
+            f.seek(entry["offset"])
+            assert f.read(entry["size"]) == (src / entry["path"]).read_bytes(), entry["path"]
 
 
 def test_incompressible_files_are_stored_as_is(tmp_path: Path) -> None:

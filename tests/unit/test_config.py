@@ -23,26 +23,130 @@ def test_minimal_config_defaults_to_the_only_storage() -> None:
     assert [s.name for s in c.datasets["exp42"].sources] == ["raw"]
 
 
-@pytest.mark.parametrize(
-    "data, needle",
-    [
-        (cfg(exp42={"sources": [src(type="nope")]}), "dataset 'exp42', source 'raw': key 'type': unknown source type 'nope'"),
-        (cfg(exp42={"sources": [{"type": "directory"}]}), "dataset 'exp42', source #1: key 'name': missing"),
-        (cfg(exp42={"sources": [src(), src()]}), "source 'raw': key 'name': duplicate source name"),
-        (cfg(exp42={"storage": "gone", "sources": [src()]}), "dataset 'exp42': key 'storage': unknown storage 'gone'"),
-        (cfg(exp42={"sources": []}), "dataset 'exp42': key 'sources': missing or empty"),
-        (cfg(exp42={"sources": [src()], "colour": 1}), "dataset 'exp42': key 'colour': unknown"),
-        ({"storages": {"s": {"root": "/x"}}, "datasets": {}}, "storage 's': key 'type': missing"),
-        (cfg(**{"bad id!": {"sources": [src()]}}), "bad dataset id"),
-        (cfg(exp42={"sources": [src(name="../up")]}), "key 'name': bad name"),
-    ],
-)
-def test_config_errors_name_file_dataset_and_key(data: dict, needle: str) -> None:
+UNSET = "${DM_TEST_NEVER_SET_4711}"
+
+
+def with_storages(datasets: dict, **storages: object) -> dict:
+    return {"storages": storages, "datasets": datasets}
+
+
+# (config, what the message starts with: file, then dataset/storage/source, then the key; a word of the
+# problem; ConfigError.key). Every raise in config.py has a line here.
+CASES = [
+    # top level
+    ({"storages": 5}, "/etc/dm.toml: key 'storages': must be a table", "", "storages"),
+    ({**cfg(), "datasets": []}, "/etc/dm.toml: key 'datasets': must be a table", "", "datasets"),
+    ({**cfg(), "storage": {}}, "/etc/dm.toml: unknown top-level table [storage]", "did you mean [storages]?", "storage"),
+    ({**cfg(), "colour": 1}, "/etc/dm.toml: unknown top-level key 'colour'", "known: datasets", "colour"),
+    # storages
+    (with_storages({}, local=5), "/etc/dm.toml: key 'storages.local': must be a table", "", "storages.local"),
+    (with_storages({}, **{"bad name!": {"type": "filesystem"}}), "/etc/dm.toml: storage 'bad name!': bad storage name",
+     "letters, digits", "storages.bad name!"),
+    (with_storages({}, s={"root": "/x"}), "/etc/dm.toml: storage 's': key 'type': missing", "required", "type"),
+    (with_storages({}, s={"type": "ftp"}), "/etc/dm.toml: storage 's': key 'type': unknown storage type 'ftp'",
+     "installed: filesystem", "type"),
+    (with_storages({}, s={"type": "filesystem", "root": UNSET}),
+     "/etc/dm.toml: storage 's': key 'root': environment variable DM_TEST_NEVER_SET_4711 is not set", "", "root"),
+    # datasets
+    (cfg(exp42=5), "/etc/dm.toml: key 'datasets.exp42': must be a table", "", "datasets.exp42"),
+    (cfg(**{"bad id!": {"sources": [src()]}}), "/etc/dm.toml: dataset 'bad id!': bad dataset id", "max 128", "datasets"),
+    (cfg(exp42={"sources": [src()], "colour": 1}), "/etc/dm.toml: dataset 'exp42': key 'colour': unknown",
+     "known: description, sources, storage, timeout", None),  # ConfigError.key is not set on this one
+    (with_storages({"exp42": {"sources": [src()]}}), "/etc/dm.toml: dataset 'exp42': key 'storage': missing",
+     "no storage is configured", "storage"),
+    (with_storages({"exp42": {"sources": [src()]}}, a={"type": "filesystem", "root": "/a"},
+                   b={"type": "filesystem", "root": "/b"}),
+     "/etc/dm.toml: dataset 'exp42': key 'storage': missing", "there are several storages", "storage"),
+    (cfg(exp42={"storage": "gone", "sources": [src()]}), "/etc/dm.toml: dataset 'exp42': key 'storage': unknown storage 'gone'",
+     "configured: local", "storage"),
+    (cfg(exp42={"sources": []}), "/etc/dm.toml: dataset 'exp42': key 'sources': missing or empty",
+     "[[datasets.exp42.sources]]", "sources"),
+    (cfg(exp42={}), "/etc/dm.toml: dataset 'exp42': key 'sources': missing or empty", "", "sources"),
+    (cfg(exp42={"sources": {"name": "raw"}}), "/etc/dm.toml: dataset 'exp42': key 'sources': missing or empty", "", "sources"),
+    # sources
+    (cfg(exp42={"sources": [src(), 5]}), "/etc/dm.toml: dataset 'exp42': key 'sources[1]': must be a table", "",
+     "sources[1]"),
+    (cfg(exp42={"sources": [{"type": "directory"}]}), "/etc/dm.toml: dataset 'exp42', source #1: key 'name': missing",
+     "letters, digits", "name"),
+    (cfg(exp42={"sources": [src(), src(name="../up")]}),
+     "/etc/dm.toml: dataset 'exp42', source #2: key 'name': bad name '../up'", "", "name"),
+    (cfg(exp42={"sources": [src(name=7)]}), "/etc/dm.toml: dataset 'exp42', source #1: key 'name': bad name 7", "", "name"),
+    (cfg(exp42={"sources": [src(), src()]}), "/etc/dm.toml: dataset 'exp42', source 'raw': key 'name': duplicate source name 'raw'",
+     "", "name"),
+    (cfg(exp42={"sources": [{"name": "raw", "path": "/x"}]}), "/etc/dm.toml: dataset 'exp42', source 'raw': key 'type': missing",
+     "required", "type"),
+    (cfg(exp42={"sources": [src(type="nope")]}), "/etc/dm.toml: dataset 'exp42', source 'raw': key 'type': unknown source type 'nope'",
+     "installed: directory, sqlite", "type"),
+    (cfg(exp42={"sources": [src(path=UNSET)]}),
+     "/etc/dm.toml: dataset 'exp42', source 'raw': key 'path': environment variable DM_TEST_NEVER_SET_4711 is not set", "", "path"),
+    (cfg(exp42={"sources": [src(exclude=["*.tmp", UNSET])]}),
+     "/etc/dm.toml: dataset 'exp42', source 'raw': key 'exclude': environment variable DM_TEST_NEVER_SET_4711", "", "exclude"),
+    (cfg(exp42={"sources": [src(options={"inner": UNSET})]}),
+     "/etc/dm.toml: dataset 'exp42', source 'raw': key 'options.inner': environment variable", "", "options.inner"),
+]
+
+
+@pytest.mark.parametrize("data, prefix, needle, key", CASES)
+def test_config_errors_name_file_dataset_and_key(data: dict, prefix: str, needle: str, key: str | None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DM_TEST_NEVER_SET_4711", raising=False)
     with pytest.raises(ConfigError) as e:
         parse_config(data, REG, Path("/etc/dm.toml"))
-    assert needle in str(e.value)
-    assert str(e.value).startswith("/etc/dm.toml")
+    text = str(e.value)
+    assert text.startswith(prefix), text
+    assert needle in text and "\n" not in text
+    if key is not None:
+        assert e.value.key == key
+
+
+def build(data: dict) -> None:
+    """Parse, then create every storage and source as a job would: the plugins read their settings."""
+    config = parse_config(data, REG, Path("/etc/dm.toml"))
+    for name, storage in config.storages.items():
+        REG.storage_type(storage.type, storage.settings.where)[0].factory(name, storage.settings)
+    for dataset in config.datasets.values():
+        for spec in dataset.sources:
+            REG.source_type(spec.type, spec.settings.where)[0].factory(spec.name, spec.settings)
+
+
+@pytest.mark.parametrize("data, prefix", [
+    (with_storages({}, local={"type": "filesystem"}), "storage 'local': key 'root': missing (required)"),
+    (with_storages({}, local={"type": "filesystem", "root": "/x", "bucket": "b"}),
+     "storage 'local': key 'bucket': unknown key (known: root)"),
+    (cfg(exp42={"sources": [{"name": "raw", "type": "directory"}]}), "dataset 'exp42', source 'raw': key 'path': missing (required)"),
+    (cfg(exp42={"sources": [src(path=5)]}), "dataset 'exp42', source 'raw': key 'path': must be a string, not 5"),
+    (cfg(exp42={"sources": [src(path="")]}), "dataset 'exp42', source 'raw': key 'path': must not be empty"),
+    (cfg(exp42={"sources": [src(colour="red")]}), "dataset 'exp42', source 'raw': key 'colour': unknown key (known: "),
+    (cfg(exp42={"sources": [src(volume_size="lots")]}),
+     "dataset 'exp42', source 'raw': key 'volume_size': must be a size like 128MiB or a number of bytes, not 'lots'"),
+    (cfg(exp42={"sources": [src(volume_size=0)]}), "dataset 'exp42', source 'raw': key 'volume_size': must be a size"),
+    (cfg(exp42={"sources": [src(exclude=["*.tmp", 3])]}), "dataset 'exp42', source 'raw': key 'exclude': must be a list of strings"),
+    (cfg(exp42={"sources": [src(exclude=5)]}), "dataset 'exp42', source 'raw': key 'exclude': must be a list of strings, not 5"),
+    (cfg(exp42={"sources": [src(type="sqlite", busy_timeout=-1)]}),
+     "dataset 'exp42', source 'raw': key 'busy_timeout': must be at least 0, not -1"),
+    (cfg(exp42={"sources": [src(type="sqlite", busy_timeout="soon")]}),
+     "dataset 'exp42', source 'raw': key 'busy_timeout': must be an integer, not 'soon'"),
+    (cfg(exp42={"sources": [src(type="sqlite", busy_timeout=True)]}),
+     "dataset 'exp42', source 'raw': key 'busy_timeout': must be an integer, not True"),
+])
+def test_plugin_settings_errors_name_file_dataset_and_key(data: dict, prefix: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build(data)
+    assert str(e.value).startswith(f"/etc/dm.toml: {prefix}"), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[storages\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: not valid TOML: "):
+        load_config(bad, REG)
+    bad.write_bytes(b'[storages.local]\ntype = "filesystem"\nroot = "/b\xe9"\n')
+    with pytest.raises(ConfigError, match=f"^{bad}: not UTF-8 text"):
+        load_config(bad, REG)
+    bad.write_text('[storages.local]\ntype = "filesystem"\nroot = 5\n[datasets.exp42]\nsources = []\n')
+    with pytest.raises(ConfigError, match=f"^{bad}: dataset 'exp42': key 'sources'"):
+        load_config(bad, REG)
 
 
 def test_several_storages_need_an_explicit_choice() -> None:

@@ -607,7 +607,7 @@ class DataManager:
         dataset, repo, info, plan = self._restore_plan(data_id, which, overrides or {}, only)
         result = RestoreResult(data_id, info.timestamp, dry_run=dry_run)
         for rec, source in plan:
-            result.sources.append({"name": rec.name, "type": rec.type, "target": source.describe(), "size": rec.size})
+            result.sources.append({"name": rec.name, "type": rec.type, "target": scrub(source.describe()), "size": rec.size})
         if dry_run:
             return result
 

@@ -27,11 +27,13 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from ..durable import fsync_dir
 from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
 from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
 
 CHUNK = 1 << 20
+_STAGING = ".dm-restore-"
 DB = "database.sqlite"
 WAL = "database.sqlite-wal"
 
@@ -99,6 +101,18 @@ class SqliteSource(Source):
         sink.set_info(journal_mode=journal_mode, page_size=page_size, db_bytes=size, wal_bytes=wal_size,
                       sqlite_version=sqlite3.sqlite_version, mode=mode)
 
+    def restore_leftovers(self, remove: bool) -> list[str]:
+        """Staging copies (and their -wal/-shm) that an interrupted restore left beside the target."""
+        try:
+            found = sorted(p for p in self.path.parent.iterdir() if p.name.startswith(f".{self.path.name}{_STAGING}"))
+        except OSError:
+            return []
+        if remove:
+            for path in found:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return [str(p) for p in found]
+
     def restore(self, artifacts: ArtifactSet) -> None:
         target = self.path
         try:
@@ -109,7 +123,8 @@ class SqliteSource(Source):
         mode = artifacts.info.get("mode")
         if not isinstance(mode, int) or isinstance(mode, bool):
             mode = 0o600  # a backup from before modes were recorded: the data may be private
-        staging = target.parent / f".{target.name}.dm-restore-{secrets.token_hex(4)}"
+        self.restore_leftovers(remove=True)
+        staging = target.parent / f".{target.name}{_STAGING}{secrets.token_hex(4)}"
         try:
             for name, dest in ((DB, staging), (WAL, Path(f"{staging}-wal"))):
                 if name in artifacts.names():
@@ -134,7 +149,10 @@ class SqliteSource(Source):
             if not target.exists():
                 try:
                     os.chmod(staging, mode & 0o7777)
+                    with open(staging, "rb") as f:  # on disk before it has the target's name
+                        os.fsync(f.fileno())
                     os.rename(staging, target)
+                    fsync_dir(target.parent)
                 except OSError as exc:
                     raise SourceError(f"source {self.name!r}: cannot install the restored database at {target}: "
                                       f"{exc.strerror or exc}") from None

@@ -267,3 +267,18 @@ def test_a_dataset_that_left_the_config_is_listed_verified_and_restored_where_to
     assert (out / "hello.txt").read_text() == "second\n"
     with pytest.raises(UsageError, match="unknown dataset"):
         dm.verify("never-was")
+
+
+def test_sqlite_restore_leftovers_are_listed_by_cleanup_and_removed_by_the_next_restore(tmp_path: Path) -> None:
+    from ..helpers import make_sqlite, sqlite_rows
+
+    db = make_sqlite(tmp_path / "data" / "notes.db")
+    config = write_config(tmp_path / "dm.toml", tmp_path / "store", {"notes": db})
+    dm = DataManager.from_file(config)
+    dm.backup("exp42")
+    stale = db.parent / ".notes.db.dm-restore-0badf00d"
+    stale.write_bytes(b"half a database")
+    [item] = dm.cleanup("exp42", dry_run=True)
+    assert (item.action, item.path) == ("would remove", str(stale))
+    dm.restore("exp42")
+    assert not stale.exists() and len(sqlite_rows(db)) == 1000

@@ -18,7 +18,7 @@ import pytest
 from data_manager import locks
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import ConfigError, RefusedError, StorageError
-from data_manager.locks import DatasetLock, LockSettings, break_locks, list_locks
+from data_manager.locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
 from data_manager.types import Entry, Settings
 
 FAST = LockSettings(ttl=600, settle=0.02)
@@ -275,3 +275,61 @@ def test_lock_settings_from_config() -> None:
         LockSettings.from_config({"locks": 5}, "/etc/dm.toml")
     with pytest.raises(ConfigError, match="^/etc/dm.toml: \\[locks\\]: key 'ttl'"):
         LockSettings.from_config({"locks": {"ttl": "soon"}}, "/etc/dm.toml")
+    with pytest.raises(ConfigError, match="^/etc/dm.toml: \\[locks\\]: key 'settle'"):
+        LockSettings.from_config({"locks": {"settle": "soon"}}, "/etc/dm.toml")
+    with pytest.raises(ConfigError) as e:
+        LockSettings.from_config({"locks": []})
+    assert str(e.value) == "<config>: key 'locks': must be a table" and e.value.key == "locks"
+
+
+def info(created: float, expires: float, **kw: object) -> LockInfo:
+    return LockInfo(**{"data_id": "d", "job_id": "abc", "operation": "backup", "host": "elsewhere", "pid": 4242,
+                       "created": created, "expires": expires, "key": "d/.locks/abc.json", **kw})  # type: ignore[arg-type]
+
+
+def test_lock_info_says_who_since_when_and_how_stale() -> None:
+    t = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    lk = info(t, t + 600)
+    assert lk.expired(t + 600) and not lk.expired(t + 599.9)  # expiry is the first stale moment
+    assert lk.describe(t) == "backup job abc (host elsewhere, pid 4242), since 2023-11-14T22:13:20.000Z (0s ago)"
+    assert lk.describe(t + 0.9).endswith("(0s ago)")
+    assert lk.describe(t + 59.9).endswith("(59s ago)") and lk.describe(t + 60).endswith("(1m ago)")
+    assert "(59m ago), STALE: expired 49m ago" in lk.describe(t + 3599) and "(1h ago)" in lk.describe(t + 3600)
+    assert lk.describe(t + 86400).endswith("(1d ago), STALE: expired 23h ago")
+    assert lk.describe(t + 3 * 86400) == ("backup job abc (host elsewhere, pid 4242), since 2023-11-14T22:13:20.000Z "
+                                          "(3d ago), STALE: expired 2d ago")
+    assert lk.describe(t + 7200).endswith("(2h ago), STALE: expired 1h ago")
+    assert lk.to_json() == {"data_id": "d", "job_id": "abc", "operation": "backup", "host": "elsewhere", "pid": 4242,
+                            "created": "2023-11-14T22:13:20.000Z", "expires": "2023-11-14T22:23:20.000Z",
+                            "key": "d/.locks/abc.json", "unreadable": None, "stale": True}
+    fresh = info(time.time(), time.time() + 600)
+    assert fresh.to_json()["stale"] is False and "STALE" not in fresh.describe()
+    garbled = info(t, 0.0, unreadable="JSONDecodeError")
+    assert garbled.expired(t) and garbled.describe(t) == "unreadable lock object d/.locks/abc.json (JSONDecodeError)"
+    assert not garbled.process_gone()
+
+
+def test_breaking_a_lock_is_logged_with_its_owner(storage: FilesystemStorage, caplog: pytest.LogCaptureFixture) -> None:
+    plant(storage, "abc", created=time.time() - 7200)
+    with caplog.at_level("WARNING", logger="data_manager.locks"):
+        break_locks(storage, "d")
+    assert caplog.messages == ["broke the lock of restore job abc (host elsewhere, pid 4242) on d"]
+
+
+def test_verify_reads_the_lock_back(storage: FilesystemStorage) -> None:
+    mine = lock(storage, "mine")
+    mine.acquire()
+    try:
+        key = Path(storage.location()) / "d" / ".locks" / "mine.json"
+        assert mine.verify() is True and not mine.lost
+        doc = json.loads(key.read_text())
+        for changed in ({**doc, "created": doc["created"] + 1}, {**doc, "job_id": "other"}, [doc], "{torn"):
+            key.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+            assert mine.verify() is False and mine.lost, changed  # rewritten by someone else: not ours
+            mine.lost = False
+        key.unlink()
+        assert mine.verify() is False and mine.lost
+        key.write_text(json.dumps(doc))
+        assert mine.verify() is False  # once lost, lost: a lock object that comes back is not ours again
+    finally:
+        mine.release()

@@ -91,7 +91,7 @@ def test_a_second_job_is_refused_while_the_first_holds(storage: FilesystemStorag
         second.acquire()
     text = str(refused.value)
     assert text.startswith("d is locked by backup job job1 (host ") and f"pid {os.getpid()})" in text
-    assert "try later or pass --wait SECONDS" in text and "STALE" not in text
+    assert text.endswith("; try later or pass --wait SECONDS") and "STALE" not in text
     assert held(storage) == ["job1"]  # the loser took its object away
     first.release()
     assert held(storage) == []
@@ -304,6 +304,7 @@ def test_lock_info_says_who_since_when_and_how_stale() -> None:
                             "key": "d/.locks/abc.json", "unreadable": None, "stale": True}
     fresh = info(time.time(), time.time() + 600)
     assert fresh.to_json()["stale"] is False and "STALE" not in fresh.describe()
+    assert fresh.describe(time.time() + 7200).endswith("STALE: expired 1h ago")  # stale as of the time asked about
     garbled = info(t, 0.0, unreadable="JSONDecodeError")
     assert garbled.expired(t) and garbled.describe(t) == "unreadable lock object d/.locks/abc.json (JSONDecodeError)"
     assert not garbled.process_gone()

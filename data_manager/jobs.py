@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import units
 from .errors import ConfigError, DataManagerError
 from .repository import iso, now_utc
 from .scrub import scrub
@@ -42,19 +42,15 @@ UNAVAILABLE, RELEASE_FAILED = "unavailable", "release_failed"
 DEFAULT_TIMEOUT = 6 * 3600.0
 RECENT = 10
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 def parse_duration(value: Any, where: str, key: str) -> float:
-    """``"30m"``, ``"6h"``, ``"2d"``, ``"1.5s"``, ``"250ms"`` or a number of seconds -> seconds (> 0)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value.lower())
-        if m and float(m.group(1)) > 0:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ConfigError(f"{where}: key {key!r}: must be a duration like 90s, 30m, 6h or 2d, not {value!r}", key=key)
+    """A duration from the config or the command line (see :func:`data_manager.units.parse_duration`), or a
+    ConfigError naming ``where`` and ``key``."""
+    seconds = units.parse_duration(value)
+    if seconds is None:
+        raise ConfigError(f"{where}: key {key!r}: must be {units.DURATION_HINT}, not {value!r}", key=key)
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

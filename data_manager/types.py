@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, Protocol
 
+from . import units
 from .errors import ConfigError
 
 Compression = Literal["auto", "zstd", "none"]
@@ -110,6 +111,26 @@ class Settings:
         if value is not default and not all(isinstance(v, str) for v in value):
             raise self.error(key, "must be a list of strings")
         return list(value) if value is not None else value
+
+    def get_size(self, key: str, default: Any = _MISSING, *, minimum: int = 1) -> int:
+        """A size in bytes: ``128MiB``, ``"64 MB"``, ``1GiB`` or a number (see :mod:`data_manager.units`)."""
+        if key not in self._values:
+            return self._typed(key, default, (int,), "a size")
+        n = units.parse_size(self._values[key])
+        if n is None:
+            raise self.error(key, f"must be {units.SIZE_HINT}, not {self._values[key]!r}")
+        if n < minimum:
+            raise self.error(key, f"must be a size of at least {minimum} bytes, not {n}")
+        return n
+
+    def get_duration(self, key: str, default: Any = _MISSING) -> float:
+        """A duration in seconds: ``90s``, ``30m``, ``6h``, ``2d`` or a number of seconds."""
+        if key not in self._values:
+            return self._typed(key, default, (int, float), "a duration")
+        seconds = units.parse_duration(self._values[key])
+        if seconds is None:
+            raise self.error(key, f"must be {units.DURATION_HINT}, not {self._values[key]!r}")
+        return seconds
 
     def get_path(self, key: str, default: Any = _MISSING) -> Path:
         value = self.get_str(key, default)

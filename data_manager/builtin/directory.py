@@ -57,20 +57,6 @@ def _pax_mtime_block() -> bytes:
 _PAX_MTIME_BLOCK = _pax_mtime_block()
 
 
-def _parse_size(settings: Settings, key: str, default: int) -> int:
-    value = settings.get(key, default)
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-        text = value.strip().lower().removesuffix("ib").removesuffix("b")
-        if text and text[-1] in units and text[:-1].isdigit():
-            return int(text[:-1]) * units[text[-1]]
-        if text.isdigit():
-            return int(text)
-    raise settings.error(key, f"must be a size like 128MiB or a number of bytes, not {value!r}")
-
-
 class _TarVolumes(Volumes):
     """Volumes that are pax tar archives."""
 
@@ -101,7 +87,7 @@ class DirectorySource(Source):
         super().__init__(name, settings)
         settings.check_known({"path", "volume_size", "exclude", "keep_setuid"})
         self.path = settings.get_path("path")
-        self.volume_size = _parse_size(settings, "volume_size", 128 << 20)
+        self.volume_size = settings.get_size("volume_size", 128 << 20)
         self.exclude = settings.get_list("exclude", [])
 
     def describe(self) -> str:

@@ -63,11 +63,7 @@ def _check_token_transport(settings: Settings, key: str, url: str) -> None:
 
 
 def _timeout(settings: Settings) -> float:
-    from data_manager.jobs import parse_duration
-
-    if "timeout" not in settings:
-        return DEFAULT_TIMEOUT
-    return parse_duration(settings.get("timeout"), settings.where, "timeout")
+    return settings.get_duration("timeout", DEFAULT_TIMEOUT)
 
 
 class ExperimentsGuard:

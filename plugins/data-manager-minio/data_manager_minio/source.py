@@ -40,7 +40,7 @@ from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings
 from .download import ObjectChanged, ObjectGone, ObjectReader
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
-from .storage import normalize_prefix, parse_size
+from .storage import normalize_prefix
 
 if TYPE_CHECKING:
     from .fetch import SmallObjects
@@ -142,11 +142,11 @@ class MinioSource(Source):
         self.include = settings.get_list("include", [])
         self.exclude = settings.get_list("exclude", [])
         self.parallel = settings.get_int("parallel", 8, minimum=1)
-        self.volume_size = parse_size(settings, "volume_size", 128 << 20)
-        self.range_size = parse_size(settings, "range_size", 64 << 20, CHUNK)
+        self.volume_size = settings.get_size("volume_size", 128 << 20)
+        self.range_size = settings.get_size("range_size", 64 << 20, minimum=CHUNK)
         # Fetched whole, in memory: parallel x small_size bytes at most. 0 sends every object through the SDK.
-        self.small_size = min(parse_size(settings, "small_size", 1 << 20, 0), self.range_size)
-        self.part_size = parse_size(settings, "part_size", DEFAULT_PART, MIN_PART)
+        self.small_size = min(settings.get_size("small_size", 1 << 20, minimum=0), self.range_size)
+        self.part_size = settings.get_size("part_size", DEFAULT_PART, minimum=MIN_PART)
         self.delete_extra = settings.get_bool("delete_extra", False)
         self.verify_first = settings.get_bool("verify_first", True)
         self.check_etag = settings.get_bool("check_etag", True)

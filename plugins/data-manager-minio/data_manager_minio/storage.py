@@ -21,26 +21,6 @@ STORAGE_CLASSES = {"STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA"
                    "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE", "OUTPOSTS", "EXPRESS_ONEZONE"}
 
 
-def parse_size(settings: Settings, key: str, default: int, minimum: int = 1) -> int:
-    """A size setting: a number of bytes or ``"16MiB"``, ``"64 MB"``, ``"1GiB"``."""
-    value = settings.get(key, default)
-    n: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "").removesuffix("ib").removesuffix("b")
-        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-        if text.isdigit():
-            n = int(text)
-        elif text and text[-1] in units and text[:-1].isdigit():
-            n = int(text[:-1]) * units[text[-1]]
-    if n is None:
-        raise settings.error(key, f"must be a size like 16MiB or a number of bytes, not {value!r}")
-    if n < minimum:
-        raise settings.error(key, f"must be at least {minimum} bytes")
-    return n
-
-
 def normalize_prefix(prefix: str) -> str:
     """``"a/b"`` / ``"/a/b/"`` -> ``"a/b/"``; ``""`` stays ``""``."""
     prefix = prefix.strip("/")
@@ -54,7 +34,7 @@ class S3Storage(Storage):
         self.cs = ConnectionSettings.read(settings)
         self.bucket = settings.get_str("bucket")
         self.root = normalize_prefix(settings.get_str("prefix", ""))
-        self.part_size = parse_size(settings, "part_size", DEFAULT_PART, MIN_PART)
+        self.part_size = settings.get_size("part_size", DEFAULT_PART, minimum=MIN_PART)
         storage_class = settings.get_str("storage_class", None)
         if storage_class is not None and storage_class.upper() not in STORAGE_CLASSES:
             raise settings.error("storage_class", f"unknown storage class (known: {', '.join(sorted(STORAGE_CLASSES))})")

@@ -9,15 +9,15 @@ timeouts and unavailable replicas, and gives up with one clear line.
 from __future__ import annotations
 
 import logging
-import random
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from data_manager import retry
 from data_manager.errors import SourceError
+from data_manager.retry import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,27 +173,29 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (1, 2, ...): doubling, jittered, capped."""
-    base = min(BACKOFF_MAX, BACKOFF_START * (2 ** (attempt - 1)))
-    return base * (0.75 + random.random() * 0.5)
+def policy(cs: ConnectionSettings, attempts: int | None = None) -> Backoff:
+    """The retry policy of this source's requests (``retries`` more attempts, the core's backoff)."""
+    return Backoff(retries=cs.retries if attempts is None else attempts, base=BACKOFF_START, cap=BACKOFF_MAX)
 
 
 def retrying(cs: ConnectionSettings, what: str, call: Callable[[], T], *, attempts: int | None = None) -> T:
     """``call()``, retried with backoff on transient errors; then a one-line :class:`SourceError`."""
-    attempts = cs.retries if attempts is None else attempts
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except SourceError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc) or attempt >= attempts:
-                tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise SourceError(f"source {cs.source!r}: {what} failed{tries}: {describe_error(exc)}") from None
-            attempt += 1
-            delay = backoff(attempt)
-            log.info("source %s: %s: %s; retry %d/%d in %.1fs", cs.source, what, describe_error(exc), attempt,
-                        attempts, delay)
-            time.sleep(delay)
+    rules = policy(cs, attempts)
+    tried = [0]
+
+    def attempt() -> T:
+        tried[0] += 1
+        return call()
+
+    def note(exc: BaseException, retry: int, delay: float) -> None:
+        log.info("source %s: %s: %s; retry %d/%d in %.1fs", cs.source, what, describe_error(exc), retry,
+                 rules.retries, delay)
+
+    try:
+        return retry.call(attempt, rules, transient=lambda exc: not isinstance(exc, SourceError) and is_transient(exc),
+                          on_retry=note)
+    except SourceError:
+        raise
+    except Exception as exc:
+        tries = f" after {tried[0]} attempts" if tried[0] > 1 else ""
+        raise SourceError(f"source {cs.source!r}: {what} failed{tries}: {describe_error(exc)}") from None

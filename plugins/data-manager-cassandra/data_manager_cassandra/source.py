@@ -31,8 +31,8 @@ from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import rowformat, tls
-from .connection import (CONSISTENCY_LEVELS, Connection, ConnectionSettings, backoff, connect, describe_error,
-                         is_transient, retrying)
+from .connection import (CONSISTENCY_LEVELS, Connection, ConnectionSettings, connect, describe_error, is_transient,
+                         policy, retrying)
 from .schema import (Column, capture, check_header, check_keyspace, create_keyspace, if_not_exists, parse_replication, quote,
                      render, replication_cql, table_columns)
 
@@ -441,15 +441,14 @@ class _Writer:
     def _retry_failed(self) -> None:
         while self.failed:
             stmt, attempt, exc = self.failed.popleft()
-            retries = self.source.conn.retries
-            if not self.idempotent or not is_transient(exc) or attempt >= retries:
+            rules = policy(self.source.conn)
+            delay = rules.pause(attempt + 1) if self.idempotent and is_transient(exc) else None
+            if delay is None:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
                 extra = "" if self.idempotent else " (counter updates are not retried: they are not idempotent)"
                 raise self.source._error(f"writing {self.what} failed{tries}: {describe_error(exc)}{extra}")
-            delay = backoff(attempt + 1)
-            log.info("source %s: writing %s: %s; retry %d/%d in %.1fs", self.source.name, self.what,
-                        describe_error(exc), attempt + 1, retries, delay)
-            time.sleep(delay)
+            log.info("source %s: writing %s: %s; retried (%d/%d) after %.1fs", self.source.name, self.what,
+                     describe_error(exc), attempt + 1, rules.retries, delay)
             self.submit(stmt, attempt + 1)
 
     def finish(self) -> None:

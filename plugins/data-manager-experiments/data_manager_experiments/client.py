@@ -1,7 +1,7 @@
 """A small JSON-over-HTTP client (stdlib urllib): timeouts, retries with backoff, one-line errors.
 
 Retried: connection failures, timeouts, HTTP 5xx and 429, up to ``retries`` more attempts with a doubling
-pause (0.5 s, 1 s, 2 s... at most 5 s). Not retried: other 4xx answers (a wrong token stays wrong). Every
+pause (about 0.5 s, 1 s, 2 s... at most 5 s, jittered: the core's :mod:`data_manager.retry`). Not retried: other 4xx answers (a wrong token stays wrong). Every
 failure is a :class:`GuardError` naming the service and its base URL, never the token.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
+from data_manager import retry
 from data_manager.errors import DataManagerError
+from data_manager.retry import Backoff
 from data_manager.types import redact_urls
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_SameOriginAuth)
 
 
+class _Transient(Exception):
+    """A failure worth another attempt; its text is the problem's one line."""
+
+
 class ServiceClient:
     def __init__(self, name: str, base_url: str, *, token: str | None, timeout: float, retries: int,
                  backoff: float = 0.5) -> None:
@@ -72,9 +77,11 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        attempts = self.retries + 1
-        problem = ""
-        for attempt in range(1, attempts + 1):
+        tried = 0
+
+        def attempt() -> tuple[int, Any]:
+            nonlocal tried
+            tried += 1
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
             try:
                 with _opener.open(req, timeout=self.timeout) as resp:
@@ -88,23 +95,26 @@ class ServiceClient:
                     raise GuardError(f"{self.where()}: {method} {path}: HTTP {exc.code} (check the token){detail}") from None
                 if exc.code < 500 and exc.code != 429:
                     raise GuardError(f"{self.where()}: {method} {path}: HTTP {exc.code}{detail}") from None
-                problem = f"HTTP {exc.code}{detail}"
+                raise _Transient(f"HTTP {exc.code}{detail}") from None
             except (TimeoutError, socket.timeout):
-                problem = f"no answer within {self.timeout:g}s"
+                raise _Transient(f"no answer within {self.timeout:g}s") from None
             except urllib.error.URLError as exc:
                 reason = exc.reason
                 if isinstance(reason, (TimeoutError, socket.timeout)):
-                    problem = f"no answer within {self.timeout:g}s"
-                else:
-                    problem = f"unreachable ({getattr(reason, 'strerror', None) or reason})"
+                    raise _Transient(f"no answer within {self.timeout:g}s") from None
+                raise _Transient(f"unreachable ({getattr(reason, 'strerror', None) or reason})") from None
             except (ConnectionError, OSError) as exc:
-                problem = f"unreachable ({exc.strerror or exc})"
-            if attempt < attempts:
-                pause = min(self.backoff * 2 ** (attempt - 1), MAX_PAUSE)
-                log.info("%s: %s %s: %s; retrying in %.1fs", self.where(), method, path, problem, pause)
-                time.sleep(pause)
-        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-        raise GuardError(f"{self.where()}: {method} {path}: {problem}{tries}")
+                raise _Transient(f"unreachable ({exc.strerror or exc})") from None
+
+        def note(exc: BaseException, retry: int, pause: float) -> None:
+            log.info("%s: %s %s: %s; retrying in %.1fs", self.where(), method, path, exc, pause)
+
+        policy = Backoff(retries=self.retries, base=self.backoff, cap=MAX_PAUSE)
+        try:
+            return retry.call(attempt, policy, transient=lambda exc: isinstance(exc, _Transient), on_retry=note)
+        except _Transient as exc:
+            tries = f" (after {tried} attempts)" if tried > 1 else ""
+            raise GuardError(f"{self.where()}: {method} {path}: {exc}{tries}") from None
 
     def _json(self, raw: bytes, method: str, path: str) -> Any:
         if not raw.strip():

@@ -9,33 +9,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
+from data_manager import retry as core_retry
 from data_manager.errors import DataManagerError, NotFoundError, StorageError
+from data_manager.retry import Backoff
 
 T = TypeVar("T")
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 QUOTA_REASONS = frozenset({"storageQuotaExceeded", "quotaExceeded", "teamDriveFileLimitExceeded"})
 _MAX_MESSAGE = 200
-
-
-@dataclass
-class RetryPolicy:
-    """``tries`` attempts in all; the n-th wait is drawn from [d/2, d] with d = min(max_delay, base_delay * 2**n)."""
-
-    tries: int = 7
-    base_delay: float = 1.0
-    max_delay: float = 32.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-
-    def delay(self, attempt: int) -> float:
-        cap = min(self.max_delay, self.base_delay * (2**attempt))
-        return random.uniform(cap / 2, cap)
 
 
 @dataclass(frozen=True)
@@ -130,25 +116,34 @@ def _status_text(failure: Failure) -> str:
 def call(
     fn: Callable[[], T],
     what: str,
-    policy: RetryPolicy,
+    policy: Backoff,
     *,
     on_retry: Callable[[Failure], None] | None = None,
 ) -> T:
-    """Run ``fn`` until it succeeds, retrying transient failures per ``policy``; raise a StorageError."""
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except DataManagerError:
-            raise
-        except Exception as exc:
-            failure = classify(exc)
-            if failure is None:
-                raise
-            attempt += 1
-            if not failure.transient or attempt >= policy.tries:
-                raise to_storage_error(what, failure, tries=attempt) from None
-            if on_retry is not None:
-                on_retry(failure)
-            policy.sleep(policy.delay(attempt - 1))
+    """Run ``fn`` until it succeeds, retrying transient failures per ``policy`` (the core's backoff); raise a
+    one-line StorageError."""
+    tried = 0
 
+    def attempt() -> T:
+        nonlocal tried
+        tried += 1
+        return fn()
+
+    def transient(exc: BaseException) -> bool:
+        failure = None if isinstance(exc, DataManagerError) else classify(exc)
+        return failure is not None and failure.transient
+
+    def note(exc: BaseException, retry: int, delay: float) -> None:
+        failure = classify(exc)
+        if on_retry is not None and failure is not None:
+            on_retry(failure)
+
+    try:
+        return core_retry.call(attempt, policy, transient=transient, on_retry=note)
+    except DataManagerError:
+        raise
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is None:
+            raise
+        raise to_storage_error(what, failure, tries=tried) from None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
+from data_manager.retry import Backoff
 from data_manager.errors import NotFoundError, StorageError
 from data_manager.types import Entry, ObjectWriter, Settings, Storage
 
@@ -142,7 +143,7 @@ class GDriveStorage(Storage):
             raise settings.error("page_size", f"must be at most 1000 (Drive's limit), not {self.page_size}")
         retries = settings.get_int("retries", 6, minimum=0)
         self.timeout = _number(settings, "timeout", 120.0, 1.0)
-        self.policy = retry.RetryPolicy(tries=retries + 1, base_delay=_number(settings, "retry_delay", 1.0, 0.0))
+        self.policy = Backoff(retries=retries, base=_number(settings, "retry_delay", 1.0, 0.0), cap=32.0)
 
         api_root = settings.get_str("api_root", DEFAULT_API_ROOT)
         parts = urlsplit(api_root)

@@ -9,13 +9,13 @@ backoff, and turns everything else into one clear line without secrets.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from data_manager import retry
+from data_manager.retry import Backoff
 from data_manager.errors import DataManagerError
 from data_manager.types import Settings
 
@@ -217,33 +217,35 @@ class Connection:
         detail = exc if isinstance(exc, str) else describe(exc)
         return self.error_class(f"{self.label}: {what}: {detail}")
 
+    @property
+    def policy(self) -> Backoff:
+        return Backoff(retries=self.cs.retries, base=0.5, cap=8.0)
+
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried with backoff on transient failures; errors become one line."""
-        attempt = 0
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except DataManagerError:
+
+        def note(exc: BaseException, n: int, delay: float) -> None:
+            log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, describe(exc), delay)
+
+        try:
+            return retry.call(lambda: fn(*args, **kwargs), self.policy, on_retry=note,
+                              transient=lambda exc: not isinstance(exc, DataManagerError) and self.known(exc)
+                              and is_transient(exc))
+        except DataManagerError:
+            raise
+        except Exception as exc:
+            if not self.known(exc):
                 raise
-            except Exception as exc:
-                if not self.known(exc):
-                    raise
-                if is_transient(exc) and attempt < self.cs.retries:
-                    delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.8, 1.2)
-                    log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, describe(exc), delay)
-                    time.sleep(delay)
-                    attempt += 1
-                    continue
-                raise self.error(what, exc) from None
+            raise self.error(what, exc) from None
 
     def backoff(self, attempt: int, what: str, exc: BaseException) -> bool:
         """For loops that retry themselves (resuming a read): sleep and say True if another try is due."""
-        if not (self.known(exc) and is_transient(exc)) or attempt >= self.cs.retries:
+        if not (self.known(exc) and is_transient(exc)):
             return False
-        delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.8, 1.2)
-        log.warning("%s: %s: %s; retrying in %.1fs", self.label, what, describe(exc), delay)
-        time.sleep(delay)
-        return True
+        delay = self.policy.pause(attempt + 1)
+        if delay is not None:
+            log.warning("%s: %s: %s; retried after %.1fs", self.label, what, describe(exc), delay)
+        return delay is not None
 
     @staticmethod
     def known(exc: BaseException) -> bool:

@@ -163,7 +163,7 @@ def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.Mo
 def test_failed_part_is_retried(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib3
 
-    monkeypatch.setattr("data_manager_minio.connection.time.sleep", lambda s: None)
+    monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
     s = storage(bucket, part_size="5MiB")
     client = s.conn.client
     real = client._upload_part

@@ -144,6 +144,8 @@ class SqliteSource(Source):
                     raise CorruptBackupError(f"source {self.name!r}: restored database fails integrity_check: {result}")
                 if artifacts.info.get("journal_mode") == "wal":
                     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:  # e.g. "file is not a database": what the backup holds is not one
+                raise CorruptBackupError(f"source {self.name!r}: the restored copy is not a usable database: {exc}") from None
             finally:
                 con.close()
             if not target.exists():

@@ -191,8 +191,6 @@ def test_a_wal_backup_restores_to_one_file(tmp_path: Path) -> None:
     assert len(sqlite_rows(out)) == 50
 
 
-@pytest.mark.xfail(strict=True, reason="a backup whose database.sqlite is not a database (right digest) fails the "
-                   "restore with sqlite3.DatabaseError, not CorruptBackupError (sqlite.py restore)")
 def test_a_backup_that_is_not_a_database_is_corrupt(tmp_path: Path) -> None:
     db = make_sqlite(tmp_path / "x.db")
     dm = manager(tmp_path, db)

@@ -1,0 +1,73 @@
+"""What a directory backup records: the index line of every entry and the source's info."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from data_manager.api import DataManager
+from tests.helpers import make_tree
+
+
+def backup(tmp_path: Path, src: Path) -> tuple[Path, dict]:
+    dm = DataManager.from_dict({
+        "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
+        "datasets": {"d": {"sources": [{"name": "raw", "type": "directory", "path": str(src)}]}},
+    })
+    ts = dm.backup("d").timestamp
+    base = tmp_path / "backups" / "d" / ts
+    manifest = json.loads((base / "backup.json").read_text())
+    return base / "raw", manifest["sources"][0]
+
+
+def test_the_index_and_info_describe_every_entry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = make_tree(tmp_path / "src")
+    os.mkfifo(src / "pipe")
+    os.chmod(src, 0o751)
+    os.utime(src, ns=(1_650_000_000_000_000_001, 1_650_000_000_000_000_001))
+    with caplog.at_level(logging.WARNING, logger="data_manager.builtin.directory"):
+        base, record = backup(tmp_path, src)
+    assert caplog.messages == ["source raw: skipped 1 special files (sockets, fifos, devices)"]
+    info = record["info"]
+    stored_volumes = sorted(a["name"] for a in record["artifacts"] if a["name"].startswith("vol-"))
+    regular = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and stat.S_ISREG(p.lstat().st_mode)]
+    assert info == {
+        "index": "files.jsonl", "root_mode": 0o751, "root_mtime_ns": 1_650_000_000_000_000_001,
+        "volumes": stored_volumes, "files": len(regular), "directories": 3, "symlinks": 2,
+        "bytes": sum(p.stat().st_size for p in regular), "skipped": ["pipe"], "changed_during_backup": [],
+    }
+    index = {e["path"]: e for e in map(json.loads, (base / "files.jsonl").read_text().splitlines())}
+    assert "pipe" not in index and len(index) == len(regular) + 3 + 2
+    hello = index["hello.txt"]
+    st = (src / "hello.txt").stat()
+    assert hello == {"path": "hello.txt", "mode": 0o640, "mtime_ns": st.st_mtime_ns, "type": "file", "size": 6,
+                     "sha256": hashlib.sha256(b"hello\n").hexdigest(), "volume": hello["volume"], "offset": hello["offset"]}
+    assert index["link"] == {"path": "link", "mode": 0o777, "mtime_ns": (src / "link").lstat().st_mtime_ns,
+                             "type": "symlink", "target": "hello.txt", "volume": index["link"]["volume"]}
+    assert index["sub/deeper"]["type"] == "dir" and index["sub/deeper"]["mode"] == stat.S_IMODE((src / "sub/deeper").stat().st_mode)
+    assert list(index) == sorted(index, key=lambda p: p.split("/"))  # parents before children, in name order
+    assert {e["volume"] for e in index.values()} == set(info["volumes"])
+
+
+def test_an_unreadable_file_fails_the_backup_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.errors import SourceError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "secret").write_text("x")
+    real_open = open
+
+    def deny(path: object, *args: object, **kw: object) -> object:
+        if str(path) == str(src / "secret"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(SourceError, match=f"^source 'raw': cannot read {src / 'secret'}: Permission denied$"):
+        backup(tmp_path, src)

@@ -69,3 +69,15 @@ class RefusedError(DataManagerError):
     """A guard refused the operation, or the dataset is locked by another job."""
 
     exit_code = ExitCode.REFUSED
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable, machine-readable name of an error (``--json``): the class name in snake case without
+    ``Error`` (``CorruptBackupError`` -> ``corrupt_backup``); ``failed`` for the base class."""
+    import re
+
+    name = type(exc).__name__
+    if isinstance(exc, DataManagerError) and type(exc) is DataManagerError:
+        return "failed"
+    name = name[: -len("Error")] if name.endswith("Error") and len(name) > 5 else name
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()

@@ -177,8 +177,18 @@ CREATE TABLE IF NOT EXISTS availability (
     since TEXT NOT NULL,
     error TEXT
 );
+CREATE TABLE IF NOT EXISTS verifies (
+    location TEXT NOT NULL,
+    data_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    verified_at TEXT NOT NULL,
+    sample REAL,
+    PRIMARY KEY (location, data_id, timestamp)
+);
 """
-_VERSION = 1
+# 2 added ``verifies`` (the last successful verify of each backup): a version-1 database gets the table on
+# its next open, as every table is created IF NOT EXISTS.
+_VERSION = 2
 _ERRORS = ("error", "release_error")  # the columns that hold free text from sources, storages and plugins
 
 
@@ -352,6 +362,25 @@ class StateDB:
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         with self._db() as con:
             return self._jobs(con, where, tuple(args), limit)
+
+    def record_verify(self, location: str, data_id: str, timestamp: str, sample: float | None = None) -> None:
+        """A verify of ``data_id/timestamp`` in the storage at ``location`` succeeded now (``sample``: the
+        fraction of bytes read, None for all of them)."""
+        with self._db() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO verifies (location, data_id, timestamp, verified_at, sample) VALUES (?, ?, ?, ?, ?)",
+                (location, data_id, timestamp, iso(now_utc()), sample),
+            )
+
+    def verifies(self, location: str, data_id: str) -> dict[str, tuple[str, float | None]]:
+        """TIMESTAMP -> (time of its last successful verify, sample fraction or None) for one dataset."""
+        if not self.path.exists():
+            return {}
+        with self._db() as con:
+            rows = con.execute(
+                "SELECT timestamp, verified_at, sample FROM verifies WHERE location = ? AND data_id = ?", (location, data_id)
+            ).fetchall()
+        return {r["timestamp"]: (r["verified_at"], r["sample"]) for r in rows}
 
     def unavailable(self) -> list[Availability]:
         if not self.path.exists():

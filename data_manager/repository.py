@@ -48,7 +48,14 @@ ZSTD_LEVEL = 1
 _SAMPLE = 256 << 10
 _INCOMPRESSIBLE = 0.92  # stored ratio above which zstd is not worth it
 
+# Called with the bytes moved as data flows, and with 0 when one artifact is done (written, or read whole):
+# a plain number passes through any wrapper (time limits, stop flags) to data_manager.progress.
 Progress = Callable[[int], None]
+
+
+def _item_done(progress: Progress | None) -> None:
+    if progress is not None:
+        progress(0)
 
 
 # --------------------------------------------------------------------------- timestamps
@@ -237,7 +244,7 @@ class ArtifactStream(io.RawIOBase):
                 self._stage(view[whole:] if immutable else bytes(view[whole:]))
         else:
             self._stage(data if isinstance(data, bytes) else bytes(data))
-        if self._progress is not None:
+        if self._progress is not None and n:
             self._progress(n)
         return n
 
@@ -385,6 +392,7 @@ class SourceSink:
         with self._lock:
             self._open.discard(rec.name)
             self.record.artifacts.append(rec)
+        _item_done(self._progress)
 
     def _aborted(self, name: str) -> None:
         with self._lock:
@@ -551,7 +559,7 @@ class SourceArtifacts:
             raise CorruptBackupError(f"{key}: missing from the storage") from None
         reader: io.RawIOBase = _Prefetching(_VerifyingReader(raw, rec, key))
         if self._progress is not None:
-            reader = _Counting(reader, self._progress)
+            reader = _Counting(reader, self._progress, rec.size)
         return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
 
     def verify(self, names: Iterable[str] | None = None) -> None:
@@ -620,20 +628,35 @@ class _Prefetching(io.RawIOBase):
 
 
 class _Counting(io.RawIOBase):
-    def __init__(self, inner: io.RawIOBase, progress: Progress) -> None:
+    """Reports the bytes read, and the artifact as done once all its ``size`` bytes were read (a restore
+    may stop reading at the recorded size, before EOF)."""
+
+    def __init__(self, inner: io.RawIOBase, progress: Progress, size: int) -> None:
         super().__init__()
         self._inner = inner
         self._progress = progress
+        self._left = size
+        self._ended = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
         n = self._inner.readinto(buf) or 0
-        self._progress(n)
+        if n:
+            self._progress(n)
+            self._left -= n
+        self._check_done()
         return n
 
+    def _check_done(self) -> None:
+        if not self._ended and self._left <= 0:
+            self._ended = True
+            _item_done(self._progress)
+
     def close(self) -> None:
+        if not self.closed:
+            self._check_done()  # an empty artifact need not be read at all
         self._inner.close()
         super().close()
 
@@ -650,6 +673,10 @@ class BackupInfo:
     sources: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
     damaged: str | None = None  # why its backup.json cannot be used (it is then not complete)
+    storages: list[str] = field(default_factory=list)  # where it is complete (``list backup``: copies too)
+    incomplete_in: list[str] = field(default_factory=list)  # where an incomplete or damaged copy of it is
+    verified: str | None = None  # when it last passed a verify here (from the state database), if ever
+    verified_sample: float | None = None  # the fraction of its bytes that verify read; None: all
 
     @property
     def when(self) -> datetime:
@@ -664,6 +691,10 @@ class BackupInfo:
             "stored_size": self.stored_size,
             "sources": self.sources,
             "damaged": self.damaged,
+            "storages": self.storages,
+            "incomplete_in": self.incomplete_in,
+            "verified": self.verified,
+            "verified_sample": self.verified_sample,
         }
 
 

@@ -34,24 +34,34 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_source_types(register: Callable[[SourceType], None]) -> None:
+def register_source_types(register: Callable[..., None]) -> None:
     """Register the kinds of data source this plugin provides.
 
     Call ``register(SourceType(name=..., factory=MySource, description=..., secret_keys=(...)))`` once per
     type. ``name`` is what users write as ``type = "..."`` in a source table; it must be unique across all
-    installed plugins (a clash is reported naming both plugins). ``secret_keys`` are settings never written
-    to metadata or logs (keys containing password, secret, token or credential are secret anyway).
+    installed plugins. ``secret_keys`` are settings never written to metadata or logs (keys containing
+    password, secret, token or credential are secret anyway). ``register(t, aliases=("oldname",))`` also
+    makes ``t`` answer to other names (a renamed type keeps its old name for existing configs and backups);
+    a config naming an alias is recorded under ``t.name``.
+
+    The core checks everything handed over: something that is not a ``SourceType``, a name that is not a
+    non-empty str, a factory that is not callable, or a name or alias another plugin loaded earlier already
+    has (built-ins first, then plugins by entry point name) makes this whole plugin *broken*: reported by
+    ``data-manager plugins`` with what was wrong (a clash names both plugins) and skipped entirely, its
+    other types and hooks included. ``register`` never raises; raising here also breaks the plugin.
 
     Must not connect to anything or import the type's client library.
     """
 
 
 @hookspec
-def register_storage_types(register: Callable[[StorageType], None]) -> None:
+def register_storage_types(register: Callable[..., None]) -> None:
     """Register the kinds of backup storage this plugin provides.
 
-    Call ``register(StorageType(name=..., factory=MyStorage, ...))`` once per type. ``name`` is what users
-    write as ``type = "..."`` in a ``[storages.NAME]`` table; unique across installed plugins.
+    Call ``register(StorageType(name=..., factory=MyStorage, ...))`` once per type (``aliases=(...)`` as for
+    :func:`register_source_types`). ``name`` is what users write as ``type = "..."`` in a
+    ``[storages.NAME]`` table; unique across installed plugins, checked as for source types: anything wrong
+    skips the whole plugin, reported by ``data-manager plugins``.
 
     Must not connect to anything or import the storage's client library.
     """
@@ -123,8 +133,9 @@ def before_operation(dataset: Dataset, operation: Operation, job_id: str) -> Non
     ``job_id`` names the job (as ``data-manager status`` shows it); tell the other system, so a person
     seeing the mark knows which job set it. The dataset's lock is already held.
 
-    Raising stops the operation before any data moves; ``after_operation`` is still called for the guards
-    whose ``before_operation`` already succeeded, so marks are undone.
+    Guards are called one plugin at a time, the last registered first (pluggy's order). Raising stops the
+    operation before any data moves: the guards after this one are not called, and ``after_operation`` is
+    still called for those whose ``before_operation`` already succeeded, so their marks are undone.
     """
 
 
@@ -132,7 +143,10 @@ def before_operation(dataset: Dataset, operation: Operation, job_id: str) -> Non
 def after_operation(dataset: Dataset, operation: Operation, error: BaseException | None, job_id: str) -> None:
     """The operation has ended, successfully (``error is None``) or not (also on Ctrl-C).
 
-    Always called after a successful :func:`before_operation`: mark the dataset available again. Must not
+    Always called after a successful :func:`before_operation`, one plugin at a time in registration order
+    (the reverse of ``before_operation``): mark the dataset available again. Not called for a plugin whose
+    ``before_operation`` failed or never ran; a plugin with only this hook (a notifier) is always called,
+    also when the operation was refused or failed before it started. Must not
     raise for the operation's own error. If this hook itself fails, raise: the core reports it loudly and
     records it in the state database (``data-manager status`` shows the dataset as not released), but never
     hides the operation's result. Retry transient failures yourself first.

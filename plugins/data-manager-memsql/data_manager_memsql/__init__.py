@@ -1,4 +1,9 @@
-"""data-manager plugin: source ``memsql`` (MemSQL / SingleStore, and MariaDB/MySQL, over the MySQL protocol).
+"""data-manager plugin: source ``mysql`` (alias ``memsql``): MariaDB / MySQL, and MemSQL / SingleStore, over the
+MySQL protocol.
+
+The type is named for the protocol it speaks; ``memsql``, its first name, stays an alias so existing configs
+and backups keep working (a config naming it is recorded as ``mysql``). The tests run against MariaDB only:
+what was and was not run against SingleStore is in docs/sources/memsql.md.
 
 Only registration lives here; pymysql is imported by the source when it connects, so ``data-manager --help``
 stays fast.
@@ -13,12 +18,16 @@ from data_manager.types import SourceType
 
 
 @hookimpl
-def register_source_types(register: Callable[[SourceType], None]) -> None:
+def register_source_types(register: Callable[..., None]) -> None:
     from .source import MemsqlSource
 
-    register(SourceType(
-        "memsql",
-        MemsqlSource,
-        "MemSQL/SingleStore (or MariaDB/MySQL) databases: consistent snapshot, typed rows, swap-in restore",
-        secret_keys=("password", "native_backup_credentials"),
-    ))
+    register(
+        SourceType(
+            "mysql",
+            MemsqlSource,
+            "MariaDB/MySQL databases (tested on MariaDB; MemSQL/SingleStore untested): consistent snapshot, "
+            "typed rows, swap-in restore",
+            secret_keys=("password", "native_backup_credentials"),
+        ),
+        aliases=("memsql",),
+    )

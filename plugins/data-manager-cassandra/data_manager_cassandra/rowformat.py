@@ -82,7 +82,7 @@ def iter_pages(f: BinaryIO, label: str) -> Iterator[tuple[int, int, bytes]]:
             _, recorded = _END.unpack(kind + _read_exact(f, _END.size - 1, "the end marker", label))
             if recorded != total:
                 raise CorruptBackupError(f"{label}: {total} rows read, {recorded} recorded")
-            if f.read(1):  # also reads to EOF, where the repository layer checks size and sha256
+            if f.read(1):  # also reads to EOF, where the repository layer checks size and BLAKE3 digest
                 raise CorruptBackupError(f"{label}: data after the end marker")
             return
         else:

@@ -10,8 +10,8 @@ Restore is one transaction on the target database. The artifact is fed to ``pg_r
 database, or the configured ``schemas``). Two guards make sure nothing is committed unless the whole
 artifact was read and its checksum matched:
 
-* the feeder holds back the artifact's last chunk until the next read returned EOF and the sha256 was
-  verified; pg_restore cannot finish (and so cannot print the script's final ``COMMIT``) without it;
+* the feeder holds back the artifact's last chunk until the next read returned EOF and the BLAKE3 digest
+  was verified; pg_restore cannot finish (and so cannot print the script's final ``COMMIT``) without it;
 * the relay holds back the script's last chunk (which holds that ``COMMIT``) until pg_restore has exited 0
   and the feeder has verified the artifact; on any failure psql is killed, and the server rolls back.
 

@@ -226,7 +226,7 @@ def test_corrupt_artifact_leaves_the_target_as_it_was(filled, tmp_path):
 
     dm = manager(tmp_path, filled["dsn"])
     dm.backup("d")
-    # Flip one byte in the middle of the dump and store it validly compressed: only the sha256 at EOF
+    # Flip one byte in the middle of the dump and store it validly compressed: only the digest at EOF
     # can tell, after pg_restore has already been fed almost everything.
     path = artifact_path(tmp_path)
     raw = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True).read()

@@ -146,7 +146,7 @@ class FakeArtifacts:
                 n = min(len(buf), len(outer.data) - self.pos)
                 if n == 0:
                     if outer.corrupt:
-                        raise CorruptBackupError("sha256 mismatch")
+                        raise CorruptBackupError("BLAKE3 mismatch")
                     return 0
                 buf[:n] = outer.data[self.pos:self.pos + n]
                 self.pos += n

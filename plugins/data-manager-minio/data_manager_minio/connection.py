@@ -1,14 +1,18 @@
-"""Talking to an S3 server through the minio SDK: connection settings, the client, retries, one-line errors.
+"""Talking to an S3 server: connection settings, the clients, retries, one-line errors.
 
-Shared by the ``minio`` source and the ``s3`` storage. The SDK's own HTTP retries are switched off (its
-default pool retries any 5xx five times, invisibly, and not S3's ``SlowDown``); :meth:`Connection.call`
-retries transient failures (timeouts, broken connections, 5xx, throttling) itself, with exponential
-backoff, and turns everything else into one clear line without secrets.
+Shared by the ``minio`` source and the ``s3`` storage. Reads, listings, single PUTs and deletes go through
+the minio SDK's public API; multipart uploads through boto3's public multipart calls (the minio SDK has
+none that lets us push parts and complete on ``commit``: see :mod:`.multipart`). Both clients' own HTTP
+retries are switched off (the minio pool retries any 5xx five times, invisibly, and not S3's
+``SlowDown``); :meth:`Connection.call` retries transient failures (timeouts, broken connections, 5xx,
+throttling) itself, with exponential backoff, and turns everything else into one clear line without
+secrets.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ TRANSIENT_CODES = {
     "RequestTimeout",
     "OperationAborted",
     "BadDigest",
+    "XAmzContentChecksumMismatch",  # the body's CRC32 did not match: damaged on the way, sent again
+    "XAmzContentSHA256Mismatch",
     "XMinioServerNotInitialized",
     "XMinioReadQuorum",
     "XMinioWriteQuorum",
@@ -98,6 +104,20 @@ class ConnectionSettings:
         return os.environ.get("SSL_CERT_FILE") or certifi.where()
 
 
+def _response_code(exc: BaseException) -> int:
+    """The HTTP status of the SDK's InvalidResponseError (a non-XML answer), from its public message."""
+    m = re.search(r"Response code: (\d+)", str(exc))
+    return int(m[1]) if m else 0
+
+
+def _client_error(exc: BaseException) -> tuple[str, int] | None:
+    """(S3 error code, HTTP status) of a boto3 ``ClientError``, else None."""
+    response = getattr(exc, "response", None)
+    if type(exc).__name__ != "ClientError" or not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code") or ""), int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Would the same request, repeated a little later, probably succeed?"""
     import urllib3
@@ -109,11 +129,22 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ServerError):
         return exc.status_code >= 500 or exc.status_code == 429
     if isinstance(exc, InvalidResponseError):
-        code = getattr(exc, "_code", 0) or 0
+        code = _response_code(exc)
         return code >= 500 or code == 429
     if isinstance(exc, urllib3.exceptions.SSLError):
         return False
+    if (error := _client_error(exc)) is not None:
+        return error[0] in TRANSIENT_CODES or error[1] >= 500 or error[1] == 429
+    if _is_botocore(exc):
+        from botocore import exceptions as b
+
+        return isinstance(exc, (b.ConnectionError, b.HTTPClientError)) and not isinstance(exc, b.SSLError)
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def _is_botocore(exc: BaseException) -> bool:
+    """Is ``exc`` boto3's (without importing botocore where no multipart upload ever ran)?"""
+    return type(exc).__module__.startswith("botocore")
 
 
 def describe(exc: BaseException) -> str:
@@ -134,7 +165,27 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ServerError):
         return f"server error (HTTP {exc.status_code})"
     if isinstance(exc, InvalidResponseError):
-        return f"unexpected answer from the server (HTTP {getattr(exc, '_code', '?')}; is this an S3 endpoint?)"
+        return f"unexpected answer from the server (HTTP {_response_code(exc) or '?'}; is this an S3 endpoint?)"
+    if (error := _client_error(exc)) is not None:
+        code = error[0] or f"HTTP {error[1]}"
+        if code in CREDENTIAL_CODES:
+            return f"{CREDENTIAL_CODES[code]} (check access_key / secret_key and the bucket policy)"
+        message = str(exc.response.get("Error", {}).get("Message") or "").splitlines()  # type: ignore[attr-defined]
+        return f"{code}: {message[0] if message else ''}".rstrip(": ")
+    if _is_botocore(exc):
+        from botocore import exceptions as b
+
+        if isinstance(exc, b.SSLError):
+            return "TLS handshake failed (is secure = true right for this endpoint?)"
+        if isinstance(exc, b.ConnectTimeoutError):
+            return "connection timed out"
+        if isinstance(exc, b.EndpointConnectionError):
+            return "cannot connect (connection refused or host unreachable)"
+        if isinstance(exc, b.ReadTimeoutError):
+            return "the server stopped answering (read timed out)"
+        if isinstance(exc, b.ConnectionClosedError):
+            return "the connection broke"
+        return f"HTTP failure ({type(exc).__name__})"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return "TLS handshake failed (is secure = true right for this endpoint?)"
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
@@ -153,9 +204,13 @@ def describe(exc: BaseException) -> str:
 
 
 def is_s3_code(exc: BaseException, *codes: str) -> bool:
+    """Is ``exc`` an S3 error answer (of either client) with one of these codes?"""
     from minio.error import S3Error
 
-    return isinstance(exc, S3Error) and exc.code in codes
+    if isinstance(exc, S3Error):
+        return exc.code in codes
+    error = _client_error(exc)
+    return error is not None and error[0] in codes
 
 
 class Connection:
@@ -174,6 +229,7 @@ class Connection:
         self._pool_size = pool_size
         self._client: Any = None
         self._http: Any = None
+        self._s3: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -204,14 +260,50 @@ class Connection:
             http_client=http,
         )
 
+    @property
+    def s3(self) -> Any:
+        """A boto3 S3 client for multipart uploads (created, and boto3 imported, on the first one)."""
+        if self._s3 is None:
+            with self._lock:
+                if self._s3 is None:
+                    self._s3 = self._make_s3()
+        return self._s3
+
+    def _make_s3(self) -> Any:
+        import boto3
+        import botocore
+        from botocore.config import Config
+
+        signed = self.cs.access_key is not None
+        config = Config(
+            connect_timeout=self.cs.connect_timeout,
+            read_timeout=self.cs.timeout,
+            max_pool_connections=self._pool_size,
+            retries={"total_max_attempts": 1},  # Connection.call retries, with backoff and a log line
+            s3={"addressing_style": "path"},  # as the minio SDK and libcurl address a bucket
+            # Checksums only where we ask for them (multipart.py): the signed sha256 over http, CRC32 over https.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            proxies={},
+            **({} if signed else {"signature_version": botocore.UNSIGNED}),
+        )
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.cs.url("").rstrip("/"),
+            aws_access_key_id=self.cs.access_key,
+            aws_secret_access_key=self.cs.secret_key,
+            region_name=self.cs.region or "us-east-1",
+            verify=self.cs.ca_file() if self.cs.secure else False,
+            config=config,
+        )
+
     def region(self, bucket: str) -> str:
-        """The region requests to ``bucket`` are signed for: the setting, else what the SDK found out."""
+        """The region requests to ``bucket`` are signed for: the setting, else the server's GetBucketLocation."""
         if self.cs.region:
             return self.cs.region
-        try:  # the SDK caches each bucket's region (GetBucketLocation); it has no public accessor
-            return str(self.client._get_region(bucket))
-        except Exception:  # noqa: BLE001 - a wrong guess only makes libcurl's requests fall back to the SDK
-            return "us-east-1"
+        from .listing import bucket_region
+
+        return bucket_region(self.cs, bucket) or "us-east-1"  # a wrong guess only hands libcurl's work to the SDK
 
     def error(self, what: str, exc: BaseException | str) -> DataManagerError:
         detail = exc if isinstance(exc, str) else describe(exc)
@@ -252,9 +344,19 @@ class Connection:
         import urllib3
         from minio.error import MinioException
 
-        return isinstance(exc, (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+        return isinstance(exc, (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)) or (
+            _is_botocore(exc) and (_client_error(exc) is not None or not _is_usage_error(exc)))
 
     def close(self) -> None:
         if self._http is not None:
             self._http.clear()
-        self._client = self._http = None
+        if self._s3 is not None:
+            self._s3.close()
+        self._client = self._http = self._s3 = None
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """boto3's own complaints about how it was called (a bug here, not a server's answer): never hidden."""
+    from botocore import exceptions as b
+
+    return isinstance(exc, (b.ParamValidationError, b.ValidationError))

@@ -82,6 +82,32 @@ def parse_page(body: bytes) -> tuple[list[Listed], str | None]:
     return objects, token if truncated else None
 
 
+def bucket_region(cs: ConnectionSettings, bucket: str) -> str | None:
+    """The bucket's region by S3's GetBucketLocation (signed for us-east-1, which AWS accepts for it from any
+    region), over libcurl; None if it cannot be told (no SigV4 in this libcurl, an error answer)."""
+    body = bytearray()
+    try:
+        h = easy_handle(cs, "us-east-1")
+    except (pycurl.error, AttributeError):
+        return None
+    try:
+        h.setopt(pycurl.URL, f"{cs.url(bucket)}?location=")
+        h.setopt(pycurl.WRITEFUNCTION, body.extend)
+        h.perform()
+        if h.getinfo(pycurl.RESPONSE_CODE) != 200:
+            return None
+        root = ET.fromstring(bytes(body))
+    except (pycurl.error, ET.ParseError) as exc:
+        log.info("%s: asking the bucket's region failed (%s)", cs.url(bucket), exc)
+        return None
+    finally:
+        h.close()
+    if root.tag.rpartition("}")[2] != "LocationConstraint":
+        return None
+    region = (root.text or "").strip()
+    return {"": "us-east-1", "EU": "eu-west-1"}.get(region, region)  # S3's two legacy spellings
+
+
 class Lister:
     """Lists one bucket over libcurl; :attr:`complete` says whether the last :meth:`objects` got to the end."""
 
@@ -131,4 +157,4 @@ class Lister:
             h.close()
 
 
-__all__ = ["Listed", "Lister", "parse_page"]
+__all__ = ["Listed", "Lister", "bucket_region", "parse_page"]

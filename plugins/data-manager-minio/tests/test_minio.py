@@ -57,7 +57,11 @@ class Bucket:
 
     def uploads(self) -> list[Any]:
         """Unfinished multipart uploads (none may be left behind)."""
-        return list(self.client._list_multipart_uploads(self.name).uploads)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=f"http://{self.conn['endpoint']}", region_name="us-east-1",
+                          aws_access_key_id=self.conn["access_key"], aws_secret_access_key=self.conn["secret_key"])
+        return s3.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
 
     def cleanup(self) -> None:
         from tests.servers import remove_bucket
@@ -127,14 +131,14 @@ def test_failed_upload_is_aborted(bucket: Bucket) -> None:
     assert bucket.uploads() == [] and not s.exists("x/failed.bin")
 
 
-def test_etag_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checksum_answer_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("data_manager_minio.multipart.payload_signed", lambda conn: False)  # as over https
     s = storage(bucket, part_size="5MiB")
-    client = s.conn.client
-    real = client._upload_part
-    monkeypatch.setattr(client, "_upload_part", lambda *a, **k: (real(*a, **k), "0" * 32)[1])
+    s3 = s.conn.s3
+    real = s3.upload_part
+    monkeypatch.setattr(s3, "upload_part", lambda **k: {**real(**k), "ChecksumCRC32": "AAAAAA=="})
     w = s.open_write("x/bad.bin")
-    with pytest.raises(StorageError, match="ETag"):
+    with pytest.raises(StorageError, match="checksum 'AAAAAA==', not the CRC32"):
         w.write(os.urandom(6 * MiB))
         w.write(os.urandom(6 * MiB))
         w.commit()
@@ -142,8 +146,19 @@ def test_etag_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: pytest.Monk
     assert bucket.uploads() == [] and not s.exists("x/bad.bin")
 
 
+def _damage_parts(s: S3Storage) -> None:
+    """Bodies of UploadPart altered after they were signed (and checksummed): damaged on the way."""
+
+    def damage(request: Any, **kwargs: Any) -> None:
+        body = request.body
+        if isinstance(body, (bytes, bytearray)) and body:
+            request.body = bytes([body[0] ^ 1]) + bytes(body[1:])
+
+    s.conn.s3.meta.events.register("before-send.s3.UploadPart", damage)
+
+
 def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over plain http no MD5 is sent: the body's signed sha256 is what the server checks."""
+    """Over plain http no checksum is sent: the body's signed sha256 is what the server checks."""
     import minio.api
 
     from data_manager_minio.multipart import payload_signed
@@ -151,7 +166,8 @@ def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.Mo
     s = storage(bucket, part_size="5MiB")
     assert payload_signed(s.conn)
     monkeypatch.setattr(minio.api, "sha256_hash", lambda body: hashlib.sha256(b"other bytes").hexdigest())
-    for size in (MiB, 6 * MiB):  # one PUT, then a multipart upload
+    _damage_parts(s)
+    for size in (MiB, 6 * MiB):  # one PUT (the minio SDK), then a multipart upload (boto3)
         w = s.open_write("x/damaged.bin")
         with pytest.raises(StorageError, match="XAmzContentSHA256Mismatch"):
             w.write(os.urandom(size))
@@ -160,22 +176,60 @@ def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.Mo
     assert bucket.uploads() == [] and not s.exists("x/damaged.bin")
 
 
+def test_crc32_sent_and_checked_where_unsigned(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As over https (no signed payload): every body carries its CRC32, which the server checks and answers."""
+    monkeypatch.setattr("data_manager_minio.multipart.payload_signed", lambda conn: False)
+    monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
+    s = storage(bucket, part_size="5MiB")
+    for size in (0, MiB, 11 * MiB):  # checked: each answer equals the CRC32 sent (check_etag)
+        data = os.urandom(size)
+        with s.open_write(f"x/crc{size}.bin") as w:
+            w.write(data)
+        with s.open_read(f"x/crc{size}.bin") as f:
+            assert f.read() == data
+    _damage_parts(s)
+    w = s.open_write("x/damaged.bin")
+    with pytest.raises(StorageError, match="Mismatch"):
+        w.write(os.urandom(6 * MiB))
+        w.commit()
+    w.abort()
+    assert bucket.uploads() == [] and not s.exists("x/damaged.bin")
+
+
+def test_headers_of_a_write(bucket: Bucket) -> None:
+    """Content headers, user metadata and Expires arrive as given, by one PUT and by a multipart upload."""
+    from data_manager_minio.multipart import ObjectUpload
+
+    s = storage(bucket, part_size="5MiB")
+    headers = {"Content-Type": "text/csv", "Cache-Control": "no-cache", "Content-Disposition": "attachment",
+               "Content-Language": "de", "x-amz-meta-run": "42", "Expires": "Thu, 01 Dec 2044 16:00:00 GMT"}
+    for size in (10, 6 * MiB):
+        with ObjectUpload(s.conn, bucket.name, f"h/{size}", part_size=5 * MiB, headers=headers) as w:
+            w.write(os.urandom(size))
+        stat = bucket.client.stat_object(bucket.name, f"h/{size}")
+        got = {k.lower(): v for k, v in stat.metadata.items()}
+        for k, v in headers.items():
+            assert got[k.lower()] == v, (size, k)
+
+
 def test_failed_part_is_retried(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib3
 
     monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
+    from botocore.exceptions import ConnectionClosedError
+
     s = storage(bucket, part_size="5MiB")
-    client = s.conn.client
-    real = client._upload_part
+    s3 = s.conn.s3
+    real = s3.upload_part
     failures = []
 
-    def flaky(*a: Any, **k: Any) -> str:
+    def flaky(**k: Any) -> dict[str, Any]:
         if len(failures) < 2:
             failures.append(1)
-            raise urllib3.exceptions.ProtocolError("Connection reset by peer")
-        return real(*a, **k)
+            raise ConnectionClosedError(endpoint_url="http://x") if failures[1:] else urllib3.exceptions.ProtocolError("reset")
+        return real(**k)
 
-    monkeypatch.setattr(client, "_upload_part", flaky)
+    monkeypatch.setattr(s3, "upload_part", flaky)
     data = os.urandom(11 * MiB)
     with s.open_write("x/retried.bin") as w:
         w.write(data)

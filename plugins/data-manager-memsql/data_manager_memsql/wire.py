@@ -12,8 +12,12 @@ they are, as the parameters of a prepared INSERT (:func:`execute_insert`).
 pymysql has no prepared statements, but it does the rest: connecting, authentication, TLS, sending a
 command packet (``_execute_command``) and reading one packet (``_read_packet``, which also turns an
 error packet into pymysql's exception). Rows are then read from the connection's buffered socket reader
-(``_rfile``). These internals are all this module uses; the integration tests run against the installed
-pymysql, so a change there fails the tests, never a backup silently.
+(``_rfile``), and a result left half-read drops the connection (``_force_close``). These four private
+internals are all this module uses: pymysql is pinned to the tested range in setup.cfg (``<1.3``), and
+``tests/test_pymysql_contract.py`` checks each of them (signatures, behaviour on hand-made packets, no
+``CLIENT_DEPRECATE_EOF``), so a change there fails the tests, never a backup silently. They are the listed
+exception of ``tests/unit/test_no_private_apis.py`` (issue 20's fallback; a public client speaking the
+binary protocol, e.g. mysql-connector-python's C extension, is not measured yet).
 
 Packets (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_packets.html): ``u24
 length, u8 sequence, payload``; a payload of 0xFFFFFF bytes continues in the next packet. A binary row

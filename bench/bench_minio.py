@@ -1,6 +1,6 @@
 """S3 both ways against ``rclone copy``, on the same data in the same run (MinIO of scripts/services).
 
-    python bench/bench_minio.py [--size-mb 2048] [--rounds 3] [--keep]
+    python bench/bench_minio.py [--size-mb 2048] [--rounds 3] [--keep] [--old DIR]
 
 1. a directory of mixed files (a few large ones, medium ones, many small; half random, half text) to S3:
    ``rclone copy DIR m:bucket`` against ``data-manager backup`` with the directory source and the ``s3``
@@ -14,6 +14,11 @@
 data-manager does more than a copy (a BLAKE3 digest of every object, BLAKE3 of every artifact, zstd where it pays,
 an index, fsync, checked multipart parts): the ratio says what that costs. rclone runs with its defaults
 (4 transfers, MD5 checks), configured through RCLONE_CONFIG_M_* variables.
+
+``--old DIR`` adds a fourth contender, interleaved with the others in every step: the same data-manager
+with the minio plugin of another checkout (``git worktree add /tmp/minio-old COMMIT``; DIR is that
+checkout, its ``plugins/data-manager-minio`` goes first on PYTHONPATH), to measure a change of the plugin
+against rclone and against the code before it in the same run.
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3, help="runs of each contender, bucket to filesystem")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--old", type=Path, help="another checkout whose minio plugin runs as a fourth contender")
     args = ap.parse_args()
     # rclone 1.60 cannot load a custom CA bundle into its transport and refuses to start when AWS_CA_BUNDLE
     # is set; the benchmark talks plain http to 127.0.0.1, so no CA is needed by anyone.
@@ -145,10 +151,21 @@ def main() -> None:
         )
         env = {**RCLONE_ENV, "BENCH_S3_SECRET": SECRET}
         dm = [*dm_command(), "--config", str(config)]
+        old_env = {}
+        if args.old:
+            plugin = args.old.resolve() / "plugins" / "data-manager-minio"
+            old_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))}
+            old_config = work / "dm-old.toml"  # its own buckets and backups: the two never meet
+            old_config.write_text(config.read_text().replace(f'bucket = "{dm_dst}"', f'bucket = "{dm_dst}-o"')
+                                  .replace(str(work / "backups"), str(work / "backups-old")))
+            client.make_bucket(f"{dm_dst}-o")
+            dm_old = [*dm_command(), "--config", str(old_config)]
         run("warm page cache", f"tar -cf - -C {src} . > /dev/null", shell=True)
 
         upload = run("rclone copy dir -> s3", ["rclone", "copy", str(src), f"m:{rclone_dst}"], env=env, nbytes=nbytes)
         rows = [upload, run("data-manager backup dir -> s3", [*dm, "backup", "dir2s3"], env=env, nbytes=nbytes)]
+        if args.old:
+            rows.append(run("old data-manager backup dir -> s3", [*dm_old, "backup", "dir2s3"], env=old_env, nbytes=nbytes))
         report(f"minio dir to s3: {nbytes / 1e6:.0f} MB in {files} files", rows, baseline="rclone copy dir -> s3",
                extra={"source_bytes": nbytes, "files": files, "cpu": dict(CPU)})
 
@@ -157,7 +174,7 @@ def main() -> None:
         # counts; rclone copy does not, so its copy made durable (then `sync -f`) is shown for reference.
         rounds = []
         for i in range(args.rounds):
-            for d in (work / "rclone-copy", work / "rclone-durable", work / "backups"):
+            for d in (work / "rclone-copy", work / "rclone-durable", work / "backups", work / "backups-old"):
                 shutil.rmtree(d, ignore_errors=True)
             os.sync()
             row = [run("rclone copy s3 -> dir", ["rclone", "copy", f"m:{rclone_dst}", str(work / "rclone-copy")],
@@ -168,7 +185,12 @@ def main() -> None:
                            shell=True, env=env, nbytes=nbytes))
             os.sync()
             row.append(run("data-manager backup s3 -> fs", [*dm, "backup", "bucket2fs"], env=env, nbytes=nbytes))
-            print(f"round {i + 1}: data-manager / rclone copy = {row[2].seconds / row[0].seconds:.2f}")
+            if args.old:
+                os.sync()
+                row.append(run("old data-manager backup s3 -> fs", [*dm_old, "backup", "bucket2fs"], env=old_env,
+                               nbytes=nbytes))
+            print(f"round {i + 1}: data-manager / rclone copy = {row[2].seconds / row[0].seconds:.2f}"
+                  + (f", old / rclone copy = {row[3].seconds / row[0].seconds:.2f}" if args.old else ""))
             rounds.append(row)
         stored = sum(p.stat().st_size for p in (work / "backups").rglob("*") if p.is_file())
         report(f"minio bucket to fs: {nbytes / 1e6:.0f} MB in {files} objects, median of {args.rounds} rounds",
@@ -182,13 +204,17 @@ def main() -> None:
                                                    "--set", "objects.verify_first=false", "bucket2fs"],
                 env=env, nbytes=nbytes),
         ]
+        if args.old:
+            rows.append(run("old data-manager restore fs -> s3",
+                            [*dm_old, "restore", "--yes", "--set", f"objects.bucket={dm_dst}-or",
+                             "--set", "objects.verify_first=false", "bucket2fs"], env=old_env, nbytes=nbytes))
         report(f"minio restore fs to bucket: {nbytes / 1e6:.0f} MB in {files} objects", rows,
                baseline="rclone copy dir -> s3", extra={"source_bytes": nbytes, "objects": files, "cpu": dict(CPU)})
         print(f"stored {stored / 1e6:.0f} MB for {nbytes / 1e6:.0f} MB of objects")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-            for b in (rclone_dst, dm_dst, f"{dm_dst}-r"):
+            for b in (rclone_dst, dm_dst, f"{dm_dst}-r", f"{dm_dst}-o", f"{dm_dst}-or"):
                 try:
                     if not client.bucket_exists(b):
                         continue

@@ -46,7 +46,7 @@ def test_every_field_of_the_manifest(repo: Repository) -> None:
     sink.set_info(files=2, nested={"a": [1, 2]})
     w.add_done(sink.finish())
     doc = w.commit()
-    assert progress == [len(text), 1000, len(noise) - 1000]
+    assert progress == [len(text), 0, 1000, len(noise) - 1000, 0]  # bytes written; 0: an artifact committed
 
     on_disk = json.loads((root(repo) / "d" / w.timestamp / "backup.json").read_text())
     assert on_disk == doc
@@ -76,7 +76,8 @@ def test_every_field_of_the_manifest(repo: Repository) -> None:
 
     info = repo.resolve("d", "latest")
     assert info.to_json() == {"data_id": "d", "timestamp": w.timestamp, "complete": True, "size": doc["size"],
-                              "stored_size": doc["stored_size"], "sources": ["s"], "damaged": None}
+                              "stored_size": doc["stored_size"], "sources": ["s"], "damaged": None,
+                              "verified": None, "verified_sample": None}
     assert info.when == datetime.strptime(w.timestamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
     arts_set = repo.artifacts(info, "s")
     assert arts_set.names() == ["text.csv", "dir/noise.bin"] and arts_set.size("text.csv") == len(text)

@@ -107,6 +107,8 @@ def test_ranged_reads(tmp_path: Path) -> None:
         assert f.read(-1) == b"89"
     with s.open_read("o", 0, 0) as f:
         assert f.read() == b""
+    with s.open_read("o", 2, 4) as f:
+        assert f.read(0) == b"" and f.read(3) == b"234" and f.read(1) == b"5" and f.read(1) == b""
     with s.open_read("o", 7) as f:
         assert f.read() == b"789"
     with pytest.raises(NotFoundError, match=f"^{tmp_path / 'missing'}: not found$"):

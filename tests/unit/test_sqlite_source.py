@@ -1,5 +1,7 @@
+import json
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,3 +202,25 @@ def test_a_backup_that_is_not_a_database_is_corrupt(tmp_path: Path) -> None:
     with pytest.raises(CorruptBackupError):
         dm.restore("d")
     assert db.read_bytes() == before
+
+
+def test_a_new_target_gets_the_recorded_mode_and_its_missing_directories(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db", rows=10)
+    os.chmod(db, 0o640)
+    dm = manager(tmp_path, db)
+    ts = dm.backup("d").timestamp
+    deep = tmp_path / "a" / "b" / "c" / "y.db"
+    dm.restore("d", overrides={"db": {"path": str(deep)}})
+    assert sqlite_rows(deep) == sqlite_rows(db) and stat.S_IMODE(deep.stat().st_mode) == 0o640
+    # A backup from before modes were recorded: private.
+    meta = tmp_path / "backups" / "d" / ts / "backup.json"
+    doc = json.loads(meta.read_text())
+    del doc["sources"][0]["info"]["mode"]
+    meta.write_text(json.dumps(doc))
+    old = tmp_path / "old.db"
+    dm.restore("d", overrides={"db": {"path": str(old)}})
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(SourceError, match=f"^source 'db': cannot create the directory {blocked}: "):
+        dm.restore("d", overrides={"db": {"path": str(blocked / "z.db")}})

@@ -218,9 +218,11 @@ class Copier:
         return stamps
 
     def copy(self, timestamp: str, *, dry_run: bool = False, check: Callable[[], None] = lambda: None,
-             progress: Callable[[str], Callable[[int], None] | None] | None = None) -> CopiedBackup:
+             progress: Callable[[str], Callable[[int], None] | None] | None = None,
+             begin: Callable[[str, int], None] | None = None) -> CopiedBackup:
         """Copy one backup (or, ``dry_run``, count what would be copied). ``check`` runs between sources
-        (time limit, lock); ``progress(label)`` gives a byte counter per source."""
+        (time limit, lock); ``progress(label)`` gives a byte counter per source; ``begin(what, bytes)``
+        is told the most the copy will move, before it starts."""
         t0 = time.monotonic()
         prefix = f"{self.data_id}/{timestamp}"
         manifest = self.src.read_manifest(self.data_id, timestamp)
@@ -238,6 +240,8 @@ class Copier:
                                        f"not overwritten")
             return CopiedBackup(timestamp, "already complete")
         done = CopiedBackup(timestamp, "would copy" if dry_run else "copied")
+        if begin is not None and not dry_run:
+            begin(f"copy {prefix} to {self.target.location()}", sum(r.stored_size for _, r in sources))
         for doc, rec in sources:
             check()
             sprefix = f"{prefix}/{rec.name}"
@@ -294,7 +298,8 @@ def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run:
             ctx.rec.set_backup(ts)
             ctx.rec.task_started(ts)
             try:
-                done = copier.copy(ts, check=ctx.check, progress=lambda label: ctx.progress(progress, label))
+                done = copier.copy(ts, check=ctx.check, progress=lambda label: ctx.progress(progress, label),
+                                   begin=getattr(progress, "begin", None))  # a meter with totals
             except BaseException as exc:
                 from .api import _one_line
 

@@ -118,3 +118,23 @@ def test_a_flipped_byte_in_a_volume_of_whole_tar_records_is_caught(tmp_path: Pat
         dm.restore("d")
     assert snapshot(target) == before
     assert everything(tmp_path) == around
+
+
+def test_leftovers_are_found_beside_the_real_target_of_a_symlink(tmp_path: Path) -> None:
+    from data_manager.builtin.directory import DirectorySource
+    from data_manager.types import Settings
+
+    real = tmp_path / "volumes" / "data"
+    real.mkdir(parents=True)
+    link = tmp_path / "data"
+    link.symlink_to(real)
+    staging = real.parent / ".data.dm-restore-0123abcd"
+    (staging / "sub").mkdir(parents=True)
+    beside_link = tmp_path / ".data.dm-restore-feedbeef"  # not ours: the target is where the link points
+    beside_link.mkdir()
+    source = DirectorySource("raw", Settings({"path": str(link)}))
+    assert source.restore_leftovers(remove=False) == [str(staging)]
+    assert staging.exists()
+    assert source.restore_leftovers(remove=True) == [str(staging)]
+    assert not staging.exists() and beside_link.exists() and real.exists()
+    assert DirectorySource("raw", Settings({"path": str(real)})).restore_leftovers(remove=False) == []

@@ -51,7 +51,7 @@ CASES = [
     (cfg(exp42=5), "/etc/dm.toml: key 'datasets.exp42': must be a table", "", "datasets.exp42"),
     (cfg(**{"bad id!": {"sources": [src()]}}), "/etc/dm.toml: dataset 'bad id!': bad dataset id", "max 128", "datasets"),
     (cfg(exp42={"sources": [src()], "colour": 1}), "/etc/dm.toml: dataset 'exp42': key 'colour': unknown",
-     "known: description, sources, storage, timeout", None),  # ConfigError.key is not set on this one
+     "description, ", None),  # the known keys listed; ConfigError.key is not set on this one
     (with_storages({"exp42": {"sources": [src()]}}), "/etc/dm.toml: dataset 'exp42': key 'storage': missing",
      "no storage is configured", "storage"),
     (with_storages({"exp42": {"sources": [src()]}}, a={"type": "filesystem", "root": "/a"},
@@ -209,3 +209,30 @@ def test_parse_assignments() -> None:
     }
     with pytest.raises(UsageError, match="SOURCE.KEY=VALUE"):
         parse_assignments(["nodot"])
+
+
+def test_the_user_config_is_under_xdg_config_home_or_dot_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from data_manager.config import user_config_path
+
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_config_path() == tmp_path / ".config" / "data-manager" / "config.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert user_config_path() == tmp_path / "xdg" / "data-manager" / "config.toml"
+
+
+def test_an_unknown_dataset_names_the_known_ones() -> None:
+    c = parse_config(cfg(b={"sources": [src()]}, a={"sources": [src()]}), REG, Path("/etc/dm.toml"))
+    with pytest.raises(UsageError, match=r"^unknown dataset 'x' \(in /etc/dm.toml: a, b\)$"):
+        c.dataset("x")
+    with pytest.raises(UsageError, match=r"^unknown dataset 'x' \(in None: none\)$"):
+        parse_config(cfg(), REG).dataset("x")
+    assert c.storage_for("a").name == "local"
+
+
+def test_assignments_split_at_the_first_dot_and_the_first_equals() -> None:
+    assert parse_assignments(["raw.opt.x=a=b", "raw.s=[1, 2]", "raw.t=not toml"]) == {
+        "raw": {"opt.x": "a=b", "s": [1, 2], "t": "not toml"}}
+    for bad in ("raw.path", "=x", ".path=x", "raw.=x", "raw=x"):
+        with pytest.raises(UsageError, match="expected SOURCE.KEY=VALUE"):
+            parse_assignments([bad])

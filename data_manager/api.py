@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, load_config, make_settings, parse_config
-from .errors import ConfigError, DataManagerError, PluginError, RefusedError, UsageError
+from .errors import ConfigError, CorruptBackupError, DataManagerError, PluginError, RefusedError, UsageError
 from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder, StateDB, Watchdog, parse_duration, state_path
 from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
+from .parallel import SourceRunner
+from .monitoring import Monitoring
 from .plugins import Registry, get_registry
+from .progress import begin, checked, previous_size
 from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
 from .scrub import scrub
 from .threads import Background
+from .throttle import throttled
 from .types import Dataset, Operation, Settings, Source, SourceSpec, Storage
+from .verifying import VerifyResult, failed, verify_backup
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class BackupResult:
     job_id: str | None = None
     resumed: list[str] = field(default_factory=list)  # sources an earlier, interrupted run had done
     release_error: str | None = None  # the backup is complete, but marking the dataset available failed
+    copies: list[str] = field(default_factory=list)  # the storages of the dataset's ``copies`` it was copied to
+    copy_error: str | None = None  # the backup is complete, but copying it to one of its ``copies`` failed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +76,8 @@ class BackupResult:
             "job_id": self.job_id,
             "resumed": self.resumed,
             "release_error": self.release_error,
+            "copies": self.copies,
+            "copy_error": self.copy_error,
             "sources": [vars(s) for s in self.sources],
         }
 
@@ -175,15 +184,7 @@ class _JobContext:
             )
 
     def progress(self, factory: ProgressFactory | None, label: str) -> Callable[[int], None]:
-        inner = factory(label) if factory else None
-        check = self.watchdog.check
-
-        def advance(n: int) -> None:
-            check()
-            if inner is not None:
-                inner(n)
-
-        return advance
+        return checked(factory(label) if factory else None, self.watchdog.check)
 
 
 class DataManager:
@@ -197,8 +198,13 @@ class DataManager:
         self.state = StateDB(state_path(config.data, file))
         self.lock_settings = LockSettings.from_config(config.data, file)
         self.default_timeout = self._jobs_table(file)
+        self.monitoring = Monitoring.from_config(config.data, file, config.secrets)
         for data_id, ds in config.datasets.items():
             self.timeout(ds)  # a bad per-dataset timeout is a config error now, not at backup time
+            self.parallel(ds)
+        # Bytes per second for every storage, overriding their limit_upload/limit_download (set_limits).
+        self.limit_upload: int | None = None
+        self.limit_download: int | None = None
         self._configure_plugins(file)
 
     def _jobs_table(self, file: str) -> float:
@@ -216,6 +222,30 @@ class DataManager:
             where = f"{self.config.path or '<config>'}: dataset {dataset.data_id!r}"
             return parse_duration(dataset.options["timeout"], where, "timeout")
         return self.default_timeout
+
+    def parallel(self, dataset: Dataset) -> int:
+        """How many sources of ``dataset`` a backup or restore runs at once: its ``parallel``, else 1."""
+        value = dataset.options.get("parallel", 1)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # "${PARALLEL}" expands to a string
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            where = f"{self.config.path or '<config>'}: dataset {dataset.data_id!r}"
+            raise ConfigError(f"{where}: key 'parallel': must be a positive integer (sources at once), not {value!r}",
+                              key="parallel")
+        return value
+
+    def set_limits(self, upload: int | None = None, download: int | None = None) -> None:
+        """Bytes per second for every storage's uploads and downloads (0: unlimited), overriding the
+        storages' ``limit_upload``/``limit_download``; None keeps those. Storages already built are rebuilt."""
+        self.limit_upload, self.limit_download = upload, download
+        self.close()
+
+    def _runner(self, dataset: Dataset, parallel: int | None) -> SourceRunner[Any]:
+        """Runs the sources of a job on ``dataset``: ``parallel`` at once, else the dataset's ``parallel``."""
+        parallel = self.parallel(dataset) if parallel is None else parallel
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise UsageError(f"parallel: expected a positive number of sources at once, not {parallel!r}")
+        return SourceRunner(parallel)
 
     def _configure_plugins(self, file: str) -> None:
         """Give every plugin its ``[guards.NAME]`` table (hook ``configure``); unclaimed tables are errors."""
@@ -257,7 +287,9 @@ class DataManager:
         if name not in self._storages:
             cfg = self.config.storages[name]
             stype, _ = self.registry.storage_type(cfg.type, cfg.settings.where)
-            self._storages[name] = stype.factory(name, cfg.settings)
+            upload = cfg.limit_upload if self.limit_upload is None else self.limit_upload
+            download = cfg.limit_download if self.limit_download is None else self.limit_download
+            self._storages[name] = throttled(stype.factory(name, cfg.settings), upload, download)
         return self._storages[name]
 
     def repository(self, storage_name: str) -> Repository:
@@ -301,42 +333,48 @@ class DataManager:
         if reasons:
             raise RefusedError(f"{operation} of {dataset.data_id!r} refused: {'; '.join(reasons)}")
 
-    @staticmethod
-    def _call(impl: Any, **kwargs: Any) -> Any:
-        # pluggy passes only the arguments an implementation declares; calling one directly must do the same.
-        return impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+    def _call(self, hook_name: str, plugin_name: str, **kwargs: Any) -> Any:
+        # One plugin at a time (which guards entered decides which are undone), yet through pluggy, so
+        # arguments, wrappers and -vv tracing are those of every other hook call.
+        return self.registry.call_plugin(hook_name, plugin_name, **kwargs)
 
     def _mark_busy(self, dataset: Dataset, operation: Operation, rec: Recorder) -> list[Any]:
-        """``before_operation`` of every guard; returns those that succeeded (to be undone)."""
-        hook = self.registry.hook
-        entered: list[Any] = []
+        """``before_operation`` of every guard, last registered first (pluggy's order); returns the names
+        of those that succeeded (to be undone). If one fails, those that entered are undone here, with its
+        error, before it is raised: the caller never gets the partial list."""
+        entered: list[str] = []
         try:
-            for impl in reversed(hook.before_operation.get_hookimpls()):
-                self._call(impl, dataset=dataset, operation=operation, job_id=rec.job.id)
-                entered.append(impl)
-        finally:
+            for name in reversed(self.registry.implementers("before_operation")):
+                self._call("before_operation", name, dataset=dataset, operation=operation, job_id=rec.job.id)
+                entered.append(name)
+        except BaseException as exc:
             if entered:
                 rec.unavailable()
+                self._release(entered, dataset, operation, exc, rec, guards_only=True)
+            raise
+        if entered:
+            rec.unavailable()
         return entered
 
     def _release(self, entered: list[Any], dataset: Dataset, operation: Operation, error: BaseException | None,
-                 rec: Recorder) -> str | None:
-        """``after_operation`` of every guard that entered (and of plugins with only an after hook).
+                 rec: Recorder, *, guards_only: bool = False) -> str | None:
+        """``after_operation`` of every guard that entered (and, unless ``guards_only``, of plugins with
+        only an after hook), in registration order.
 
         Never raises: a failure is logged loudly, recorded for ``status`` and returned.
         """
-        hook = self.registry.hook
         # A guard whose before_operation failed or never ran has nothing to undo; plugins with only an
         # after_operation (notifiers, metrics) are always told.
-        skipped = {i.plugin_name for i in hook.before_operation.get_hookimpls()} - {i.plugin_name for i in entered}
+        guards = set(self.registry.implementers("before_operation"))
         failures = []
-        for impl in hook.after_operation.get_hookimpls():
-            if impl.plugin_name in skipped:
+        for name in self.registry.implementers("after_operation"):
+            if (name in guards and name not in entered) or (guards_only and name not in guards):
                 continue
             try:
-                self._call(impl, dataset=dataset, operation=operation, error=error, job_id=rec.job.id)
+                self._call("after_operation", name, dataset=dataset, operation=operation, error=error,
+                           job_id=rec.job.id)
             except Exception as exc:
-                failures.append(f"{impl.plugin_name}: {_one_line(exc)}")
+                failures.append(f"{name}: {_one_line(exc)}")
         if failures:
             text = (f"{dataset.data_id} may still be marked unavailable: releasing it after {operation} job "
                     f"{rec.job.id} failed: {'; '.join(failures)}")
@@ -420,13 +458,16 @@ class DataManager:
         progress: ProgressFactory | None = None,
         resume: bool = False,
         wait: float = 0.0,
+        parallel: int | None = None,
     ) -> BackupResult:
         """Back up every source of ``data_id``, as a job. The backup counts only once its metadata is written.
 
         ``resume``: continue the newest incomplete backup instead, redoing only the sources it had not
         finished. ``wait``: seconds to wait for another job's lock on the dataset before giving up (exit 3).
+        ``parallel``: sources backed up at once (default: the dataset's ``parallel``, else 1).
         """
         dataset = self.dataset(data_id)
+        runner: SourceRunner[tuple[SourceSpec, Source]] = self._runner(dataset, parallel)
         repo = self.repository(dataset.storage)
         sources = [(spec, self._source(spec)) for spec in dataset.sources]
         if dry_run:
@@ -448,6 +489,7 @@ class DataManager:
                 timestamp,
             )
             ctx.rec.set_backup(writer.timestamp)
+            begin(progress, f"backup {data_id}", previous_size(repo, data_id) if progress else None)
             log.info("backup %s/%s to %s %s", data_id, writer.timestamp, repo.storage.location(),
                      "resumed" if resume else "started")
             if resume:
@@ -457,8 +499,7 @@ class DataManager:
                         log.warning("%s/%s: removing %s, not a source of %s any more", data_id, writer.timestamp,
                                     entry.name, data_id)
                         repo.storage.delete_tree(f"{writer.prefix}/{entry.name}")
-            for spec, source in sources:
-                ctx.check()
+            def one(spec: SourceSpec, source: Source) -> None:
                 if resume:
                     done = repo.source_done(data_id, writer.timestamp, spec.name)
                     if done is not None:
@@ -466,7 +507,7 @@ class DataManager:
                         resumed.append(spec.name)
                         ctx.rec.task_done(spec.name, done.size, "done by an earlier, interrupted run")
                         log.info("source %s: done by the interrupted run, kept", spec.name)
-                        continue
+                        return
                     repo.storage.delete_tree(f"{writer.prefix}/{spec.name}")  # its partial artifacts
                 ctx.rec.task_started(spec.name)
                 try:
@@ -478,7 +519,7 @@ class DataManager:
                         settings=spec.settings.public(),
                         describe=scrub(source.describe()),  # may hold expanded ${VAR}s (a DSN's password)
                     )
-                    sink = writer.source(record, ctx.progress(progress, spec.name))
+                    sink = writer.source(record, runner.guard(ctx.progress(progress, spec.name)))
                     source.backup(sink)
                     writer.add_done(sink.finish())
                 except BaseException as exc:
@@ -486,6 +527,11 @@ class DataManager:
                     raise
                 ctx.rec.task_done(spec.name, record.size)
                 log.info("source %s: %d bytes in %.1fs", spec.name, record.size, record.duration_seconds)
+
+            runner.run(sources, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
+            order = [spec.name for spec, _ in sources]  # parallel sources finish in any order: keep the config's
+            writer.sources.sort(key=lambda r: order.index(r.name))
+            resumed.sort(key=order.index)
             ctx.check()
             return writer, writer.commit()
 
@@ -500,7 +546,7 @@ class DataManager:
             prepare=None if resume else check_sources,  # a resumed backup may not need every source again
         )
         log.info("backup %s/%s complete", data_id, writer.timestamp)
-        return BackupResult(
+        result = BackupResult(
             data_id,
             writer.timestamp,
             f"{repo.storage.location()}/{data_id}/{writer.timestamp}",
@@ -512,6 +558,19 @@ class DataManager:
             resumed=resumed,
             release_error=release_error,
         )
+        from .copying import copy_after_backup
+
+        copy_after_backup(self, dataset, result, progress)  # the dataset's `copies`; a failure: result.copy_error
+        return result
+
+    def copy(self, data_id: str, which: str = "latest", *, to: str, dry_run: bool = False,
+             progress: ProgressFactory | None = None, wait: float = 0.0) -> Any:
+        """Copy complete backups of ``data_id`` (``which``: ``latest``, a TIMESTAMP or ``all``) as stored to
+        the storage ``to``, verified, resumable, as a job locking the dataset in ``to``
+        (:mod:`data_manager.copying`); returns a :class:`~data_manager.copying.CopyResult`."""
+        from .copying import copy_backups
+
+        return copy_backups(self, data_id, which, to, dry_run=dry_run, progress=progress, wait=wait)
 
     def _resumable(self, repo: Repository, data_id: str) -> str:
         """The backup ``--resume`` continues: the newest incomplete one, if no complete backup is newer."""
@@ -528,16 +587,11 @@ class DataManager:
         return newest
 
     def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
-        """Backups of one dataset, or of every dataset found in the configured storages; oldest first."""
-        if data_id is not None:
-            dataset = self.stored_dataset(data_id)
-            return self.repository(dataset.storage).backups(data_id)
-        out: list[BackupInfo] = []
-        for name in self.config.storages:
-            repo = self.repository(name)
-            for found in repo.data_ids():
-                out.extend(repo.backups(found))
-        return out
+        """Backups of one dataset, or of every dataset, found in the configured storages; oldest first, each
+        once with the storages holding it (``BackupInfo.storages``: copies too)."""
+        from .copying import where_stored
+
+        return where_stored(self, data_id, lambda repo, found: self._with_verified(repo, found, repo.backups(found)))
 
     def find_backup(self, data_id: str, which: str = "latest") -> tuple[Repository, BackupInfo]:
         dataset = self.stored_dataset(data_id)
@@ -599,12 +653,15 @@ class DataManager:
         dry_run: bool = False,
         progress: ProgressFactory | None = None,
         wait: float = 0.0,
+        parallel: int | None = None,
     ) -> RestoreResult:
         """Put every source (or ``only`` some) back as it was at the backup ``which``.
 
         ``overrides`` maps a source name to settings replacing the configured ones, to restore elsewhere.
+        ``parallel``: sources restored at once (default: the dataset's ``parallel``, else 1).
         """
         dataset, repo, info, plan = self._restore_plan(data_id, which, overrides or {}, only)
+        runner: SourceRunner[tuple[SourceRecord, Source]] = self._runner(dataset, parallel)
         result = RestoreResult(data_id, info.timestamp, dry_run=dry_run)
         for rec, source in plan:
             result.sources.append({"name": rec.name, "type": rec.type, "target": scrub(source.describe()), "size": rec.size})
@@ -613,11 +670,13 @@ class DataManager:
 
         def body(ctx: _JobContext) -> None:
             ctx.rec.set_backup(info.timestamp)
-            for rec, source in plan:
-                ctx.check()
+            begin(progress, f"restore {data_id}/{info.timestamp}", sum(r.size for r, _ in plan),
+                  sum(len(r.artifacts) for r, _ in plan))
+
+            def one(rec: SourceRecord, source: Source) -> None:
                 ctx.rec.task_started(rec.name)
                 try:
-                    artifacts = repo.artifacts(info, rec.name, ctx.progress(progress, rec.name))
+                    artifacts = repo.artifacts(info, rec.name, runner.guard(ctx.progress(progress, rec.name)))
                     log.info("restoring %s/%s source %s into %s", data_id, info.timestamp, rec.name, source.describe())
                     source.restore(artifacts)
                 except BaseException as exc:
@@ -625,18 +684,59 @@ class DataManager:
                     raise
                 ctx.rec.task_done(rec.name, rec.size)
 
+            runner.run(plan, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
+
         _, job, result.release_error = self._run_job(
             dataset, "restore", [(rec.name, rec.type) for rec, _ in plan], body, wait=wait
         )
         result.job_id = job.job.id
         return result
 
-    def verify(self, data_id: str, which: str = "latest", *, progress: ProgressFactory | None = None) -> BackupInfo:
-        """Read every artifact of a backup back and check sizes and checksums."""
+    def verify(self, data_id: str, which: str = "latest", *, sample: float | None = None,
+               progress: ProgressFactory | None = None) -> VerifyResult:
+        """Read every artifact of a backup (or a random ``sample`` fraction of its bytes) back and check sizes
+        and checksums; raises the first failure. A success is recorded in the state database."""
         repo, info = self.find_backup(data_id, which)
-        for rec in repo.source_records(info):
-            repo.artifacts(info, rec.name, progress(rec.name) if progress else None).verify()
-        return info
+        return self._verified(repo, verify_backup(repo, info, sample=sample, progress=progress))
+
+    def verify_all(self, data_id: str | None = None, *, sample: float | None = None,
+                   progress: ProgressFactory | None = None) -> list[VerifyResult]:
+        """Verify every complete backup of ``data_id`` (or of every dataset in the configured storages). A
+        failing or damaged backup is a result with ``ok`` false; the others are still verified."""
+        if data_id is not None:
+            repos = [(self.repository(self.stored_dataset(data_id).storage), data_id)]
+        else:
+            repos = [(repo, found) for repo in map(self.repository, self.config.storages) for found in repo.data_ids()]
+        out = []
+        for repo, found in repos:
+            for info in repo.backups(found):
+                if info.damaged:
+                    out.append(failed(info, CorruptBackupError(info.damaged), sample))
+                elif info.complete:
+                    try:
+                        out.append(self._verified(repo, verify_backup(repo, info, sample=sample, progress=progress)))
+                    except DataManagerError as exc:
+                        log.info("verify %s/%s: %s", found, info.timestamp, exc)
+                        out.append(failed(info, exc, sample))
+        return out
+
+    def _verified(self, repo: Repository, result: VerifyResult) -> VerifyResult:
+        try:
+            self.state.record_verify(repo.storage.location(), result.data_id, result.timestamp, result.sample)
+        except DataManagerError as exc:  # bookkeeping never fails the verify itself
+            log.warning("cannot record the verify of %s/%s: %s", result.data_id, result.timestamp, exc)
+        return result
+
+    def _with_verified(self, repo: Repository, data_id: str, backups: list[BackupInfo]) -> list[BackupInfo]:
+        """``backups`` with when each last passed a verify (from the state database)."""
+        try:
+            verified = self.state.verifies(repo.storage.location(), data_id)
+        except DataManagerError as exc:
+            log.warning("%s", exc)
+            verified = {}
+        for b in backups:
+            b.verified, b.verified_sample = verified.get(b.timestamp, (None, None))
+        return backups
 
     def status(self) -> Status:
         """The config in use, plugins, storages (reachable or not), each dataset's latest backup, its age and
@@ -659,16 +759,19 @@ class DataManager:
         now = now_utc()
         for data_id, ds in sorted(self.config.datasets.items()):
             entry = {"data_id": data_id, "storage": ds.storage, "sources": [s.name for s in ds.sources],
-                     "latest": None, "age_seconds": None, "incomplete": 0, "damaged": 0, "locks": []}
+                     "latest": None, "age_seconds": None, "verified": None, "verified_sample": None, "incomplete": 0, "damaged": 0, "locks": []}
             if reachable.get(ds.storage):
                 try:
-                    backups = self.repository(ds.storage).backups(data_id)
+                    repo = self.repository(ds.storage)
+                    backups = self._with_verified(repo, data_id, repo.backups(data_id))
                     complete = [b for b in backups if b.complete]
                     entry["damaged"] = sum(1 for b in backups if b.damaged)
                     entry["incomplete"] = len(backups) - len(complete) - entry["damaged"]
                     if complete:
                         entry["latest"] = complete[-1].timestamp
                         entry["age_seconds"] = int((now - complete[-1].when).total_seconds())
+                        entry["verified"] = complete[-1].verified
+                        entry["verified_sample"] = complete[-1].verified_sample
                     entry["locks"] = [lock.to_json() for lock in self.locks(data_id)]
                 except DataManagerError as exc:
                     entry["error"] = str(exc)

@@ -18,14 +18,16 @@ from typing import Any
 from .errors import ConfigError, UsageError
 from .plugins import Registry
 from .scrub import add_secrets
+from .throttle import LIMIT_KEYS, limits_from_settings
 from .types import Dataset, Settings, SourceSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DATASET_KEYS = {"storage", "sources", "description", "timeout"}
+_DATASET_KEYS = {"storage", "sources", "description", "timeout", "copies", "parallel"}
 # The top-level tables the core reads: here, in data_manager.api ([jobs], [guards.NAME]), data_manager.jobs
-# ([state]) and data_manager.locks ([locks]). Plugins name theirs through the ``config_tables`` hook.
-CORE_TABLES = ("datasets", "guards", "jobs", "locks", "state", "storages")
+# ([state]), data_manager.locks ([locks]) and data_manager.monitoring ([monitoring]). Plugins name theirs
+# through the ``config_tables`` hook.
+CORE_TABLES = ("datasets", "guards", "jobs", "locks", "monitoring", "state", "storages")
 _SOURCE_RESERVED = {"name", "type"}
 
 
@@ -86,7 +88,9 @@ def _expand(value: Any, where: str, key: str, secrets: set[str], secret: bool) -
 class StorageConfig:
     name: str
     type: str
-    settings: Settings
+    settings: Settings  # without limit_upload/limit_download: the core applies those (data_manager.throttle)
+    limit_upload: int | None = None  # bytes per second
+    limit_download: int | None = None
 
 
 @dataclass
@@ -164,7 +168,10 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         if "type" not in table:
             raise ConfigError(f"{where}: key 'type': missing (required)", key="type")
         stype, _ = registry.storage_type(str(table["type"]), where)
-        storages[name] = StorageConfig(name, stype.name, make_settings(table, where, stype.secret_keys, secrets))
+        limits = {k: v for k, v in table.items() if k in LIMIT_KEYS}
+        settings = make_settings({k: v for k, v in table.items() if k not in limits}, where, stype.secret_keys, secrets)
+        upload, download = limits_from_settings(make_settings(limits, where, (), secrets))
+        storages[name] = StorageConfig(name, stype.name, settings, upload, download)
 
     datasets: dict[str, Dataset] = {}
     for data_id, table in _table(data.get("datasets", {}), file, "datasets").items():
@@ -184,6 +191,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         if storage not in storages:
             known = ", ".join(sorted(storages)) or "none"
             raise ConfigError(f"{where}: key 'storage': unknown storage {storage!r} (configured: {known})", key="storage")
+        _check_copies(table.get("copies", []), storage, storages, where)
         raw_sources = table.get("sources")
         if not isinstance(raw_sources, list) or not raw_sources:
             raise ConfigError(f"{where}: key 'sources': missing or empty ([[datasets.{data_id}.sources]])", key="sources")
@@ -208,6 +216,20 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         datasets[data_id] = Dataset(data_id, storage, tuple(sources), options)
 
     return Config(path, data, storages, datasets, secrets)
+
+
+def _check_copies(copies: Any, storage: str, storages: Mapping[str, Any], where: str) -> None:
+    """``copies``: other configured storages each backup is copied to once complete (data_manager.copying)."""
+    if not isinstance(copies, list) or not all(isinstance(c, str) for c in copies):
+        raise ConfigError(f"{where}: key 'copies': must be a list of storage names, not {copies!r}", key="copies")
+    for name in copies:
+        if name not in storages:
+            known = ", ".join(sorted(storages)) or "none"
+            raise ConfigError(f"{where}: key 'copies': unknown storage {name!r} (configured: {known})", key="copies")
+        if name == storage:
+            raise ConfigError(f"{where}: key 'copies': {name!r} is the dataset's own storage", key="copies")
+    if len(set(copies)) != len(copies):
+        raise ConfigError(f"{where}: key 'copies': a storage is named twice", key="copies")
 
 
 def load_config(explicit: str | os.PathLike[str] | None, registry: Registry) -> Config:

@@ -224,11 +224,3 @@ def test_a_new_target_gets_the_recorded_mode_and_its_missing_directories(tmp_pat
     blocked.write_text("")
     with pytest.raises(SourceError, match=f"^source 'db': cannot create the directory {blocked}: "):
         dm.restore("d", overrides={"db": {"path": str(blocked / "z.db")}})
-
-
-def test_a_stray_wal_file_of_a_rollback_journal_database_is_not_backed_up(tmp_path: Path) -> None:
-    db = make_sqlite(tmp_path / "x.db", rows=10)
-    Path(f"{db}-wal").write_bytes(b"left over from some earlier life")
-    sink = ProbingSink(lambda: None)
-    source(db).backup(sink)
-    assert sorted(sink.written) == [DB] and sink.info["wal_bytes"] == 0

@@ -15,28 +15,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, load_config, make_settings, parse_config
 from .errors import ConfigError, CorruptBackupError, DataManagerError, PluginError, RefusedError, UsageError
-from .jobs import DEFAULT_TIMEOUT, Availability, Job, JobTimeoutError, Recorder, StateDB, Watchdog, parse_duration, state_path
+from .jobs import DEFAULT_TIMEOUT, Availability, Job, StateDB, parse_duration, state_path
 from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
 from .parallel import SourceRunner
 from .monitoring import Monitoring
 from .plugins import Registry, get_registry
-from .progress import begin, checked, previous_size
+from .progress import begin, previous_size
+from .runner import JobContext, JobRunner, ProgressFactory, one_line
 from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
 from .scrub import scrub
-from .threads import Background
 from .throttle import throttled
-from .types import Dataset, Operation, Settings, Source, SourceSpec, Storage
+from .types import Dataset, Settings, Source, SourceSpec, Storage
 from .verifying import VerifyResult, failed, verify_backup
 
 log = logging.getLogger(__name__)
 
-ProgressFactory = Callable[[str], Callable[[int], None] | None]
 
 
 @dataclass
@@ -139,54 +138,6 @@ class CleanupItem:
         return vars(self).copy()
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(exc, DataManagerError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _disarm(watchdog: Watchdog) -> None:
-    """Stop the watchdog; swallow its own interruption if it fired just before (the job then failed anyway)."""
-    try:
-        watchdog.disarm()
-    except KeyboardInterrupt:
-        if not watchdog.fired:
-            raise
-        watchdog.disarm()
-
-
-class _JobContext:
-    """What the body of a job sees: the recorder, the watchdog and the lock."""
-
-    def __init__(self, rec: Recorder, watchdog: Watchdog, lock: DatasetLock) -> None:
-        self.rec = rec
-        self.watchdog = watchdog
-        self.lock = lock
-
-    @property
-    def job_id(self) -> str:
-        return self.rec.job.id
-
-    def check(self) -> None:
-        """Between steps: stop if the time limit passed or the lock was broken.
-
-        The lock is read back from the storage each time (not only by the heartbeat, every ttl/3), so a
-        forced ``lock break`` stops the job at the next source boundary, before another job overlaps it.
-        """
-        self.watchdog.check()
-        if not self.lock.verify():
-            raise DataManagerError(
-                f"job {self.job_id}: the lock on {self.lock.data_id} was broken while the job ran "
-                f"(data-manager lock break --force?); stopping, another job may hold the dataset now"
-            )
-
-    def progress(self, factory: ProgressFactory | None, label: str) -> Callable[[int], None]:
-        return checked(factory(label) if factory else None, self.watchdog.check)
-
-
 class DataManager:
     """Back up, list, restore and verify the datasets of one config."""
 
@@ -206,6 +157,7 @@ class DataManager:
         self.limit_upload: int | None = None
         self.limit_download: int | None = None
         self._configure_plugins(file)
+        self.runner = JobRunner(self.registry, self.state, self.lock_settings, self.storage, self.timeout)
 
     def _jobs_table(self, file: str) -> float:
         table = self.config.data.get("jobs", {})
@@ -326,128 +278,6 @@ class DataManager:
             storage.close()
         self._storages.clear()
 
-    # ------------------------------------------------------------------ jobs
-
-    def _check_guards(self, dataset: Dataset, operation: Operation) -> None:
-        reasons = [r for r in self.registry.hook.check_dataset(dataset=dataset, operation=operation) if r]
-        if reasons:
-            raise RefusedError(f"{operation} of {dataset.data_id!r} refused: {'; '.join(reasons)}")
-
-    def _call(self, hook_name: str, plugin_name: str, **kwargs: Any) -> Any:
-        # One plugin at a time (which guards entered decides which are undone), yet through pluggy, so
-        # arguments, wrappers and -vv tracing are those of every other hook call.
-        return self.registry.call_plugin(hook_name, plugin_name, **kwargs)
-
-    def _mark_busy(self, dataset: Dataset, operation: Operation, rec: Recorder) -> list[Any]:
-        """``before_operation`` of every guard, last registered first (pluggy's order); returns the names
-        of those that succeeded (to be undone). If one fails, those that entered are undone here, with its
-        error, before it is raised: the caller never gets the partial list."""
-        entered: list[str] = []
-        try:
-            for name in reversed(self.registry.implementers("before_operation")):
-                self._call("before_operation", name, dataset=dataset, operation=operation, job_id=rec.job.id)
-                entered.append(name)
-        except BaseException as exc:
-            if entered:
-                rec.unavailable()
-                self._release(entered, dataset, operation, exc, rec, guards_only=True)
-            raise
-        if entered:
-            rec.unavailable()
-        return entered
-
-    def _release(self, entered: list[Any], dataset: Dataset, operation: Operation, error: BaseException | None,
-                 rec: Recorder, *, guards_only: bool = False) -> str | None:
-        """``after_operation`` of every guard that entered (and, unless ``guards_only``, of plugins with
-        only an after hook), in registration order.
-
-        Never raises: a failure is logged loudly, recorded for ``status`` and returned.
-        """
-        # A guard whose before_operation failed or never ran has nothing to undo; plugins with only an
-        # after_operation (notifiers, metrics) are always told.
-        guards = set(self.registry.implementers("before_operation"))
-        failures = []
-        for name in self.registry.implementers("after_operation"):
-            if (name in guards and name not in entered) or (guards_only and name not in guards):
-                continue
-            try:
-                self._call("after_operation", name, dataset=dataset, operation=operation, error=error,
-                           job_id=rec.job.id)
-            except Exception as exc:
-                failures.append(f"{name}: {_one_line(exc)}")
-        if failures:
-            text = (f"{dataset.data_id} may still be marked unavailable: releasing it after {operation} job "
-                    f"{rec.job.id} failed: {'; '.join(failures)}")
-            log.error("%s", text)
-            rec.release_failed(text)
-            return text
-        if entered:
-            rec.available()
-        return None
-
-    def _run_job(
-        self,
-        dataset: Dataset,
-        operation: Operation,
-        tasks: list[tuple[str, str]],
-        body: Callable[[_JobContext], Any],
-        *,
-        wait: float = 0.0,
-        prepare: Callable[[], Any] | None = None,
-    ) -> tuple[Any, Recorder, str | None]:
-        """Run ``body`` as a job: record, ask guards, lock, mark busy, run with a time limit, release, unlock.
-
-        ``prepare`` (read-only checks) runs on a thread while guards are asked and the lock settles; its
-        error fails the job before the dataset is marked busy.
-
-        Returns ``(body's result, recorder, release error)``; raises the job's error (a timeout as
-        :class:`~data_manager.jobs.JobTimeoutError`), after the dataset was released and unlocked.
-        """
-        try:
-            self.state.reap()
-        except DataManagerError as exc:
-            log.warning("%s", exc)
-        rec = Recorder(self.state, self.state.create_job(operation, dataset.data_id, tasks))
-        what = f"{operation} of {dataset.data_id} (job {rec.job.id})"
-        lock: DatasetLock | None = None
-        watchdog: Watchdog | None = None
-        entered: list[Any] = []
-        prepared = Background(prepare, "dm-prepare") if prepare is not None else None
-        try:
-            try:
-                self._check_guards(dataset, operation)
-                lock = DatasetLock(self.storage(dataset.storage), dataset.data_id, rec.job.id, operation,
-                                   self.lock_settings)
-                lock.acquire(wait)
-                if prepared is not None:
-                    prepared.result()
-                rec.start()
-                log.info("%s started", what)
-                watchdog = Watchdog(self.timeout(dataset), what)
-                entered = self._mark_busy(dataset, operation, rec)
-                result = body(_JobContext(rec, watchdog, lock))
-                _disarm(watchdog)
-            except BaseException as exc:
-                error: BaseException = exc
-                if watchdog is not None:
-                    _disarm(watchdog)
-                    if watchdog.fired and not isinstance(exc, JobTimeoutError):
-                        error = watchdog.error()
-                        error.__cause__ = exc
-                self._release(entered, dataset, operation, error, rec)
-                rec.finish(_one_line(error))
-                log.info("%s failed: %s", what, _one_line(error))
-                if error is exc:
-                    raise
-                raise error from exc
-            release_error = self._release(entered, dataset, operation, None, rec)
-            rec.finish(None)
-            log.info("%s done", what)
-            return result, rec, release_error
-        finally:
-            if lock is not None:
-                lock.release()
-
     # ------------------------------------------------------------------ operations
 
     def backup(
@@ -482,7 +312,7 @@ class DataManager:
             self._resumable(repo, data_id)  # fail now, before guards and locks, if there is nothing to resume
         resumed: list[str] = []
 
-        def body(ctx: _JobContext) -> Any:
+        def body(ctx: JobContext) -> Any:
             timestamp = self._resumable(repo, data_id) if resume else None
             writer = repo.start_backup(
                 data_id, {"storage": {"name": dataset.storage, "type": self.config.storages[dataset.storage].type}},
@@ -523,7 +353,7 @@ class DataManager:
                     source.backup(sink)
                     writer.add_done(sink.finish())
                 except BaseException as exc:
-                    ctx.rec.task_failed(spec.name, _one_line(exc))
+                    ctx.rec.task_failed(spec.name, one_line(exc))
                     raise
                 ctx.rec.task_done(spec.name, record.size)
                 log.info("source %s: %d bytes in %.1fs", spec.name, record.size, record.duration_seconds)
@@ -541,7 +371,7 @@ class DataManager:
             for _, source in sources:
                 source.check()
 
-        (writer, manifest), rec, release_error = self._run_job(
+        (writer, manifest), rec, release_error = self.runner.run(
             dataset, "backup", [(spec.name, spec.type) for spec, _ in sources], body, wait=wait,
             prepare=None if resume else check_sources,  # a resumed backup may not need every source again
         )
@@ -668,7 +498,7 @@ class DataManager:
         if dry_run:
             return result
 
-        def body(ctx: _JobContext) -> None:
+        def body(ctx: JobContext) -> None:
             ctx.rec.set_backup(info.timestamp)
             begin(progress, f"restore {data_id}/{info.timestamp}", sum(r.size for r, _ in plan),
                   sum(len(r.artifacts) for r, _ in plan))
@@ -680,13 +510,13 @@ class DataManager:
                     log.info("restoring %s/%s source %s into %s", data_id, info.timestamp, rec.name, source.describe())
                     source.restore(artifacts)
                 except BaseException as exc:
-                    ctx.rec.task_failed(rec.name, _one_line(exc))
+                    ctx.rec.task_failed(rec.name, one_line(exc))
                     raise
                 ctx.rec.task_done(rec.name, rec.size)
 
             runner.run(plan, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
 
-        _, job, result.release_error = self._run_job(
+        _, job, result.release_error = self.runner.run(
             dataset, "restore", [(rec.name, rec.type) for rec, _ in plan], body, wait=wait
         )
         result.job_id = job.job.id

@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .config import NAME_RE
 from .errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
-from .jobs import JobTimeoutError, Recorder, Watchdog
-from .locks import DatasetLock
 from .repository import (
     CHUNK,
     MANIFEST,
@@ -47,10 +45,11 @@ from .repository import (
     _VerifyingReader,
     _write_json,
 )
+from .runner import JobContext, ProgressFactory, one_line
 from .types import Dataset, ObjectWriter, Storage
 
 if TYPE_CHECKING:
-    from .api import BackupResult, DataManager, ProgressFactory, _JobContext
+    from .api import BackupResult, DataManager
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run:
         result.backups = [copier.copy(ts, dry_run=True) for ts in stamps]
         return result
 
-    def body(ctx: _JobContext) -> None:
+    def body(ctx: JobContext) -> None:
         for ts in stamps:
             ctx.check()
             ctx.rec.set_backup(ts)
@@ -301,9 +300,7 @@ def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run:
                 done = copier.copy(ts, check=ctx.check, progress=lambda label: ctx.progress(progress, label),
                                    begin=getattr(progress, "begin", None))  # a meter with totals
             except BaseException as exc:
-                from .api import _one_line
-
-                ctx.rec.task_failed(ts, _one_line(exc))
+                ctx.rec.task_failed(ts, one_line(exc))
                 raise
             note = f"{done.skipped} artifacts were there already" if done.skipped else None
             ctx.rec.task_done(ts, done.bytes, "already complete" if done.state == "already complete" else note)
@@ -311,60 +308,16 @@ def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run:
                      done.artifacts, done.bytes, done.skipped)
             result.backups.append(done)
 
-    result.job_id = _run_copy_job(dm, dataset, to, target, [(ts, f"copy to {to}") for ts in stamps], body, wait)
+    _, rec, _ = dm.runner.run(dataset, "copy", [(ts, f"copy to {to}") for ts in stamps], body, wait=wait,
+                              guarded=False, lock_in=(to, target), backup=stamps[0] if len(stamps) == 1 else None)
+    result.job_id = rec.job.id
     return result
-
-
-def _run_copy_job(dm: DataManager, dataset: Dataset, to: str, target: Storage, tasks: list[tuple[str, str]],
-                  body: Callable[[_JobContext], None], wait: float) -> str:
-    """``DataManager._run_job`` without guards and availability marks (a copy never touches the dataset's
-    data), locking the dataset in the target storage: record, lock, run with a time limit, unlock."""
-    from .api import _disarm, _JobContext, _one_line
-
-    try:
-        dm.state.reap()
-    except DataManagerError as exc:
-        log.warning("%s", exc)
-    rec = Recorder(dm.state, dm.state.create_job("copy", dataset.data_id, tasks))
-    what = f"copy of {dataset.data_id} to {to} (job {rec.job.id})"
-    lock: DatasetLock | None = None
-    watchdog: Watchdog | None = None
-    try:
-        try:
-            target.check()  # an unusable target in its own words, not as a failed lock write
-            lock = DatasetLock(target, dataset.data_id, rec.job.id, "copy", dm.lock_settings)
-            lock.acquire(wait)
-            rec.start(tasks[0][0] if len(tasks) == 1 else None)
-            log.info("%s started", what)
-            watchdog = Watchdog(dm.timeout(dataset), what)
-            body(_JobContext(rec, watchdog, lock))
-            _disarm(watchdog)
-        except BaseException as exc:
-            error: BaseException = exc
-            if watchdog is not None:
-                _disarm(watchdog)
-                if watchdog.fired and not isinstance(exc, JobTimeoutError):
-                    error = watchdog.error()
-                    error.__cause__ = exc
-            rec.finish(f"to {to}: {_one_line(error)}")  # `status` says where the copy went
-            log.info("%s failed: %s", what, _one_line(error))
-            if error is exc:
-                raise
-            raise error from exc
-        rec.finish(None)
-        log.info("%s done", what)
-        return rec.job.id
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def copy_after_backup(dm: DataManager, dataset: Dataset, result: BackupResult,
                       progress: ProgressFactory | None = None) -> None:
     """The dataset's ``copies``: copy the backup just made to each; a failure leaves the backup complete and
     is recorded in ``result.copy_error`` (the CLI prints it as one line and exits 1)."""
-    from .api import _one_line
-
     failed = []
     for name in dataset.options.get("copies", []):
         try:
@@ -372,7 +325,7 @@ def copy_after_backup(dm: DataManager, dataset: Dataset, result: BackupResult,
             result.copies.append(name)
         except Exception as exc:  # the backup is complete whatever happens here
             log.debug("copy to %s failed", name, exc_info=True)
-            failed.append(f"its copy to {name!r} failed: {_one_line(exc)}")
+            failed.append(f"its copy to {name!r} failed: {one_line(exc)}")
     if failed:
         result.copy_error = f"backup {dataset.data_id}/{result.timestamp} is complete, but " + "; ".join(failed)
 

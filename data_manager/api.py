@@ -16,126 +16,30 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, load_config, make_settings, parse_config
-from .errors import ConfigError, CorruptBackupError, DataManagerError, PluginError, RefusedError, UsageError
-from .jobs import DEFAULT_TIMEOUT, Availability, Job, StateDB, parse_duration, state_path
-from .locks import DatasetLock, LockInfo, LockSettings, break_locks, list_locks
+from .errors import ConfigError, CorruptBackupError, DataManagerError, UsageError
+from .jobs import DEFAULT_TIMEOUT, Job, StateDB, parse_duration, state_path
+from .locks import LockInfo, LockSettings, break_locks, list_locks
 from .parallel import SourceRunner
 from .monitoring import Monitoring
 from .plugins import Registry, get_registry
-from .progress import begin, previous_size
-from .runner import JobContext, JobRunner, ProgressFactory, one_line
-from .repository import BackupInfo, Repository, SourceRecord, now_utc, parse_timestamp
-from .scrub import scrub
+from . import operations
+from .operations.backup import BackupResult, SourceResult
+from .operations.cleanup import CleanupItem
+from .operations.restore import RestoreResult
+from .operations.status import Status, age_text
+from .runner import JobRunner, ProgressFactory
+from .repository import BackupInfo, Repository
 from .throttle import throttled
 from .types import Dataset, Settings, Source, SourceSpec, Storage
-from .verifying import VerifyResult, failed, verify_backup
+from .operations.verify import VerifyResult, failed, verify_backup
 
 log = logging.getLogger(__name__)
 
+__all__ = ["BackupResult", "CleanupItem", "DataManager", "RestoreResult", "SourceResult", "Status", "age_text"]
 
-
-@dataclass
-class SourceResult:
-    name: str
-    type: str
-    size: int
-    stored_size: int
-    seconds: float
-
-
-@dataclass
-class BackupResult:
-    data_id: str
-    timestamp: str
-    location: str
-    sources: list[SourceResult]
-    size: int
-    stored_size: int
-    seconds: float
-    dry_run: bool = False
-    job_id: str | None = None
-    resumed: list[str] = field(default_factory=list)  # sources an earlier, interrupted run had done
-    release_error: str | None = None  # the backup is complete, but marking the dataset available failed
-    copies: list[str] = field(default_factory=list)  # the storages of the dataset's ``copies`` it was copied to
-    copy_error: str | None = None  # the backup is complete, but copying it to one of its ``copies`` failed
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "data_id": self.data_id,
-            "timestamp": self.timestamp,
-            "location": self.location,
-            "size": self.size,
-            "stored_size": self.stored_size,
-            "seconds": self.seconds,
-            "dry_run": self.dry_run,
-            "job_id": self.job_id,
-            "resumed": self.resumed,
-            "release_error": self.release_error,
-            "copies": self.copies,
-            "copy_error": self.copy_error,
-            "sources": [vars(s) for s in self.sources],
-        }
-
-
-@dataclass
-class RestoreResult:
-    data_id: str
-    timestamp: str
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    dry_run: bool = False
-    job_id: str | None = None
-    release_error: str | None = None  # the restore is complete, but marking the dataset available failed
-
-    def to_json(self) -> dict[str, Any]:
-        return {"data_id": self.data_id, "timestamp": self.timestamp, "sources": self.sources, "dry_run": self.dry_run,
-                "job_id": self.job_id, "release_error": self.release_error}
-
-
-@dataclass
-class Status:
-    """What ``data-manager status`` shows."""
-
-    config: str | None
-    state: str
-    plugins: list[dict[str, Any]]
-    storages: list[dict[str, Any]]
-    datasets: list[dict[str, Any]]
-    running: list[Job]
-    recent: list[Job]
-    unavailable: list[Availability]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "config": self.config,
-            "state": self.state,
-            "plugins": self.plugins,
-            "storages": self.storages,
-            "datasets": self.datasets,
-            "running": [j.to_json() for j in self.running],
-            "recent": [j.to_json() for j in self.recent],
-            "unavailable": [a.to_json() for a in self.unavailable],
-        }
-
-
-@dataclass
-class CleanupItem:
-    """One incomplete backup ``cleanup`` looked at."""
-
-    data_id: str
-    timestamp: str
-    age_seconds: int
-    stored_size: int
-    action: str  # removed | would remove | kept
-
-    reason: str = ""
-    path: str = ""  # a restore's leftover beside a source's target (then timestamp is "")
-
-    def to_json(self) -> dict[str, Any]:
-        return vars(self).copy()
 
 
 class DataManager:
@@ -192,7 +96,7 @@ class DataManager:
         self.limit_upload, self.limit_download = upload, download
         self.close()
 
-    def _runner(self, dataset: Dataset, parallel: int | None) -> SourceRunner[Any]:
+    def source_runner(self, dataset: Dataset, parallel: int | None) -> SourceRunner[Any]:
         """Runs the sources of a job on ``dataset``: ``parallel`` at once, else the dataset's ``parallel``."""
         parallel = self.parallel(dataset) if parallel is None else parallel
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
@@ -269,7 +173,8 @@ class DataManager:
                 raise
             return Dataset(data_id, found[0], ())
 
-    def _source(self, spec: SourceSpec, settings: Settings | None = None) -> Source:
+    def source(self, spec: SourceSpec, settings: Settings | None = None) -> Source:
+        """The source object of ``spec`` (its plugin's class), with ``settings`` in place of the configured ones."""
         stype, _ = self.registry.source_type(spec.type, spec.settings.where)
         return stype.factory(spec.name, settings or spec.settings)
 
@@ -278,249 +183,62 @@ class DataManager:
             storage.close()
         self._storages.clear()
 
-    # ------------------------------------------------------------------ operations
+    # ------------------------------------------------------------------ operations (data_manager/operations/)
 
-    def backup(
-        self,
-        data_id: str,
-        *,
-        dry_run: bool = False,
-        progress: ProgressFactory | None = None,
-        resume: bool = False,
-        wait: float = 0.0,
-        parallel: int | None = None,
-    ) -> BackupResult:
+    def backup(self, data_id: str, *, dry_run: bool = False, progress: ProgressFactory | None = None,
+               resume: bool = False, wait: float = 0.0, parallel: int | None = None) -> BackupResult:
         """Back up every source of ``data_id``, as a job. The backup counts only once its metadata is written.
 
         ``resume``: continue the newest incomplete backup instead, redoing only the sources it had not
         finished. ``wait``: seconds to wait for another job's lock on the dataset before giving up (exit 3).
         ``parallel``: sources backed up at once (default: the dataset's ``parallel``, else 1).
         """
-        dataset = self.dataset(data_id)
-        runner: SourceRunner[tuple[SourceSpec, Source]] = self._runner(dataset, parallel)
-        repo = self.repository(dataset.storage)
-        sources = [(spec, self._source(spec)) for spec in dataset.sources]
-        if dry_run:
-            repo.storage.check()
-            for _, source in sources:
-                source.check()
-            ts = repo.new_timestamp(data_id)
-            return BackupResult(data_id, ts, f"{repo.storage.location()}/{data_id}/{ts}",
-                                [SourceResult(s.name, spec.type, 0, 0, 0.0) for spec, s in sources], 0, 0, 0.0, True)
-        repo.storage.check()
-        if resume:
-            self._resumable(repo, data_id)  # fail now, before guards and locks, if there is nothing to resume
-        resumed: list[str] = []
+        return operations.backup.backup(self, data_id, dry_run=dry_run, progress=progress, resume=resume,
+                                        wait=wait, parallel=parallel)
 
-        def body(ctx: JobContext) -> Any:
-            timestamp = self._resumable(repo, data_id) if resume else None
-            writer = repo.start_backup(
-                data_id, {"storage": {"name": dataset.storage, "type": self.config.storages[dataset.storage].type}},
-                timestamp,
-            )
-            ctx.rec.set_backup(writer.timestamp)
-            begin(progress, f"backup {data_id}", previous_size(repo, data_id) if progress else None)
-            log.info("backup %s/%s to %s %s", data_id, writer.timestamp, repo.storage.location(),
-                     "resumed" if resume else "started")
-            if resume:
-                configured = {spec.name for spec, _ in sources}
-                for entry in list(repo.storage.list(writer.prefix)):
-                    if entry.is_dir and entry.name not in configured:
-                        log.warning("%s/%s: removing %s, not a source of %s any more", data_id, writer.timestamp,
-                                    entry.name, data_id)
-                        repo.storage.delete_tree(f"{writer.prefix}/{entry.name}")
-            def one(spec: SourceSpec, source: Source) -> None:
-                if resume:
-                    done = repo.source_done(data_id, writer.timestamp, spec.name)
-                    if done is not None:
-                        writer.add_done(done)
-                        resumed.append(spec.name)
-                        ctx.rec.task_done(spec.name, done.size, "done by an earlier, interrupted run")
-                        log.info("source %s: done by the interrupted run, kept", spec.name)
-                        return
-                    repo.storage.delete_tree(f"{writer.prefix}/{spec.name}")  # its partial artifacts
-                ctx.rec.task_started(spec.name)
-                try:
-                    _, plugin = self.registry.source_type(spec.type, spec.settings.where)
-                    record = SourceRecord(
-                        name=spec.name,
-                        type=spec.type,
-                        plugin={"name": plugin.name, "package": plugin.package, "version": plugin.version},
-                        settings=spec.settings.public(),
-                        describe=scrub(source.describe()),  # may hold expanded ${VAR}s (a DSN's password)
-                    )
-                    sink = writer.source(record, runner.guard(ctx.progress(progress, spec.name)))
-                    source.backup(sink)
-                    writer.add_done(sink.finish())
-                except BaseException as exc:
-                    ctx.rec.task_failed(spec.name, one_line(exc))
-                    raise
-                ctx.rec.task_done(spec.name, record.size)
-                log.info("source %s: %d bytes in %.1fs", spec.name, record.size, record.duration_seconds)
-
-            runner.run(sources, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
-            order = [spec.name for spec, _ in sources]  # parallel sources finish in any order: keep the config's
-            writer.sources.sort(key=lambda r: order.index(r.name))
-            resumed.sort(key=order.index)
-            ctx.check()
-            return writer, writer.commit()
-
-        def check_sources() -> None:
-            # An unreachable or misconfigured source fails the backup before anything is marked or written;
-            # checking while the lock settles also hides the time plugins take to import their client libraries.
-            for _, source in sources:
-                source.check()
-
-        (writer, manifest), rec, release_error = self.runner.run(
-            dataset, "backup", [(spec.name, spec.type) for spec, _ in sources], body, wait=wait,
-            prepare=None if resume else check_sources,  # a resumed backup may not need every source again
-        )
-        log.info("backup %s/%s complete", data_id, writer.timestamp)
-        result = BackupResult(
-            data_id,
-            writer.timestamp,
-            f"{repo.storage.location()}/{data_id}/{writer.timestamp}",
-            [SourceResult(s.name, s.type, s.size, s.stored_size, s.duration_seconds) for s in writer.sources],
-            manifest["size"],
-            manifest["stored_size"],
-            manifest["duration_seconds"],
-            job_id=rec.job.id,
-            resumed=resumed,
-            release_error=release_error,
-        )
-        from .copying import copy_after_backup
-
-        copy_after_backup(self, dataset, result, progress)  # the dataset's `copies`; a failure: result.copy_error
-        return result
-
-    def copy(self, data_id: str, which: str = "latest", *, to: str, dry_run: bool = False,
-             progress: ProgressFactory | None = None, wait: float = 0.0) -> Any:
-        """Copy complete backups of ``data_id`` (``which``: ``latest``, a TIMESTAMP or ``all``) as stored to
-        the storage ``to``, verified, resumable, as a job locking the dataset in ``to``
-        (:mod:`data_manager.copying`); returns a :class:`~data_manager.copying.CopyResult`."""
-        from .copying import copy_backups
-
-        return copy_backups(self, data_id, which, to, dry_run=dry_run, progress=progress, wait=wait)
-
-    def _resumable(self, repo: Repository, data_id: str) -> str:
-        """The backup ``--resume`` continues: the newest incomplete one, if no complete backup is newer."""
-        stamps = repo.timestamps(data_id)
-        incomplete = set(repo.incomplete(data_id))
-        if not incomplete:
-            raise UsageError(f"nothing to resume: {data_id} has no incomplete backup in {repo.storage.location()}")
-        newest = max(incomplete)
-        if stamps[-1] != newest:
-            raise UsageError(
-                f"nothing to resume: the newest backup of {data_id} ({stamps[-1]}) is complete; "
-                f"older incomplete ones are removed by: data-manager cleanup {data_id}"
-            )
-        return newest
-
-    def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
-        """Backups of one dataset, or of every dataset, found in the configured storages; oldest first, each
-        once with the storages holding it (``BackupInfo.storages``: copies too)."""
-        from .copying import where_stored
-
-        return where_stored(self, data_id, lambda repo, found: self._with_verified(repo, found, repo.backups(found)))
-
-    def find_backup(self, data_id: str, which: str = "latest") -> tuple[Repository, BackupInfo]:
-        dataset = self.stored_dataset(data_id)
-        repo = self.repository(dataset.storage)
-        return repo, repo.resolve(data_id, which)
-
-    def _restore_plan(
-        self, data_id: str, which: str, overrides: Mapping[str, Mapping[str, Any]], only: list[str] | None
-    ) -> tuple[Dataset, Repository, BackupInfo, list[tuple[SourceRecord, Source]]]:
-        dataset = self.stored_dataset(data_id)
-        if which != "latest":
-            parse_timestamp(which)
-        repo, info = self.find_backup(data_id, which)
-        records = list(repo.source_records(info))
-        names = [r.name for r in records]
-        for name in list(overrides) + list(only or []):
-            if name not in names:
-                raise UsageError(f"backup {data_id}/{info.timestamp} has no source {name!r} (sources: {', '.join(names)})")
-        configured = {s.name: s for s in dataset.sources}
-        plan = []
-        for rec in records:
-            if only and rec.name not in only:
-                continue
-            spec = configured.get(rec.name)
-            if spec is None or spec.type != rec.type:
-                spec = self._recorded_spec(data_id, info.timestamp, rec, overrides.get(rec.name, {}))
-            settings = spec.settings.overridden(overrides.get(rec.name, {}))
-            plan.append((rec, self._source(spec, settings)))
-        return dataset, repo, info, plan
-
-    def _recorded_spec(self, data_id: str, timestamp: str, rec: SourceRecord, given: Mapping[str, Any]) -> SourceSpec:
-        """A source the config does not have (any more): its recorded settings, ``${VAR}`` read now, but
-        never its recorded target: where it is restored must come from the user (``--set``)."""
-        where = f"backup {data_id}/{timestamp}, source {rec.name!r}"
-        stype, _ = self._source_type_for_restore(rec.type, where)
-        missing = [k for k in stype.target_keys if k not in given] if stype.target_keys else ([] if given else [""])
-        if missing:
-            if missing == [""]:
-                hint = f"--set {rec.name}.KEY=VALUE for the settings that say where it goes"
-            else:
-                hint = " ".join(f"--set {rec.name}.{k}=..." for k in missing)
-                recorded = ", ".join(f"{k}={rec.settings.get(k)!r}" for k in missing if k in rec.settings)
-                hint += f" (recorded: {recorded})" if recorded else ""
-            raise UsageError(f"{where} is not in the config: say where to restore it with {hint}, or --only the others")
-        return SourceSpec(rec.name, rec.type, make_settings(dict(rec.settings), where, stype.secret_keys, self.config.secrets))
-
-    def _source_type_for_restore(self, type_name: str, where: str) -> Any:
-        if type_name not in self.registry.source_types:
-            raise PluginError(f"{where}: needs source type {type_name!r}, which no installed plugin provides")
-        return self.registry.source_types[type_name]
-
-    def restore(
-        self,
-        data_id: str,
-        which: str = "latest",
-        *,
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        only: list[str] | None = None,
-        dry_run: bool = False,
-        progress: ProgressFactory | None = None,
-        wait: float = 0.0,
-        parallel: int | None = None,
-    ) -> RestoreResult:
+    def restore(self, data_id: str, which: str = "latest", *, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                only: list[str] | None = None, dry_run: bool = False, progress: ProgressFactory | None = None,
+                wait: float = 0.0, parallel: int | None = None) -> RestoreResult:
         """Put every source (or ``only`` some) back as it was at the backup ``which``.
 
         ``overrides`` maps a source name to settings replacing the configured ones, to restore elsewhere.
         ``parallel``: sources restored at once (default: the dataset's ``parallel``, else 1).
         """
-        dataset, repo, info, plan = self._restore_plan(data_id, which, overrides or {}, only)
-        runner: SourceRunner[tuple[SourceRecord, Source]] = self._runner(dataset, parallel)
-        result = RestoreResult(data_id, info.timestamp, dry_run=dry_run)
-        for rec, source in plan:
-            result.sources.append({"name": rec.name, "type": rec.type, "target": scrub(source.describe()), "size": rec.size})
-        if dry_run:
-            return result
+        return operations.restore.restore(self, data_id, which, overrides=overrides, only=only, dry_run=dry_run,
+                                          progress=progress, wait=wait, parallel=parallel)
 
-        def body(ctx: JobContext) -> None:
-            ctx.rec.set_backup(info.timestamp)
-            begin(progress, f"restore {data_id}/{info.timestamp}", sum(r.size for r, _ in plan),
-                  sum(len(r.artifacts) for r, _ in plan))
+    def status(self) -> Status:
+        """The config in use, plugins, storages (reachable or not), each dataset's latest backup, its age and
+        locks; running and recent jobs; datasets marked unavailable (or whose release failed)."""
+        return operations.status.status(self)
 
-            def one(rec: SourceRecord, source: Source) -> None:
-                ctx.rec.task_started(rec.name)
-                try:
-                    artifacts = repo.artifacts(info, rec.name, runner.guard(ctx.progress(progress, rec.name)))
-                    log.info("restoring %s/%s source %s into %s", data_id, info.timestamp, rec.name, source.describe())
-                    source.restore(artifacts)
-                except BaseException as exc:
-                    ctx.rec.task_failed(rec.name, one_line(exc))
-                    raise
-                ctx.rec.task_done(rec.name, rec.size)
+    def cleanup(self, data_id: str | None = None, *, older_than: float = 86400.0,
+                dry_run: bool = False) -> list[CleanupItem]:
+        """Remove incomplete backups started more than ``older_than`` seconds ago, and what interrupted
+        restores left beside the configured sources' targets, each under the dataset's lock (a dataset
+        another job holds keeps its newest incomplete backup)."""
+        return operations.cleanup.cleanup(self, data_id, older_than=older_than, dry_run=dry_run)
 
-            runner.run(plan, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
+    def copy(self, data_id: str, which: str = "latest", *, to: str, dry_run: bool = False,
+             progress: ProgressFactory | None = None, wait: float = 0.0) -> Any:
+        """Copy complete backups of ``data_id`` (``which``: ``latest``, a TIMESTAMP or ``all``) as stored to
+        the storage ``to``, verified, resumable, as a job locking the dataset in ``to``
+        (:mod:`data_manager.operations.copy`); returns a :class:`~data_manager.operations.copy.CopyResult`."""
+        from .operations.copy import copy_backups
 
-        _, job, result.release_error = self.runner.run(
-            dataset, "restore", [(rec.name, rec.type) for rec, _ in plan], body, wait=wait
-        )
-        result.job_id = job.job.id
-        return result
+        return copy_backups(self, data_id, which, to, dry_run=dry_run, progress=progress, wait=wait)
+
+    def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
+        """Backups of one dataset, or of every dataset, found in the configured storages; oldest first, each
+        once with the storages holding it (``BackupInfo.storages``: copies too)."""
+        from .operations.copy import where_stored
+
+        return where_stored(self, data_id, lambda repo, found: self.with_verified(repo, found, repo.backups(found)))
+
+    def find_backup(self, data_id: str, which: str = "latest") -> tuple[Repository, BackupInfo]:
+        dataset = self.stored_dataset(data_id)
+        repo = self.repository(dataset.storage)
+        return repo, repo.resolve(data_id, which)
 
     def verify(self, data_id: str, which: str = "latest", *, sample: float | None = None,
                progress: ProgressFactory | None = None) -> VerifyResult:
@@ -557,7 +275,7 @@ class DataManager:
             log.warning("cannot record the verify of %s/%s: %s", result.data_id, result.timestamp, exc)
         return result
 
-    def _with_verified(self, repo: Repository, data_id: str, backups: list[BackupInfo]) -> list[BackupInfo]:
+    def with_verified(self, repo: Repository, data_id: str, backups: list[BackupInfo]) -> list[BackupInfo]:
         """``backups`` with when each last passed a verify (from the state database)."""
         try:
             verified = self.state.verifies(repo.storage.location(), data_id)
@@ -567,63 +285,6 @@ class DataManager:
         for b in backups:
             b.verified, b.verified_sample = verified.get(b.timestamp, (None, None))
         return backups
-
-    def status(self) -> Status:
-        """The config in use, plugins, storages (reachable or not), each dataset's latest backup, its age and
-        locks; running and recent jobs; datasets marked unavailable (or whose release failed)."""
-        storages = []
-        reachable: dict[str, bool] = {}
-        for name, cfg in self.config.storages.items():
-            entry: dict[str, Any] = {"name": name, "type": cfg.type}
-            try:
-                storage = self.storage(name)
-                entry["location"] = storage.location()
-                storage.check()
-                entry["reachable"] = True
-            except DataManagerError as exc:
-                entry["reachable"] = False
-                entry["error"] = str(exc)
-            reachable[name] = entry["reachable"]
-            storages.append(entry)
-        datasets = []
-        now = now_utc()
-        for data_id, ds in sorted(self.config.datasets.items()):
-            entry = {"data_id": data_id, "storage": ds.storage, "sources": [s.name for s in ds.sources],
-                     "latest": None, "age_seconds": None, "verified": None, "verified_sample": None, "incomplete": 0, "damaged": 0, "locks": []}
-            if reachable.get(ds.storage):
-                try:
-                    repo = self.repository(ds.storage)
-                    backups = self._with_verified(repo, data_id, repo.backups(data_id))
-                    complete = [b for b in backups if b.complete]
-                    entry["damaged"] = sum(1 for b in backups if b.damaged)
-                    entry["incomplete"] = len(backups) - len(complete) - entry["damaged"]
-                    if complete:
-                        entry["latest"] = complete[-1].timestamp
-                        entry["age_seconds"] = int((now - complete[-1].when).total_seconds())
-                        entry["verified"] = complete[-1].verified
-                        entry["verified_sample"] = complete[-1].verified_sample
-                    entry["locks"] = [lock.to_json() for lock in self.locks(data_id)]
-                except DataManagerError as exc:
-                    entry["error"] = str(exc)
-            datasets.append(entry)
-        try:
-            self.state.reap()
-        except DataManagerError as exc:
-            log.warning("%s", exc)
-        return Status(
-            config=str(self.config.path) if self.config.path else None,
-            state=str(self.state.path),
-            plugins=[
-                {"name": p.name, "package": p.package, "version": p.version, "source_types": p.source_types,
-                 "storage_types": p.storage_types, **({"error": p.error} if p.error else {})}
-                for p in self.registry.plugins
-            ],
-            storages=storages,
-            datasets=datasets,
-            running=self.jobs(running=True, limit=None),
-            recent=self.jobs(running=False),
-            unavailable=self.state.unavailable(),
-        )
 
     def jobs(self, data_id: str | None = None, *, running: bool | None = None, limit: int | None = 10) -> list[Job]:
         """Jobs from the state database, newest first (``running``: only unfinished, or only finished ones)."""
@@ -637,7 +298,8 @@ class DataManager:
 
     # ------------------------------------------------------------------ locks and cleanup
 
-    def _lock_storages(self, data_id: str | None) -> list[tuple[Storage, str]]:
+    def dataset_storages(self, data_id: str | None) -> list[tuple[Storage, str]]:
+        """``(storage, DATA_ID)`` of one dataset, or of every dataset found in the configured storages."""
         if data_id is not None:
             return [(self.storage(self.dataset(data_id).storage), data_id)]
         out = []
@@ -648,91 +310,9 @@ class DataManager:
 
     def locks(self, data_id: str | None = None) -> list[LockInfo]:
         """Lock objects of one dataset, or of every dataset in the configured storages."""
-        return [lock for storage, found in self._lock_storages(data_id) for lock in list_locks(storage, found)]
+        return [lock for storage, found in self.dataset_storages(data_id) for lock in list_locks(storage, found)]
 
     def break_lock(self, data_id: str, *, job_id: str | None = None, force: bool = False) -> list[LockInfo]:
         """Remove stale locks of ``data_id`` (live ones too with ``force``); returns what was removed."""
         return break_locks(self.storage(self.dataset(data_id).storage), data_id, job_id=job_id, force=force)
-
-    def cleanup(self, data_id: str | None = None, *, older_than: float = 86400.0, dry_run: bool = False) -> list[CleanupItem]:
-        """Remove incomplete backups started more than ``older_than`` seconds ago.
-
-        Takes each dataset's lock while it works; if another job holds it, the newest incomplete backup
-        (the one that job may be writing or resuming) is kept and only older ones are removed.
-        """
-        out: list[CleanupItem] = []
-        now = now_utc()
-        for storage, found in self._lock_storages(data_id):
-            repo = Repository(storage)
-            stamps = repo.incomplete(found)
-            old = [ts for ts in stamps if (now - parse_timestamp(ts)).total_seconds() > older_than]
-            if not old:
-                continue
-            lock = None
-            busy = ""
-            holders = [lk for lk in list_locks(storage, found)]
-            if dry_run:
-                busy = holders[0].owner() if holders else ""
-            else:
-                lock = DatasetLock(storage, found, "cleanup-" + os.urandom(4).hex(), "cleanup", self.lock_settings)
-                try:
-                    lock.acquire()
-                except RefusedError:
-                    lock = None
-                    busy = holders[0].owner() if holders else "another job"
-            try:
-                for ts in old:
-                    size = sum(e.size or 0 for _, e in storage.walk(f"{found}/{ts}"))
-                    item = CleanupItem(found, ts, int((now - parse_timestamp(ts)).total_seconds()), size, "removed")
-                    if busy and ts == stamps[-1]:
-                        item.action, item.reason = "kept", f"newest incomplete backup; {found} is locked by {busy}"
-                    elif dry_run:
-                        item.action = "would remove"
-                    else:
-                        repo.delete_backup(found, ts)
-                        log.info("removed incomplete backup %s/%s", found, ts)
-                    out.append(item)
-            finally:
-                if lock is not None:
-                    lock.release()
-        out.extend(self._restore_leftovers(data_id, dry_run))
-        return out
-
-    def _restore_leftovers(self, data_id: str | None, dry_run: bool) -> list[CleanupItem]:
-        """What interrupted restores left beside the targets of configured sources; removed under the lock."""
-        out: list[CleanupItem] = []
-        datasets = [self.dataset(data_id)] if data_id is not None else list(self.config.datasets.values())
-        for dataset in datasets:
-            sources = [self._source(spec) for spec in dataset.sources]
-            found = [(s, path) for s in sources for path in s.restore_leftovers(remove=False)]
-            if not found:
-                continue
-            if dry_run:
-                out.extend(CleanupItem(dataset.data_id, "", 0, 0, "would remove", path=p) for _, p in found)
-                continue
-            lock = DatasetLock(self.storage(dataset.storage), dataset.data_id, "cleanup-" + os.urandom(4).hex(),
-                               "cleanup", self.lock_settings)
-            try:
-                lock.acquire()
-            except RefusedError:
-                reason = f"{dataset.data_id} is locked: a restore may be using it"
-                out.extend(CleanupItem(dataset.data_id, "", 0, 0, "kept", reason, p) for _, p in found)
-                continue
-            try:
-                for source in {id(s): s for s, _ in found}.values():
-                    for path in source.restore_leftovers(remove=True):
-                        log.info("removed %s, left by an interrupted restore", path)
-                        out.append(CleanupItem(dataset.data_id, "", 0, 0, "removed", path=path))
-            finally:
-                lock.release()
-        return out
-
-
-def age_text(seconds: int | None) -> str:
-    if seconds is None:
-        return "never"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 

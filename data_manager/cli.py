@@ -394,7 +394,7 @@ def verify(obj: Context, args: tuple[str, ...], every: bool, sample: str | None,
     status: verified).
     """
     from .repository import human_size
-    from .verifying import parse_sample
+    from .operations.verify import parse_sample
 
     if every and len(args) > 1:
         raise UsageError("verify --all takes at most a DATA_ID")
@@ -589,7 +589,7 @@ def config_check(obj: Context, as_json: bool) -> None:
     """Validate the config and every plugin's settings (each storage and source is constructed; nothing is
     contacted or written) and print it resolved, secrets as ***. Exit 2 and one line naming the file, the
     dataset and the key if anything is wrong."""
-    from .configcheck import check_config, to_toml
+    from .operations.config_check import check_config, to_toml
 
     doc = check_config(obj.dm)
     if as_json:

@@ -219,7 +219,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
 
 
 def _check_copies(copies: Any, storage: str, storages: Mapping[str, Any], where: str) -> None:
-    """``copies``: other configured storages each backup is copied to once complete (data_manager.copying)."""
+    """``copies``: other configured storages each backup is copied to once complete (data_manager.operations.copy)."""
     if not isinstance(copies, list) or not all(isinstance(c, str) for c in copies):
         raise ConfigError(f"{where}: key 'copies': must be a list of storage names, not {copies!r}", key="copies")
     for name in copies:

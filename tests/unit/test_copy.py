@@ -1,4 +1,4 @@
-"""Second copies (data_manager/copying.py) between two filesystem storages: an exact, verified copy; a
+"""Second copies (data_manager/operations/copy.py) between two filesystem storages: an exact, verified copy; a
 re-run skips what is there; an interrupted copy is an incomplete backup the next run resumes; dry runs
 write nothing; corrupt or crafted sources write nothing; bad input is one line and exit 2."""
 

@@ -14,7 +14,7 @@ from data_manager.errors import UsageError
 from data_manager.jobs import StateDB
 from data_manager.progress import JsonProgress, checked
 from data_manager.repository import ArtifactRecord
-from data_manager.verifying import choose_sample, parse_sample
+from data_manager.operations.verify import choose_sample, parse_sample
 
 
 def art(name: str, size: int) -> tuple[str, ArtifactRecord]:

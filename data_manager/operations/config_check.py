@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .monitoring import SECRET_KEYS
-from .scrub import scrub
-from .types import Settings
+from ..monitoring import SECRET_KEYS
+from ..scrub import scrub
+from ..types import Settings
 
 _PUBLIC = Settings({})  # only for is_secret: the secret words every table shares
 
@@ -35,7 +35,7 @@ def _masked_raw(value: Any, key: str = "") -> Any:
 def check_config(dm: Any) -> dict[str, Any]:
     """Construct every storage and source of ``dm``'s config (a :class:`~data_manager.api.DataManager`);
     raise the first error (a ConfigError naming the file, dataset and key); return the resolved, masked config."""
-    from .config import make_settings
+    from ..config import make_settings
 
     config = dm.config
     file = str(config.path) if config.path else "<config>"
@@ -47,7 +47,7 @@ def check_config(dm: Any) -> dict[str, Any]:
     for data_id, ds in config.datasets.items():
         sources = []
         for spec in ds.sources:
-            dm._source(spec)
+            dm.source(spec)
             sources.append({"name": spec.name, "type": spec.type, **_masked(spec.settings)})
         datasets[data_id] = {**_masked_raw(dict(ds.options)), "storage": ds.storage, "sources": sources}
     doc: dict[str, Any] = {"storages": storages, "datasets": datasets}

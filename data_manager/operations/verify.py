@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import progress as progress_mod
-from .errors import DataManagerError, UsageError, error_code
-from .repository import ArtifactRecord, BackupInfo, Repository
-from .scrub import scrub
+from .. import progress as progress_mod
+from ..errors import DataManagerError, UsageError, error_code
+from ..repository import ArtifactRecord, BackupInfo, Repository
+from ..scrub import scrub
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 

@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .config import NAME_RE
-from .errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
-from .repository import (
+from ..config import NAME_RE
+from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
+from ..repository import (
     CHUNK,
     MANIFEST,
     SOURCE_MANIFEST,
@@ -45,11 +45,12 @@ from .repository import (
     _VerifyingReader,
     _write_json,
 )
-from .runner import JobContext, ProgressFactory, one_line
-from .types import Dataset, ObjectWriter, Storage
+from ..runner import JobContext, ProgressFactory, one_line
+from ..types import Dataset, ObjectWriter, Storage
 
 if TYPE_CHECKING:
-    from .api import BackupResult, DataManager
+    from ..api import DataManager
+    from .backup import BackupResult
 
 log = logging.getLogger(__name__)
 

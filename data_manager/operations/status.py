@@ -1,0 +1,111 @@
+"""What ``data-manager status`` shows: config, plugins, storages, each dataset's latest backup, jobs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DataManagerError
+from ..jobs import Availability, Job
+from ..repository import now_utc
+
+if TYPE_CHECKING:
+    from ..api import DataManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Status:
+    """What ``data-manager status`` shows."""
+
+    config: str | None
+    state: str
+    plugins: list[dict[str, Any]]
+    storages: list[dict[str, Any]]
+    datasets: list[dict[str, Any]]
+    running: list[Job]
+    recent: list[Job]
+    unavailable: list[Availability]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "state": self.state,
+            "plugins": self.plugins,
+            "storages": self.storages,
+            "datasets": self.datasets,
+            "running": [j.to_json() for j in self.running],
+            "recent": [j.to_json() for j in self.recent],
+            "unavailable": [a.to_json() for a in self.unavailable],
+        }
+
+
+
+def status(dm: DataManager) -> Status:
+    """The config in use, plugins, storages (reachable or not), each dataset's latest backup, its age and
+    locks; running and recent jobs; datasets marked unavailable (or whose release failed)."""
+    storages = []
+    reachable: dict[str, bool] = {}
+    for name, cfg in dm.config.storages.items():
+        entry: dict[str, Any] = {"name": name, "type": cfg.type}
+        try:
+            storage = dm.storage(name)
+            entry["location"] = storage.location()
+            storage.check()
+            entry["reachable"] = True
+        except DataManagerError as exc:
+            entry["reachable"] = False
+            entry["error"] = str(exc)
+        reachable[name] = entry["reachable"]
+        storages.append(entry)
+    datasets = []
+    now = now_utc()
+    for data_id, ds in sorted(dm.config.datasets.items()):
+        entry = {"data_id": data_id, "storage": ds.storage, "sources": [s.name for s in ds.sources],
+                 "latest": None, "age_seconds": None, "verified": None, "verified_sample": None, "incomplete": 0, "damaged": 0, "locks": []}
+        if reachable.get(ds.storage):
+            try:
+                repo = dm.repository(ds.storage)
+                backups = dm.with_verified(repo, data_id, repo.backups(data_id))
+                complete = [b for b in backups if b.complete]
+                entry["damaged"] = sum(1 for b in backups if b.damaged)
+                entry["incomplete"] = len(backups) - len(complete) - entry["damaged"]
+                if complete:
+                    entry["latest"] = complete[-1].timestamp
+                    entry["age_seconds"] = int((now - complete[-1].when).total_seconds())
+                    entry["verified"] = complete[-1].verified
+                    entry["verified_sample"] = complete[-1].verified_sample
+                entry["locks"] = [lock.to_json() for lock in dm.locks(data_id)]
+            except DataManagerError as exc:
+                entry["error"] = str(exc)
+        datasets.append(entry)
+    try:
+        dm.state.reap()
+    except DataManagerError as exc:
+        log.warning("%s", exc)
+    return Status(
+        config=str(dm.config.path) if dm.config.path else None,
+        state=str(dm.state.path),
+        plugins=[
+            {"name": p.name, "package": p.package, "version": p.version, "source_types": p.source_types,
+             "storage_types": p.storage_types, **({"error": p.error} if p.error else {})}
+            for p in dm.registry.plugins
+        ],
+        storages=storages,
+        datasets=datasets,
+        running=dm.jobs(running=True, limit=None),
+        recent=dm.jobs(running=False),
+        unavailable=dm.state.unavailable(),
+    )
+
+
+
+def age_text(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"

@@ -26,11 +26,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
+from data_manager import tls
 from data_manager.errors import ConfigError, CorruptBackupError, SourceError
 from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from . import rowformat, tls
+from . import rowformat
 from .connection import (CONSISTENCY_LEVELS, Connection, ConnectionSettings, connect, describe_error, is_transient,
                          policy, retrying)
 from .schema import (Column, capture, check_header, check_keyspace, create_keyspace, if_not_exists, parse_replication, quote,

@@ -11,13 +11,12 @@ Contract (docs/experiments-api.yaml in data-manager):
 """
 
 from __future__ import annotations
-
-import ipaddress
 import logging
 import socket
 import urllib.parse
 from typing import Any
 
+from data_manager.tls import is_loopback
 from data_manager.types import Dataset, Settings
 
 from .client import GuardError, ServiceClient
@@ -37,20 +36,6 @@ def _url(settings: Settings, key: str, default: Any = ...) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise settings.error(key, f"must be an http:// or https:// URL, not {value!r}")
     return value
-
-
-def is_loopback(host: str | None) -> bool:
-    """``localhost``, 127.0.0.0/8 or ::1 (also as an IPv4-mapped address): this machine, not the network."""
-    if not host:
-        return False
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _check_token_transport(settings: Settings, key: str, url: str) -> None:

@@ -38,12 +38,14 @@ from contextlib import closing
 from typing import Any
 from urllib.parse import quote
 
+from data_manager import tls
 from data_manager.errors import CorruptBackupError, SourceError
 from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
-from . import singlestore, tls, wire
+from . import singlestore, wire
 from .parallel import OrderedRanges, ReaderPool, open_shared_snapshot
+from .tls import check_in_use
 from .rowformat import (
     MAGIC_VALUES,
     Column,
@@ -234,7 +236,7 @@ class MemsqlSource(Source):
             raise self._fail(exc, "connecting") from None
         if context is not None:
             try:
-                encrypted = tls.check_in_use(conn)
+                encrypted = check_in_use(conn)
             except pymysql.err.MySQLError as exc:
                 conn.close()
                 raise self._fail(exc, "connecting") from None

@@ -298,7 +298,7 @@ def test_tls_refuses_a_connection_the_server_reports_unencrypted(monkeypatch):
             closed.append(True)
 
     monkeypatch.setattr(pymysql, "connect", lambda **kw: Conn())
-    monkeypatch.setattr(source_module.tls, "check_in_use", lambda conn: False)
+    monkeypatch.setattr(source_module, "check_in_use", lambda conn: False)
     with pytest.raises(SourceError, match="tls = true, but the connection to 127.0.0.1:3306 is not encrypted"):
         make(tls=True, tls_verify=False)._connect()
     assert closed

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_manager.tls import is_loopback
 from data_manager.errors import SourceError
 from data_manager.types import redact_urls
 
@@ -81,20 +82,15 @@ TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 def is_local(params: Mapping[str, str], environ: Mapping[str, str] | None = None) -> bool:
     """Do these parameters reach a server on this machine only (a Unix socket or a loopback address)?"""
-    import ipaddress
 
     env = os.environ if environ is None else environ
     hosts = params.get("hostaddr") or params.get("host") or env.get("PGHOSTADDR") or env.get("PGHOST") or ""
     for host in hosts.split(","):
         host = host.strip()
-        if not host or host.startswith("/") or host.startswith("@") or host.lower() == "localhost":
+        if not host or host.startswith("/") or host.startswith("@"):
             continue  # no host: libpq's Unix socket
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                continue
-        except ValueError:
-            pass
-        return False
+        if not is_loopback(host):
+            return False
     return True
 
 

@@ -7,7 +7,11 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from data_manager import plugins
 
 
 
@@ -115,3 +119,17 @@ def replace_artifact(backup: Path, source: str, name: str, data: bytes) -> None:
             (backup / source / art["file"]).write_bytes(stored)
             art.update(size=len(data), blake3=blake3(data).hexdigest(), stored_size=len(stored))
         meta.write_text(json.dumps(doc, indent=2))
+
+
+@contextmanager
+def builtin_plugins(*modules: str) -> Iterator[None]:
+    """Test plugin modules registered as if built in, for the duration; the cached registry is reset
+    around it, so no test sees another's plugins."""
+    saved = plugins.BUILTIN_PLUGINS
+    plugins.BUILTIN_PLUGINS = saved + modules
+    plugins.reset_registry()
+    try:
+        yield
+    finally:
+        plugins.BUILTIN_PLUGINS = saved
+        plugins.reset_registry()

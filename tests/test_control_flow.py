@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from data_manager import hookimpl, plugins
+from data_manager import hookimpl
 from data_manager.errors import SourceError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+from .helpers import builtin_plugins
 
 fake_services = pytest.importorskip("data_manager_experiments.fake_services")
 FakeServices = fake_services.FakeServices
@@ -80,14 +82,8 @@ THIS = "tests.test_control_flow"
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DATA_MANAGER_STATE", str(tmp_path / "state.db"))
     monkeypatch.delenv("DATA_MANAGER_CONFIG", raising=False)
-    saved = plugins.BUILTIN_PLUGINS
-    plugins.BUILTIN_PLUGINS = saved + (THIS,)
-    plugins.reset_registry()
-    try:
+    with builtin_plugins(THIS):
         yield
-    finally:
-        plugins.BUILTIN_PLUGINS = saved
-        plugins.reset_registry()
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from data_manager import hookimpl, plugins
+from data_manager import hookimpl
 from data_manager.api import DataManager
 from data_manager.errors import SourceError, UsageError
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+from ..helpers import builtin_plugins
 from tests.helpers import make_tree
 
 THIS = "tests.unit.test_backup_commit"
@@ -46,14 +48,8 @@ def register_source_types(register: Callable[[SourceType], None]) -> None:
 
 @pytest.fixture
 def with_halfway() -> Iterator[None]:
-    saved = plugins.BUILTIN_PLUGINS
-    plugins.BUILTIN_PLUGINS = saved + (THIS,)
-    plugins.reset_registry()
-    try:
+    with builtin_plugins(THIS):
         yield
-    finally:
-        plugins.BUILTIN_PLUGINS = saved
-        plugins.reset_registry()
 
 
 def manager(tmp_path: Path, fail: bool) -> DataManager:

@@ -4,7 +4,6 @@ durable and atomic, leftovers are cleaned, writes are whole, storage objects are
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from pathlib import Path

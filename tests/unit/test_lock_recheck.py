@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from data_manager import hookimpl, plugins
+from data_manager import hookimpl
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.locks import break_locks, list_locks
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+from ..helpers import builtin_plugins
 
 
 class LockBreakSource(Source):
@@ -52,14 +54,8 @@ def register_source_types(register: Callable[[SourceType], None]) -> None:
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DATA_MANAGER_STATE", str(tmp_path / "state.db"))
     monkeypatch.delenv("DATA_MANAGER_CONFIG", raising=False)
-    saved = plugins.BUILTIN_PLUGINS
-    plugins.BUILTIN_PLUGINS = saved + (__name__,)
-    plugins.reset_registry()
-    try:
+    with builtin_plugins(__name__):
         yield
-    finally:
-        plugins.BUILTIN_PLUGINS = saved
-        plugins.reset_registry()
 
 
 def test_force_broken_lock_stops_the_job_before_the_next_source(tmp_path: Path) -> None:

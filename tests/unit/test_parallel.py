@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from data_manager import hookimpl, plugins
+from data_manager import hookimpl
 from data_manager.errors import ConfigError, SourceError
 from data_manager.jobs import JobTimeoutError
 from data_manager.parallel import SourceRunner, Stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+from ..helpers import builtin_plugins
 
 WAIT = 10.0  # how long a source waits for its peers before failing the test
 _started: dict[str, threading.Event] = {}
@@ -83,14 +85,8 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DATA_MANAGER_STATE", str(tmp_path / "state.db"))
     monkeypatch.delenv("DATA_MANAGER_CONFIG", raising=False)
     _started.clear()
-    saved = plugins.BUILTIN_PLUGINS
-    plugins.BUILTIN_PLUGINS = saved + (__name__,)
-    plugins.reset_registry()
-    try:
+    with builtin_plugins(__name__):
         yield
-    finally:
-        plugins.BUILTIN_PLUGINS = saved
-        plugins.reset_registry()
 
 
 def _config(tmp_path: Path, sources: list[dict[str, Any]], extra: str = "") -> Path:

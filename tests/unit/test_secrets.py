@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from data_manager import hookimpl, plugins
+from data_manager import hookimpl
 from data_manager.errors import SourceError
 from data_manager.scrub import add_secrets, scrub
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
+
+from ..helpers import builtin_plugins
 
 SECRET = "s3cr3t-Pa55-4711"  # from the environment, as ${DM_LEAKY_PW}
 URL_PW = "literalpw99"  # written in the config as part of a URL: not a registered secret, but a URL password
@@ -57,14 +59,8 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DATA_MANAGER_STATE", str(tmp_path / "state" / "state.db"))
     monkeypatch.setenv("DM_LEAKY_PW", SECRET)
     monkeypatch.delenv("DATA_MANAGER_CONFIG", raising=False)
-    saved = plugins.BUILTIN_PLUGINS
-    plugins.BUILTIN_PLUGINS = saved + (__name__,)
-    plugins.reset_registry()
-    try:
+    with builtin_plugins(__name__):
         yield
-    finally:
-        plugins.BUILTIN_PLUGINS = saved
-        plugins.reset_registry()
 
 
 def write_config(tmp_path: Path, fail: bool) -> Path:

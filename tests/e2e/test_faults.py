@@ -9,9 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from data_manager.repository import now_utc, parse_timestamp
 
 from ..helpers import cli, snapshot, write_config
 
@@ -149,6 +152,10 @@ def test_a_backup_killed_before_any_write_or_commit_never_counts(tmp_path: Path)
     r = cli("backup", "exp42", "--resume", config=config)
     assert r.returncode == 0, r.stderr
     assert cli("verify", "latest", "exp42", config=config).returncode == 0
+    # Killed runs come faster than one a second: their timestamps (the next free second) may be ahead of the
+    # clock, and a backup is never older than 0 s before its timestamp has passed.
+    newest = max(parse_timestamp(b["timestamp"]) for b in _backups(config))
+    time.sleep(max(0.0, (newest - now_utc()).total_seconds() + 1.1))
     r = cli("cleanup", "exp42", "--older-than", "0s", config=config)
     assert r.returncode == 0, r.stderr
     assert all(b["complete"] for b in _backups(config))

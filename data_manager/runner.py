@@ -96,28 +96,21 @@ class JobRunner:
         # arguments, wrappers and -vv tracing are those of every other hook call.
         return self.registry.call_plugin(hook_name, plugin_name, **kwargs)
 
-    def _mark_busy(self, dataset: Dataset, operation: Operation, rec: Recorder) -> list[Any]:
-        """``before_operation`` of every guard, last registered first (pluggy's order); returns the names
-        of those that succeeded (to be undone). If one fails, those that entered are undone here, with its
-        error, before it is raised: the caller never gets the partial list."""
-        entered: list[str] = []
+    def _mark_busy(self, dataset: Dataset, operation: Operation, rec: Recorder, entered: list[str]) -> None:
+        """``before_operation`` of every guard, last registered first (pluggy's order), appending each that
+        succeeds to ``entered`` as it goes: if one fails, the caller undoes exactly those that got in."""
         try:
             for name in reversed(self.registry.implementers("before_operation")):
                 self._call("before_operation", name, dataset=dataset, operation=operation, job_id=rec.job.id)
                 entered.append(name)
-        except BaseException as exc:
+        finally:
             if entered:
                 rec.unavailable()
-                self._release(entered, dataset, operation, exc, rec, guards_only=True)
-            raise
-        if entered:
-            rec.unavailable()
-        return entered
 
-    def _release(self, entered: list[Any], dataset: Dataset, operation: Operation, error: BaseException | None,
-                 rec: Recorder, *, guards_only: bool = False) -> str | None:
-        """``after_operation`` of every guard that entered (and, unless ``guards_only``, of plugins with
-        only an after hook), in registration order.
+    def _release(self, entered: list[str], dataset: Dataset, operation: Operation, error: BaseException | None,
+                 rec: Recorder) -> str | None:
+        """``after_operation`` of every guard that entered and of plugins with only an after hook, in
+        registration order.
 
         Never raises: a failure is logged loudly, recorded for ``status`` and returned.
         """
@@ -126,7 +119,7 @@ class JobRunner:
         guards = set(self.registry.implementers("before_operation"))
         failures = []
         for name in self.registry.implementers("after_operation"):
-            if (name in guards and name not in entered) or (guards_only and name not in guards):
+            if name in guards and name not in entered:
                 continue
             try:
                 self._call("after_operation", name, dataset=dataset, operation=operation, error=error,
@@ -194,7 +187,7 @@ class JobRunner:
                 log.info("%s started", what)
                 watchdog = Watchdog(self._timeout(dataset), what)
                 if guarded:
-                    entered = self._mark_busy(dataset, op, rec)
+                    self._mark_busy(dataset, op, rec, entered)
                 result = body(JobContext(rec, watchdog, lock))
                 _disarm(watchdog)
             except BaseException as exc:

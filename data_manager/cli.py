@@ -478,7 +478,8 @@ def status(obj: Context, as_json: bool) -> None:
         return
     click.echo(f"config: {st.config}")
     click.echo(f"state: {st.state}")
-    click.echo("plugins: " + ", ".join(f"{p['name']} {p['version']}" + (" (BROKEN)" if p.get("error") else "") for p in st.plugins))
+    click.echo("plugins: " + ", ".join(f"{p['name']} {p['version']}" + (" (BROKEN)" if p["error"] else " (blocked)" if p["blocked"]
+                                       else "") for p in st.plugins))
     click.echo("storages:")
     for s in st.storages:
         state = "reachable" if s["reachable"] else f"UNREACHABLE: {s.get('error')}"

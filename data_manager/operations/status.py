@@ -88,11 +88,7 @@ def status(dm: DataManager) -> Status:
     return Status(
         config=str(dm.config.path) if dm.config.path else None,
         state=str(dm.state.path),
-        plugins=[
-            {"name": p.name, "package": p.package, "version": p.version, "source_types": p.source_types,
-             "storage_types": p.storage_types, **({"error": p.error} if p.error else {})}
-            for p in dm.registry.plugins
-        ],
+        plugins=[p.to_json() for p in dm.registry.plugins],
         storages=storages,
         datasets=datasets,
         running=dm.jobs(running=True, limit=None),

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from data_manager import hookimpl
 from data_manager import plugins as plugins_mod
+from data_manager.config import parse_config
 from data_manager.errors import ConfigError
 from data_manager.types import SourceType, StorageType
 
@@ -216,6 +217,18 @@ def test_block_env_skips_named_plugins_without_importing_them(monkeypatch: pytes
     assert reg.broken == [] and [p.name for p in reg.blocked] == ["broken", "minio"]
     with pytest.raises(ConfigError, match="plugins blocked by DATA_MANAGER_BLOCK_PLUGINS: broken, minio"):
         reg.source_type("good", "dm.toml, dataset 'd', source 'x'")
+
+
+def test_status_says_which_plugins_are_blocked_or_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.api import DataManager
+
+    fake_entry_points(monkeypatch, {"broken": None, "minio": good_plugin()})
+    monkeypatch.setenv("DATA_MANAGER_BLOCK_PLUGINS", "minio")
+    reg = plugins_mod.load_registry()
+    dm = DataManager(parse_config({"storages": {"s": {"type": "filesystem", "root": "/tmp/dm-status-test"}}}, reg), reg)
+    shown = {p["name"]: p for p in dm.status().plugins}
+    assert shown["minio"]["blocked"] and shown["minio"]["error"] is None
+    assert not shown["broken"]["blocked"] and shown["broken"]["error"]
 
 
 def test_blocking_one_side_of_a_clash_lets_the_other_load(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -536,10 +536,10 @@ def cleanup(obj: Context, data_id: str | None, older_than: str, dry_run: bool, a
         _emit_json([i.to_json() for i in items])
         return
     if not items:
-        click.echo("no incomplete backups older than " + older_than + ", no restore leftovers")
+        click.echo("no incomplete backups older than " + older_than + ", no unfinished writes, no restore leftovers")
     for i in items:
         why = f" ({i.reason})" if i.reason else ""
-        what = f"restore leftover {i.path}" if i.path else f"{i.data_id}/{i.timestamp} {human_size(i.stored_size)}"
+        what = f"{i.kind} {i.path}" if i.path else f"{i.data_id}/{i.timestamp} {human_size(i.stored_size)}"
         click.echo(f"{i.action}: {what}{why}")
 
 

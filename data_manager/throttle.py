@@ -229,6 +229,9 @@ class ThrottledStorage(Storage):
     def delete_tree(self, prefix: str) -> None:
         self.inner.delete_tree(prefix)
 
+    def sweep_unfinished(self, prefix: str, older_than: float, *, remove: bool) -> list[str]:
+        return self.inner.sweep_unfinished(prefix, older_than, remove=remove)
+
     def close(self) -> None:
         self.inner.close()
 

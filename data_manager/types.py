@@ -423,6 +423,14 @@ class Storage(ABC):
         for key, _ in list(self.walk(prefix)):
             self.delete(key)
 
+    def sweep_unfinished(self, prefix: str, older_than: float, *, remove: bool) -> list[str]:
+        """What killed writers left below ``prefix`` (temporary objects a writer never committed nor aborted)
+        whose last change is more than ``older_than`` seconds ago, as keys for humans; removed first when
+        ``remove``. Never touches a committed object or a write younger than ``older_than``. The default:
+        nothing (a storage whose unfinished writes are invisible and expire by themselves).
+        """
+        return []
+
     def close(self) -> None:
         """Release connections."""
 

@@ -12,6 +12,7 @@ import errno
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -227,6 +228,28 @@ class FilesystemStorage(Storage):
         except OSError as exc:
             raise _os_error(f"cannot delete {path}", exc) from None
         self._prune(path.parent)
+
+    def sweep_unfinished(self, prefix: str, older_than: float, *, remove: bool) -> list[str]:
+        """The ``.NAME.XXXX.part`` files of writes killed before commit or abort."""
+        top = self._path(prefix)
+        cutoff = time.time() - older_than
+        found = []
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                if not (name.startswith(".") and name.endswith(".part")):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    if path.lstat().st_mtime >= cutoff:
+                        continue
+                    if remove:
+                        path.unlink()
+                except FileNotFoundError:
+                    continue  # committed or aborted meanwhile
+                except OSError as exc:
+                    raise _os_error(f"cannot delete {path}", exc) from None
+                found.append(str(path.relative_to(self.root)))
+        return sorted(found)
 
     def _prune(self, parent: Path) -> None:
         """Drop directories left empty, up to the root, so deleted backups leave no husks."""

@@ -30,7 +30,8 @@ class CleanupItem:
     action: str  # removed | would remove | kept
 
     reason: str = ""
-    path: str = ""  # a restore's leftover beside a source's target (then timestamp is "")
+    path: str = ""  # what was found when it is not a backup (then timestamp is "")
+    kind: str = "backup"  # backup | unfinished write (in a storage) | restore leftover (beside a target)
 
     def to_json(self) -> dict[str, Any]:
         return vars(self).copy()
@@ -49,6 +50,14 @@ def cleanup(dm: DataManager, data_id: str | None = None, *, older_than: float = 
         repo = Repository(storage)
         stamps = repo.incomplete(found)
         old = [ts for ts in stamps if (now - parse_timestamp(ts)).total_seconds() > older_than]
+        # Writes killed inside backups that later completed (resumed, or copied again); the grace period
+        # keeps a running job's. Old incomplete backups go whole, below.
+        for ts in repo.timestamps(found):
+            if ts in old:
+                continue
+            for key in storage.sweep_unfinished(f"{found}/{ts}", older_than, remove=not dry_run):
+                out.append(CleanupItem(found, ts, 0, 0, "would remove" if dry_run else "removed",
+                                       path=f"{storage.location()}/{key}", kind="unfinished write"))
         if not old:
             continue
         lock = None
@@ -91,7 +100,7 @@ def restore_leftovers(dm: DataManager, data_id: str | None, dry_run: bool) -> li
         if not found:
             continue
         if dry_run:
-            out.extend(CleanupItem(dataset.data_id, "", 0, 0, "would remove", path=p) for _, p in found)
+            out.extend(CleanupItem(dataset.data_id, "", 0, 0, "would remove", path=p, kind="restore leftover") for _, p in found)
             continue
         lock = DatasetLock(dm.storage(dataset.storage), dataset.data_id, "cleanup-" + os.urandom(4).hex(),
                            "cleanup", dm.lock_settings)
@@ -99,13 +108,13 @@ def restore_leftovers(dm: DataManager, data_id: str | None, dry_run: bool) -> li
             lock.acquire()
         except RefusedError:
             reason = f"{dataset.data_id} is locked: a restore may be using it"
-            out.extend(CleanupItem(dataset.data_id, "", 0, 0, "kept", reason, p) for _, p in found)
+            out.extend(CleanupItem(dataset.data_id, "", 0, 0, "kept", reason, p, "restore leftover") for _, p in found)
             continue
         try:
             for source in {id(s): s for s, _ in found}.values():
                 for path in source.restore_leftovers(remove=True):
                     log.info("removed %s, left by an interrupted restore", path)
-                    out.append(CleanupItem(dataset.data_id, "", 0, 0, "removed", path=path))
+                    out.append(CleanupItem(dataset.data_id, "", 0, 0, "removed", path=path, kind="restore leftover"))
         finally:
             lock.release()
     return out

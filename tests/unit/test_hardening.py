@@ -281,3 +281,20 @@ def test_sqlite_restore_leftovers_are_listed_by_cleanup_and_removed_by_the_next_
     assert (item.action, item.path) == ("would remove", str(stale))
     dm.restore("exp42")
     assert not stale.exists() and len(sqlite_rows(db)) == 1000
+
+
+def test_cleanup_removes_unfinished_writes_left_inside_a_complete_backup(two_backups) -> None:
+    """A write killed inside a backup that was later resumed (or copied again) leaves a .part file that no
+    listing shows; cleanup removes it after the grace period, and never a young one."""
+    dm, config, store, (first, _) = two_backups
+    stale = store / "exp42" / first / "raw" / ".vol-000009.tar.zst.deadbeef.part"
+    stale.write_bytes(b"x" * 10)
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    young = store / "exp42" / first / "raw" / ".vol-000010.tar.zst.cafecafe.part"
+    young.write_bytes(b"y")
+    [item] = dm.cleanup("exp42", dry_run=True)
+    assert (item.action, item.kind, item.path) == ("would remove", "unfinished write", str(stale)) and stale.exists()
+    r = cli("cleanup", "exp42", config=config)
+    assert r.returncode == 0 and f"removed: unfinished write {stale}" in r.stdout, r.stdout + r.stderr
+    assert not stale.exists() and young.exists()
+    dm.verify("exp42", first)

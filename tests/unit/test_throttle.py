@@ -313,3 +313,19 @@ def test_a_bad_limit_in_the_config_names_the_key(tmp_path: Path, bad: Any) -> No
         DataManager.from_dict(_config(tmp_path, limit_upload=bad))
     assert info.value.key == "limit_upload"
     assert str(info.value).startswith("<config>: storage 'local': key 'limit_upload': must be a rate")
+
+
+def test_the_wrapper_passes_the_sweep_of_unfinished_writes_through(tmp_path: Path) -> None:
+    import os
+
+    from data_manager.builtin.filesystem import FilesystemStorage
+    from data_manager.throttle import ThrottledStorage
+    from data_manager.types import Settings
+
+    inner = FilesystemStorage("s", Settings({"root": str(tmp_path)}))
+    (tmp_path / "d").mkdir()
+    stale = tmp_path / "d" / ".x.1234.part"
+    stale.write_bytes(b"x")
+    os.utime(stale, (1, 1))
+    assert ThrottledStorage(inner, upload=1 << 20).sweep_unfinished("d", 60, remove=True) == ["d/.x.1234.part"]
+    assert not stale.exists()

@@ -133,3 +133,16 @@ def builtin_plugins(*modules: str) -> Iterator[None]:
     finally:
         plugins.BUILTIN_PLUGINS = saved
         plugins.reset_registry()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def killed(config: Path, at: int, *args: str, count: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command SIGKILLed just before its ``at``-th durable step (tests/e2e/killer.py; 0: never),
+    the number of steps it took written to ``count`` when it exits normally."""
+    env = {**os.environ, "DM_KILL_AT": str(at)}
+    if count is not None:
+        env["DM_KILL_COUNT"] = str(count)
+    return subprocess.run([sys.executable, "-m", "tests.e2e.killer", "--config", str(config), *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)

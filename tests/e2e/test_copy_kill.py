@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from ..helpers import cli
+from ..helpers import cli, killed
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _killed(config: Path, at: int, *args: str, count: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DM_KILL_AT": str(at)}
-    if count is not None:
-        env["DM_KILL_COUNT"] = str(count)
-    return subprocess.run([sys.executable, "-m", "tests.e2e.killer", "--config", str(config), *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
 def _config(tmp_path: Path, storage: str = "local") -> Path:
@@ -73,12 +62,12 @@ def test_a_copy_killed_at_any_step_is_resumed_by_the_next_one(tmp_path: Path) ->
     source = {k: v[1] for k, v in _objects(tmp_path / "a").items()}
     counted = tmp_path / "count"
     args = ("copy", "exp42", "--to", "offsite")
-    assert _killed(config, 0, *args, count=counted).returncode == 0
+    assert killed(config, 0, *args, count=counted).returncode == 0
     steps = int(counted.read_text())
     assert steps > 10, steps  # the lock, every block and commit, 2 source.json, backup.json
     for at in range(1, steps + 1):
         _remove(tmp_path / "b")
-        r = _killed(config, at, *args)
+        r = killed(config, at, *args)
         assert r.returncode == -9, (at, r.stderr)
         assert not list((tmp_path / "b").glob("exp42/*/backup.json")), at  # killed before it was committed
         before = _objects(tmp_path / "b")

@@ -16,9 +16,7 @@ import pytest
 
 from data_manager.repository import now_utc, parse_timestamp
 
-from ..helpers import cli, snapshot, write_config
-
-REPO = Path(__file__).resolve().parents[2]
+from ..helpers import REPO, cli, killed, snapshot, write_config
 
 
 def _can_mount() -> str:
@@ -121,14 +119,6 @@ def test_a_target_disk_that_fills_up_leaves_the_target_as_it_was(tmp_path: Path)
     assert 0 in outcomes and 1 in outcomes, outcomes
 
 
-def _killed(config: Path, at: int, *args: str, count: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DM_KILL_AT": str(at)}
-    if count is not None:
-        env["DM_KILL_COUNT"] = str(count)
-    return subprocess.run([sys.executable, "-m", "tests.e2e.killer", "--config", str(config), *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-
-
 def _backups(config: Path) -> list[dict]:
     r = cli("list", "backup", "exp42", "--json", config=config)
     assert r.returncode == 0, r.stderr
@@ -139,11 +129,11 @@ def test_a_backup_killed_before_any_write_or_commit_never_counts(tmp_path: Path)
     src, _ = _dataset(tmp_path)
     config = write_config(tmp_path / "dm.toml", tmp_path / "store", {"raw": src})
     counted = tmp_path / "count"
-    assert _killed(config, 0, "backup", "exp42", count=counted).returncode == 0
+    assert killed(config, 0, "backup", "exp42", count=counted).returncode == 0
     steps = int(counted.read_text())
     assert steps > 5
     for at in range(1, steps + 1):
-        r = _killed(config, at, "backup", "exp42")
+        r = killed(config, at, "backup", "exp42")
         assert r.returncode == -9, (at, r.stderr)
         complete = [b for b in _backups(config) if b["complete"]]
         assert len(complete) == 1, (at, complete)  # only the uninterrupted run's
@@ -178,12 +168,12 @@ def test_a_restore_killed_at_any_step_leaves_the_old_target_or_the_new_one(tmp_p
     old = fresh_target()
     args = ("restore", "latest", "exp42", "--yes", "--set", f"raw.path={target}")
     counted = tmp_path / "count"
-    assert _killed(config, 0, *args, count=counted).returncode == 0
+    assert killed(config, 0, *args, count=counted).returncode == 0
     steps = int(counted.read_text())
     assert snapshot(target) == new and steps > 5
     for at in range(1, steps + 1):
         old = fresh_target()
-        r = _killed(config, at, *args)
+        r = killed(config, at, *args)
         assert r.returncode == -9, (at, r.stderr)
         assert snapshot(target) in (old, new), at
         # The next run cleans up after the killed one, and completes.

@@ -374,7 +374,7 @@ class SourceSink:
         record.started_at = iso(now_utc())
 
     def open(self, name: str, *, compression: Compression = "auto") -> ArtifactStream:
-        _check_artifact_name(name)
+        check_artifact_name(name)
         with self._lock:
             if name in self._open or any(a.name == name for a in self.record.artifacts):
                 raise ValueError(f"artifact {name!r} written twice by source {self.source_name!r}")
@@ -405,11 +405,11 @@ class SourceSink:
             )
         self.record.finished_at = iso(now_utc())
         self.record.duration_seconds = round(time.monotonic() - self._start, 3)
-        _write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", self.record.to_json())
+        write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", self.record.to_json())
         return self.record
 
 
-def _check_artifact_name(name: str) -> None:
+def check_artifact_name(name: str) -> None:
     parts = name.split("/")
     if (
         not name
@@ -421,7 +421,7 @@ def _check_artifact_name(name: str) -> None:
         raise ValueError(f"bad artifact name {name!r}")
 
 
-def _write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
+def write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
     data = (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode()
     with storage.open_write(key) as w:
         w.write(data)
@@ -463,14 +463,14 @@ class BackupWriter:
             "stored_size": sum(s.stored_size for s in self.sources),
             "sources": [s.to_json() for s in self.sources],
         }
-        _write_json(self.storage, f"{self.prefix}/{MANIFEST}", manifest)
+        write_json(self.storage, f"{self.prefix}/{MANIFEST}", manifest)
         return manifest
 
 
 # --------------------------------------------------------------------------- reading
 
 
-class _VerifyingReader(io.RawIOBase):
+class VerifyingReader(io.RawIOBase):
     """Original bytes of one artifact; checks size and digest at EOF."""
 
     def __init__(self, raw: BinaryIO, rec: ArtifactRecord, label: str) -> None:
@@ -557,7 +557,7 @@ class SourceArtifacts:
             raw = self._storage.open_read(key)
         except NotFoundError:
             raise CorruptBackupError(f"{key}: missing from the storage") from None
-        reader: io.RawIOBase = _Prefetching(_VerifyingReader(raw, rec, key))
+        reader: io.RawIOBase = _Prefetching(VerifyingReader(raw, rec, key))
         if self._progress is not None:
             reader = _Counting(reader, self._progress, rec.size)
         return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]

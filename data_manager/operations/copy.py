@@ -41,9 +41,9 @@ from ..repository import (
     BackupInfo,
     Repository,
     SourceRecord,
-    _check_artifact_name,
-    _VerifyingReader,
-    _write_json,
+    VerifyingReader,
+    check_artifact_name,
+    write_json,
 )
 from ..runner import JobContext, ProgressFactory, one_line
 from ..types import Dataset, ObjectWriter, Storage
@@ -109,7 +109,7 @@ def _checked_sources(manifest: dict[str, Any], where: str) -> list[tuple[dict[st
 
 def _check_artifact(art: ArtifactRecord, where: str) -> None:
     try:
-        _check_artifact_name(art.name)
+        check_artifact_name(art.name)
     except (ValueError, TypeError, AttributeError):
         raise CorruptBackupError(f"{where}: bad artifact name {art.name!r}") from None
     counts = (art.size, art.stored_size)
@@ -166,7 +166,7 @@ def copy_object(source: Storage, target: Storage, key: str, art: ArtifactRecord,
     try:
         writer = target.open_write(key)
         tee = _Tee(raw, writer, art.stored_size, label, progress)
-        reader = _VerifyingReader(tee, art, label)  # type: ignore[arg-type]  # reads with read(n) only
+        reader = VerifyingReader(tee, art, label)  # type: ignore[arg-type]  # reads with read(n) only
         buf = bytearray(CHUNK)
         while reader.readinto(buf):
             pass
@@ -258,10 +258,10 @@ class Copier:
                 done.bytes += art.stored_size
             meta = f"{sprefix}/{SOURCE_MANIFEST}"
             if not dry_run and not (meta in present and self._holds(meta, doc)):
-                _write_json(self.target, meta, doc)
+                write_json(self.target, meta, doc)
         check()
         if not dry_run:
-            _write_json(self.target, f"{prefix}/{MANIFEST}", manifest)  # last: now the copy counts
+            write_json(self.target, f"{prefix}/{MANIFEST}", manifest)  # last: now the copy counts
         done.seconds = round(time.monotonic() - t0, 3)
         return done
 

@@ -251,7 +251,7 @@ def backup(obj: Context, data_id: str, dry_run: bool, resume: bool, wait: str | 
     Runs as a job: guards asked (exit 3 if one refuses), the dataset locked and marked unavailable, each
     source backed up, the dataset marked available again (also on failure, Ctrl-C or timeout).
     """
-    from .repository import human_size
+    from .units import human_size
 
     progress = _progress(obj, as_json)
     try:
@@ -297,7 +297,7 @@ def list_() -> None:
 @click.pass_obj
 def list_backup(obj: Context, data_id: str | None, as_json: bool) -> None:
     """One row per backup of DATA_ID (every dataset in the storages if omitted)."""
-    from .repository import human_size
+    from .units import human_size
 
     backups = obj.dm.list_backups(data_id)
     if as_json:
@@ -340,7 +340,7 @@ def restore(obj: Context, args: tuple[str, ...], yes: bool, sets: tuple[str, ...
     reading; a corrupt backup is reported and the target left as it was.
     """
     from .config import parse_assignments
-    from .repository import human_size
+    from .units import human_size
 
     which, data_id = _which_and_id(args)
     overrides = parse_assignments(sets)
@@ -393,7 +393,7 @@ def verify(obj: Context, args: tuple[str, ...], every: bool, sample: str | None,
     exit code is then the worst failure's (4 if one is corrupt). Each success is recorded (list backup,
     status: verified).
     """
-    from .repository import human_size
+    from .units import human_size
     from .operations.verify import parse_sample
 
     if every and len(args) > 1:
@@ -437,7 +437,7 @@ def copy_(obj: Context, args: tuple[str, ...], to: str, every: bool, dry_run: bo
     interrupted copy is an incomplete backup there, and the same command resumes it. Runs as a job holding
     the dataset's lock in the target storage; asks no guard (the dataset's data is not touched).
     """
-    from .repository import human_size
+    from .units import human_size
 
     if every and len(args) != 1:
         raise UsageError("copy --all takes DATA_ID alone")
@@ -470,7 +470,7 @@ def status(obj: Context, as_json: bool) -> None:
     """The config in use, plugins, storages, each dataset's latest backup and locks; running and recent
     jobs; datasets marked unavailable (or left so because releasing them failed)."""
     from .api import age_text
-    from .repository import human_size
+    from .units import human_size
 
     st = obj.dm.status()
     if as_json:
@@ -529,7 +529,7 @@ def cleanup(obj: Context, data_id: str | None, older_than: str, dry_run: bool, a
 
     The newest incomplete backup of a dataset another job has locked is kept (it may be running or resuming).
     """
-    from .repository import human_size
+    from .units import human_size
 
     items = obj.dm.cleanup(data_id, older_than=_seconds(older_than, "--older-than"), dry_run=dry_run)
     if as_json:

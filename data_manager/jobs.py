@@ -32,7 +32,7 @@ from typing import Any
 
 from . import units
 from .errors import ConfigError, DataManagerError
-from .repository import iso, now_utc
+from .timestamps import iso, now_utc
 from .scrub import scrub
 
 log = logging.getLogger(__name__)

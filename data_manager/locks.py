@@ -33,7 +33,7 @@ from typing import Any
 
 from .errors import ConfigError, NotFoundError, RefusedError, StorageError
 from .jobs import parse_duration, pid_alive
-from .repository import iso
+from .timestamps import iso
 from .types import Storage
 
 log = logging.getLogger(__name__)

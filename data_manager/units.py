@@ -39,3 +39,15 @@ def parse_duration(value: Any) -> float | None:
         if m and float(m.group(1)) > 0:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     return None
+
+
+def human_size(n: int | None) -> str:
+    """Bytes for people: ``1.5 GiB``; ``-`` when unknown."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataManagerError
 from ..jobs import Availability, Job
-from ..repository import now_utc
+from ..timestamps import now_utc
 
 if TYPE_CHECKING:
     from ..api import DataManager

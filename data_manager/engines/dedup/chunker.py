@@ -1,0 +1,99 @@
+"""Content-defined chunking of a stream written in arbitrary pieces, with bounded memory.
+
+FastCDC (the ``fastcdc`` package's Cython module) finds the cut points; this module makes it streaming.
+A cut point depends only on the bytes from the chunk's start up to ``max_size`` after it, so a chunk whose
+start lies at least ``max_size`` before the end of the buffered data is final: it is the chunk the whole
+stream would give. The rest (the tail) waits for more data. Memory: about one window plus one tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastcdc.fastcdc_cy import chunk_generator
+
+MIN_SIZE = 256 << 10
+AVG_SIZE = 1 << 20
+MAX_SIZE = 4 << 20
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    """The chunker's parameters, stored in the repository's config: every writer must use the same ones,
+    or identical data chunks differently and does not deduplicate."""
+
+    min_size: int = MIN_SIZE
+    avg_size: int = AVG_SIZE
+    max_size: int = MAX_SIZE
+
+    def __post_init__(self) -> None:
+        # fastcdc's own bounds, and ours: a chunk's raw length is a u32 in the pack format, and a chunk is
+        # held whole in memory a few times over while it is hashed, compressed and encrypted.
+        if not (64 <= self.min_size <= self.avg_size <= self.max_size <= 64 << 20) or self.avg_size < 256 \
+                or self.max_size < 1024:
+            raise ValueError(
+                f"bad chunker sizes min={self.min_size} avg={self.avg_size} max={self.max_size}: need "
+                "64 <= min <= avg <= max <= 64 MiB, avg >= 256, max >= 1024")
+
+    def to_json(self) -> dict[str, int | str]:
+        return {"chunker": "fastcdc", "chunk_min": self.min_size, "chunk_avg": self.avg_size,
+                "chunk_max": self.max_size}
+
+    @classmethod
+    def from_json(cls, params: dict) -> ChunkerParams:
+        if params.get("chunker", "fastcdc") != "fastcdc":
+            raise ValueError(f"unknown chunker {params.get('chunker')!r}")
+        return cls(int(params.get("chunk_min", MIN_SIZE)), int(params.get("chunk_avg", AVG_SIZE)),
+                   int(params.get("chunk_max", MAX_SIZE)))
+
+
+class Chunker:
+    """Cuts one stream into chunks. Feed it with :meth:`feed`, hint file boundaries with :meth:`cut`, end
+    with :meth:`finish`; each yields the chunks that became final, as read-only memoryviews that stay valid
+    (they are views of immutable ``bytes``).
+
+    Never keeps more than ``window`` bytes of new data plus one tail (< ``max_size``); not thread-safe.
+    """
+
+    def __init__(self, params: ChunkerParams, window: int = 16 << 20) -> None:
+        self.params = params
+        self._window = max(window, 2 * params.max_size)
+        self._tail: memoryview = memoryview(b"")
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
+
+    def feed(self, data: bytes | memoryview) -> Iterator[memoryview]:
+        """Take ``data`` (kept by reference: the caller must not change it afterwards)."""
+        if len(data):
+            self._pending.append(data)
+            self._pending_size += len(data)
+        if self._pending_size >= self._window:
+            yield from self._run(final=False)
+
+    def cut(self) -> Iterator[memoryview]:
+        """A file boundary: end the current chunk here, unless it would be smaller than ``min_size`` (many
+        small files then share chunks instead of making one tiny chunk each)."""
+        if len(self._tail) + self._pending_size >= self.params.min_size:
+            yield from self._run(final=True)
+
+    def finish(self) -> Iterator[memoryview]:
+        """The end of the stream: everything left."""
+        yield from self._run(final=True)
+
+    def _run(self, final: bool) -> Iterator[memoryview]:
+        parts = [self._tail, *self._pending] if len(self._tail) else self._pending
+        if not parts:
+            return
+        block = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        self._pending, self._pending_size = [], 0
+        view = memoryview(block)
+        total = len(view)
+        p = self.params
+        start = 0
+        for c in chunk_generator(view, p.min_size, p.avg_size, p.max_size, False, None):
+            if not final and total - c.offset < p.max_size:
+                break  # this cut could still move with more data
+            yield view[c.offset : c.offset + c.length]
+            start = c.offset + c.length
+        self._tail = view[start:]

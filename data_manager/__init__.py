@@ -48,7 +48,7 @@ _JOB_NAMES = ("Job", "Task", "JobTimeoutError")
 
 
 def __getattr__(name: str) -> Any:
-    # The API pulls in the repository layer (zstandard); plugins importing hookimpl should not pay for it.
+    # The API pulls in the repository engines (zstandard); plugins importing hookimpl should not pay for it.
     if name in _API_NAMES:
         from . import api
 

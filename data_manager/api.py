@@ -31,7 +31,9 @@ from .operations.cleanup import CleanupItem
 from .operations.restore import RestoreResult
 from .operations.status import Status, age_text
 from .runner import JobRunner, ProgressFactory
-from .repository import BackupInfo, Repository
+from .engines import engine_class
+from .engines.base import RepositoryEngine
+from .engines.records import BackupInfo
 from .throttle import throttled
 from .types import Dataset, Settings, Source, SourceSpec, Storage
 from .operations.verify import VerifyResult, failed, verify_backup
@@ -49,6 +51,7 @@ class DataManager:
         self.config = config
         self.registry = registry or get_registry()
         self._storages: dict[str, Storage] = {}
+        self._engines: dict[str, RepositoryEngine] = {}
         file = str(config.path) if config.path else "<config>"
         self.state = StateDB(state_path(config.data, file))
         self.lock_settings = LockSettings.from_config(config.data, file)
@@ -148,8 +151,14 @@ class DataManager:
             self._storages[name] = throttled(stype.factory(name, cfg.settings), upload, download)
         return self._storages[name]
 
-    def repository(self, storage_name: str) -> Repository:
-        return Repository(self.storage(storage_name))
+    def repository(self, storage_name: str) -> RepositoryEngine:
+        """The backups in storage ``storage_name``, through its engine (one per storage and DataManager:
+        an engine may have unlocked a key)."""
+        if storage_name not in self._engines:
+            cfg = self.config.storages[storage_name]
+            cls = engine_class(cfg.engine, cfg.settings.where)
+            self._engines[storage_name] = cls(self.storage(storage_name), cfg.engine_settings)
+        return self._engines[storage_name]
 
     def dataset(self, data_id: str) -> Dataset:
         if data_id in self.config.datasets:
@@ -179,6 +188,7 @@ class DataManager:
         return stype.factory(spec.name, settings or spec.settings)
 
     def close(self) -> None:
+        self._engines.clear()
         for storage in self._storages.values():
             storage.close()
         self._storages.clear()
@@ -235,7 +245,7 @@ class DataManager:
 
         return where_stored(self, data_id, lambda repo, found: self.with_verified(repo, found, repo.backups(found)))
 
-    def find_backup(self, data_id: str, which: str = "latest") -> tuple[Repository, BackupInfo]:
+    def find_backup(self, data_id: str, which: str = "latest") -> tuple[RepositoryEngine, BackupInfo]:
         dataset = self.stored_dataset(data_id)
         repo = self.repository(dataset.storage)
         return repo, repo.resolve(data_id, which)
@@ -268,17 +278,17 @@ class DataManager:
                         out.append(failed(info, exc, sample))
         return out
 
-    def _verified(self, repo: Repository, result: VerifyResult) -> VerifyResult:
+    def _verified(self, repo: RepositoryEngine, result: VerifyResult) -> VerifyResult:
         try:
-            self.state.record_verify(repo.storage.location(), result.data_id, result.timestamp, result.sample)
+            self.state.record_verify(repo.location(), result.data_id, result.timestamp, result.sample)
         except DataManagerError as exc:  # bookkeeping never fails the verify itself
             log.warning("cannot record the verify of %s/%s: %s", result.data_id, result.timestamp, exc)
         return result
 
-    def with_verified(self, repo: Repository, data_id: str, backups: list[BackupInfo]) -> list[BackupInfo]:
+    def with_verified(self, repo: RepositoryEngine, data_id: str, backups: list[BackupInfo]) -> list[BackupInfo]:
         """``backups`` with when each last passed a verify (from the state database)."""
         try:
-            verified = self.state.verifies(repo.storage.location(), data_id)
+            verified = self.state.verifies(repo.location(), data_id)
         except DataManagerError as exc:
             log.warning("%s", exc)
             verified = {}
@@ -298,19 +308,19 @@ class DataManager:
 
     # ------------------------------------------------------------------ locks and cleanup
 
-    def dataset_storages(self, data_id: str | None) -> list[tuple[Storage, str]]:
-        """``(storage, DATA_ID)`` of one dataset, or of every dataset found in the configured storages."""
+    def dataset_storages(self, data_id: str | None) -> list[tuple[RepositoryEngine, str]]:
+        """``(repository, DATA_ID)`` of one dataset, or of every dataset found in the configured storages."""
         if data_id is not None:
-            return [(self.storage(self.dataset(data_id).storage), data_id)]
+            return [(self.repository(self.dataset(data_id).storage), data_id)]
         out = []
         for name in self.config.storages:
             repo = self.repository(name)
-            out.extend((repo.storage, found) for found in repo.data_ids())
+            out.extend((repo, found) for found in repo.data_ids())
         return out
 
     def locks(self, data_id: str | None = None) -> list[LockInfo]:
         """Lock objects of one dataset, or of every dataset in the configured storages."""
-        return [lock for storage, found in self.dataset_storages(data_id) for lock in list_locks(storage, found)]
+        return [lock for repo, found in self.dataset_storages(data_id) for lock in list_locks(repo.storage, found)]
 
     def break_lock(self, data_id: str, *, job_id: str | None = None, force: bool = False) -> list[LockInfo]:
         """Remove stale locks of ``data_id`` (live ones too with ``force``); returns what was removed."""

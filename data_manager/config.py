@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import engines
 from .errors import ConfigError, UsageError
 from .plugins import Registry
 from .scrub import add_secrets
@@ -91,6 +92,8 @@ class StorageConfig:
     settings: Settings  # without limit_upload/limit_download: the core applies those (data_manager.throttle)
     limit_upload: int | None = None  # bytes per second
     limit_download: int | None = None
+    engine: str = "worm"  # the repository engine (data_manager.engines)
+    engine_settings: Settings = field(default_factory=lambda: Settings({}))  # its keys of the table
 
 
 @dataclass
@@ -169,9 +172,16 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
             raise ConfigError(f"{where}: key 'type': missing (required)", key="type")
         stype, _ = registry.storage_type(str(table["type"]), where)
         limits = {k: v for k, v in table.items() if k in LIMIT_KEYS}
-        settings = make_settings({k: v for k, v in table.items() if k not in limits}, where, stype.secret_keys, secrets)
+        engine_name = table.get("engine", engines.DEFAULT)
+        if not isinstance(engine_name, str):
+            raise ConfigError(f"{where}: key 'engine': must be a string, not {engine_name!r}", key="engine")
+        engine = engines.engine_class(engine_name, where)
+        own = {k: v for k, v in table.items() if k in engine.settings_keys}
+        rest = {k: v for k, v in table.items() if k not in limits and k not in own and k != "engine"}
+        settings = make_settings(rest, where, stype.secret_keys, secrets)
         upload, download = limits_from_settings(make_settings(limits, where, (), secrets))
-        storages[name] = StorageConfig(name, stype.name, settings, upload, download)
+        storages[name] = StorageConfig(name, stype.name, settings, upload, download, engine_name,
+                                       make_settings(own, where, engine.secret_keys, secrets))
 
     datasets: dict[str, Dataset] = {}
     for data_id, table in _table(data.get("datasets", {}), file, "datasets").items():

@@ -41,18 +41,15 @@ def begin(factory: Any, operation: str, total_bytes: int | None = None, total_it
 
 
 def previous_size(repo: Any, data_id: str) -> int | None:
-    """The size of ``data_id``'s newest complete backup in ``repo`` (a :class:`~data_manager.repository.Repository`):
-    what a new backup will likely move. Reads manifests from the newest back, usually one."""
+    """The size of ``data_id``'s newest complete backup in ``repo`` (a
+    :class:`~data_manager.engines.base.RepositoryEngine`): what a new backup will likely move."""
     from .errors import DataManagerError
 
-    for ts in reversed(repo.timestamps(data_id)):
-        try:
-            manifest = repo.read_manifest(data_id, ts)
-        except DataManagerError:
-            continue
-        if manifest is not None:
-            return manifest.get("size")
-    return None
+    try:
+        complete = [b for b in repo.backups(data_id) if b.complete]
+    except DataManagerError:
+        return None
+    return complete[-1].size if complete else None
 
 
 class Progress:

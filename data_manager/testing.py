@@ -5,7 +5,7 @@
     def test_contract(my_storage):
         check_storage_contract(my_storage)
 
-Every storage (the built-in filesystem one included) runs the same checks, so the repository layer can
+Every storage (the built-in filesystem one included) runs the same checks, so the repository engines can
 rely on them: streamed writes appear only on commit, aborts leave nothing, ranges, listing, deletion.
 """
 

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from . import units
 from .types import Entry, ObjectWriter, Settings, Storage
 
-BLOCK = 1 << 20  # the largest burst: the unit data already moves in (repository.CHUNK)
+BLOCK = 1 << 20  # the largest burst: the unit data already moves in (engines.base.CHUNK)
 MIN_BLOCK = 4096  # below 4 KiB/s pieces stay this large rather than split into tiny writes
 LIMIT_KEYS = ("limit_upload", "limit_download")
 RATE_HINT = "a rate in bytes per second like 10MiB or 10MiB/s"

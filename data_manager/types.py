@@ -6,8 +6,9 @@ A plugin knows the core only through these and the hooks in :mod:`data_manager.h
 * a **storage** plugin implements :class:`Storage` (and its :class:`ObjectWriter`) and registers a
   :class:`StorageType`;
 * during a backup a source writes named artifacts to an :class:`ArtifactSink`; during a restore it reads
-  them back from an :class:`ArtifactSet`. Both belong to the core's repository layer, which owns layout,
-  compression and checksums, so a source never hashes, compresses or names storage keys itself.
+  them back from an :class:`ArtifactSet`. Both belong to the storage's repository engine
+  (:mod:`data_manager.engines`), which owns layout, compression, encryption and checksums, so a source
+  never hashes, compresses or names storage keys itself.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def redact_urls(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- the repository layer, as sources see it
+# --------------------------------------------------------------------------- the repository engine, as sources see it
 
 
 class ArtifactWriter(Protocol):
@@ -215,6 +216,11 @@ class ArtifactSink(Protocol):
 
     def set_info(self, **info: Any) -> None:
         """Record JSON-serialisable facts the restore will need (server version, file index name...)."""
+        ...
+
+    def cut(self) -> None:
+        """Optional hint: a file (or row group) boundary in the artifact being written. A chunking engine
+        may start a new chunk here, so an unchanged file dedups whatever precedes it; others ignore it."""
         ...
 
 

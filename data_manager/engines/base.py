@@ -32,7 +32,7 @@ from .. import __version__
 from ..errors import CorruptBackupError, DataManagerError, UsageError
 from ..timestamps import format_timestamp, iso, now_utc, parse_timestamp
 from ..types import ArtifactSet, Compression, ArtifactWriter, Settings, Storage
-from .records import BackupInfo, CopiedBackup, SourceRecord, check_artifact_name
+from .records import BackupInfo, CheckReport, CopiedBackup, SourceRecord, check_artifact_name
 
 CHUNK = 1 << 20  # the unit data moves in: large enough that hashing/compression run in native code
 
@@ -169,8 +169,9 @@ class BackupWriter(ABC):
         listing may show the backup as complete."""
 
     def abort(self) -> None:
-        """The backup failed: release what the writer holds (a heartbeat); what was written stays for
-        ``--resume`` or ``cleanup``."""
+        """Release what the writer holds (a heartbeat). Called once the backup ended, whether it failed
+        (what was written stays, for ``--resume`` or ``cleanup``) or was committed (then it must change
+        nothing)."""
 
 
 class RepositoryEngine(ABC):
@@ -284,6 +285,68 @@ class RepositoryEngine(ABC):
         """Keys of writes killed inside backup ``data_id/timestamp`` (older than ``older_than`` seconds),
         removed unless ``remove`` is false."""
         return []
+
+    # ---- administration: engines with a format to set up, keys, and deep checks
+
+    def init_repository(self) -> dict[str, Any]:
+        """``repo init``: create the repository in the empty storage (refuse if one exists); what was made."""
+        raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which needs no 'repo init'")
+
+    def add_key(self, role: str, passphrase: str) -> str:
+        """``repo key add``: a new key of ``role`` unlocked by ``passphrase``; its id. Admin keys only."""
+        raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
+
+    def revoke_key(self, key_id: str) -> None:
+        raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
+
+    def repair(self, what: str) -> dict[str, Any]:
+        """``repo repair index|snapshots``: rebuild that layer from the data alone; a summary."""
+        raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine: nothing to repair "
+                         f"(its metadata is beside its data)")
+
+    def check_repository(self, read_fraction: float = 0.0, progress: Progress | None = None) -> CheckReport:
+        """``check``: every backup's metadata readable, every artifact present with its stored size, and
+        ``read_fraction`` of the stored bytes read back and verified. Never raises for damage found: it
+        is reported."""
+        import random
+
+        t0 = time.monotonic()
+        report = CheckReport(self.storage.name, self.kind, read_fraction=read_fraction)
+        everything: list[tuple[BackupInfo, str, Any]] = []
+        for data_id in self.data_ids():
+            for info in self.backups(data_id):
+                report.counts["backups"] = report.counts.get("backups", 0) + 1
+                if info.damaged:
+                    report.errors.append(info.damaged)
+                elif not info.complete:
+                    report.notes.append(f"{data_id}/{info.timestamp}: incomplete (an interrupted backup)")
+                else:
+                    for rec in self.source_records(info):
+                        everything.extend((info, rec.name, art) for art in rec.artifacts)
+        report.counts["artifacts"] = len(everything)
+        for info, source, art in everything:
+            problem = self.artifact_problem(info, source, art)
+            if problem:
+                report.errors.append(problem)
+        if read_fraction > 0 and everything:
+            rng = random.SystemRandom()
+            chosen = [e for e in everything if read_fraction >= 1 or rng.random() < read_fraction] or [rng.choice(everything)]
+            for info, source, art in chosen:
+                try:
+                    self.artifacts(info, source, progress).verify([art.name])
+                    report.read_bytes += art.size
+                except DataManagerError as exc:
+                    report.errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        report.seconds = round(time.monotonic() - t0, 3)
+        return report
+
+    def artifact_problem(self, info: BackupInfo, source: str, art: Any) -> str | None:
+        """Without reading its bytes: why artifact ``art`` of ``source`` in ``info`` cannot be restored, if
+        it cannot (missing, wrong stored size); None when it looks whole."""
+        return None
 
     # ---- copying
 

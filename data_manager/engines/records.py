@@ -181,3 +181,25 @@ class CopiedBackup:
 
     def to_json(self) -> dict[str, Any]:
         return vars(self).copy()
+
+
+@dataclass
+class CheckReport:
+    """What ``data-manager check`` found in one repository: errors make it fail (exit 4); notes (orphans,
+    leftovers of interrupted runs) are information."""
+
+    storage: str
+    engine: str
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # backups, artifacts, packs, chunks... as found
+    read_fraction: float = 0.0  # of the stored data decrypted/decompressed and verified
+    read_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {**vars(self), "ok": self.ok}

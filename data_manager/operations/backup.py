@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from ..parallel import SourceRunner
 from ..progress import begin, previous_size
-from ..repository import Repository, SourceRecord
+from ..engines.records import SourceRecord
 from ..runner import JobContext, ProgressFactory, one_line
 from ..scrub import scrub
 from ..types import Source, SourceSpec
@@ -90,44 +90,40 @@ def backup(
     repo = dm.repository(dataset.storage)
     sources = [(spec, dm.source(spec)) for spec in dataset.sources]
     if dry_run:
-        repo.storage.check()
+        repo.check()
         for _, source in sources:
             source.check()
         ts = repo.new_timestamp(data_id)
-        return BackupResult(data_id, ts, f"{repo.storage.location()}/{data_id}/{ts}",
+        return BackupResult(data_id, ts, f"{repo.location()}/{data_id}/{ts}",
                             [SourceResult(s.name, spec.type, 0, 0, 0.0) for spec, s in sources], 0, 0, 0.0, True)
-    repo.storage.check()
+    repo.check()
     if resume:
-        resumable(repo, data_id)  # fail now, before guards and locks, if there is nothing to resume
+        repo.resumable(data_id)  # fail now, before guards and locks, if there is nothing to resume
     resumed: list[str] = []
 
     def body(ctx: JobContext) -> Any:
-        timestamp = resumable(repo, data_id) if resume else None
+        timestamp = repo.resumable(data_id) if resume else None
         writer = repo.start_backup(
             data_id, {"storage": {"name": dataset.storage, "type": dm.config.storages[dataset.storage].type}},
             timestamp,
         )
         ctx.rec.set_backup(writer.timestamp)
         begin(progress, f"backup {data_id}", previous_size(repo, data_id) if progress else None)
-        log.info("backup %s/%s to %s %s", data_id, writer.timestamp, repo.storage.location(),
+        log.info("backup %s/%s to %s %s", data_id, writer.timestamp, repo.location(),
                  "resumed" if resume else "started")
         if resume:
-            configured = {spec.name for spec, _ in sources}
-            for entry in list(repo.storage.list(writer.prefix)):
-                if entry.is_dir and entry.name not in configured:
-                    log.warning("%s/%s: removing %s, not a source of %s any more", data_id, writer.timestamp,
-                                entry.name, data_id)
-                    repo.storage.delete_tree(f"{writer.prefix}/{entry.name}")
+            for gone in writer.discard_other_sources({spec.name for spec, _ in sources}):
+                log.warning("%s/%s: removed %s, not a source of %s any more", data_id, writer.timestamp, gone, data_id)
         def one(spec: SourceSpec, source: Source) -> None:
             if resume:
-                done = repo.source_done(data_id, writer.timestamp, spec.name)
+                done = writer.finished_source(spec.name)
                 if done is not None:
                     writer.add_done(done)
                     resumed.append(spec.name)
                     ctx.rec.task_done(spec.name, done.size, "done by an earlier, interrupted run")
                     log.info("source %s: done by the interrupted run, kept", spec.name)
                     return
-                repo.storage.delete_tree(f"{writer.prefix}/{spec.name}")  # its partial artifacts
+                writer.discard_source(spec.name)
             ctx.rec.task_started(spec.name)
             try:
                 _, plugin = dm.registry.source_type(spec.type, spec.settings.where)
@@ -147,12 +143,15 @@ def backup(
             ctx.rec.task_done(spec.name, record.size)
             log.info("source %s: %d bytes in %.1fs", spec.name, record.size, record.duration_seconds)
 
-        runner.run(sources, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
-        order = [spec.name for spec, _ in sources]  # parallel sources finish in any order: keep the config's
-        writer.sources.sort(key=lambda r: order.index(r.name))
-        resumed.sort(key=order.index)
-        ctx.check()
-        return writer, writer.commit()
+        try:
+            runner.run(sources, lambda item: one(*item), between=ctx.check, tick=ctx.watchdog.check)
+            order = [spec.name for spec, _ in sources]  # parallel sources finish in any order: keep the config's
+            writer.sources.sort(key=lambda r: order.index(r.name))
+            resumed.sort(key=order.index)
+            ctx.check()
+            return writer, writer.commit()
+        finally:
+            writer.abort()  # after a commit: nothing to release
 
     def check_sources() -> None:
         # An unreachable or misconfigured source fails the backup before anything is marked or written;
@@ -168,7 +167,7 @@ def backup(
     result = BackupResult(
         data_id,
         writer.timestamp,
-        f"{repo.storage.location()}/{data_id}/{writer.timestamp}",
+        f"{repo.location()}/{data_id}/{writer.timestamp}",
         [SourceResult(s.name, s.type, s.size, s.stored_size, s.duration_seconds) for s in writer.sources],
         manifest["size"],
         manifest["stored_size"],
@@ -179,19 +178,3 @@ def backup(
     )
     copy_after_backup(dm, dataset, result, progress)  # the dataset's `copies`; a failure: result.copy_error
     return result
-
-
-
-def resumable(repo: Repository, data_id: str) -> str:
-    """The backup ``--resume`` continues: the newest incomplete one, if no complete backup is newer."""
-    stamps = repo.timestamps(data_id)
-    incomplete = set(repo.incomplete(data_id))
-    if not incomplete:
-        raise UsageError(f"nothing to resume: {data_id} has no incomplete backup in {repo.storage.location()}")
-    newest = max(incomplete)
-    if stamps[-1] != newest:
-        raise UsageError(
-            f"nothing to resume: the newest backup of {data_id} ({stamps[-1]}) is complete; "
-            f"older incomplete ones are removed by: data-manager cleanup {data_id}"
-        )
-    return newest

@@ -11,7 +11,7 @@ import os
 
 from ..errors import RefusedError
 from ..locks import DatasetLock, list_locks
-from ..repository import Repository, now_utc, parse_timestamp
+from ..timestamps import now_utc, parse_timestamp
 
 if TYPE_CHECKING:
     from ..api import DataManager
@@ -46,18 +46,21 @@ def cleanup(dm: DataManager, data_id: str | None = None, *, older_than: float = 
     """
     out: list[CleanupItem] = []
     now = now_utc()
-    for storage, found in dm.dataset_storages(data_id):
-        repo = Repository(storage)
-        stamps = repo.incomplete(found)
+    for repo, found in dm.dataset_storages(data_id):
+        storage = repo.storage  # the dataset's lock lives there
+        backups = repo.backups(found)
+        incomplete = [b for b in backups if not b.complete and not b.damaged]
+        stamps = [b.timestamp for b in incomplete]
         old = [ts for ts in stamps if (now - parse_timestamp(ts)).total_seconds() > older_than]
+        stored = {b.timestamp: b.stored_size or 0 for b in incomplete}
         # Writes killed inside backups that later completed (resumed, or copied again); the grace period
         # keeps a running job's. Old incomplete backups go whole, below.
-        for ts in repo.timestamps(found):
-            if ts in old:
+        for b in backups:
+            if b.timestamp in old:
                 continue
-            for key in storage.sweep_unfinished(f"{found}/{ts}", older_than, remove=not dry_run):
-                out.append(CleanupItem(found, ts, 0, 0, "would remove" if dry_run else "removed",
-                                       path=f"{storage.location()}/{key}", kind="unfinished write"))
+            for key in repo.sweep_unfinished(found, b.timestamp, older_than, remove=not dry_run):
+                out.append(CleanupItem(found, b.timestamp, 0, 0, "would remove" if dry_run else "removed",
+                                       path=f"{repo.location()}/{key}", kind="unfinished write"))
         if not old:
             continue
         lock = None
@@ -74,14 +77,13 @@ def cleanup(dm: DataManager, data_id: str | None = None, *, older_than: float = 
                 busy = holders[0].owner() if holders else "another job"
         try:
             for ts in old:
-                size = sum(e.size or 0 for _, e in storage.walk(f"{found}/{ts}"))
-                item = CleanupItem(found, ts, int((now - parse_timestamp(ts)).total_seconds()), size, "removed")
+                item = CleanupItem(found, ts, int((now - parse_timestamp(ts)).total_seconds()), stored[ts], "removed")
                 if busy and ts == stamps[-1]:
                     item.action, item.reason = "kept", f"newest incomplete backup; {found} is locked by {busy}"
                 elif dry_run:
                     item.action = "would remove"
                 else:
-                    repo.delete_backup(found, ts)
+                    repo.delete_incomplete(found, ts)
                     log.info("removed incomplete backup %s/%s", found, ts)
                 out.append(item)
         finally:

@@ -41,8 +41,8 @@ def check_config(dm: Any) -> dict[str, Any]:
     file = str(config.path) if config.path else "<config>"
     storages = {}
     for name, cfg in config.storages.items():
-        dm.storage(name)
-        storages[name] = {"type": cfg.type, **_masked(cfg.settings)}
+        dm.repository(name)
+        storages[name] = {"type": cfg.type, "engine": cfg.engine, **_masked(cfg.settings), **_masked(cfg.engine_settings)}
     datasets = {}
     for data_id, ds in config.datasets.items():
         sources = []

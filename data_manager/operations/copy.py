@@ -1,20 +1,11 @@
-"""Second copies (3-2-1): complete backups copied, as stored, from a dataset's storage to another one.
+"""Second copies (3-2-1): complete backups copied from a dataset's storage to another one.
 
 ``data-manager copy [latest | TIMESTAMP | --all] DATA_ID --to STORAGE`` and ``[datasets.X] copies = [...]``
-(every backup copies itself after it completes) both end in :func:`copy_backups`. What a copy must do:
-
-* copy each artifact object byte for byte (no recompression), streaming in ``CHUNK`` blocks;
-* prove the target got the right bytes: what is read from the source is written to the target *and* fed
-  through the repository's verifying reader (decompressed, size and digest checked at EOF); the target
-  object is committed only if that check passed and the stored size matches. One read of the source, no
-  read-back of the target (which would double the transfer for S3 and Drive); the storage's commit
-  contract (all or nothing) covers the rest, and ``verify --storage TARGET`` reads the copy back on demand;
-* skip what the target already has: an artifact object of the recorded stored size, a ``source.json``
-  with the same content, a whole backup whose ``backup.json`` equals the source's;
-* write each source's ``source.json``, then ``backup.json`` last: an interrupted copy is an incomplete
-  backup on the target (``latest`` never picks it) that the next copy resumes;
-* trust nothing from the source storage beyond what :meth:`Repository.read_manifest` validates, and check
-  every name it uses to build a target key here (a crafted manifest must not write outside its backup).
+(every backup copies itself after it completes) both end in :func:`copy_backups`. The engines do the
+copying (:meth:`~data_manager.engines.base.RepositoryEngine.copy_backup`): between two ``worm`` storages
+the objects as stored, each checked on the way; otherwise every artifact read back (checked) and written
+through the target's engine. Either way the copy counts on the target only once complete, an interrupted
+one is resumed by the next, and nothing read from the source storage is trusted unchecked.
 
 A copy runs as a job (recorded in the state database, ``status`` shows it) holding the dataset's lock in
 the *target* storage, so two copies (or a copy and a cleanup there) never race. It asks no guard and marks
@@ -24,50 +15,22 @@ locked: nothing in data-manager changes or removes a complete backup.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from ..config import NAME_RE
-from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
-from ..repository import (
-    CHUNK,
-    MANIFEST,
-    SOURCE_MANIFEST,
-    ArtifactRecord,
-    BackupInfo,
-    Repository,
-    SourceRecord,
-    VerifyingReader,
-    check_artifact_name,
-    write_json,
-)
+from ..errors import DataManagerError, UsageError
+from ..engines.base import RepositoryEngine
+from ..engines.records import BackupInfo, CopiedBackup
 from ..runner import JobContext, ProgressFactory, one_line
-from ..types import Dataset, ObjectWriter, Storage
+from ..types import Dataset, Storage
 
 if TYPE_CHECKING:
     from ..api import DataManager
     from .backup import BackupResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CopiedBackup:
-    """What a copy did (or, in a dry run, would do) with one backup."""
-
-    timestamp: str
-    state: str  # copied | already complete | would copy
-    artifacts: int = 0  # artifact objects copied (or to copy)
-    skipped: int = 0  # artifact objects the target already had
-    bytes: int = 0  # stored bytes copied (or to copy)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return vars(self).copy()
 
 
 @dataclass
@@ -85,104 +48,6 @@ class CopyResult:
                 "dry_run": self.dry_run, "job_id": self.job_id, "backups": [b.to_json() for b in self.backups]}
 
 
-# --------------------------------------------------------------------------- checking what the source says
-
-
-def _checked_sources(manifest: dict[str, Any], where: str) -> list[tuple[dict[str, Any], SourceRecord]]:
-    """The manifest's sources, each as written and parsed, once every name that becomes a target key is
-    known safe: a source name as the config allows it, artifact names as a sink allows them, no two
-    artifacts stored under one key, sizes and digests of the right types."""
-    out: list[tuple[dict[str, Any], SourceRecord]] = []
-    for doc in manifest["sources"]:
-        rec = SourceRecord.from_json(doc)
-        if not isinstance(rec.name, str) or not NAME_RE.match(rec.name) or any(r.name == rec.name for _, r in out):
-            raise CorruptBackupError(f"{where}: bad or duplicate source name {rec.name!r}")
-        keys: set[str] = {SOURCE_MANIFEST}
-        for art in rec.artifacts:
-            _check_artifact(art, f"{where}: source {rec.name!r}")
-            if art.stored_name in keys:
-                raise CorruptBackupError(f"{where}: source {rec.name!r}: two artifacts stored as {art.stored_name!r}")
-            keys.add(art.stored_name)
-        out.append((doc, rec))
-    return out
-
-
-def _check_artifact(art: ArtifactRecord, where: str) -> None:
-    try:
-        check_artifact_name(art.name)
-    except (ValueError, TypeError, AttributeError):
-        raise CorruptBackupError(f"{where}: bad artifact name {art.name!r}") from None
-    counts = (art.size, art.stored_size)
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
-        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad size or stored_size")
-    if art.compression not in ("zstd", "none") or not isinstance(art.digest, str):
-        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad compression or digest")
-
-
-# --------------------------------------------------------------------------- copying one object
-
-
-class _Tee:
-    """The source object's bytes, each block written to the target as it is read, and counted.
-
-    What the verifying reader checks is exactly what went to the target. A source object longer than
-    recorded is refused before more than one block too many is written.
-    """
-
-    def __init__(self, raw: BinaryIO, writer: ObjectWriter, limit: int, label: str,
-                 progress: Callable[[int], None] | None) -> None:
-        self._raw = raw
-        self._writer = writer
-        self._limit = limit
-        self._label = label
-        self._progress = progress
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(CHUNK if n is None or n < 0 else min(n, CHUNK))
-        if data:
-            self.count += len(data)
-            if self.count > self._limit:
-                raise CorruptBackupError(f"{self._label}: longer than the {self._limit} bytes stored, as recorded")
-            self._writer.write(data)
-            if self._progress is not None:
-                self._progress(len(data))
-        return data
-
-    def close(self) -> None:
-        self._raw.close()
-
-
-def copy_object(source: Storage, target: Storage, key: str, art: ArtifactRecord,
-                progress: Callable[[int], None] | None = None) -> None:
-    """Copy the artifact object ``key`` from ``source`` to the same key in ``target``, as stored, checking
-    its stored size and (decompressed) size and digest on the way; committed only if all match."""
-    label = f"{source.location()}: {key}"
-    try:
-        raw = source.open_read(key)
-    except NotFoundError:
-        raise CorruptBackupError(f"{label}: missing from the storage") from None
-    writer: ObjectWriter | None = None
-    try:
-        writer = target.open_write(key)
-        tee = _Tee(raw, writer, art.stored_size, label, progress)
-        reader = VerifyingReader(tee, art, label)  # type: ignore[arg-type]  # reads with read(n) only
-        buf = bytearray(CHUNK)
-        while reader.readinto(buf):
-            pass
-        while tee.read(CHUNK):  # what follows the last zstd frame is copied too, so it is counted
-            pass
-        if tee.count != art.stored_size:
-            raise CorruptBackupError(f"{label}: {tee.count} bytes stored, {art.stored_size} recorded")
-        writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()  # idempotent, also after a failed commit
-        raise
-    finally:
-        raw.close()
-
-
 # --------------------------------------------------------------------------- copying backups
 
 
@@ -195,14 +60,12 @@ def named_storage(dm: DataManager, name: str, option: str = "--to") -> Storage:
 
 
 class Copier:
-    """Copies complete backups of one dataset from one storage to another (see the module's docstring)."""
+    """Copies complete backups of one dataset from one repository to another."""
 
-    def __init__(self, data_id: str, source: Storage, target: Storage) -> None:
+    def __init__(self, data_id: str, source: RepositoryEngine, target: RepositoryEngine) -> None:
         self.data_id = data_id
-        self.source = source
-        self.target = target
-        self.src = Repository(source)
-        self.dst = Repository(target)
+        self.src = source
+        self.dst = target
 
     def timestamps(self, which: str) -> list[str]:
         """``latest``, a TIMESTAMP (complete, else the repository's error) or ``all``: every complete one."""
@@ -214,7 +77,7 @@ class Copier:
                 log.warning("%s/%s is damaged, not copied: %s", self.data_id, b.timestamp, b.damaged)
         stamps = [b.timestamp for b in found if b.complete]
         if not stamps:
-            raise UsageError(f"no complete backup of {self.data_id!r} in {self.source.location()}")
+            raise UsageError(f"no complete backup of {self.data_id!r} in {self.src.location()}")
         return stamps
 
     def copy(self, timestamp: str, *, dry_run: bool = False, check: Callable[[], None] = lambda: None,
@@ -223,55 +86,8 @@ class Copier:
         """Copy one backup (or, ``dry_run``, count what would be copied). ``check`` runs between sources
         (time limit, lock); ``progress(label)`` gives a byte counter per source; ``begin(what, bytes)``
         is told the most the copy will move, before it starts."""
-        t0 = time.monotonic()
-        prefix = f"{self.data_id}/{timestamp}"
-        manifest = self.src.read_manifest(self.data_id, timestamp)
-        if manifest is None:
-            raise UsageError(f"backup {prefix} is incomplete (no {MANIFEST}) in {self.source.location()}")
-        sources = _checked_sources(manifest, f"{self.source.location()}: {prefix}/{MANIFEST}")
-        try:
-            there = self.dst.read_manifest(self.data_id, timestamp)
-        except CorruptBackupError as exc:
-            raise CorruptBackupError(f"the copy in {self.target.location()} is damaged, not overwritten "
-                                     f"(remove {prefix} there to copy it anew): {exc}") from None
-        if there is not None:
-            if there != manifest:
-                raise DataManagerError(f"{self.target.location()} holds another complete backup {prefix}; "
-                                       f"not overwritten")
-            return CopiedBackup(timestamp, "already complete")
-        done = CopiedBackup(timestamp, "would copy" if dry_run else "copied")
-        if begin is not None and not dry_run:
-            begin(f"copy {prefix} to {self.target.location()}", sum(r.stored_size for _, r in sources))
-        for doc, rec in sources:
-            check()
-            sprefix = f"{prefix}/{rec.name}"
-            present = {key: entry.size for key, entry in self.target.walk(sprefix)}
-            counter = progress(f"{timestamp}/{rec.name}") if progress is not None and not dry_run else None
-            for art in rec.artifacts:
-                key = f"{sprefix}/{art.stored_name}"
-                if present.get(key) == art.stored_size:
-                    done.skipped += 1
-                    continue
-                if not dry_run:
-                    copy_object(self.source, self.target, key, art, counter)
-                done.artifacts += 1
-                done.bytes += art.stored_size
-            meta = f"{sprefix}/{SOURCE_MANIFEST}"
-            if not dry_run and not (meta in present and self._holds(meta, doc)):
-                write_json(self.target, meta, doc)
-        check()
-        if not dry_run:
-            write_json(self.target, f"{prefix}/{MANIFEST}", manifest)  # last: now the copy counts
-        done.seconds = round(time.monotonic() - t0, 3)
-        return done
-
-    def _holds(self, key: str, doc: dict[str, Any]) -> bool:
-        """Whether the target's JSON object ``key`` has this content (a source.json of an earlier run)."""
-        try:
-            with self.target.open_read(key) as f:
-                return json.loads(f.read(1 << 24)) == doc
-        except (NotFoundError, ValueError):
-            return False
+        return self.src.copy_backup(self.dst, self.data_id, timestamp, dry_run=dry_run, check=check,
+                                    progress=progress, begin=begin)
 
 
 def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run: bool = False,
@@ -282,10 +98,10 @@ def copy_backups(dm: DataManager, data_id: str, which: str, to: str, *, dry_run:
     target = named_storage(dm, to)
     if to == dataset.storage:
         raise UsageError(f"--to {to!r}: that is where {data_id}'s backups are; copy to another storage")
-    source = dm.storage(dataset.storage)
+    source = dm.repository(dataset.storage)
     if source.location() == target.location():
         raise UsageError(f"--to {to!r}: the same place as storage {dataset.storage!r} ({target.location()})")
-    copier = Copier(data_id, source, target)
+    copier = Copier(data_id, source, dm.repository(to))
     stamps = copier.timestamps(which)
     result = CopyResult(data_id, dataset.storage, to, target.location(), dry_run=dry_run)
     if dry_run:
@@ -335,7 +151,7 @@ def copy_after_backup(dm: DataManager, dataset: Dataset, result: BackupResult,
 
 
 def where_stored(dm: DataManager, data_id: str | None,
-                 backups: Callable[[Repository, str], list[BackupInfo]] = lambda repo, found: repo.backups(found),
+                 backups: Callable[[RepositoryEngine, str], list[BackupInfo]] = lambda repo, found: repo.backups(found),
                  ) -> list[BackupInfo]:
     """``list backup``: each backup once, oldest first, with the storages holding it complete
     (``storages``) and those holding an incomplete or damaged copy (``incomplete_in``).

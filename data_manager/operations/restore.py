@@ -15,7 +15,9 @@ from ..config import make_settings
 from ..errors import PluginError, UsageError
 from ..parallel import SourceRunner
 from ..progress import begin
-from ..repository import BackupInfo, Repository, SourceRecord, parse_timestamp
+from ..engines.base import RepositoryEngine
+from ..engines.records import BackupInfo, SourceRecord
+from ..timestamps import parse_timestamp
 from ..runner import JobContext, ProgressFactory, one_line
 from ..scrub import scrub
 from ..types import Dataset, Source, SourceSpec
@@ -43,7 +45,7 @@ class RestoreResult:
 
 def restore_plan(
     dm: DataManager, data_id: str, which: str, overrides: Mapping[str, Mapping[str, Any]], only: list[str] | None
-) -> tuple[Dataset, Repository, BackupInfo, list[tuple[SourceRecord, Source]]]:
+) -> tuple[Dataset, RepositoryEngine, BackupInfo, list[tuple[SourceRecord, Source]]]:
     dataset = dm.stored_dataset(data_id)
     if which != "latest":
         parse_timestamp(which)

@@ -49,11 +49,11 @@ def status(dm: DataManager) -> Status:
     storages = []
     reachable: dict[str, bool] = {}
     for name, cfg in dm.config.storages.items():
-        entry: dict[str, Any] = {"name": name, "type": cfg.type}
+        entry: dict[str, Any] = {"name": name, "type": cfg.type, "engine": cfg.engine}
         try:
-            storage = dm.storage(name)
-            entry["location"] = storage.location()
-            storage.check()
+            repo = dm.repository(name)
+            entry["location"] = repo.location()
+            repo.check()
             entry["reachable"] = True
         except DataManagerError as exc:
             entry["reachable"] = False

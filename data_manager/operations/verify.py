@@ -15,7 +15,8 @@ from typing import Any
 
 from .. import progress as progress_mod
 from ..errors import DataManagerError, UsageError, error_code
-from ..repository import ArtifactRecord, BackupInfo, Repository
+from ..engines.base import RepositoryEngine
+from ..engines.records import ArtifactRecord, BackupInfo
 from ..scrub import scrub
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -70,7 +71,7 @@ class VerifyResult:
         return vars(self).copy()
 
 
-def verify_backup(repo: Repository, info: BackupInfo, *, sample: float | None = None,
+def verify_backup(repo: RepositoryEngine, info: BackupInfo, *, sample: float | None = None,
                   progress: Any = None) -> VerifyResult:
     """Read ``info``'s artifacts (all, or a sample) back through the checking reader. Raises the first
     failure (:class:`~data_manager.errors.CorruptBackupError` for damage, exit 4)."""

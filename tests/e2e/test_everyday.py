@@ -212,7 +212,7 @@ def test_config_check_masks_secrets_and_names_the_key(setup: tuple[Path, Path, d
     assert 'timeout = "30m"' in r.stdout and r.stderr == ""
     doc = json.loads(ok(cli("config", "check", "--json", config=config, env=env)).stdout)
     resolved = doc["resolved"]
-    assert doc["valid"] is True and resolved["storages"]["local"] == {"type": "filesystem", "root": str(backups)}
+    assert doc["valid"] is True and resolved["storages"]["local"] == {"type": "filesystem", "engine": "worm", "root": str(backups)}
     assert resolved["storages"]["other"]["root"] == "***"  # a value from the environment may be a secret
     assert resolved["monitoring"]["healthchecks_url"] == "***"
     assert [s["name"] for s in resolved["datasets"]["exp42"]["sources"]] == ["raw", "notes"]

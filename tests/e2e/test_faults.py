@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from data_manager.repository import now_utc, parse_timestamp
+from data_manager.timestamps import now_utc, parse_timestamp
 
 from ..helpers import REPO, cli, killed, snapshot, write_config
 

@@ -13,7 +13,7 @@ import pytest
 from data_manager.errors import UsageError
 from data_manager.jobs import StateDB
 from data_manager.progress import JsonProgress, checked
-from data_manager.repository import ArtifactRecord
+from data_manager.engines.records import ArtifactRecord
 from data_manager.operations.verify import choose_sample, parse_sample
 
 

@@ -16,16 +16,19 @@ from blake3 import blake3
 from data_manager import __version__
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import CorruptBackupError, DataManagerError, UsageError
-from data_manager.repository import Repository, SourceRecord, human_size, is_timestamp
+from data_manager.engines.records import SourceRecord
+from data_manager.engines.worm import WormEngine
+from data_manager.timestamps import is_timestamp
+from data_manager.units import human_size
 from data_manager.types import Settings
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(FilesystemStorage("t", Settings({"root": str(tmp_path / "b")})))
+def repo(tmp_path: Path) -> WormEngine:
+    return WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "b")})))
 
 
-def root(repo: Repository) -> Path:
+def root(repo: WormEngine) -> Path:
     return Path(repo.storage.location())
 
 
@@ -33,7 +36,7 @@ def record(name: str = "s") -> SourceRecord:
     return SourceRecord(name, "test", {"name": "p", "package": "pkg", "version": "1"}, {"path": "/x"}, describe="/x")
 
 
-def test_every_field_of_the_manifest(repo: Repository) -> None:
+def test_every_field_of_the_manifest(repo: WormEngine) -> None:
     text, noise = b"a,b,c\n" * 50_000, os.urandom(100_000)
     w = repo.start_backup("d", {"storage": {"name": "t", "type": "filesystem"}})
     progress: list[int] = []
@@ -94,7 +97,7 @@ def test_every_field_of_the_manifest(repo: Repository) -> None:
         arts_set.open("nope")
 
 
-def test_small_samples_are_always_compressed(repo: Repository) -> None:
+def test_small_samples_are_always_compressed(repo: WormEngine) -> None:
     w = repo.start_backup("d")
     sink = w.source(record())
     for name, size in (("small", 4095), ("large", 4096)):
@@ -103,7 +106,7 @@ def test_small_samples_are_always_compressed(repo: Repository) -> None:
     assert {a.name: a.compression for a in sink.record.artifacts} == {"small": "zstd", "large": "none"}
 
 
-def test_a_source_must_close_what_it_opens_and_name_each_artifact_once(repo: Repository) -> None:
+def test_a_source_must_close_what_it_opens_and_name_each_artifact_once(repo: WormEngine) -> None:
     sink = repo.start_backup("d").source(record())
     with sink.open("a") as out:
         out.write(b"1")
@@ -125,7 +128,7 @@ def test_a_source_must_close_what_it_opens_and_name_each_artifact_once(repo: Rep
     assert [a.name for a in sink.finish().artifacts] == ["a", "b"]
 
 
-def test_new_timestamps_are_now_or_the_next_free_second(repo: Repository) -> None:
+def test_new_timestamps_are_now_or_the_next_free_second(repo: WormEngine) -> None:
     when = datetime(2026, 11, 23, 7, 29, 0, 999_999, tzinfo=timezone.utc)
     assert repo.new_timestamp("d", when) == "20261123T072900Z"
     (root(repo) / "d" / "20261123T072930Z").mkdir(parents=True)
@@ -137,7 +140,7 @@ def test_new_timestamps_are_now_or_the_next_free_second(repo: Repository) -> Non
     assert is_timestamp("20261123T072930Z") and not is_timestamp("latest")
 
 
-def test_listing_resuming_and_deleting(repo: Repository, caplog: pytest.LogCaptureFixture) -> None:
+def test_listing_resuming_and_deleting(repo: WormEngine, caplog: pytest.LogCaptureFixture) -> None:
     w = repo.start_backup("d")
     sink = w.source(record("one"))
     with sink.open("x") as out:
@@ -149,23 +152,26 @@ def test_listing_resuming_and_deleting(repo: Repository, caplog: pytest.LogCaptu
     (root(repo) / "d" / ".locks").mkdir()
     (root(repo) / ".hidden").mkdir()
     assert repo.data_ids() == ["d"]
-    assert repo.incomplete("d") == [w.timestamp]
+    assert repo.resumable("d") == w.timestamp
     [listed] = repo.backups("d")
     assert (listed.complete, listed.sources, listed.size) == (False, ["one", "two"], None)
     assert listed.stored_size == sum(p.stat().st_size for p in (root(repo) / "d" / w.timestamp).rglob("*") if p.is_file())
-    assert repo.source_done("d", w.timestamp, "one") == done
-    assert repo.source_done("d", w.timestamp, "two") is None  # never finished
+    again = repo.start_backup("d", timestamp=w.timestamp)
+    assert again.finished_source("one") == done
+    assert again.finished_source("two") is None  # never finished
     (root(repo) / "d" / w.timestamp / "one" / "source.json").write_text("{torn")
-    with caplog.at_level(logging.WARNING, logger="data_manager.repository"):
-        assert repo.source_done("d", w.timestamp, "one") is None
+    with caplog.at_level(logging.WARNING, logger="data_manager.engines.worm"):
+        assert again.finished_source("one") is None
     assert caplog.messages == [f"d/{w.timestamp}/one/source.json: unreadable, redoing that source"]
     with pytest.raises(UsageError, match=f"^no complete backup of 'd' in {root(repo)}$"):
         repo.resolve("d", "latest")
-    repo.delete_backup("d", w.timestamp)
-    assert repo.timestamps("d") == [] and repo.incomplete("d") == []
+    assert again.discard_other_sources({"one"}) == ["two"]
+    assert [b.sources for b in repo.backups("d")] == [["one"]]
+    repo.delete_incomplete("d", w.timestamp)
+    assert repo.timestamps("d") == []
 
 
-def test_damaged_metadata_is_one_clear_error(repo: Repository) -> None:
+def test_damaged_metadata_is_one_clear_error(repo: WormEngine) -> None:
     w = repo.start_backup("d")
     sink = w.source(record())
     with sink.open("art", compression="none") as out:
@@ -204,7 +210,7 @@ def test_human_size(n: int | None, text: str) -> None:
     assert human_size(n) == text
 
 
-def test_an_aborted_artifact_is_forgotten_and_closed(repo: Repository) -> None:
+def test_an_aborted_artifact_is_forgotten_and_closed(repo: WormEngine) -> None:
     import threading
 
     threads = threading.active_count()

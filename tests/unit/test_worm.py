@@ -11,16 +11,18 @@ from blake3 import blake3
 
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import CorruptBackupError, UsageError
-from data_manager.repository import Repository, SourceRecord, format_timestamp, parse_timestamp
+from data_manager.engines.records import SourceRecord
+from data_manager.engines.worm import WormEngine
+from data_manager.timestamps import format_timestamp, parse_timestamp
 from data_manager.types import Settings
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(FilesystemStorage("t", Settings({"root": str(tmp_path / "b")})))
+def repo(tmp_path: Path) -> WormEngine:
+    return WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "b")})))
 
 
-def write_backup(repo: Repository, artifacts: dict[str, bytes], data_id: str = "d", commit: bool = True,
+def write_backup(repo: WormEngine, artifacts: dict[str, bytes], data_id: str = "d", commit: bool = True,
                  compression: str = "auto") -> str:
     w = repo.start_backup(data_id)
     sink = w.source(SourceRecord("s", "test", {}, {}))
@@ -34,7 +36,7 @@ def write_backup(repo: Repository, artifacts: dict[str, bytes], data_id: str = "
     return w.timestamp
 
 
-def read(repo: Repository, ts: str, name: str, data_id: str = "d") -> bytes:
+def read(repo: WormEngine, ts: str, name: str, data_id: str = "d") -> bytes:
     info = repo.resolve(data_id, ts)
     with repo.artifacts(info, "s").open(name) as f:
         return f.read()
@@ -49,7 +51,7 @@ def test_timestamps_round_trip_and_reject_garbage() -> None:
             parse_timestamp(bad)
 
 
-def test_compression_is_chosen_by_content(repo: Repository) -> None:
+def test_compression_is_chosen_by_content(repo: WormEngine) -> None:
     text, noise = b"abc" * 1_000_000, os.urandom(2_000_000)
     ts = write_backup(repo, {"text": text, "noise": noise, "empty": b""})
     manifest = repo.read_manifest("d", ts)
@@ -59,7 +61,7 @@ def test_compression_is_chosen_by_content(repo: Repository) -> None:
     assert read(repo, ts, "text") == text and read(repo, ts, "noise") == noise and read(repo, ts, "empty") == b""
 
 
-def test_writes_of_any_size_and_type_round_trip(repo: Repository) -> None:
+def test_writes_of_any_size_and_type_round_trip(repo: WormEngine) -> None:
     """Small writes are staged, large ones go out as they are; a caller may reuse its buffer at once."""
     MiB = 1 << 20
     text = b"".join(b"%d,%d\n" % (i, i % 13) for i in range(700_000))
@@ -91,7 +93,7 @@ def test_writes_of_any_size_and_type_round_trip(repo: Repository) -> None:
     assert zstandard.ZstdDecompressor().stream_reader(stored.read_bytes(), read_across_frames=True).read() == expected
 
 
-def test_manifest_is_human_readable_and_complete(repo: Repository) -> None:
+def test_manifest_is_human_readable_and_complete(repo: WormEngine) -> None:
     ts = write_backup(repo, {"a/b.bin": b"x" * 10})
     doc = json.loads((Path(repo.storage.location()) / "d" / ts / "backup.json").read_text())
     assert doc["format"] == "data-manager-backup/2" and doc["complete"] is True
@@ -100,7 +102,7 @@ def test_manifest_is_human_readable_and_complete(repo: Repository) -> None:
     assert art["file"] in ("a/b.bin", "a/b.bin.zst")
 
 
-def _as_format_1(repo: Repository, ts: str) -> None:
+def _as_format_1(repo: WormEngine, ts: str) -> None:
     """Rewrite a backup's metadata as format 1 wrote it: sha256 of each artifact's original bytes."""
     base = Path(repo.storage.location()) / "d" / ts
     for path in (base / "backup.json", base / "s" / "source.json"):
@@ -114,7 +116,7 @@ def _as_format_1(repo: Repository, ts: str) -> None:
         path.write_text(json.dumps(doc))
 
 
-def test_format_1_backups_with_sha256_are_still_read_and_checked(repo: Repository) -> None:
+def test_format_1_backups_with_sha256_are_still_read_and_checked(repo: WormEngine) -> None:
     data = b"hello world " * 100_000
     ts = write_backup(repo, {"art": data}, compression="none")
     _as_format_1(repo, ts)
@@ -125,7 +127,7 @@ def test_format_1_backups_with_sha256_are_still_read_and_checked(repo: Repositor
         read(repo, ts, "art")
 
 
-def test_incomplete_backup_is_listed_but_never_latest(repo: Repository) -> None:
+def test_incomplete_backup_is_listed_but_never_latest(repo: WormEngine) -> None:
     good = write_backup(repo, {"x": b"1"})
     bad = write_backup(repo, {"x": b"2"}, commit=False)
     assert bad > good
@@ -138,13 +140,13 @@ def test_incomplete_backup_is_listed_but_never_latest(repo: Repository) -> None:
         repo.resolve("d", "20000101T000000Z")
 
 
-def test_timestamps_are_unique_per_dataset(repo: Repository) -> None:
+def test_timestamps_are_unique_per_dataset(repo: WormEngine) -> None:
     stamps = [write_backup(repo, {"x": b"1"}) for _ in range(3)]
     assert len(set(stamps)) == 3 and stamps == sorted(stamps)
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
-def test_a_flipped_byte_is_caught(repo: Repository, compression: str) -> None:
+def test_a_flipped_byte_is_caught(repo: WormEngine, compression: str) -> None:
     # Text that compresses but not to a few repeat blocks: in those, some bits (block flags) change nothing.
     text = b"".join(b"%d,sensor-%d,%.3f\n" % (i, i % 17, i / 7) for i in range(100_000))
     data = os.urandom(500_000) if compression == "none" else text
@@ -157,7 +159,7 @@ def test_a_flipped_byte_is_caught(repo: Repository, compression: str) -> None:
         read(repo, ts, "art")
 
 
-def test_a_damaged_manifest_is_one_clear_error(repo: Repository) -> None:
+def test_a_damaged_manifest_is_one_clear_error(repo: WormEngine) -> None:
     ts = write_backup(repo, {"art": b"data"})
     path = Path(repo.storage.location()) / "d" / ts / "backup.json"
     path.write_text(path.read_text().replace('"blake3"', '"b3"'))
@@ -165,7 +167,7 @@ def test_a_damaged_manifest_is_one_clear_error(repo: Repository) -> None:
         repo.resolve("d", ts)
 
 
-def test_truncated_and_missing_artifacts_are_caught(repo: Repository) -> None:
+def test_truncated_and_missing_artifacts_are_caught(repo: WormEngine) -> None:
     ts = write_backup(repo, {"a": os.urandom(100_000), "b": os.urandom(100_000)})
     base = Path(repo.storage.location()) / "d" / ts / "s"
     (base / "a").write_bytes((base / "a").read_bytes()[:-1])
@@ -177,7 +179,7 @@ def test_truncated_and_missing_artifacts_are_caught(repo: Repository) -> None:
         repo.artifacts(info, "s").verify(["b"])
 
 
-def test_a_failed_artifact_leaves_nothing(repo: Repository) -> None:
+def test_a_failed_artifact_leaves_nothing(repo: WormEngine) -> None:
     w = repo.start_backup("d")
     sink = w.source(SourceRecord("s", "test", {}, {}))
     with pytest.raises(RuntimeError):
@@ -188,7 +190,7 @@ def test_a_failed_artifact_leaves_nothing(repo: Repository) -> None:
     assert sink.record.artifacts == []
 
 
-def test_bad_artifact_names_are_refused(repo: Repository) -> None:
+def test_bad_artifact_names_are_refused(repo: WormEngine) -> None:
     sink = repo.start_backup("d").source(SourceRecord("s", "test", {}, {}))
     for bad in ("", "../x", "a//b", ".hidden", "source.json", "a/./b"):
         with pytest.raises(ValueError):

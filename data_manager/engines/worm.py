@@ -1,0 +1,683 @@
+"""The ``worm`` engine (write once, read many): every backup a full, self-contained copy, readable by hand.
+
+Layout: ``DATA_ID/TIMESTAMP/SOURCE/ARTIFACT[.zst]``, compression zstd (one frame per 1 MiB block, or none
+for data that does not compress), BLAKE3 of every artifact's original bytes, and JSON metadata.
+
+A backup is complete when ``DATA_ID/TIMESTAMP/backup.json`` exists: it is written last, after every
+artifact is committed, and lists each artifact with its size and BLAKE3 digest. ``SOURCE/source.json`` is
+written when one source is done (so an interrupted backup can be resumed source by source).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from blake3 import blake3
+
+from ..config import NAME_RE
+from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
+from ..timestamps import is_timestamp, now_utc, parse_timestamp
+from ..types import ArtifactSet, Compression, ObjectWriter, Storage
+from .base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink
+from .records import (
+    MANIFEST,
+    SOURCE_MANIFEST,
+    ArtifactRecord,
+    BackupInfo,
+    CheckReport,
+    CopiedBackup,
+    SourceRecord,
+    check_artifact_name,
+)
+from .streams import Counting, Prefetching
+
+log = logging.getLogger(__name__)
+
+# Format 2 records each artifact's BLAKE3 (2.3x less CPU than sha256, which format 1 recorded; both are read).
+FORMAT = "data-manager-backup/2"
+FORMATS = ("data-manager-backup/1", FORMAT)
+# Level 1: on row dumps and text measured 2.5x faster than level 3 (260 vs 100 MB/s, one core) at a
+# ratio within 10% either way; backups here are CPU-bound, and the level never matters to a reader.
+ZSTD_LEVEL = 1
+_SAMPLE = 256 << 10
+_INCOMPRESSIBLE = 0.92  # stored ratio above which zstd is not worth it
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _is_incompressible(sample: bytes) -> bool:
+    import zstandard
+
+    if len(sample) < 4096:
+        return False
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) > _INCOMPRESSIBLE * len(sample)
+
+
+class _Pipeline:
+    """Hash, compress and store blocks on a second thread, so the source's own work overlaps with ours.
+
+    hashlib and zstandard release the GIL on large buffers, so the two threads really run in parallel.
+    The queue is bounded: memory stays at a few CHUNKs whatever the artifact's size.
+    """
+
+    def __init__(self, work: Callable[[bytes | memoryview], None], depth: int = 4) -> None:
+        self._work = work
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dm-artifact", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._queue.get()
+            if block is None:
+                return
+            if self._error is None:
+                try:
+                    self._work(block)
+                except BaseException as exc:  # re-raised in the producer's thread
+                    self._error = exc
+
+    def put(self, block: bytes | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(block)
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class ArtifactStream(io.RawIOBase):
+    """The writable stream a source gets from ``sink.open(name)``. See :class:`~data_manager.types.ArtifactWriter`."""
+
+    def __init__(
+        self,
+        sink: SourceSink,
+        name: str,
+        writer: Callable[[str], ObjectWriter],
+        compression: Compression,
+        progress: Progress | None,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self.name = name
+        self._open_writer = writer
+        self._compression = compression
+        self._progress = progress
+        # Writes below CHUNK are staged (bytes by reference, anything mutable copied) until CHUNK is reached.
+        self._staged: list[bytes | memoryview] = []
+        self._staged_size = 0
+        self._hash = blake3()
+        self._size = 0
+        self._stored = 0
+        self._writer: ObjectWriter | None = None
+        self._compressor: Any = None
+        self._pipeline: _Pipeline | None = None
+        self._done = False
+        self.digest = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def _start(self, first: bytes | memoryview) -> None:
+        if self._compression == "auto":
+            self._compression = "none" if _is_incompressible(first[:_SAMPLE]) else "zstd"
+        if self._compression == "zstd":
+            import zstandard
+
+            self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        suffix = ".zst" if self._compression == "zstd" else ""
+        self._writer = self._open_writer(self.name + suffix)
+        self._pipeline = _Pipeline(self._process)
+
+    def _process(self, block: bytes | memoryview) -> None:
+        # One zstd frame per block: the one-shot API compresses ~10% faster than a streaming context fed the
+        # same blocks (no copy into its window, no "external dictionary" match path), each frame carries its
+        # own content checksum, and frames are where a later seek table can cut a volume for ranged reads.
+        assert self._writer is not None
+        self._hash.update(block)
+        out = self._compressor.compress(block) if self._compressor is not None else block
+        if out:
+            self._writer.write(out)
+            self._stored += len(out)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError(f"artifact {self.name} is closed")
+        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+        self._size += n
+        if n >= CHUNK and self._pipeline is not None:
+            # Large writes go out as they are, CHUNK at a time (views of immutable bytes: no copy), after
+            # whatever was staged: copying to keep blocks aligned would touch every byte once more.
+            if self._staged:
+                self._emit_staged()
+            view, immutable = memoryview(data).cast("B"), isinstance(data, bytes)
+            whole = n - n % CHUNK
+            for i in range(0, whole, CHUNK):
+                self._pipeline.put(view[i : i + CHUNK] if immutable else bytes(view[i : i + CHUNK]))
+            if whole < n:
+                self._stage(view[whole:] if immutable else bytes(view[whole:]))
+        else:
+            self._stage(data if isinstance(data, bytes) else bytes(data))
+        if self._progress is not None and n:
+            self._progress(n)
+        return n
+
+    def _stage(self, data: bytes | memoryview) -> None:
+        self._staged.append(data)
+        self._staged_size += len(data)
+        if self._staged_size >= CHUNK:
+            self._emit_staged()
+
+    def _emit_staged(self) -> None:
+        block = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
+        self._staged.clear()
+        self._staged_size = 0
+        if self._pipeline is None:
+            self._start(block)
+        assert self._pipeline is not None
+        self._pipeline.put(block)
+
+    def close(self) -> None:
+        """Commit: flush, finish compression, commit the object, record it in the source's metadata."""
+        if self._done:
+            return
+        try:
+            if self._staged or self._pipeline is None:
+                self._emit_staged()
+            assert self._pipeline is not None and self._writer is not None
+            self._pipeline.finish()
+            self._writer.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        super().close()
+        self.digest = self._hash.hexdigest()
+        self._sink.committed(ArtifactRecord(self.name, self._size, self.digest, self._stored, self._compression))
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._pipeline is not None:
+            try:
+                self._pipeline.finish()
+            except BaseException:
+                pass
+        if self._writer is not None:
+            self._writer.abort()
+        self._sink.aborted(self.name)
+        super().close()
+
+    def __enter__(self) -> ArtifactStream:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class WormSourceSink(SourceSink):
+    """One source's artifacts as objects under ``DATA_ID/TIMESTAMP/SOURCE/``."""
+
+    def __init__(self, backup: WormBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
+        super().__init__(record, progress)
+        self._backup = backup
+
+    def open_artifact(self, name: str, compression: Compression) -> ArtifactStream:
+        prefix = f"{self._backup.prefix}/{self.source_name}/"
+        return ArtifactStream(
+            self, name, lambda stored: self._backup.storage.open_write(prefix + stored), compression, self.progress
+        )
+
+    def store_record(self, record: SourceRecord) -> None:
+        write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", record.to_json())
+
+
+def write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
+    data = (json.dumps(doc, indent=2, ensure_ascii=True) + "\n").encode()
+    with storage.open_write(key) as w:
+        w.write(data)
+
+
+class WormBackupWriter(BackupWriter):
+    """A backup being written: ``DATA_ID/TIMESTAMP/``. Complete once :meth:`commit` wrote the manifest."""
+
+    def __init__(self, storage: Storage, data_id: str, timestamp: str, extra: Mapping[str, Any]) -> None:
+        super().__init__(data_id, timestamp, extra)
+        self.storage = storage
+        self.prefix = f"{data_id}/{timestamp}"
+
+    def source(self, record: SourceRecord, progress: Progress | None = None) -> WormSourceSink:
+        return WormSourceSink(self, record, progress)
+
+    def finished_source(self, name: str) -> SourceRecord | None:
+        key = f"{self.prefix}/{name}/{SOURCE_MANIFEST}"
+        try:
+            with self.storage.open_read(key) as f:
+                return SourceRecord.from_json(json.loads(f.read()))
+        except NotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s: unreadable, redoing that source", key)
+            return None
+
+    def discard_source(self, name: str) -> None:
+        self.storage.delete_tree(f"{self.prefix}/{name}")  # its partial artifacts
+
+    def discard_other_sources(self, keep: Collection[str]) -> list[str]:
+        gone = []
+        for entry in list(self.storage.list(self.prefix)):
+            if entry.is_dir and entry.name not in keep:
+                self.storage.delete_tree(f"{self.prefix}/{entry.name}")
+                gone.append(entry.name)
+        return gone
+
+    def commit(self) -> dict[str, Any]:
+        """Write ``backup.json``: from now on the backup counts."""
+        manifest = {"format": FORMAT, **self.manifest()}
+        write_json(self.storage, f"{self.prefix}/{MANIFEST}", manifest)
+        return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class VerifyingReader(io.RawIOBase):
+    """Original bytes of one artifact; checks size and digest at EOF."""
+
+    def __init__(self, raw: BinaryIO, rec: ArtifactRecord, label: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._rec = rec
+        self._label = label
+        self._hash = rec.hasher()
+        self._size = 0
+        self._eof = False
+        self._reader: Any = raw
+        if rec.compression == "zstd":
+            import zstandard
+
+            self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._eof:
+            return 0
+        try:
+            data = self._reader.read(min(len(buf), CHUNK))
+        except DataManagerError:
+            raise
+        except Exception as exc:  # zstd frame errors, truncated streams
+            raise CorruptBackupError(f"{self._label}: cannot be decoded ({exc})") from None
+        n = len(data)
+        if n == 0:
+            self._eof = True
+            self._check()
+            return 0
+        buf[:n] = data
+        self._hash.update(data)
+        self._size += n
+        if self._size > self._rec.size:
+            raise CorruptBackupError(f"{self._label}: longer than the {self._rec.size} bytes recorded")
+        return n
+
+    def _check(self) -> None:
+        if self._size != self._rec.size:
+            raise CorruptBackupError(f"{self._label}: {self._size} bytes, {self._rec.size} recorded (truncated?)")
+        if self._hash.hexdigest() != self._rec.digest:
+            raise CorruptBackupError(f"{self._label}: {self._rec.algorithm} mismatch, the stored data is corrupt")
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._raw.close()
+            finally:
+                super().close()
+
+
+class SourceArtifacts:
+    """The :class:`~data_manager.types.ArtifactSet` of one source in a complete backup."""
+
+    def __init__(self, storage: Storage, prefix: str, record: SourceRecord, progress: Progress | None = None) -> None:
+        self._storage = storage
+        self._prefix = prefix
+        self.record = record
+        self.source_name = record.name
+        self.info = record.info
+        self.settings = record.settings
+        self._by_name = {a.name: a for a in record.artifacts}
+        self._progress = progress
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.record.artifacts]
+
+    def size(self, name: str) -> int:
+        return self._get(name).size
+
+    def _get(self, name: str) -> ArtifactRecord:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise CorruptBackupError(f"{self._prefix}/{self.source_name}: no artifact {name!r} in the metadata") from None
+
+    def open(self, name: str) -> BinaryIO:
+        rec = self._get(name)
+        key = f"{self._prefix}/{self.source_name}/{rec.stored_name}"
+        try:
+            raw = self._storage.open_read(key)
+        except NotFoundError:
+            raise CorruptBackupError(f"{key}: missing from the storage") from None
+        reader: io.RawIOBase = Prefetching(VerifyingReader(raw, rec, key))
+        if self._progress is not None:
+            reader = Counting(reader, self._progress, rec.size)
+        return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
+
+    def verify(self, names: Iterable[str] | None = None) -> None:
+        for name in names if names is not None else self.names():
+            with self.open(name) as f:
+                while f.read(CHUNK):
+                    pass
+
+
+class WormEngine(RepositoryEngine):
+    """Backups of all datasets in one storage, each a directory of plain (zstd) objects."""
+
+    kind = "worm"
+
+    def __init__(self, storage: Storage, settings: Any = None) -> None:
+        super().__init__(storage, settings)
+        self._listing: dict[tuple[str, str, str], dict[str, int | None]] = {}
+
+    def data_ids(self) -> list[str]:
+        return sorted(e.name for e in self.storage.list("") if e.is_dir and not e.name.startswith("."))
+
+    def timestamps(self, data_id: str) -> list[str]:
+        return sorted(e.name for e in self.storage.list(data_id) if e.is_dir and is_timestamp(e.name))
+
+    def read_manifest(self, data_id: str, timestamp: str) -> dict[str, Any] | None:
+        """``backup.json`` of ``data_id/timestamp``, checked (None: there is none, the backup is incomplete)."""
+        key = f"{data_id}/{timestamp}/{MANIFEST}"
+        try:
+            with self.storage.open_read(key) as f:
+                data = f.read()
+        except NotFoundError:
+            return None
+        try:
+            doc = json.loads(data)
+            if doc.get("format") not in FORMATS:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            for source in doc["sources"]:  # a damaged record is this one line now, not a KeyError later
+                SourceRecord.from_json(source)
+        except KeyError as exc:
+            raise CorruptBackupError(f"{key}: unreadable metadata (missing {exc})") from None
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise CorruptBackupError(f"{key}: unreadable metadata ({exc})") from None
+        # Where a backup sits says which it is, not what it says of itself: a backup copied under another
+        # dataset or timestamp would otherwise be restored as that one.
+        if (doc.get("data_id"), doc.get("timestamp")) != (data_id, timestamp):
+            raise CorruptBackupError(
+                f"{key}: records itself as {doc.get('data_id')}/{doc.get('timestamp')}: moved or copied from elsewhere"
+            )
+        return doc
+
+    def backups(self, data_id: str) -> list[BackupInfo]:
+        out = []
+        for ts in self.timestamps(data_id):
+            try:
+                manifest = self.read_manifest(data_id, ts)
+            except CorruptBackupError as exc:
+                # One damaged backup is listed as such; it never hides the others.
+                log.info("%s", exc)
+                sources = sorted(e.name for e in self.storage.list(f"{data_id}/{ts}") if e.is_dir)
+                out.append(BackupInfo(data_id, ts, False, None, None, sources, damaged=str(exc)))
+                continue
+            if manifest is not None:
+                out.append(
+                    BackupInfo(
+                        data_id,
+                        ts,
+                        True,
+                        manifest.get("size"),
+                        manifest.get("stored_size"),
+                        [s["name"] for s in manifest.get("sources", [])],
+                        manifest,
+                    )
+                )
+            else:
+                stored = 0
+                for _, entry in self.storage.walk(f"{data_id}/{ts}"):
+                    stored += entry.size or 0
+                sources = sorted(e.name for e in self.storage.list(f"{data_id}/{ts}") if e.is_dir)
+                out.append(BackupInfo(data_id, ts, False, None, stored, sources))
+        return out
+
+    def delete_incomplete(self, data_id: str, timestamp: str) -> None:
+        if self.storage.exists(f"{data_id}/{timestamp}/{MANIFEST}"):
+            raise UsageError(f"backup {data_id}/{timestamp} is complete; cleanup never removes it")
+        self.storage.delete_tree(f"{data_id}/{timestamp}")
+
+    def sweep_unfinished(self, data_id: str, timestamp: str, older_than: float, remove: bool) -> list[str]:
+        return list(self.storage.sweep_unfinished(f"{data_id}/{timestamp}", older_than, remove=remove))
+
+    def start_backup(self, data_id: str, extra: Mapping[str, Any] | None = None,
+                     timestamp: str | None = None) -> WormBackupWriter:
+        return WormBackupWriter(self.storage, data_id, timestamp or self.new_timestamp(data_id), extra or {})
+
+    def artifacts(self, info: BackupInfo, source: str, progress: Progress | None = None) -> SourceArtifacts:
+        for rec in self.source_records(info):
+            if rec.name == source:
+                return SourceArtifacts(self.storage, f"{info.data_id}/{info.timestamp}", rec, progress)
+        raise UsageError(f"backup {info.data_id}/{info.timestamp} has no source {source!r}")
+
+    def check_repository(self, read_fraction: float = 0.0, progress: Progress | None = None) -> CheckReport:
+        self._listing = {}  # what an earlier check listed is stale now
+        return super().check_repository(read_fraction, progress)
+
+    def artifact_problem(self, info: BackupInfo, source: str, art: ArtifactRecord) -> str | None:
+        key = f"{info.data_id}/{info.timestamp}/{source}/{art.stored_name}"
+        listing = self._listing.get((info.data_id, info.timestamp, source))
+        if listing is None:
+            listing = {k: e.size for k, e in self.storage.walk(f"{info.data_id}/{info.timestamp}/{source}")}
+            self._listing = {(info.data_id, info.timestamp, source): listing}  # one source's at a time
+        if key not in listing:
+            return f"{key}: missing from the storage"
+        if listing[key] is not None and listing[key] != art.stored_size:
+            return f"{key}: {listing[key]} bytes stored, {art.stored_size} recorded"
+        return None
+
+    def copy_backup(self, target: RepositoryEngine, data_id: str, timestamp: str, *, dry_run: bool = False,
+                    check: Callable[[], None] = lambda: None,
+                    progress: Callable[[str], Progress | None] | None = None,
+                    begin: Callable[[str, int], None] | None = None) -> CopiedBackup:
+        """To another ``worm`` storage: the objects as stored (see :class:`_StoredCopy`); else re-encoded."""
+        if not isinstance(target, WormEngine):
+            return super().copy_backup(target, data_id, timestamp, dry_run=dry_run, check=check,
+                                       progress=progress, begin=begin)
+        return _StoredCopy(self, target, data_id).copy(timestamp, dry_run=dry_run, check=check,
+                                                       progress=progress, begin=begin)
+
+
+# --------------------------------------------------------------------------- copying as stored
+
+
+def _checked_sources(manifest: dict[str, Any], where: str) -> list[tuple[dict[str, Any], SourceRecord]]:
+    """The manifest's sources, each as written and parsed, once every name that becomes a target key is
+    known safe: a source name as the config allows it, artifact names as a sink allows them, no two
+    artifacts stored under one key, sizes and digests of the right types."""
+    out: list[tuple[dict[str, Any], SourceRecord]] = []
+    for doc in manifest["sources"]:
+        rec = SourceRecord.from_json(doc)
+        if not isinstance(rec.name, str) or not NAME_RE.match(rec.name) or any(r.name == rec.name for _, r in out):
+            raise CorruptBackupError(f"{where}: bad or duplicate source name {rec.name!r}")
+        keys: set[str] = {SOURCE_MANIFEST}
+        for art in rec.artifacts:
+            _check_artifact(art, f"{where}: source {rec.name!r}")
+            if art.stored_name in keys:
+                raise CorruptBackupError(f"{where}: source {rec.name!r}: two artifacts stored as {art.stored_name!r}")
+            keys.add(art.stored_name)
+        out.append((doc, rec))
+    return out
+
+
+def _check_artifact(art: ArtifactRecord, where: str) -> None:
+    try:
+        check_artifact_name(art.name)
+    except (ValueError, TypeError, AttributeError):
+        raise CorruptBackupError(f"{where}: bad artifact name {art.name!r}") from None
+    counts = (art.size, art.stored_size)
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
+        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad size or stored_size")
+    if art.compression not in ("zstd", "none") or not isinstance(art.digest, str):
+        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad compression or digest")
+
+
+class _Tee:
+    """The source object's bytes, each block written to the target as it is read, and counted.
+
+    What the verifying reader checks is exactly what went to the target. A source object longer than
+    recorded is refused before more than one block too many is written.
+    """
+
+    def __init__(self, raw: BinaryIO, writer: ObjectWriter, limit: int, label: str,
+                 progress: Callable[[int], None] | None) -> None:
+        self._raw = raw
+        self._writer = writer
+        self._limit = limit
+        self._label = label
+        self._progress = progress
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(CHUNK if n is None or n < 0 else min(n, CHUNK))
+        if data:
+            self.count += len(data)
+            if self.count > self._limit:
+                raise CorruptBackupError(f"{self._label}: longer than the {self._limit} bytes stored, as recorded")
+            self._writer.write(data)
+            if self._progress is not None:
+                self._progress(len(data))
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def copy_object(source: Storage, target: Storage, key: str, art: ArtifactRecord,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Copy the artifact object ``key`` from ``source`` to the same key in ``target``, as stored, checking
+    its stored size and (decompressed) size and digest on the way; committed only if all match."""
+    label = f"{source.location()}: {key}"
+    try:
+        raw = source.open_read(key)
+    except NotFoundError:
+        raise CorruptBackupError(f"{label}: missing from the storage") from None
+    writer: ObjectWriter | None = None
+    try:
+        writer = target.open_write(key)
+        tee = _Tee(raw, writer, art.stored_size, label, progress)
+        reader = VerifyingReader(tee, art, label)  # type: ignore[arg-type]  # reads with read(n) only
+        buf = bytearray(CHUNK)
+        while reader.readinto(buf):
+            pass
+        while tee.read(CHUNK):  # what follows the last zstd frame is copied too, so it is counted
+            pass
+        if tee.count != art.stored_size:
+            raise CorruptBackupError(f"{label}: {tee.count} bytes stored, {art.stored_size} recorded")
+        writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # idempotent, also after a failed commit
+        raise
+    finally:
+        raw.close()
+
+
+class _StoredCopy:
+    """One backup copied between two ``worm`` storages as stored.
+
+    * each artifact object byte for byte (no recompression), streaming in ``CHUNK`` blocks, and proven on
+      the way: what is read is written to the target *and* fed through the verifying reader; the target
+      object is committed only if that check passed and the stored size matches (one read of the source,
+      no read-back of the target);
+    * what the target already has is skipped: an object of the recorded stored size, a ``source.json``
+      with the same content, a whole backup whose ``backup.json`` equals the source's;
+    * each source's ``source.json``, then ``backup.json`` last: an interrupted copy is an incomplete backup
+      on the target that the next copy resumes;
+    * nothing from the source storage is trusted beyond what :meth:`WormEngine.read_manifest` validates,
+      and every name that builds a target key is checked here.
+    """
+
+    def __init__(self, src: WormEngine, dst: WormEngine, data_id: str) -> None:
+        self.src, self.dst, self.data_id = src, dst, data_id
+        self.source, self.target = src.storage, dst.storage
+
+    def copy(self, timestamp: str, *, dry_run: bool, check: Callable[[], None],
+             progress: Callable[[str], Progress | None] | None,
+             begin: Callable[[str, int], None] | None) -> CopiedBackup:
+        t0 = time.monotonic()
+        prefix = f"{self.data_id}/{timestamp}"
+        manifest = self.src.read_manifest(self.data_id, timestamp)
+        if manifest is None:
+            raise UsageError(f"backup {prefix} is incomplete (no {MANIFEST}) in {self.source.location()}")
+        sources = _checked_sources(manifest, f"{self.source.location()}: {prefix}/{MANIFEST}")
+        try:
+            there = self.dst.read_manifest(self.data_id, timestamp)
+        except CorruptBackupError as exc:
+            raise CorruptBackupError(f"the copy in {self.target.location()} is damaged, not overwritten "
+                                     f"(remove {prefix} there to copy it anew): {exc}") from None
+        if there is not None:
+            if there != manifest:
+                raise DataManagerError(f"{self.target.location()} holds another complete backup {prefix}; "
+                                       f"not overwritten")
+            return CopiedBackup(timestamp, "already complete")
+        done = CopiedBackup(timestamp, "would copy" if dry_run else "copied")
+        if begin is not None and not dry_run:
+            begin(f"copy {prefix} to {self.target.location()}", sum(r.stored_size for _, r in sources))
+        for doc, rec in sources:
+            check()
+            sprefix = f"{prefix}/{rec.name}"
+            present = {key: entry.size for key, entry in self.target.walk(sprefix)}
+            counter = progress(f"{timestamp}/{rec.name}") if progress is not None and not dry_run else None
+            for art in rec.artifacts:
+                key = f"{sprefix}/{art.stored_name}"
+                if present.get(key) == art.stored_size:
+                    done.skipped += 1
+                    continue
+                if not dry_run:
+                    copy_object(self.source, self.target, key, art, counter)
+                done.artifacts += 1
+                done.bytes += art.stored_size
+            meta = f"{sprefix}/{SOURCE_MANIFEST}"
+            if not dry_run and not (meta in present and self._holds(meta, doc)):
+                write_json(self.target, meta, doc)
+        check()
+        if not dry_run:
+            write_json(self.target, f"{prefix}/{MANIFEST}", manifest)  # last: now the copy counts
+        done.seconds = round(time.monotonic() - t0, 3)
+        return done
+
+    def _holds(self, key: str, doc: dict[str, Any]) -> bool:
+        """Whether the target's JSON object ``key`` has this content (a source.json of an earlier run)."""
+        try:
+            with self.target.open_read(key) as f:
+                return json.loads(f.read(1 << 24)) == doc
+        except (NotFoundError, ValueError):
+            return False

@@ -633,3 +633,13 @@ def plugins(as_json: bool) -> None:
         state = (f"BROKEN: {r['error']}" if r["error"] else f"blocked by {BLOCK_PLUGINS_ENV}" if r["blocked"]
                  else provides)
         click.echo(f"{r['name']:<14} {r['package']} {r['version']}: {state}")
+
+
+def _register_repository_commands() -> None:
+    from .cli_repo import check, repo
+
+    main.add_command(check)
+    main.add_command(repo)
+
+
+_register_repository_commands()

@@ -155,6 +155,7 @@ class BlobStore:
         self.ring = engine.ring
         self.cache = engine.cache
         self.pack_size = pack_size
+        self.index_every = engine.index_every
         self._lock = threading.Lock()
         self._building: dict[str, PackBuilder | None] = {"data": None, "meta": None}
         self._pending: set[bytes] = set()  # added by us, not in the cache yet
@@ -262,7 +263,7 @@ class BlobStore:
             try:
                 if isinstance(item, PackBuilder):
                     self._upload(item)
-                    if len(self._unindexed) >= INDEX_EVERY or time.monotonic() - self._last_index > INDEX_SECONDS:
+                    if len(self._unindexed) >= self.index_every or time.monotonic() - self._last_index > INDEX_SECONDS:
                         self._write_index()
                 else:
                     self._write_index()
@@ -768,6 +769,7 @@ class DedupEngine(RepositoryEngine):
     settings_keys = ("passphrase", "key_id", "pack_size", "cache_dir")
     secret_keys = ("passphrase",)
     heartbeat_seconds = HEARTBEAT_SECONDS
+    index_every = INDEX_EVERY
 
     def __init__(self, storage: Storage, settings: Settings | None = None, *, ring: Any = None,
                  cache_dir: Path | str | None = None) -> None:
@@ -870,27 +872,30 @@ class DedupEngine(RepositoryEngine):
 
     def backups(self, data_id: str) -> list[BackupInfo]:
         self._need_reader("list backups")
-        out: list[BackupInfo] = []
+        out: list[tuple[str, str, BackupInfo]] = []
         seen: set[str] = set()
         for name, doc, why, entry in self._pointers():
             if doc is None:
                 # Its dataset is sealed inside it: shown under every dataset, never hiding the others.
-                when = entry.modified or now_utc()
-                out.append(BackupInfo(data_id, format_timestamp(when), False, damaged=why))
+                when = format_timestamp(entry.modified or now_utc())
+                out.append((when, "", BackupInfo(data_id, when, False, damaged=why)))
                 continue
             if doc["data_id"] != data_id or doc["snapshot"] in seen:
                 continue
             seen.add(doc["snapshot"])
+            created = str(doc.get("created", ""))
             try:
                 manifest = self.snapshot(doc, f"{SNAPSHOT_PREFIX}/{name}")
             except CorruptBackupError as exc:
-                out.append(BackupInfo(data_id, doc["timestamp"], False, damaged=str(exc)))
+                out.append((doc["timestamp"], created, BackupInfo(data_id, doc["timestamp"], False, damaged=str(exc))))
                 continue
-            out.append(BackupInfo(data_id, doc["timestamp"], True, manifest.get("size"),
-                                  manifest.get("stored_size"), [s["name"] for s in manifest["sources"]],
-                                  manifest))
-        out.sort(key=lambda b: (b.timestamp, b.complete))
-        return out
+            out.append((doc["timestamp"], created,
+                        BackupInfo(data_id, doc["timestamp"], True, manifest.get("size"), manifest.get("stored_size"),
+                                   [s["name"] for s in manifest["sources"]], manifest)))
+        # Two writers may pick one TIMESTAMP (a write-only key cannot see the others'): the later commit
+        # sorts last, so it is "latest".
+        out.sort(key=lambda t: (t[0], t[1]))
+        return [b for _, _, b in out]
 
     def snapshot(self, doc: dict[str, Any], where: str) -> dict[str, Any]:
         """The manifest a pointer document names, checked against it (cached once read)."""

@@ -159,3 +159,225 @@ class WriteOnly:
                 raise RefusedError("write-only")
             return refuse
         return getattr(self._ring, name)
+
+
+# --------------------------------------------------------------------------- damage and repair
+
+from data_manager.engines.dedup.packs import FOOTER, parse_pack_header  # noqa: E402
+
+
+def data_packs(root: Path) -> set[Path]:
+    return set((root / "packs" / "data").rglob("*"))
+
+
+def two_backups(tmp_path: Path) -> tuple[DedupEngine, dict, dict, list[Path]]:
+    """'good' and 'bad' share nothing; returns the data packs only 'bad' uses."""
+    engine = new_repo(tmp_path)
+    root = tmp_path / "repo"
+    good = {"s": {"a": text(600_000, 10)}}
+    backup(engine, "good", good)
+    before = {p for p in data_packs(root) if p.is_file()}
+    bad = {"s": {"a": os.urandom(300_000) + text(600_000, 11)}}
+    backup(engine, "bad", bad)
+    mine = sorted(p for p in data_packs(root) if p.is_file() and p not in before)
+    assert len(mine) >= 2
+    return engine, good, bad, mine
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def first_blob_offsets(path: Path) -> tuple[int, int]:
+    header = parse_pack_header(path.read_bytes()[:4096], str(path))
+    return header.size, header.size + header.sealed_header_size
+
+
+@pytest.mark.parametrize("damage", ["data", "header", "truncated", "deleted"])
+def test_damaged_pack_fails_restore_naming_the_artifact_and_check_finds_it(tmp_path: Path, damage: str) -> None:
+    engine, good, bad, mine = two_backups(tmp_path)
+    pack = mine[0]
+    blob_header, blob = first_blob_offsets(pack)
+    if damage == "data":
+        flip(pack, blob + 100)
+    elif damage == "header":
+        flip(pack, blob_header + 5)
+    elif damage == "truncated":
+        pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+    else:
+        pack.unlink()
+    fresh = reopen(engine, tmp_path, "cache-after")
+    ts = fresh.resolve("bad", "latest").timestamp
+    with pytest.raises(CorruptBackupError, match=f"bad/{ts}/s/a"):
+        restore(fresh, "bad")
+    assert restore(fresh, "good") == good
+    report = fresh.check_repository(read_data=1.0)
+    assert not report.ok and any(pack.name in e for e in report.errors), report.errors
+    if damage in ("truncated", "deleted"):
+        assert not fresh.check_repository().ok  # found without reading data
+    # repair index from the packs alone: everything else still restores
+    for p in (tmp_path / "repo" / "index").iterdir():
+        p.unlink()
+    fresh.repair_index()
+    assert restore(fresh, "good") == good
+
+
+def test_damaged_trailer_is_found_and_the_index_rebuilt_by_walking(tmp_path: Path) -> None:
+    engine, good, bad, mine = two_backups(tmp_path)
+    for pack in mine:
+        flip(pack, pack.stat().st_size - FOOTER.size - 5)
+    fresh = reopen(engine, tmp_path, "cache-after")
+    assert restore(fresh, "bad") == bad  # restores go through the index, not the trailer
+    report = fresh.check_repository(read_data=1.0)
+    assert sum("trailer" in e for e in report.errors) == len(mine), report.errors
+    for p in (tmp_path / "repo" / "index").iterdir():
+        p.unlink()
+    summary = fresh.repair_index()
+    assert len(summary.damaged) == len(mine)
+    assert restore(reopen(engine, tmp_path, "cache-3"), "bad") == bad
+    assert restore(fresh, "good") == good
+
+
+def test_repair_index_after_deleting_it_restores_byte_identical(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    data = sample()
+    backup(engine, "d", data)
+    data2 = {"db": {**data["db"], "more": text(400_000, 5)}}
+    backup(engine, "d", data2)
+    for p in (tmp_path / "repo" / "index").iterdir():
+        p.unlink()
+    fresh = reopen(engine, tmp_path, "cache-fresh")
+    with pytest.raises(CorruptBackupError):
+        restore(fresh, "d")
+    summary = fresh.repair_index()
+    assert summary.packs_scanned > 0 and not summary.damaged and summary.written
+    assert restore(fresh, "d") == data2
+    assert restore(fresh, "d", engine.backups("d")[0].timestamp) == data
+    assert restore(reopen(engine, tmp_path), "d") == data2  # the old cache notices the index changed
+    assert fresh.check_repository(read_data=1.0).ok
+
+
+def test_repair_snapshots_after_deleting_them_gives_the_same_listing(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    backup(engine, "d", sample())
+    backup(engine, "e", {"s": {"a": b"x" * 1000}})
+    backup(engine, "d", {"s": {"a": b"y" * 1000}})
+    before = {d: [(b.timestamp, b.manifest) for b in engine.backups(d)] for d in ("d", "e")}
+    for p in (tmp_path / "repo" / "snapshots").iterdir():
+        p.unlink()
+    assert engine.data_ids() == []
+    summary = engine.repair_snapshots()
+    assert len(summary.written) == 3
+    fresh = reopen(engine, tmp_path, "cache-fresh")
+    assert {d: [(b.timestamp, b.manifest) for b in fresh.backups(d)] for d in ("d", "e")} == before
+    assert engine.repair_snapshots().written == []  # idempotent
+    assert fresh.check_repository(read_data=1.0).ok
+
+
+def test_damaged_pointer_is_listed_damaged_and_hides_nothing(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    backup(engine, "d", {"s": {"a": b"one"}})
+    backup(engine, "d", {"s": {"a": b"two"}})
+    pointers = sorted((tmp_path / "repo" / "snapshots").iterdir())
+    flip(pointers[0], pointers[0].stat().st_size - 3)
+    fresh = reopen(engine, tmp_path, "cache-fresh")
+    infos = fresh.backups("d")
+    assert sum(b.complete for b in infos) == 1 and sum(bool(b.damaged) for b in infos) == 1
+    assert not fresh.check_repository().ok
+
+
+# --------------------------------------------------------------------------- concurrency and crashes
+
+
+def test_two_writers_at_once_into_one_repository(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    shared = text(800_000, 7)
+    datasets = {f"d{i}": {"s": {"a": shared + os.urandom(200_000), "b": shared}} for i in range(2)}
+    engines = [reopen(engine, tmp_path, f"cache-{i}") for i in range(2)]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            backup(engines[i], f"d{i}", datasets[f"d{i}"], piece=7_000)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    fresh = reopen(engine, tmp_path, "cache-fresh")
+    for name, data in datasets.items():
+        assert restore(fresh, name) == data
+    assert fresh.check_repository(read_data=1.0).ok
+
+
+class Crashing(FilesystemStorage):
+    """Raises instead of the (N+1)th commit of an object, as a process killed there would leave it."""
+
+    def __init__(self, root: Path, allowed: int) -> None:
+        super().__init__("vault", Settings({"root": str(root)}))
+        self.allowed = allowed
+        self.commits = 0
+        self._lock = threading.Lock()
+
+    def open_write(self, key: str) -> Any:
+        inner = super().open_write(key)
+        outer = self
+
+        class W:
+            def write(self, data: Any) -> None:
+                inner.write(data)
+
+            def commit(self) -> None:
+                with outer._lock:
+                    outer.commits += 1
+                    if outer.commits > outer.allowed:
+                        inner.abort()
+                        raise OSError("killed")
+                inner.commit()
+
+            def abort(self) -> None:
+                inner.abort()
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, et: Any, *a: Any) -> None:
+                self.commit() if et is None else self.abort()
+
+        return W()
+
+
+def test_crash_after_every_commit(tmp_path: Path) -> None:
+    base = {"s": {"a": text(300_000, 20)}}
+    work = {"s": {"a": text(300_000, 20) + os.urandom(400_000), "b": text(200_000, 21)}}
+    # count the commits of one backup on a repository like the ones below
+    template = new_repo(tmp_path / "t")
+    backup(template, "base", base)
+    counting = Crashing(tmp_path / "t" / "repo", 10**9)
+    probe = DedupEngine(counting, template.settings, ring=template.ring, cache_dir=tmp_path / "t" / "cache")
+    probe.index_every = 1  # an index file after every pack: crashes between them too
+    backup(probe, "work", work)
+    total = counting.commits
+    assert total >= 8  # heartbeat, data packs, index files, meta pack, pointer
+    for n in range(total):
+        case = tmp_path / f"n{n}"
+        eng = new_repo(case)
+        backup(eng, "base", base)
+        crashing = Crashing(case / "repo", n)
+        dying = DedupEngine(crashing, eng.settings, ring=eng.ring, cache_dir=case / "cache")
+        dying.index_every = 1
+        with pytest.raises(Exception):
+            backup(dying, "work", work)
+        after = reopen(eng, case)
+        assert after.data_ids() == ["base"], n
+        assert restore(after, "base") == base
+        report = after.check_repository(read_data=1.0)
+        assert report.ok, (n, report.errors)
+        backup(after, "work", work)
+        assert restore(reopen(eng, case, "cache-fresh"), "work") == work

@@ -192,6 +192,12 @@ class ArtifactWriter(Protocol):
     digest: str
 
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
+
+    def cut(self) -> None:
+        """A hint: a file (or row group) boundary here. A chunking engine may end a chunk at this point,
+        so an unchanged file dedups whatever precedes it; other engines ignore it."""
+        ...
+
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def __enter__(self) -> ArtifactWriter: ...
@@ -218,10 +224,6 @@ class ArtifactSink(Protocol):
         """Record JSON-serialisable facts the restore will need (server version, file index name...)."""
         ...
 
-    def cut(self) -> None:
-        """Optional hint: a file (or row group) boundary in the artifact being written. A chunking engine
-        may start a new chunk here, so an unchanged file dedups whatever precedes it; others ignore it."""
-        ...
 
 
 class ArtifactSet(Protocol):

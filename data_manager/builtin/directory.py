@@ -208,6 +208,8 @@ class DirectorySource(Source):
             info.size = size
             info.type = tarfile.REGTYPE
             target.header(info, st.st_mtime_ns)
+            if size >= _SMALL:
+                target.cut()  # the file's bytes start a chunk: an unchanged file dedups wherever it moves
             volume, offset = target.name, target.offset
             digest = hashlib.sha256()
             left = size
@@ -225,6 +227,8 @@ class DirectorySource(Source):
                 if left:  # the file shrank: keep the tar stream consistent
                     target.write(bytes(left))
         target.pad(size)
+        if size >= _SMALL:
+            target.cut()
         target.roll()
         return {"type": "file", "size": size, "sha256": digest.hexdigest(), "volume": volume, "offset": offset}
 

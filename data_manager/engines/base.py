@@ -70,10 +70,6 @@ class SourceSink:
             self._open.add(name)
         return self.open_artifact(name, compression)
 
-    def cut(self) -> None:
-        """A hint from the source: a file boundary in the artifact being written (chunkers may cut here).
-        Engines that do not chunk ignore it."""
-
     def set_info(self, **info: Any) -> None:
         json.dumps(info)  # fail now, in the source, not when the metadata is written
         self.record.info.update(info)

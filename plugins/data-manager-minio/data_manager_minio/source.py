@@ -406,6 +406,8 @@ class MinioSource(Source):
             if alone:
                 volume.close()
             name, offset = volume.start()
+            if big and not alone:
+                volume.cut()  # a chunking engine starts a chunk here: the object dedups wherever it lands
             digest = None if alone else blake3()
             written = 0
             changed = False
@@ -429,6 +431,8 @@ class MinioSource(Source):
                     part = zeros[: size - written]
                     volume.write(part)
                     written += len(part)
+        if big and not alone:
+            volume.cut()
         hexdigest = volume.close() if digest is None else digest.hexdigest()
         volume.roll()
         entry = self._entry(number, obj, headers, reader.etag, size, hexdigest, name, offset)

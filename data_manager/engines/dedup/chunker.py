@@ -60,11 +60,11 @@ class Chunker:
         self.params = params
         self._window = max(window, 2 * params.max_size)
         self._tail: memoryview = memoryview(b"")
-        self._pending: list[bytes | memoryview] = []
+        self._pending: list[bytes | bytearray | memoryview] = []
         self._pending_size = 0
 
-    def feed(self, data: bytes | memoryview) -> Iterator[memoryview]:
-        """Take ``data`` (kept by reference: the caller must not change it afterwards)."""
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """Take ``data`` (kept by reference: the caller must never change it afterwards)."""
         if len(data):
             self._pending.append(data)
             self._pending_size += len(data)
@@ -85,7 +85,7 @@ class Chunker:
         parts = [self._tail, *self._pending] if len(self._tail) else self._pending
         if not parts:
             return
-        block = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        block = parts[0] if len(parts) == 1 and not isinstance(parts[0], memoryview) else b"".join(parts)
         self._pending, self._pending_size = [], 0
         view = memoryview(block)
         total = len(view)

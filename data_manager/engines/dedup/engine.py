@@ -313,8 +313,9 @@ class DedupArtifactWriter(io.RawIOBase):
     """The writable stream a source gets from ``sink.open(name)`` (see
     :class:`~data_manager.types.ArtifactWriter`).
 
-    The source's thread only stages and queues; chunking, hashing, compression and encryption run on a
-    worker thread (native code, the GIL released for most of it), with a bounded queue. The artifact is
+    The source's thread only stages and queues. Two workers follow, each behind a bounded queue: one
+    chunks and hashes (FastCDC holds the GIL, BLAKE3 releases it), one compresses, encrypts and packs the
+    chunks not stored yet (zstd and ChaCha20 release the GIL), so both cores work. The artifact is
     durable once the backup commits (dedup backups cannot be resumed, so no earlier point is needed);
     ``close()`` records it in the source.
     """
@@ -336,15 +337,17 @@ class DedupArtifactWriter(io.RawIOBase):
         self._chunks: list[tuple[bytes, int]] = []
         self._lists: list[str] = []
         self._count = 0
-        self._staged: list[bytes] = []
-        self._staged_size = 0
-        self._queue: queue.Queue[bytes | _Cut | None] = queue.Queue(maxsize=4)
+        self._staged = bytearray()
+        self._queue: queue.Queue[bytes | bytearray | _Cut | None] = queue.Queue(maxsize=4)
+        self._new: queue.Queue[tuple[bytes, memoryview] | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._done = False
         self.digest = ""
         self._cctx = _compressor()
         self._thread = threading.Thread(target=self._run, name="dm-chunk", daemon=True)
         self._thread.start()
+        self._packer = threading.Thread(target=self._pack_run, name="dm-pack", daemon=True)
+        self._packer.start()
 
     def writable(self) -> bool:
         return True
@@ -358,11 +361,13 @@ class DedupArtifactWriter(io.RawIOBase):
         if not n:
             return 0
         self._size += n
-        # bytes are kept by reference; anything mutable is copied (the source may reuse its buffer)
-        self._staged.append(data if isinstance(data, bytes) else bytes(data))
-        self._staged_size += n
-        if self._staged_size >= self.BLOCK:
-            self._emit()
+        if n >= self.BLOCK and isinstance(data, bytes) and not self._staged:
+            self._put(data)  # large and immutable: by reference
+        else:
+            # copied once here (the source may reuse its buffer); the block is never changed once queued
+            self._staged += data
+            if len(self._staged) >= self.BLOCK:
+                self._emit()
         if self._progress is not None:
             self._progress(n)
         return n
@@ -375,19 +380,21 @@ class DedupArtifactWriter(io.RawIOBase):
     def _emit(self) -> None:
         if not self._staged:
             return
-        block = self._staged[0] if len(self._staged) == 1 else b"".join(self._staged)
-        self._staged, self._staged_size = [], 0
+        block, self._staged = self._staged, bytearray()
         self._put(block)
 
-    def _put(self, item: bytes | _Cut | None) -> None:
+    def _put(self, item: bytes | bytearray | _Cut | None) -> None:
+        self._handover(self._queue, item, self._thread)
+
+    def _handover(self, q: queue.Queue[Any], item: Any, consumer: threading.Thread) -> None:
         while True:
             if self._error is not None:
                 raise self._error
             try:
-                self._queue.put(item, timeout=0.2)
+                q.put(item, timeout=0.2)
                 return
             except queue.Full:
-                if not self._thread.is_alive():
+                if not consumer.is_alive():
                     raise DataManagerError(f"artifact {self.name}: worker stopped") from self._error
 
     # -- the worker
@@ -416,10 +423,23 @@ class DedupArtifactWriter(io.RawIOBase):
         self._chunks.append((cid, n))
         self._count += 1
         if not self._store.known(cid):
-            comp, payload = _compress(self._cctx, chunk) if self._compress else (NONE, chunk)
-            self._stored += self._store.add(DATA, cid, comp, n, payload)
+            self._handover(self._new, (cid, chunk), self._packer)
         if len(self._chunks) >= LIST_MAX:
             self._flush_list()
+
+    def _pack_run(self) -> None:
+        while True:
+            item = self._new.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            cid, chunk = item
+            try:
+                comp, payload = _compress(self._cctx, chunk) if self._compress else (NONE, chunk)
+                self._stored += self._store.add(DATA, cid, comp, len(chunk), payload)
+            except BaseException as exc:  # re-raised in the source's thread
+                self._error = exc
 
     def _flush_list(self) -> None:
         blob = encode_chunk_list(self._chunks)
@@ -443,6 +463,10 @@ class DedupArtifactWriter(io.RawIOBase):
                 raise self._error
             for c in self._chunker.finish():
                 self._chunk(c)
+            self._new.put(None)
+            self._packer.join()
+            if self._error is not None:
+                raise self._error
             if self._chunks:
                 self._flush_list()
         except BaseException:
@@ -461,10 +485,11 @@ class DedupArtifactWriter(io.RawIOBase):
         self._done = True
         if self._error is None:
             self._error = DataManagerError("aborted")
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
+        for q in (self._queue, self._new):
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass  # the worker sees the error and drops what is queued
         self._sink.aborted(self.name)
         super().close()
 

@@ -381,3 +381,37 @@ def test_crash_after_every_commit(tmp_path: Path) -> None:
         assert report.ok, (n, report.errors)
         backup(after, "work", work)
         assert restore(reopen(eng, case, "cache-fresh"), "work") == work
+
+
+def test_cut_hints_and_many_chunk_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.engines.dedup import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LIST_MAX", 3)  # an artifact of 20 chunks needs 7 list blobs
+    engine = new_repo(tmp_path)
+    data = {"s": {"a": text(1_200_000, 30) + os.urandom(300_000), "b": b"z" * 50_000}}
+    manifest = backup(engine, "d", data, piece=30_000, cut=True)
+    lists = manifest["sources"][0]["artifacts"][0]["location"]["lists"]
+    assert len(lists) > 3
+    assert restore(reopen(engine, tmp_path, "cache-2"), "d") == data
+    assert engine.check_repository(read_data=1.0).ok
+
+
+def test_chunker_is_independent_of_write_sizes() -> None:
+    from data_manager.engines.dedup.chunker import Chunker
+
+    data = os.urandom(3_000_000)
+
+    def chunks(pieces: list[int]) -> list[bytes]:
+        c, out, at = Chunker(SMALL, window=600_000), [], 0
+        for n in pieces:
+            out += [bytes(x) for x in c.feed(data[at:at + n])]
+            at += n
+        return out + [bytes(x) for x in c.finish()]
+
+    whole = chunks([len(data)])
+    rnd = random.Random(5)
+    pieces = []
+    while sum(pieces) < len(data):
+        pieces.append(rnd.randint(1, 200_000))
+    assert chunks(pieces) == whole and b"".join(whole) == data
+    assert all(SMALL.min_size <= len(c) <= SMALL.max_size for c in whole[:-1])

@@ -24,6 +24,7 @@ import queue
 import random
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,7 +61,7 @@ _INCOMPRESSIBLE = 0.92  # stored ratio above which a chunk is stored raw
 INDEX_EVERY = 8  # packs per index file while a backup runs: what a killed backup leaves reusable
 INDEX_SECONDS = 300.0  # ...or this long after the last one
 HEARTBEAT_SECONDS = 60.0
-_RANGE_MAX = 32 << 20  # one ranged read (coalesced adjacent chunks) at most
+_RANGE_MAX = 8 << 20  # one ranged read (coalesced adjacent chunks) at most: half a pack
 _META_PREFIX = b"dm-meta\0"  # metadata blob ids never equal a data chunk's id
 
 
@@ -1050,6 +1051,8 @@ class DedupEngine(RepositoryEngine):
                 total = len(whole)
             else:
                 total = size if size is not None else self._size_of(key)
+                if total < header.size + FOOTER.size:
+                    raise CorruptBackupError(f"{key}: truncated ({total} bytes)")
                 with self.storage.open_read(key, total - FOOTER.size, FOOTER.size) as f:
                     tail = f.read(FOOTER.size)
             tlen, magic = FOOTER.unpack(tail)
@@ -1062,9 +1065,10 @@ class DedupEngine(RepositoryEngine):
                 with self.storage.open_read(key, start, tlen) as f:
                     sealed = f.read(tlen)
             return header, parse_trailer(opener, kind, sealed, key), None
-        except (CorruptBackupError, ValueError, Exception) as exc:
-            if isinstance(exc, NotFoundError):
-                raise
+        except NotFoundError:
+            raise
+        except (CorruptBackupError, ValueError, struct.error, OverflowError) as exc:
+            # a damaged footer or trailer: walk the blob headers instead
             reason = str(exc) if isinstance(exc, CorruptBackupError) else f"{key}: footer is damaged"
             if whole is None:
                 with self.storage.open_read(key) as f:

@@ -331,7 +331,9 @@ class DedupArtifactWriter(io.RawIOBase):
         self._ring = sink.ring
         self._compress = compression != "none"
         self._progress = sink.progress
-        self._chunker = Chunker(sink.chunker_params)
+        # Memory per artifact, bounded: the staged block, 2 queued, the chunker's window (2 x max chunk)
+        # and up to 4 chunks waiting to be packed (views that keep their block alive).
+        self._chunker = Chunker(sink.chunker_params, window=2 * sink.chunker_params.max_size)
         self._hash = blake3()
         self._size = 0
         self._stored = 0
@@ -339,7 +341,7 @@ class DedupArtifactWriter(io.RawIOBase):
         self._lists: list[str] = []
         self._count = 0
         self._staged = bytearray()
-        self._queue: queue.Queue[bytes | bytearray | _Cut | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[bytes | bytearray | _Cut | None] = queue.Queue(maxsize=2)
         self._new: queue.Queue[tuple[bytes, memoryview] | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._done = False

@@ -415,3 +415,23 @@ def test_chunker_is_independent_of_write_sizes() -> None:
         pieces.append(rnd.randint(1, 200_000))
     assert chunks(pieces) == whole and b"".join(whole) == data
     assert all(SMALL.min_size <= len(c) <= SMALL.max_size for c in whole[:-1])
+
+
+def test_real_write_only_key_writes_but_cannot_read(tmp_path: Path) -> None:
+    from data_manager.engines.dedup.keys import add_key
+
+    engine = new_repo(tmp_path)
+    backup(engine, "d", {"s": {"a": text(200_000)}})
+    add_key(engine.ring, engine.storage, "put only", "write-only", kdf=KDF)
+    wo = DedupEngine(engine.storage, Settings({"passphrase": "put only", "pack_size": "256KiB"}),
+                     cache_dir=tmp_path / "wo-cache")
+    assert wo.ring.role == "write-only"
+    data = {"s": {"a": text(200_000) + b"appended"}}
+    backup(wo, "d", data)
+    for call in (lambda: wo.backups("d"), lambda: wo.artifacts(engine.resolve("d", "latest"), "s"),
+                 lambda: wo.repair_index()):
+        with pytest.raises(RefusedError):
+            call()
+    fresh = DedupEngine(engine.storage, engine.settings, cache_dir=tmp_path / "admin-2")  # the passphrase opens it
+    assert restore(fresh, "d") == data
+    assert fresh.check_repository(read_data=1.0).ok  # the write-only key's signature verifies

@@ -39,7 +39,7 @@ from ...errors import CorruptBackupError, DataManagerError, NotFoundError, Refus
 from ...timestamps import format_timestamp, iso, now_utc
 from ...types import Compression, Settings, Storage
 from ..base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink, item_done
-from ..records import ArtifactRecord, BackupInfo, SourceRecord
+from ..records import ArtifactRecord, BackupInfo, CheckReport, SourceRecord
 from ..streams import Counting
 from .cache import IndexCache, Located, default_cache_root
 from .chunker import Chunker, ChunkerParams
@@ -99,9 +99,9 @@ def decompress(payload: bytes, entry: BlobEntry, where: str) -> bytes:
 
 
 @dataclass
-class CheckReport:
-    """What :meth:`DedupEngine.check_repository` found. ``errors`` make it fail; ``info`` (orphans,
-    leftovers of killed writers) never does."""
+class _CheckTally:
+    """What :meth:`DedupEngine.check_repository` counts on the way. ``errors`` make it fail; ``info``
+    (orphans, leftovers of killed writers) never does."""
 
     errors: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
@@ -815,7 +815,7 @@ class DedupEngine(RepositoryEngine):
     # ---- keys, cache
 
     @classmethod
-    def init_repository(cls, storage: Storage, settings: Settings | None = None, *,
+    def create(cls, storage: Storage, settings: Settings | None = None, *,
                         chunker: ChunkerParams | None = None, kdf: Any = None,
                         cache_dir: Path | str | None = None) -> DedupEngine:
         """Create the repository (the key layer refuses if one exists) with these chunker parameters."""
@@ -825,6 +825,39 @@ class DedupEngine(RepositoryEngine):
         params = (chunker or ChunkerParams()).to_json()
         ring = init_repository(storage, _passphrase(settings), params=params, kdf=kdf)
         return cls(storage, settings, ring=ring, cache_dir=cache_dir)
+
+    def init_repository(self) -> dict[str, Any]:
+        made = type(self).create(self.storage, self.settings, cache_dir=self._cache_root)
+        self._ring = made.ring
+        return {"engine": self.kind, "id": self._ring.repo_id, "location": self.location(),
+                "key_id": self._ring.key_id, "role": self._ring.role, "params": dict(self._ring.params or {})}
+
+    def add_key(self, role: str, passphrase: str) -> str:
+        from .keys import add_key
+
+        return add_key(self.ring, self.storage, passphrase, role)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        from .keys import list_keys
+
+        self.ring  # only a key holder may list the keys: the passphrase is checked first
+        return [k.to_json() for k in list_keys(self.storage)]
+
+    def revoke_key(self, key_id: str) -> None:
+        from .keys import revoke_key
+
+        revoke_key(self.ring, self.storage, key_id)
+
+    def repair(self, what: str) -> dict[str, Any]:
+        if what == "index":
+            report = self.repair_index()
+        elif what == "snapshots":
+            report = self.repair_snapshots()
+        else:
+            raise UsageError(f"repo repair {what!r}: expected index or snapshots")
+        doc = report.to_json()
+        doc["errors"] = list(report.damaged)
+        return doc
 
     @property
     def ring(self) -> Any:
@@ -1171,12 +1204,19 @@ class DedupEngine(RepositoryEngine):
         report.seconds = round(time.monotonic() - t0, 3)
         return report
 
-    def check_repository(self, read_data: float = 0.0, progress: Progress | None = None) -> CheckReport:
+    def check_repository(self, read_fraction: float = 0.0, progress: Progress | None = None) -> CheckReport:
+        tally = self._check(read_fraction, progress)
+        counts = {k: getattr(tally, k) for k in ("snapshots", "packs", "index_files", "blobs", "packs_read",
+                                                  "orphan_packs", "unused_blobs")}
+        return CheckReport(self.storage.name, self.kind, tally.errors, tally.info, counts, read_fraction,
+                           tally.bytes_read, tally.seconds)
+
+    def _check(self, read_data: float, progress: Progress | None) -> _CheckTally:
         """Check the structure, the index against the packs (each indexed pack exists, with its size), the
         snapshots against the index (every chunk they use is indexed), the pointers' signatures, and
         decrypt and verify ``read_data`` of the packs (0.0 none, 1.0 all). Orphans are information."""
         t0 = time.monotonic()
-        report = CheckReport()
+        report = _CheckTally()
         ring = self.ring
         known_top = {"packs", "index", SNAPSHOT_PREFIX, WRITERS_PREFIX, *_key_layer_names()}
         for e in self.storage.list(""):
@@ -1253,7 +1293,7 @@ class DedupEngine(RepositoryEngine):
         report.seconds = round(time.monotonic() - t0, 3)
         return report
 
-    def _check_snapshot(self, manifest: dict[str, Any], where: str, used: _UsedSet, report: CheckReport) -> None:
+    def _check_snapshot(self, manifest: dict[str, Any], where: str, used: _UsedSet, report: _CheckTally) -> None:
         for s in manifest["sources"]:
             for a in SourceRecord.from_json(s).artifacts:
                 label = f"{manifest['data_id']}/{manifest['timestamp']}/{s['name']}/{a.name}"

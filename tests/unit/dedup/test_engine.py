@@ -28,7 +28,7 @@ def make_storage(root: Path) -> FilesystemStorage:
 
 def new_repo(tmp_path: Path, **settings: Any) -> DedupEngine:
     s = Settings({"passphrase": "correct horse", "pack_size": "256KiB", **settings})
-    return DedupEngine.init_repository(make_storage(tmp_path / "repo"), s, chunker=SMALL, kdf=KDF,
+    return DedupEngine.create(make_storage(tmp_path / "repo"), s, chunker=SMALL, kdf=KDF,
                                        cache_dir=tmp_path / "cache")
 
 
@@ -213,7 +213,7 @@ def test_damaged_pack_fails_restore_naming_the_artifact_and_check_finds_it(tmp_p
     with pytest.raises(CorruptBackupError, match=f"bad/{ts}/s/a"):
         restore(fresh, "bad")
     assert restore(fresh, "good") == good
-    report = fresh.check_repository(read_data=1.0)
+    report = fresh.check_repository(read_fraction=1.0)
     assert not report.ok and any(pack.name in e for e in report.errors), report.errors
     if damage in ("truncated", "deleted"):
         assert not fresh.check_repository().ok  # found without reading data
@@ -230,7 +230,7 @@ def test_damaged_trailer_is_found_and_the_index_rebuilt_by_walking(tmp_path: Pat
         flip(pack, pack.stat().st_size - FOOTER.size - 5)
     fresh = reopen(engine, tmp_path, "cache-after")
     assert restore(fresh, "bad") == bad  # restores go through the index, not the trailer
-    report = fresh.check_repository(read_data=1.0)
+    report = fresh.check_repository(read_fraction=1.0)
     assert sum("trailer" in e for e in report.errors) == len(mine), report.errors
     for p in (tmp_path / "repo" / "index").iterdir():
         p.unlink()
@@ -256,7 +256,7 @@ def test_repair_index_after_deleting_it_restores_byte_identical(tmp_path: Path) 
     assert restore(fresh, "d") == data2
     assert restore(fresh, "d", engine.backups("d")[0].timestamp) == data
     assert restore(reopen(engine, tmp_path), "d") == data2  # the old cache notices the index changed
-    assert fresh.check_repository(read_data=1.0).ok
+    assert fresh.check_repository(read_fraction=1.0).ok
 
 
 def test_repair_snapshots_after_deleting_them_gives_the_same_listing(tmp_path: Path) -> None:
@@ -273,7 +273,7 @@ def test_repair_snapshots_after_deleting_them_gives_the_same_listing(tmp_path: P
     fresh = reopen(engine, tmp_path, "cache-fresh")
     assert {d: [(b.timestamp, b.manifest) for b in fresh.backups(d)] for d in ("d", "e")} == before
     assert engine.repair_snapshots().written == []  # idempotent
-    assert fresh.check_repository(read_data=1.0).ok
+    assert fresh.check_repository(read_fraction=1.0).ok
 
 
 def test_damaged_pointer_is_listed_damaged_and_hides_nothing(tmp_path: Path) -> None:
@@ -313,7 +313,7 @@ def test_two_writers_at_once_into_one_repository(tmp_path: Path) -> None:
     fresh = reopen(engine, tmp_path, "cache-fresh")
     for name, data in datasets.items():
         assert restore(fresh, name) == data
-    assert fresh.check_repository(read_data=1.0).ok
+    assert fresh.check_repository(read_fraction=1.0).ok
 
 
 class Crashing(FilesystemStorage):
@@ -377,7 +377,7 @@ def test_crash_after_every_commit(tmp_path: Path) -> None:
         after = reopen(eng, case)
         assert after.data_ids() == ["base"], n
         assert restore(after, "base") == base
-        report = after.check_repository(read_data=1.0)
+        report = after.check_repository(read_fraction=1.0)
         assert report.ok, (n, report.errors)
         backup(after, "work", work)
         assert restore(reopen(eng, case, "cache-fresh"), "work") == work
@@ -393,7 +393,7 @@ def test_cut_hints_and_many_chunk_lists(tmp_path: Path, monkeypatch: pytest.Monk
     lists = manifest["sources"][0]["artifacts"][0]["location"]["lists"]
     assert len(lists) > 3
     assert restore(reopen(engine, tmp_path, "cache-2"), "d") == data
-    assert engine.check_repository(read_data=1.0).ok
+    assert engine.check_repository(read_fraction=1.0).ok
 
 
 def test_chunker_is_independent_of_write_sizes() -> None:
@@ -434,4 +434,4 @@ def test_real_write_only_key_writes_but_cannot_read(tmp_path: Path) -> None:
             call()
     fresh = DedupEngine(engine.storage, engine.settings, cache_dir=tmp_path / "admin-2")  # the passphrase opens it
     assert restore(fresh, "d") == data
-    assert fresh.check_repository(read_data=1.0).ok  # the write-only key's signature verifies
+    assert fresh.check_repository(read_fraction=1.0).ok  # the write-only key's signature verifies

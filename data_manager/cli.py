@@ -483,7 +483,8 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo("storages:")
     for s in st.storages:
         state = "reachable" if s["reachable"] else f"UNREACHABLE: {s.get('error')}"
-        click.echo(f"  {s['name']} ({s['type']}) {s.get('location', '')}: {state}")
+        kind = s["type"] + (f", {s['engine']} engine" if s.get("engine", "worm") != "worm" else "")
+        click.echo(f"  {s['name']} ({kind}) {s.get('location', '')}: {state}")
     click.echo("datasets:")
     for d in st.datasets:
         latest = f"{d['latest']} ({age_text(d['age_seconds'])})" if d["latest"] else "no backup yet"

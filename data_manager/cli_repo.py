@@ -72,7 +72,7 @@ def check(storages: tuple[str, ...], subset: str | None, as_json: bool) -> None:
         _emit([r.to_json() for r in reports])
     else:
         for r in reports:
-            counts = ", ".join(f"{v} {k}" for k, v in r.counts.items())
+            counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.counts.items())
             read = f", {human_size(r.read_bytes)} read back" if r.read_fraction else ""
             click.echo(f"{r.storage} ({r.engine}): {'ok' if r.ok else 'DAMAGED'}: {counts}{read} in {r.seconds:.1f}s")
             for e in r.errors:

@@ -63,6 +63,7 @@ class SourceSink:
         record.started_at = iso(now_utc())
 
     def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
+        """See :meth:`~data_manager.types.ArtifactSink.open`: the name checked, then :meth:`open_artifact`."""
         check_artifact_name(name)
         with self._lock:
             if name in self._open or any(a.name == name for a in self.record.artifacts):
@@ -71,6 +72,7 @@ class SourceSink:
         return self.open_artifact(name, compression)
 
     def set_info(self, **info: Any) -> None:
+        """See :meth:`~data_manager.types.ArtifactSink.set_info`."""
         json.dumps(info)  # fail now, in the source, not when the metadata is written
         self.record.info.update(info)
 
@@ -82,6 +84,7 @@ class SourceSink:
         item_done(self.progress)
 
     def aborted(self, name: str) -> None:
+        """Called by the engine's artifact writer once an aborted artifact is gone."""
         with self._lock:
             self._open.discard(name)
 
@@ -129,6 +132,7 @@ class BackupWriter(ABC):
         """The sink one source writes its artifacts to. Several sources may write at once (threads)."""
 
     def add_done(self, record: SourceRecord) -> None:
+        """Source ``record`` is finished (by this run or, resuming, an earlier one): part of the commit."""
         self.sources.append(record)
 
     def finished_source(self, name: str) -> SourceRecord | None:
@@ -266,6 +270,7 @@ class RepositoryEngine(ABC):
         Every reader it opens checks size and digest by EOF."""
 
     def source_records(self, info: BackupInfo) -> Iterator[SourceRecord]:
+        """The sources of the complete backup ``info``, as recorded (from its checked metadata)."""
         if info.manifest is None:
             raise UsageError(f"backup {info.data_id}/{info.timestamp} is incomplete; it cannot be used")
         for s in info.manifest["sources"]:
@@ -293,9 +298,11 @@ class RepositoryEngine(ABC):
         raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
 
     def list_keys(self) -> list[dict[str, Any]]:
+        """``repo key list``: every key (id, role, created, host, revoked), never a secret."""
         raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
 
     def revoke_key(self, key_id: str) -> None:
+        """``repo key revoke``: ``key_id`` can no longer open the repository. Admin keys only."""
         raise UsageError(f"storage {self.storage.name!r} uses the {self.kind} engine, which has no keys")
 
     def repair(self, what: str) -> dict[str, Any]:

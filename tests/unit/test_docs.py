@@ -29,3 +29,15 @@ def test_every_installed_type_has_docs() -> None:
         assert (DOCS / "sources" / f"{name}.md").exists(), name
     for name in reg.storage_types:
         assert (DOCS / "storages" / f"{name}.md").exists(), name
+
+
+def test_every_engine_method_is_documented() -> None:
+    """The seam is the engine author's manual: every public method of RepositoryEngine, BackupWriter and
+    SourceSink says what an implementation must do."""
+    from data_manager.engines.base import BackupWriter, RepositoryEngine, SourceSink
+
+    for cls in (RepositoryEngine, BackupWriter, SourceSink):
+        assert len((cls.__doc__ or "").split()) > 5, cls
+        for name, member in vars(cls).items():
+            if callable(member) and not name.startswith("_") and name not in ("to_json",):
+                assert (member.__doc__ or "").strip(), f"{cls.__name__}.{name} needs a docstring"

@@ -172,3 +172,23 @@ def test_repository_commands_on_a_worm_storage(setup) -> None:
     assert r.stdout.startswith("local (worm): ok")
     r = ok(cli("backup", "exp42", config=config, env=env), 2)  # vault has no repository yet
     assert "repo init vault" in r.stderr
+
+
+def test_copies_between_engines(setup, tmp_path: Path) -> None:
+    config, vault, env, raw, _ = setup
+    text = config.read_text().replace('[datasets.exp42]\nstorage = "vault"', '[datasets.exp42]\nstorage = "vault"\ncopies = ["local"]')
+    text += f'\n[datasets.exp43]\nstorage = "local"\ncopies = ["vault"]\n\n[[datasets.exp43.sources]]\nname = "raw"\ntype = "directory"\npath = "{raw}"\n'
+    config.write_text(text)
+    ok(cli("repo", "init", "vault", config=config, env=env))
+    ok(cli("backup", "exp42", config=config, env=env))  # dedup -> worm
+    ok(cli("backup", "exp43", config=config, env=env))  # worm -> dedup
+    for data_id in ("exp42", "exp43"):
+        [b] = json.loads(ok(cli("list", "backup", data_id, "--json", config=config, env=env)).stdout)
+        assert sorted(b["storages"]) == ["local", "vault"], b
+    # The worm copy of the dedup backup is plain files, byte for byte what was backed up.
+    [plain] = (tmp_path / "plain" / "exp42").iterdir()
+    assert (plain / "backup.json").exists() and list((plain / "raw").glob("files.jsonl*"))
+    for name in ("local", "vault"):
+        ok(cli("check", name, "--read-data-subset", "100%", config=config, env=env))
+    again = json.loads(ok(cli("copy", "--all", "exp42", "--to", "local", "--json", config=config, env=env)).stdout)
+    assert [b["state"] for b in again["backups"]] == ["already complete"]

@@ -88,7 +88,7 @@ def read_index(storage: Any, ring: Any, key: str) -> list[PackRecord]:
     with storage.open_read(key) as f:
         sealed = f.read()
     try:
-        plain = ring.index_decrypt(sealed, INDEX_CONTEXT)
+        plain = ring.index_decrypt(sealed, INDEX_CONTEXT + key.encode())  # bound to its name: no swapping
     except Exception:
         raise CorruptBackupError(f"{key}: index file is damaged (authentication failed)") from None
     return decode_index(plain, key)
@@ -97,7 +97,7 @@ def read_index(storage: Any, ring: Any, key: str) -> list[PackRecord]:
 def write_index(storage: Any, ring: Any, packs: list[PackRecord]) -> str:
     """Write one new index file listing ``packs`` (all committed already); its key."""
     key = new_index_key()
-    data = ring.index_encrypt(encode_index(packs), INDEX_CONTEXT)
+    data = ring.index_encrypt(encode_index(packs), INDEX_CONTEXT + key.encode())
     with storage.open_write(key) as w:
         w.write(data)
     return key

@@ -188,6 +188,8 @@ class DataManager:
         return stype.factory(spec.name, settings or spec.settings)
 
     def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
         self._engines.clear()
         for storage in self._storages.values():
             storage.close()

@@ -192,6 +192,9 @@ class RepositoryEngine(ABC):
         """Where the backups are, for people (no secrets)."""
         return self.storage.location()
 
+    def close(self) -> None:
+        """Release what the engine holds open (a local cache). It may be used again afterwards."""
+
     def check(self) -> None:
         """Fail with one clear line unless backups can be written and read now (storage reachable,
         repository initialised, key unlocked)."""

@@ -290,6 +290,22 @@ class RepositoryEngine(ABC):
         removed unless ``remove`` is false."""
         return []
 
+    # ---- retention: the only place complete backups are ever removed (admin keys only)
+
+    def holds(self, data_id: str) -> dict[str, str]:
+        """The held backups of ``data_id``: TIMESTAMP -> why. A held backup is never forgotten."""
+        return {}
+
+    def set_hold(self, data_id: str, timestamp: str, reason: str | None) -> None:
+        """Hold the complete backup ``data_id/timestamp`` (``reason``), or release it (``None``: admin only)."""
+        raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot hold backups")
+
+    def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
+        """Remove these complete backups of ``data_id`` (none held: check first), so that an interrupted
+        forget leaves each either complete or incomplete (``cleanup`` removes it), never a listed backup
+        with missing data; the timestamps removed. Space may be freed later (``prune``)."""
+        raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot forget backups")
+
     # ---- administration: engines with a format to set up, keys, and deep checks
 
     def init_repository(self) -> dict[str, Any]:

@@ -189,13 +189,28 @@ class ArtifactWriter(Protocol):
 
     #: Once closed: the BLAKE3 (hex) of the bytes written, as the manifest records it. A source whose item
     #: fills an artifact alone can take it as the item's digest rather than hash the same bytes again.
+    #: ``""`` when the engine appended reused items (:meth:`reuse`).
     digest: str
 
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
     def cut(self) -> None:
-        """A hint: a file (or row group) boundary here. A chunking engine may end a chunk at this point,
+        """A hint: a file (or row group) boundary here. A chunking engine ends a chunk at this point,
         so an unchanged file dedups whatever precedes it; other engines ignore it."""
+        ...
+
+    def reuse(self, item: str, size: int) -> Mapping[str, Any] | None:
+        """Right after :meth:`cut`: the next ``size`` bytes are ``item``, a fingerprint of unchanged content
+        (e.g. ``path, size, mtime_ns, inode, ctime_ns``). If the engine stored exactly that item before (see
+        :meth:`remember`), it appends those bytes itself and returns what the source attached then: the source
+        writes nothing for the item (and must not count on :attr:`digest`, which is then ``""``). ``None``:
+        write the bytes as usual. Engines without a files cache always return ``None``."""
+        ...
+
+    def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        """Right after the :meth:`cut` that ends an item: the ``size`` bytes written since the cut before it
+        were ``item``; a later backup may :meth:`reuse` them, getting ``extra`` (JSON-serialisable, e.g. the
+        item's own digest) back. Never call it for an item that changed while it was read."""
         ...
 
     def close(self) -> None: ...

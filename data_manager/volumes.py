@@ -10,7 +10,8 @@ read alone, by range.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .types import ArtifactSink, ArtifactWriter, Compression
 
@@ -71,6 +72,7 @@ class Volumes:
         self.name = ""
         self.offset = 0
         self.names: list[str] = []
+        self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
 
     def start(self) -> tuple[str, int]:
         """The volume and offset the next bytes go to (opening a volume if none is open)."""
@@ -89,11 +91,27 @@ class Volumes:
         self.offset += len(data)
 
     def cut(self) -> None:
-        """An item boundary: a chunking engine may end a chunk here (see ArtifactWriter.cut)."""
+        """An item boundary: a chunking engine ends a chunk here (see ArtifactWriter.cut)."""
         if self._out is not None:
             cut = getattr(self._out, "cut", None)  # a plugin's own test double may not have it
             if cut is not None:
                 cut()
+
+    def reuse(self, item: str, size: int) -> Mapping[str, Any] | None:
+        """Right after :meth:`cut`: the engine appends the ``size`` bytes of an unchanged ``item`` itself, if it
+        can (see ArtifactWriter.reuse); then the volume's offset moves on as if they were written."""
+        reuse = getattr(self._out, "reuse", None) if self._out is not None else None
+        extra = reuse(item, size) if reuse is not None else None
+        if extra is not None:
+            self.offset += size
+            self.reused = True
+        return extra
+
+    def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        """Right after the :meth:`cut` ending an item (see ArtifactWriter.remember)."""
+        remember = getattr(self._out, "remember", None) if self._out is not None else None
+        if remember is not None:
+            remember(item, size, extra)
 
     def roll(self) -> None:
         """Between items: close the volume if it has reached the limit."""

@@ -208,9 +208,19 @@ class DirectorySource(Source):
             info.size = size
             info.type = tarfile.REGTYPE
             target.header(info, st.st_mtime_ns)
+            volume, offset = target.name, target.offset
+            padded = size + (-size % 512)
+            fingerprint = ""
             if size >= _SMALL:
                 target.cut()  # the file's bytes start a chunk: an unchanged file dedups wherever it moves
-            volume, offset = target.name, target.offset
+                # An engine with a files cache appends an unchanged file's bytes itself: not read again.
+                fingerprint = "\0".join(map(str, (self.name, rel, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+                                                  st.st_mode)))
+                extra = target.reuse(fingerprint, padded)
+                if extra is not None and isinstance(extra.get("sha256"), str):
+                    target.roll()
+                    return {"type": "file", "size": size, "sha256": extra["sha256"], "volume": volume,
+                            "offset": offset}
             digest = hashlib.sha256()
             left = size
             while n and left:
@@ -224,11 +234,14 @@ class DirectorySource(Source):
                 first = view[:n]
             if left or f.read(1):
                 changed.append(rel)
+                fingerprint = ""  # never offered for reuse
                 if left:  # the file shrank: keep the tar stream consistent
                     target.write(bytes(left))
         target.pad(size)
         if size >= _SMALL:
             target.cut()
+            if fingerprint:
+                target.remember(fingerprint, padded, {"sha256": digest.hexdigest()})
         target.roll()
         return {"type": "file", "size": size, "sha256": digest.hexdigest(), "volume": volume, "offset": offset}
 

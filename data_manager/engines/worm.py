@@ -178,6 +178,13 @@ class ArtifactStream(io.RawIOBase):
     def cut(self) -> None:
         """Worm stores artifacts whole: a chunk boundary means nothing here."""
 
+    def reuse(self, item: str, size: int) -> None:
+        """Worm keeps no files cache: every byte is written again."""
+        return None
+
+    def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        """Worm keeps no files cache."""
+
     def _stage(self, data: bytes | memoryview) -> None:
         self._staged.append(data)
         self._staged_size += len(data)

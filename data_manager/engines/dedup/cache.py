@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS blobs(id BLOB PRIMARY KEY, pack INTEGER NOT NULL, off
                                  comp INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pointers(name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots(id BLOB PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(key BLOB PRIMARY KEY, size INTEGER NOT NULL, refs BLOB NOT NULL,
+                                 extra TEXT NOT NULL, used REAL NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -84,10 +86,10 @@ class IndexCache:
             self._db.close()
 
     def reset(self) -> None:
-        """Forget the index (it is read again from the index files)."""
+        """Forget the index (it is read again from the index files), and the files cache with it."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for table in ("seen", "packs", "blobs"):
+            for table in ("seen", "packs", "blobs", "files"):
                 self._db.execute(f"DELETE FROM {table}")
             self._db.execute("COMMIT")
 
@@ -191,3 +193,27 @@ class IndexCache:
     def put_snapshot(self, blob_id: bytes, doc: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO snapshots VALUES(?,?)", (blob_id, json.dumps(doc)))
+
+    # ---- the files cache (engine.FilesCache)
+
+    def file(self, key: bytes) -> tuple[int, bytes, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT size, refs, extra FROM files WHERE key=?", (key,)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def put_files(self, rows: list[tuple[bytes, int, bytes, str]], used: list[bytes], max_age: float) -> None:
+        """Add or refresh entries, mark ``used`` ones as used now, drop those unused for ``max_age`` s."""
+        import time
+
+        now = time.time()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO files VALUES(?,?,?,?,?)", [(*r, now) for r in rows])
+                db.executemany("UPDATE files SET used=? WHERE key=?", [(now, k) for k in used])
+                db.execute("DELETE FROM files WHERE used < ?", (now - max_age,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise

@@ -72,10 +72,10 @@ class Chunker:
             yield from self._run(final=False)
 
     def cut(self) -> Iterator[memoryview]:
-        """A file boundary: end the current chunk here, unless it would be smaller than ``min_size`` (many
-        small files then share chunks instead of making one tiny chunk each)."""
-        if len(self._tail) + self._pending_size >= self.params.min_size:
-            yield from self._run(final=True)
+        """A file boundary: end the current chunk here, whatever its size, so the next item starts a chunk
+        (and the files cache can append an unchanged item's chunks as they are). Sources cut only around
+        items of 64 KiB or more, so small files still share chunks."""
+        yield from self._run(final=True)
 
     def finish(self) -> Iterator[memoryview]:
         """The end of the stream: everything left."""

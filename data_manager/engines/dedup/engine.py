@@ -300,6 +300,48 @@ class BlobStore:
                     self._pending.discard(e.id)
 
 
+# --------------------------------------------------------------------------- writing: the files cache
+
+
+class FilesCache:
+    """What a source's unchanged items were stored as: ``item`` (a fingerprint the source builds: path, size,
+    mtime, inode...) -> its chunks and what the source attached. Local, in the index cache; only a hint:
+    every chunk is looked up in the index before it is reused, and restores check every chunk by its id.
+    Entries are saved when the backup commits (their chunks are indexed then) and dropped after
+    :data:`FILES_TTL` seconds unused."""
+
+    def __init__(self, cache: IndexCache) -> None:
+        self._cache = cache
+        self.remembered: list[tuple[str, int, list[tuple[bytes, int]], dict[str, Any]]] = []
+        self._used: list[bytes] = []
+
+    @staticmethod
+    def key(item: str) -> bytes:
+        return blake3(item.encode("utf-8", "surrogateescape")).digest()
+
+    def lookup(self, item: str, size: int) -> tuple[list[tuple[bytes, int]], dict[str, Any]] | None:
+        key = self.key(item)
+        found = self._cache.file(key)
+        if found is None or found[0] != size:
+            return None
+        try:
+            refs = list(decode_chunk_list(found[1], "files cache"))
+            extra = json.loads(found[2])
+        except (CorruptBackupError, ValueError):
+            return None
+        self._used.append(key)
+        return refs, extra if isinstance(extra, dict) else {}
+
+    def save(self) -> None:
+        rows = [(self.key(item), size, encode_chunk_list(refs), json.dumps(extra))
+                for item, size, refs, extra in self.remembered]
+        self._cache.put_files(rows, self._used, max_age=FILES_TTL)
+        self.remembered, self._used = [], []
+
+
+FILES_TTL = 30 * 86400
+
+
 # --------------------------------------------------------------------------- writing: artifacts
 
 
@@ -308,6 +350,28 @@ class _Cut:
 
 
 _CUT = _Cut()
+
+
+class _Reuse:
+    """An unchanged item's chunks, appended in order with the data (the files cache)."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self, refs: list[tuple[bytes, int]]) -> None:
+        self.refs = refs
+
+
+class _Remember:
+    """The item between the last two cuts, for the files cache."""
+
+    __slots__ = ("item", "size", "extra")
+
+    def __init__(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        self.item, self.size, self.extra = item, size, dict(extra)
+
+
+CHUNKS_DIGEST = "blake3-chunks"  # the digest of an artifact holding reused items (see docs/engines.md)
+_ITEM_MAX = 1 << 16  # chunks of one item the files cache remembers (64 GiB at 1 MiB): bounded memory
 
 
 class DedupArtifactWriter(io.RawIOBase):
@@ -335,13 +399,19 @@ class DedupArtifactWriter(io.RawIOBase):
         # and up to 4 chunks waiting to be packed (views that keep their block alive).
         self._chunker = Chunker(sink.chunker_params, window=2 * sink.chunker_params.max_size)
         self._hash = blake3()
+        self._refs_hash = blake3()  # over (chunk id, length) of every chunk: the digest once items are reused
+        self._reused = False
+        self._at_cut = False  # nothing written since the last cut(): reuse() may append here
+        self._item: list[tuple[bytes, int]] | None = []  # chunks since the last cut (None: too many)
+        self._last_item: list[tuple[bytes, int]] | None = None
+        self.remembered: list[tuple[str, int, list[tuple[bytes, int]], dict[str, Any]]] = []
         self._size = 0
         self._stored = 0
         self._chunks: list[tuple[bytes, int]] = []
         self._lists: list[str] = []
         self._count = 0
         self._staged = bytearray()
-        self._queue: queue.Queue[bytes | bytearray | _Cut | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[bytes | bytearray | _Cut | _Reuse | _Remember | None] = queue.Queue(maxsize=2)
         self._new: queue.Queue[tuple[bytes, memoryview] | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._done = False
@@ -363,6 +433,7 @@ class DedupArtifactWriter(io.RawIOBase):
         n = memoryview(data).nbytes
         if not n:
             return 0
+        self._at_cut = False
         self._size += n
         if n >= self.BLOCK and isinstance(data, bytes) and not self._staged:
             self._put(data)  # large and immutable: by reference
@@ -379,6 +450,27 @@ class DedupArtifactWriter(io.RawIOBase):
         if not self._done:
             self._emit()
             self._put(_CUT)
+            self._at_cut = True
+
+    def reuse(self, item: str, size: int) -> Mapping[str, Any] | None:
+        """The files cache: an unchanged item's chunks appended without its bytes (see ArtifactWriter)."""
+        if self._done or not self._at_cut or size <= 0:
+            return None
+        found = self._sink.files.lookup(item, size)
+        if found is None:
+            return None
+        refs, extra = found
+        if sum(n for _, n in refs) != size or not all(self._store.known(cid) for cid, _ in refs):
+            return None  # stale (a repair or prune since): the bytes are read again
+        self._put(_Reuse(refs))
+        self._size += size
+        if self._progress is not None:
+            self._progress(size)
+        return extra
+
+    def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        if not self._done and self._at_cut and size > 0:
+            self._put(_Remember(item, size, extra))
 
     def _emit(self) -> None:
         if not self._staged:
@@ -386,7 +478,7 @@ class DedupArtifactWriter(io.RawIOBase):
         block, self._staged = self._staged, bytearray()
         self._put(block)
 
-    def _put(self, item: bytes | bytearray | _Cut | None) -> None:
+    def _put(self, item: bytes | bytearray | _Cut | _Reuse | _Remember | None) -> None:
         self._handover(self._queue, item, self._thread)
 
     def _handover(self, q: queue.Queue[Any], item: Any, consumer: threading.Thread) -> None:
@@ -411,7 +503,20 @@ class DedupArtifactWriter(io.RawIOBase):
                 continue
             try:
                 if isinstance(item, _Cut):
-                    chunks = self._chunker.cut()
+                    for c in self._chunker.cut():
+                        self._chunk(c)
+                    self._last_item, self._item = self._item, []
+                    continue
+                if isinstance(item, _Reuse):
+                    self._reused = True
+                    for cid, n in item.refs:
+                        self._ref(cid, n)
+                    continue
+                if isinstance(item, _Remember):
+                    last = self._last_item
+                    if last is not None and sum(n for _, n in last) == item.size:
+                        self.remembered.append((item.item, item.size, last, item.extra))
+                    continue
                 else:
                     self._hash.update(item)
                     chunks = self._chunker.feed(item)
@@ -423,10 +528,19 @@ class DedupArtifactWriter(io.RawIOBase):
     def _chunk(self, chunk: memoryview) -> None:
         cid = self._ring.chunk_id(chunk)
         n = len(chunk)
-        self._chunks.append((cid, n))
-        self._count += 1
         if not self._store.known(cid):
             self._handover(self._new, (cid, chunk), self._packer)
+        self._ref(cid, n)
+
+    def _ref(self, cid: bytes, n: int) -> None:
+        """The next chunk of the artifact (stored already, or on its way to a pack)."""
+        self._chunks.append((cid, n))
+        self._count += 1
+        self._refs_hash.update(cid + n.to_bytes(4, "little"))
+        if self._item is not None:
+            self._item.append((cid, n))
+            if len(self._item) > _ITEM_MAX:
+                self._item = None
         if len(self._chunks) >= LIST_MAX:
             self._flush_list()
 
@@ -477,10 +591,16 @@ class DedupArtifactWriter(io.RawIOBase):
             raise
         self._done = True
         super().close()
-        self.digest = self._hash.hexdigest()
         location = {"lists": self._lists, "chunks": self._count}
-        self._sink.committed(ArtifactRecord(self.name, self._size, self.digest, self._stored, "chunks",
-                                            location=location))
+        if self._reused:  # some bytes never passed here: the digest is over the chunks (each checked by id)
+            self.digest = ""
+            rec = ArtifactRecord(self.name, self._size, self._refs_hash.hexdigest(), self._stored, "chunks",
+                                 CHUNKS_DIGEST, location)
+        else:
+            self.digest = self._hash.hexdigest()
+            rec = ArtifactRecord(self.name, self._size, self.digest, self._stored, "chunks", location=location)
+        self._sink.files.remembered.extend(self.remembered)
+        self._sink.committed(rec)
 
     def abort(self) -> None:
         if self._done:
@@ -512,6 +632,7 @@ class DedupSourceSink(SourceSink):
     def __init__(self, writer: DedupBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)
         self.store = writer.store
+        self.files = writer.files
         self.ring = writer.engine.ring
         self.chunker_params = writer.engine.chunker_params
         self._writers: dict[str, DedupArtifactWriter] = {}
@@ -541,6 +662,7 @@ class DedupBackupWriter(BackupWriter):
         super().__init__(data_id, timestamp, extra)
         self.engine = engine
         self.store = BlobStore(engine, engine.pack_size)
+        self.files = FilesCache(engine.cache)
         self._writer_key = f"{WRITERS_PREFIX}/{secrets.token_hex(16)}"
         self._stop = threading.Event()
         self._finished = False
@@ -591,6 +713,10 @@ class DedupBackupWriter(BackupWriter):
         self._finished = True
         self.engine.cache.put_pointer(key.rpartition("/")[2], doc)
         self.engine.cache.put_snapshot(sid, manifest)
+        try:
+            self.files.save()  # only now: every chunk it names is committed and indexed
+        except Exception as exc:  # a cache: the next backup reads those files again
+            log.warning("files cache not updated: %s", exc)
         self._end()
         return manifest
 
@@ -674,13 +800,16 @@ class ChunkStream(io.RawIOBase):
     def _fetch_all(self) -> None:
         engine = self._engine
         h = blake3()
+        by_chunks = self._rec.algorithm == CHUNKS_DIGEST
+        refs_hash = blake3()
         size = 0
         group: list[tuple[bytes, int, Located]] = []
 
         def flush() -> bool:
             nonlocal size
             for plain in engine.read_run(group):
-                h.update(plain)
+                if not by_chunks:
+                    h.update(plain)
                 size += len(plain)
                 if size > self._rec.size:
                     raise CorruptBackupError(f"longer than the {self._rec.size} bytes recorded")
@@ -690,6 +819,8 @@ class ChunkStream(io.RawIOBase):
             return True
 
         for cid, raw in self._refs():
+            if by_chunks:
+                refs_hash.update(cid + raw.to_bytes(4, "little"))
             loc = engine.cache.locate(cid)
             if loc is None:
                 raise CorruptBackupError(f"chunk {cid.hex()} is not in the index (repo repair index?)")
@@ -705,7 +836,7 @@ class ChunkStream(io.RawIOBase):
             return
         if size != self._rec.size:
             raise CorruptBackupError(f"{size} bytes, {self._rec.size} recorded (truncated?)")
-        if h.hexdigest() != self._rec.digest:
+        if (refs_hash if by_chunks else h).hexdigest() != self._rec.digest:
             raise CorruptBackupError("blake3 mismatch, the stored data is corrupt")
         self._put(b"")
 

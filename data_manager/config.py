@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import engines
+from . import engines, retention
 from .errors import ConfigError, UsageError
 from .plugins import Registry
 from .scrub import add_secrets
@@ -24,7 +24,7 @@ from .types import Dataset, Settings, SourceSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DATASET_KEYS = {"storage", "sources", "description", "timeout", "copies", "parallel"}
+_DATASET_KEYS = {"storage", "sources", "description", "timeout", "copies", "parallel", "retention"}
 # The top-level tables the core reads: here, in data_manager.api ([jobs], [guards.NAME]), data_manager.jobs
 # ([state]), data_manager.locks ([locks]) and data_manager.monitoring ([monitoring]). Plugins name theirs
 # through the ``config_tables`` hook.
@@ -202,6 +202,8 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
             known = ", ".join(sorted(storages)) or "none"
             raise ConfigError(f"{where}: key 'storage': unknown storage {storage!r} (configured: {known})", key="storage")
         _check_copies(table.get("copies", []), storage, storages, where)
+        if "retention" in table:  # [datasets.X.retention]: validated now, read by forget (data_manager.retention)
+            retention.policy_from_table(table["retention"], file, data_id, secrets)
         raw_sources = table.get("sources")
         if not isinstance(raw_sources, list) or not raw_sources:
             raise ConfigError(f"{where}: key 'sources': missing or empty ([[datasets.{data_id}.sources]])", key="sources")

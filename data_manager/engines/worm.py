@@ -487,6 +487,94 @@ class WormEngine(RepositoryEngine):
     def sweep_unfinished(self, data_id: str, timestamp: str, older_than: float, remove: bool) -> list[str]:
         return list(self.storage.sweep_unfinished(f"{data_id}/{timestamp}", older_than, remove=remove))
 
+    # ---- retention: holds are DATA_ID/.holds/TIMESTAMP.json (a "." name is never a backup); forget
+    # deletes backup.json first (the backup is incomplete from then on: cleanup's), then the rest.
+
+    HOLDS = ".holds"
+    HOLD_FORMAT = "data-manager-hold/1"
+
+    def _hold_key(self, data_id: str, timestamp: str) -> str:
+        from ..retention import check_timestamp
+
+        if not NAME_RE.match(data_id):
+            raise UsageError(f"bad dataset id {data_id!r}")
+        return f"{data_id}/{self.HOLDS}/{check_timestamp(timestamp)}.json"
+
+    def holds(self, data_id: str) -> dict[str, str]:
+        """Each hold object's reason, who and when. One that cannot be read still holds its backup (its
+        reason then says so); a name that is no TIMESTAMP holds nothing and is only logged."""
+        from ..retention import canonical_timestamp, clean_text
+        from .base import read_json_object
+
+        out: dict[str, str] = {}
+        prefix = f"{data_id}/{self.HOLDS}"
+        for entry in self.storage.list(prefix):
+            stamp = entry.name[: -len(".json")] if entry.name.endswith(".json") else ""
+            if entry.is_dir or not canonical_timestamp(stamp):
+                if not entry.name.startswith("."):  # temporary objects of a write in flight
+                    log.warning("%s/%s: not a hold (expected TIMESTAMP.json); ignored", prefix, clean_text(entry.name, 80))
+                continue
+            key = f"{prefix}/{entry.name}"
+            try:
+                with self.storage.open_read(key) as f:
+                    doc = read_json_object(f, key, limit=64 << 10)
+            except NotFoundError:
+                continue  # released while we listed
+            except CorruptBackupError as exc:
+                out[stamp] = clean_text(f"unreadable hold object, still a hold ({exc})")
+                continue
+            if (doc.get("data_id"), doc.get("timestamp")) != (data_id, stamp):
+                out[stamp] = clean_text(f"hold object {key} names {doc.get('data_id')}/{doc.get('timestamp')}, "
+                                        f"still a hold")
+                continue
+            reason = doc.get("reason") if isinstance(doc.get("reason"), str) else ""
+            who = f"{doc.get('user', '?')}@{doc.get('host', '?')}, {doc.get('created', '?')}"
+            out[stamp] = clean_text(f"{reason} ({who})" if reason else f"({who})")
+        return out
+
+    def set_hold(self, data_id: str, timestamp: str, reason: str | None) -> None:
+        """Hold the complete backup (a damaged one: exit 4; none or incomplete: exit 2), replacing an
+        earlier hold's reason; release: the hold object deleted (not held: exit 2)."""
+        import getpass
+        import socket
+
+        from ..timestamps import iso
+
+        key = self._hold_key(data_id, timestamp)
+        if reason is None:
+            if not self.storage.exists(key):
+                raise UsageError(f"backup {data_id}/{timestamp} is not held in {self.location()}")
+            self.storage.delete(key)
+            return
+        self.resolve(data_id, timestamp)
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "?"
+        write_json(self.storage, key, {"format": self.HOLD_FORMAT, "data_id": data_id, "timestamp": timestamp,
+                                       "reason": reason, "user": user, "host": socket.gethostname(),
+                                       "created": iso(now_utc())})
+
+    def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
+        """Every one checked first (a TIMESTAMP, complete, not held), so a bad one changes nothing; then
+        each backup's ``backup.json`` deleted, then the rest of it."""
+        stamps = list(dict.fromkeys(timestamps))
+        for ts in stamps:
+            self._hold_key(data_id, ts)
+        held = self.holds(data_id)
+        for ts in stamps:
+            if ts in held:
+                raise UsageError(f"backup {data_id}/{ts} is held ({held[ts]}); not forgotten")
+            if self.read_manifest(data_id, ts) is None:
+                raise UsageError(f"backup {data_id}/{ts} is not a complete backup in {self.location()}; "
+                                 f"incomplete ones are removed by cleanup")
+        gone = []
+        for ts in stamps:
+            self.storage.delete(f"{data_id}/{ts}/{MANIFEST}")  # first: incomplete from now on, never listed whole
+            self.storage.delete_tree(f"{data_id}/{ts}")
+            gone.append(ts)
+        return gone
+
     def start_backup(self, data_id: str, extra: Mapping[str, Any] | None = None,
                      timestamp: str | None = None) -> WormBackupWriter:
         return WormBackupWriter(self.storage, data_id, timestamp or self.new_timestamp(data_id), extra or {})

@@ -1,7 +1,9 @@
 """Cryptographic primitives of the ``dedup`` engine, with the exact byte layouts docs/engines-dedup-keys.md
 documents (another program must be able to read what these functions write).
 
-* AEAD blobs: ChaCha20-Poly1305, ``nonce (12 B, random) || ciphertext || tag (16 B)``.
+* AEAD blobs: AES-256-GCM, ``nonce (12 B, random) || ciphertext || tag (16 B)``. Not ChaCha20-Poly1305:
+  cryptography holds the GIL while it encrypts, and AES-GCM (AES-NI) runs 3x faster (11 vs 3.7 GB/s
+  measured here), so the packing thread holds it 3x less.
 * Sealing to the repository's X25519 public key (anonymous: the sender keeps nothing that decrypts):
   an ephemeral X25519 key pair per sealed object or per pack, the AEAD key derived with HKDF-SHA256.
 * Ed25519 signatures, always over a label that says what is signed, so a signature made for one purpose
@@ -23,7 +25,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -70,7 +72,7 @@ def aead_encrypt(key: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
     is used for one pack; the index key for index files, thousands, not billions).
     """
     nonce = os.urandom(NONCE_SIZE)
-    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def aead_decrypt(key: bytes, blob: Buffer, aad: Buffer, what: str) -> bytes:
@@ -86,18 +88,18 @@ def aead_try_decrypt(key: bytes, blob: Buffer, aad: Buffer) -> bytes | None:
     if view.nbytes < BLOB_OVERHEAD:
         return None
     try:
-        return ChaCha20Poly1305(key).decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
+        return AESGCM(key).decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
     except InvalidTag:
         return None
 
 
 class AeadKey:
-    """One ChaCha20-Poly1305 key, set up once for many blobs (a pack holds thousands)."""
+    """One AES-256-GCM key, set up once for many blobs (a pack holds thousands)."""
 
     __slots__ = ("_cipher",)
 
     def __init__(self, key: bytes) -> None:
-        self._cipher = ChaCha20Poly1305(key)
+        self._cipher = AESGCM(key)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"

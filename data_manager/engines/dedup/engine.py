@@ -380,7 +380,7 @@ class DedupArtifactWriter(io.RawIOBase):
 
     The source's thread only stages and queues. Two workers follow, each behind a bounded queue: one
     chunks and hashes (FastCDC holds the GIL, BLAKE3 releases it), one compresses, encrypts and packs the
-    chunks not stored yet (zstd and ChaCha20 release the GIL), so both cores work. The artifact is
+    chunks not stored yet (zstd releases the GIL; AES-GCM holds it briefly), so both cores work. The artifact is
     durable once the backup commits (dedup backups cannot be resumed, so no earlier point is needed);
     ``close()`` records it in the source.
     """

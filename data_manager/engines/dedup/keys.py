@@ -1,7 +1,7 @@
 """Keys of a ``dedup`` repository: the repository's config, key files with roles, passphrases, revocation.
 
 A repository has one set of secrets, made at ``init``: ``id_key`` (keyed BLAKE3 chunk ids), ``index_key``
-(ChaCha20-Poly1305 for index files) and an X25519 pair (``seal_public``, ``seal_private``) every pack and
+(AES-256-GCM for index files) and an X25519 pair (``seal_public``, ``seal_private``) every pack and
 snapshot pointer is sealed to. Each *key file* (``keys/<key id>``) holds some of them, wrapped under a key
 derived from its own passphrase with Argon2id, plus its own Ed25519 signing key:
 

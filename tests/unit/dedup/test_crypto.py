@@ -8,7 +8,7 @@ from blake3 import blake3
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from data_manager.engines.dedup import crypto
@@ -34,7 +34,7 @@ def test_aead_blob_layout_and_tampering() -> None:
     key = crypto.random_key()
     blob = crypto.aead_encrypt(key, b"plain", b"aad")
     assert len(blob) == 5 + crypto.BLOB_OVERHEAD
-    assert ChaCha20Poly1305(key).decrypt(blob[:12], blob[12:], b"aad") == b"plain"
+    assert AESGCM(key).decrypt(blob[:12], blob[12:], b"aad") == b"plain"
     assert crypto.aead_decrypt(key, memoryview(blob), b"aad", "x") == b"plain"
     for i in range(len(blob)):
         bad = bytearray(blob)
@@ -55,7 +55,7 @@ def test_pack_layout_per_pack_keys_and_tampering() -> None:
     sealer = crypto.PackSealer(private.public_key(), REPO)
     blob = sealer.encrypt(memoryview(b"chunk data"), b"chunk id")
     key = documented_key(private, sealer.header, b"dm-pack")
-    assert ChaCha20Poly1305(key).decrypt(blob[:12], blob[12:], b"chunk id") == b"chunk data"
+    assert AESGCM(key).decrypt(blob[:12], blob[12:], b"chunk id") == b"chunk data"
     opener = crypto.PackOpener(private, REPO, sealer.header)
     assert opener.decrypt(memoryview(blob), b"chunk id") == b"chunk data"
     with pytest.raises(CorruptBackupError, match="pack blob"):
@@ -84,7 +84,7 @@ def test_sealed_object_layout_and_tampering() -> None:
     sealed = crypto.seal(private.public_key(), REPO, b"pointer", b"snapshots/x")
     assert len(sealed) == len(b"pointer") + crypto.SEAL_OVERHEAD
     key = documented_key(private, sealed[:32], b"dm-seal")
-    assert ChaCha20Poly1305(key).decrypt(sealed[32:44], sealed[44:], b"snapshots/x") == b"pointer"
+    assert AESGCM(key).decrypt(sealed[32:44], sealed[44:], b"snapshots/x") == b"pointer"
     assert crypto.unseal(private, REPO, sealed, b"snapshots/x") == b"pointer"
     for i in range(len(sealed)):
         bad = bytearray(sealed)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from data_manager.builtin.filesystem import FilesystemStorage
@@ -66,7 +66,7 @@ def unwrap_as_documented(path: Path, passphrase: str) -> dict:
                     lanes=kdf["lanes"], memory_cost=kdf["memory_kib"]).derive(passphrase.encode())
     blob = base64.b64decode(doc["secrets"])
     aad = b"data-manager-dedup/1 wrapped\0" + doc["repo"].encode() + b"\0" + doc["id"].encode()
-    return json.loads(ChaCha20Poly1305(wrap).decrypt(blob[:12], blob[12:], aad))
+    return json.loads(AESGCM(wrap).decrypt(blob[:12], blob[12:], aad))
 
 
 # --------------------------------------------------------------------------- init and open
@@ -267,7 +267,7 @@ def test_key_holder_rewrapping_its_secrets_as_admin_is_not_trusted(storage: File
                     memory_cost=8192).derive(b"append pass")
     aad = b"data-manager-dedup/1 wrapped\0" + doc["repo"].encode() + b"\0" + key_id.encode()
     nonce = b"\1" * 12
-    doc["secrets"] = base64.b64encode(nonce + ChaCha20Poly1305(wrap).encrypt(
+    doc["secrets"] = base64.b64encode(nonce + AESGCM(wrap).encrypt(
         nonce, json.dumps(secrets).encode(), aad)).decode()
     doc["role"] = "admin"
     path.write_text(json.dumps(doc))

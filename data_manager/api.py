@@ -240,6 +240,34 @@ class DataManager:
 
         return copy_backups(self, data_id, which, to, dry_run=dry_run, progress=progress, wait=wait)
 
+    def forget(self, data_id: str, *, dry_run: bool = False, overrides: Mapping[str, Any] | None = None,
+               wait: float = 0.0) -> Any:
+        """Remove the complete backups of ``data_id`` its retention policy (``[datasets.X.retention]``,
+        ``overrides`` of its keys applied) does not keep; held ones never. A job locking the dataset unless
+        ``dry_run`` (:mod:`data_manager.operations.forget`); returns a
+        :class:`~data_manager.operations.forget.ForgetResult`, every backup with keep/remove and why."""
+        from .operations.forget import forget
+
+        return forget(self, data_id, dry_run=dry_run, overrides=overrides, wait=wait)
+
+    def hold(self, data_id: str, timestamp: str, reason: str | None = None, *, wait: float = 0.0) -> None:
+        """Exempt the complete backup ``data_id/timestamp`` from ``forget`` until :meth:`unhold`."""
+        from .operations.forget import hold
+
+        hold(self, data_id, timestamp, reason, wait=wait)
+
+    def unhold(self, data_id: str, timestamp: str, *, wait: float = 0.0) -> None:
+        """Release the hold on ``data_id/timestamp``."""
+        from .operations.forget import unhold
+
+        unhold(self, data_id, timestamp, wait=wait)
+
+    def holds(self, data_id: str) -> dict[str, str]:
+        """The held backups of ``data_id``: TIMESTAMP -> why (reason, who, when)."""
+        from .operations.forget import holds
+
+        return holds(self, data_id)
+
     def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
         """Backups of one dataset, or of every dataset, found in the configured storages; oldest first, each
         once with the storages holding it (``BackupInfo.storages``: copies too)."""

@@ -638,9 +638,12 @@ def plugins(as_json: bool) -> None:
 
 def _register_repository_commands() -> None:
     from .cli_repo import check, repo
+    from .cli_retention import forget, hold, holds, unhold
 
     main.add_command(check)
     main.add_command(repo)
+    for command in (forget, hold, unhold, holds):
+        main.add_command(command)
 
 
 _register_repository_commands()

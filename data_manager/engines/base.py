@@ -293,17 +293,24 @@ class RepositoryEngine(ABC):
     # ---- retention: the only place complete backups are ever removed (admin keys only)
 
     def holds(self, data_id: str) -> dict[str, str]:
-        """The held backups of ``data_id``: TIMESTAMP -> why. A held backup is never forgotten."""
+        """The held backups of ``data_id``: TIMESTAMP -> why, for people (reason, who, when). A held backup
+        is never forgotten. Read back untrusted: a hold that cannot be read or checked still holds its
+        TIMESTAMP (the text says so, on one line); it never raises for one."""
         return {}
 
     def set_hold(self, data_id: str, timestamp: str, reason: str | None) -> None:
-        """Hold the complete backup ``data_id/timestamp`` (``reason``), or release it (``None``: admin only)."""
+        """Hold the complete backup ``data_id/timestamp`` (``reason``, replacing an earlier hold's), or
+        release it (``None``: admin only). Refused: a bad TIMESTAMP, no such complete backup, releasing what
+        is not held (:class:`UsageError`), holding a damaged one (:class:`CorruptBackupError`)."""
         raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot hold backups")
 
     def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
         """Remove these complete backups of ``data_id`` (none held: check first), so that an interrupted
         forget leaves each either complete or incomplete (``cleanup`` removes it), never a listed backup
-        with missing data; the timestamps removed. Space may be freed later (``prune``)."""
+        with missing data; the timestamps removed. Every one is checked before anything is removed (a
+        TIMESTAMP, complete, not held), so bad input changes nothing. The caller
+        (:mod:`data_manager.operations.forget`) passes what :func:`data_manager.retention.plan` removes,
+        under the dataset's lock. Space may be freed later (``prune``)."""
         raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot forget backups")
 
     # ---- administration: engines with a format to set up, keys, and deep checks

@@ -240,7 +240,8 @@ def cases(draw: st.DrawFn) -> tuple[Policy, list[str], dict[str, str], datetime]
     return draw(policies), backups, {h: "why" for h in held}, draw(nows)
 
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, database=None,  # no .hypothesis/ in the checkout
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST

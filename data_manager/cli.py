@@ -208,6 +208,9 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool)
     ROOT/DATA_ID/TIMESTAMP/SOURCE with human-readable metadata (backup.json) beside the data.
     """
     _setup_logging(verbose, quiet)
+    from .memory import tune_allocator
+
+    tune_allocator()  # the command owns its process; the Python API leaves its host's allocator alone
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt_on_term)
     ctx.obj = Context(config_path, quiet)

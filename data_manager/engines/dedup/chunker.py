@@ -96,4 +96,5 @@ class Chunker:
                 break  # this cut could still move with more data
             yield view[c.offset : c.offset + c.length]
             start = c.offset + c.length
-        self._tail = view[start:]
+        # A copy: a view would keep the whole joined block alive until the next run (memory, not speed).
+        self._tail = memoryview(bytes(view[start:]))

@@ -185,7 +185,7 @@ class BlobStore:
                 return 0
             b = self._building[kind]
             if b is None:
-                b = self._building[kind] = PackBuilder(self.ring, kind)
+                b = self._building[kind] = PackBuilder(self.ring, kind, self.storage.open_write)
             before = b.size
             entry = b.add(blob_id, typ, compression, raw, payload)
             self._pending.add(blob_id)
@@ -227,14 +227,22 @@ class BlobStore:
     def abort(self) -> None:
         """Stop; committed packs and index files stay (the next backup reuses them)."""
         with self._lock:
+            building = [b for b in self._building.values() if b is not None]
             self._building = {"data": None, "meta": None}
         if self._error is None:
             self._error = DataManagerError("backup aborted")
         while True:  # unblock the uploader and let it see the stop
             try:
-                self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, PackBuilder):
+                building.append(item)
+        for b in building:
+            try:
+                b.abort()
+            except Exception as exc:  # what a writer leaves is cleanup's
+                log.debug("abort %s: %s", b.key, exc)
         try:
             self._queue.put_nowait(None)
         except queue.Full:
@@ -260,6 +268,8 @@ class BlobStore:
             if item is None:
                 return
             if self._error is not None:
+                if isinstance(item, PackBuilder):
+                    item.abort()  # its partial object must not linger
                 continue
             try:
                 if isinstance(item, PackBuilder):
@@ -273,16 +283,13 @@ class BlobStore:
                 self._error = exc
 
     def _upload(self, b: PackBuilder) -> None:
-        b.finish()
-        w = self.storage.open_write(b.key)
         try:
-            for part in b.parts:
-                w.write(part)
-            w.commit()
+            b.finish()
+            assert b.out is not None
+            b.out.commit()
         except BaseException:
-            w.abort()
+            b.abort()
             raise
-        b.parts = []  # free the pack's bytes now
         self.packs_written += 1
         self._unindexed.append(PackRecord(b.pack_id, b.kind, b.size, b.header, b.entries))
 
@@ -385,7 +392,7 @@ class DedupArtifactWriter(io.RawIOBase):
     ``close()`` records it in the source.
     """
 
-    BLOCK = 4 << 20
+    BLOCK = 1 << 20
 
     def __init__(self, sink: DedupSourceSink, name: str, compression: Compression) -> None:
         super().__init__()
@@ -529,7 +536,8 @@ class DedupArtifactWriter(io.RawIOBase):
         cid = self._ring.chunk_id(chunk)
         n = len(chunk)
         if not self._store.known(cid):
-            self._handover(self._new, (cid, chunk), self._packer)
+            # A copy: a view would keep the chunker's whole window (up to ~12 MiB) alive while it waits.
+            self._handover(self._new, (cid, bytes(chunk)), self._packer)
         self._ref(cid, n)
 
     def _ref(self, cid: bytes, n: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import CorruptBackupError
@@ -147,22 +148,32 @@ def parse_pack_header(data: bytes, where: str) -> PackHeader:
 
 
 class PackBuilder:
-    """One pack being filled in memory (at most about ``pack_size`` bytes), then uploaded whole.
+    """One pack being filled: streamed into ``open_write(key)`` blob by blob (so a pack costs no memory; the
+    storage's writer commits it whole or not at all), or without one kept in :attr:`parts`.
 
     Never thread-safe on its own: the caller holds a lock around :meth:`add`. Encryption happens here, with
     the pack's own sealer (one fresh pack key per pack, sealed to the repository's public key, so a
     write-only key can write it but never read it back).
     """
 
-    def __init__(self, ring: Any, kind: str) -> None:
+    def __init__(self, ring: Any, kind: str, open_write: Callable[[str], Any] | None = None) -> None:
         self.kind = kind
         self.pack_id = new_pack_id()
         self.key = pack_key(kind, self.pack_id)
         self._sealer = ring.new_pack_sealer()
         self.header = encode_pack_header(kind, self._sealer.header, blob_overhead())
-        self.parts: list[bytes] = [self.header]
-        self.size = len(self.header)
+        self.out = open_write(self.key) if open_write is not None else None
+        self.parts: list[bytes] = []
+        self.size = 0
         self.entries: list[BlobEntry] = []
+        self._emit(self.header)
+
+    def _emit(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.write(data)
+        else:
+            self.parts.append(data)
+        self.size += len(data)
 
     def add(self, blob_id: bytes, typ: int, compression: int, raw: int, payload: bytes | memoryview) -> BlobEntry:
         """Encrypt and append one blob (``payload``: its bytes after compression); its entry."""
@@ -170,9 +181,8 @@ class PackBuilder:
         entry = BlobEntry(blob_id, typ, compression, raw, len(ct), self.size)
         plain = entry.plain_header()
         sealed_header = self._sealer.encrypt(plain, header_aad(self.size))
-        self.parts.append(sealed_header)
-        self.parts.append(ct)
-        self.size += len(sealed_header) + len(ct)
+        self._emit(sealed_header)
+        self._emit(ct)
         self.entries.append(entry)
         return entry
 
@@ -180,9 +190,14 @@ class PackBuilder:
         """Append the sealed trailer and the footer: the pack is then complete."""
         plain = TRAILER_MAGIC + struct.pack("<I", len(self.entries)) + b"".join(e.pack() for e in self.entries)
         trailer = self._sealer.encrypt(plain, trailer_aad(self.kind))
-        self.parts.append(trailer)
-        self.parts.append(FOOTER.pack(len(trailer), FOOTER_MAGIC))
-        self.size += len(trailer) + FOOTER.size
+        self._emit(trailer)
+        self._emit(FOOTER.pack(len(trailer), FOOTER_MAGIC))
+
+    def abort(self) -> None:
+        """Drop the pack: nothing of it becomes visible."""
+        if self.out is not None:
+            self.out.abort()
+        self.parts = []
 
 
 def payload_aad(blob_id: bytes, typ: int, compression: int, raw: int) -> bytes:

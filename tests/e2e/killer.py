@@ -1,6 +1,8 @@
 """Runs the ``data-manager`` command and SIGKILLs itself just before its Nth durable step: a storage
 object's write or commit, a restore's file write, its sync, its swap. ``DM_KILL_AT=0`` never kills; the
-number of steps taken is written to ``DM_KILL_COUNT`` at exit, so a test can sweep every step."""
+number of steps taken is written to ``DM_KILL_COUNT`` at exit, so a test can sweep every step. With
+``DM_KILL_DELETES=1`` a filesystem storage's deletes are steps too (a dedup backup removes its heartbeat
+after its pointer is committed, then the dataset lock is released)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def _wrap(owner: Any, name: str) -> None:
 for owner, name in ((filesystem._FileWriter, "write"), (filesystem._FileWriter, "commit"), (directory, "write_all"),
                     (directory, "sync_filesystem"), (directory, "exchange"), (directory, "fsync_dir")):
     _wrap(owner, name)
+
+if os.environ.get("DM_KILL_DELETES") == "1":
+    _wrap(filesystem.FilesystemStorage, "delete")
 
 if os.environ.get("DM_KILL_COUNT"):
     atexit.register(lambda: Path(os.environ["DM_KILL_COUNT"]).write_text(str(_count)))

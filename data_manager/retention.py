@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ConfigError, CorruptBackupError, UsageError
-from .timestamps import format_timestamp, iso, now_utc, parse_timestamp
+from .timestamps import format_timestamp, iso, is_timestamp, now_utc, parse_timestamp
 from .types import Settings
 
 COUNT_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
@@ -203,19 +203,9 @@ RULES: tuple[tuple[str, str, Callable[[datetime, int], tuple[int, ...]]], ...] =
 )
 
 
-def canonical_timestamp(text: Any) -> bool:
-    """Whether ``text`` is a TIMESTAMP written exactly as data-manager writes them (``20261123T072900Z``)."""
-    if not isinstance(text, str) or len(text) != 16:
-        return False
-    try:
-        return format_timestamp(parse_timestamp(text)) == text
-    except UsageError:
-        return False
-
-
 def check_timestamp(text: str) -> str:
     """``text`` if it is a TIMESTAMP, else the usage error every command gives (exit 2)."""
-    if not canonical_timestamp(text):
+    if not is_timestamp(text):
         raise UsageError(f"bad timestamp {text!r}: expected YYYYMMDDTHHMMSSZ (UTC), e.g. 20261123T072900Z")
     return text
 
@@ -244,7 +234,7 @@ def plan(policy: Policy, backups: Collection[str], holds: Mapping[str, str] | No
     holds = holds or {}
     when: dict[str, datetime] = {}
     for ts in backups:
-        if not canonical_timestamp(ts):
+        if not is_timestamp(ts):
             raise CorruptBackupError(f"backup name {clean_text(ts, 80)!r} is no TIMESTAMP (YYYYMMDDTHHMMSSZ)")
         when[ts] = (times or {}).get(ts) or parse_timestamp(ts)
     newest_first = sorted(when, key=lambda ts: (when[ts], ts), reverse=True)

@@ -503,14 +503,15 @@ class WormEngine(RepositoryEngine):
     def holds(self, data_id: str) -> dict[str, str]:
         """Each hold object's reason, who and when. One that cannot be read still holds its backup (its
         reason then says so); a name that is no TIMESTAMP holds nothing and is only logged."""
-        from ..retention import canonical_timestamp, clean_text
+        from ..retention import clean_text
+        from ..timestamps import is_timestamp
         from .base import read_json_object
 
         out: dict[str, str] = {}
         prefix = f"{data_id}/{self.HOLDS}"
         for entry in self.storage.list(prefix):
             stamp = entry.name[: -len(".json")] if entry.name.endswith(".json") else ""
-            if entry.is_dir or not canonical_timestamp(stamp):
+            if entry.is_dir or not is_timestamp(stamp):
                 if not entry.name.startswith("."):  # temporary objects of a write in flight
                     log.warning("%s/%s: not a hold (expected TIMESTAMP.json); ignored", prefix, clean_text(entry.name, 80))
                 continue

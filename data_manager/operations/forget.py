@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..engines.base import RepositoryEngine
 from ..errors import UsageError
-from ..retention import (Decision, Plan, Policy, canonical_timestamp, check_timestamp, clean_text, plan,
+from ..timestamps import is_timestamp
+from ..retention import (Decision, Plan, Policy, check_timestamp, clean_text, plan,
                          policy_from_table)
 from ..runner import JobContext, one_line
 from ..types import Dataset
@@ -81,11 +82,7 @@ def _plan(repo: RepositoryEngine, data_id: str, policy: Policy) -> tuple[Plan, l
     for b in backups:
         if b.damaged:
             notes.append(f"{b.timestamp}: damaged, not counted and not removed: {clean_text(b.damaged)}")
-    complete = [b.timestamp for b in backups if b.complete and canonical_timestamp(b.timestamp)]
-    for b in backups:
-        if b.complete and b.timestamp not in complete:  # a name the lenient listing took for a TIMESTAMP
-            notes.append(f"{clean_text(b.timestamp, 80)}: not a TIMESTAMP as data-manager writes them; "
-                         f"not counted and not removed")
+    complete = [b.timestamp for b in backups if b.complete and is_timestamp(b.timestamp)]
     holds = repo.holds(data_id)
     for ts in sorted(set(holds) - set(complete)):
         notes.append(f"{ts}: held, but not a complete backup here")

@@ -282,12 +282,12 @@ def test_crafted_hold_objects_hold_and_are_one_line(history: tuple[Path, Path, l
     assert cli("unhold", stamps[0], "exp42", config=config).returncode == 0  # a crafted hold can be released
 
 
-def test_a_backup_named_almost_like_a_timestamp_is_noted_not_counted(history: tuple[Path, Path, list[str]]) -> None:
+def test_a_directory_named_almost_like_a_timestamp_is_no_backup(history: tuple[Path, Path, list[str]]) -> None:
     config, root, stamps = history
-    odd = stamps[0][:6] + stamps[0][7:]  # 2026112T030000Z: the listing's parser takes it for a TIMESTAMP
+    odd = stamps[0][:6] + stamps[0][7:]  # 2026112T030000Z: strptime alone would take it for a TIMESTAMP
     clone(root, stamps[0], odd)
-    assert odd in listed(config)
+    assert odd not in listed(config)
     r = cli("forget", "exp42", config=config)
     assert r.returncode == 0, r.stderr
-    assert f"note: {odd}: not a TIMESTAMP as data-manager writes them; not counted and not removed" in r.stderr
-    assert odd in listed(config)
+    assert (root / odd).is_dir()  # not a backup: forget never touches it
+

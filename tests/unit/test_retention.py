@@ -17,7 +17,8 @@ from data_manager.engines.records import SourceRecord
 from data_manager.engines.worm import WormEngine
 from data_manager.errors import ConfigError, CorruptBackupError, UsageError
 from data_manager.plugins import load_registry
-from data_manager.retention import Policy, canonical_timestamp, plan
+from data_manager.retention import Policy, plan
+from data_manager.timestamps import is_timestamp
 from data_manager.timestamps import format_timestamp, parse_timestamp
 from data_manager.types import Settings
 
@@ -160,7 +161,7 @@ def test_a_name_that_is_no_timestamp_is_one_line() -> None:
         with pytest.raises(CorruptBackupError, match="is no TIMESTAMP") as exc:
             plan(Policy(keep_last=1), [*WEEKDAYS, bad], now=NOW)
         assert "\n" not in str(exc.value)
-    assert not canonical_timestamp("2025421T11000Z") and canonical_timestamp("20250421T110000Z")
+    assert not is_timestamp("2025421T11000Z") and is_timestamp("20250421T110000Z")
 
 
 def test_no_backups_plans_nothing() -> None:

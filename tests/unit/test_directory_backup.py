@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from data_manager.api import DataManager
 from tests.helpers import make_tree
@@ -47,7 +47,7 @@ def test_the_index_and_info_describe_every_entry(tmp_path: Path, caplog: pytest.
     hello = index["hello.txt"]
     st = (src / "hello.txt").stat()
     assert hello == {"path": "hello.txt", "mode": 0o640, "mtime_ns": st.st_mtime_ns, "type": "file", "size": 6,
-                     "sha256": hashlib.sha256(b"hello\n").hexdigest(), "volume": hello["volume"], "offset": hello["offset"]}
+                     "blake3": blake3(b"hello\n").hexdigest(), "volume": hello["volume"], "offset": hello["offset"]}
     assert index["link"] == {"path": "link", "mode": 0o777, "mtime_ns": (src / "link").lstat().st_mtime_ns,
                              "type": "symlink", "target": "hello.txt", "volume": index["link"]["volume"]}
     assert index["sub/deeper"]["type"] == "dir" and index["sub/deeper"]["mode"] == stat.S_IMODE((src / "sub/deeper").stat().st_mode)

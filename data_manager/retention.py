@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ConfigError, CorruptBackupError, UsageError
-from .timestamps import format_timestamp, iso, is_timestamp, now_utc, parse_timestamp
+from .timestamps import iso, is_timestamp, now_utc, parse_timestamp
 from .types import Settings
 
 COUNT_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")

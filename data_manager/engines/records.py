@@ -119,6 +119,46 @@ class SourceRecord:
         )
 
 
+def checked_sources(manifest: Mapping[str, Any], where: str) -> list[SourceRecord]:
+    """The sources of a backup's metadata read back from a storage, once everything that may become a
+    key, a path or a count is known safe: the backup's own DATA_ID and TIMESTAMP, source names as the
+    config allows them (each once), artifact names as a sink allows them (each once per source), sizes
+    non-negative integers, digests strings. Anything else: :class:`CorruptBackupError` naming ``where``."""
+    from ..config import NAME_RE
+    from ..errors import CorruptBackupError
+    from ..timestamps import is_timestamp
+
+    data_id, timestamp = manifest.get("data_id"), manifest.get("timestamp")
+    if not isinstance(data_id, str) or not NAME_RE.match(data_id) or not is_timestamp(timestamp):
+        raise CorruptBackupError(f"{where}: bad data_id or timestamp")
+    docs = manifest.get("sources")
+    if not isinstance(docs, list):
+        raise CorruptBackupError(f"{where}: no sources")
+    out: list[SourceRecord] = []
+    for doc in docs:
+        try:
+            rec = SourceRecord.from_json(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptBackupError(f"{where}: unreadable source record ({exc})") from None
+        if not isinstance(rec.name, str) or not NAME_RE.match(rec.name) or any(r.name == rec.name for r in out):
+            raise CorruptBackupError(f"{where}: bad or duplicate source name {rec.name!r}")
+        names: set[str] = set()
+        for art in rec.artifacts:
+            try:
+                check_artifact_name(art.name)
+            except (ValueError, TypeError, AttributeError):
+                raise CorruptBackupError(f"{where}: source {rec.name!r}: bad artifact name {art.name!r}") from None
+            if art.name in names:
+                raise CorruptBackupError(f"{where}: source {rec.name!r}: artifact {art.name!r} twice")
+            names.add(art.name)
+            if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in (art.size, art.stored_size)):
+                raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad size or stored_size")
+            if not isinstance(art.digest, str) or not isinstance(art.compression, str):
+                raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad digest or compression")
+        out.append(rec)
+    return out
+
+
 def check_artifact_name(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a safe relative artifact name (``a/b.tar``, no dot parts)."""
     parts = name.split("/")

@@ -24,8 +24,8 @@ from blake3 import blake3
 
 from ..config import NAME_RE
 from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
-from ..timestamps import is_timestamp, now_utc, parse_timestamp
-from ..types import ArtifactSet, Compression, ObjectWriter, Storage
+from ..timestamps import is_timestamp, now_utc
+from ..types import Compression, ObjectWriter, Storage
 from .base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink
 from .records import (
     MANIFEST,
@@ -35,7 +35,7 @@ from .records import (
     CheckReport,
     CopiedBackup,
     SourceRecord,
-    check_artifact_name,
+    checked_sources,
 )
 from .streams import Counting, Prefetching
 
@@ -436,6 +436,7 @@ class WormEngine(RepositoryEngine):
                 raise ValueError(f"unknown format {doc.get('format')!r}")
             for source in doc["sources"]:  # a damaged record is this one line now, not a KeyError later
                 SourceRecord.from_json(source)
+            checked_sources(doc, key)  # names that become keys and paths: safe, or exit 4
         except KeyError as exc:
             raise CorruptBackupError(f"{key}: unreadable metadata (missing {exc})") from None
         except (ValueError, AttributeError, TypeError) as exc:
@@ -619,33 +620,20 @@ class WormEngine(RepositoryEngine):
 
 def _checked_sources(manifest: dict[str, Any], where: str) -> list[tuple[dict[str, Any], SourceRecord]]:
     """The manifest's sources, each as written and parsed, once every name that becomes a target key is
-    known safe: a source name as the config allows it, artifact names as a sink allows them, no two
-    artifacts stored under one key, sizes and digests of the right types."""
+    known safe (:func:`~data_manager.engines.records.checked_sources`), no two artifacts are stored under
+    one key, and each compression is worm's."""
+    records = checked_sources(manifest, where)
     out: list[tuple[dict[str, Any], SourceRecord]] = []
-    for doc in manifest["sources"]:
-        rec = SourceRecord.from_json(doc)
-        if not isinstance(rec.name, str) or not NAME_RE.match(rec.name) or any(r.name == rec.name for _, r in out):
-            raise CorruptBackupError(f"{where}: bad or duplicate source name {rec.name!r}")
+    for doc, rec in zip(manifest["sources"], records):
         keys: set[str] = {SOURCE_MANIFEST}
         for art in rec.artifacts:
-            _check_artifact(art, f"{where}: source {rec.name!r}")
+            if art.compression not in ("zstd", "none"):
+                raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad compression or digest")
             if art.stored_name in keys:
                 raise CorruptBackupError(f"{where}: source {rec.name!r}: two artifacts stored as {art.stored_name!r}")
             keys.add(art.stored_name)
         out.append((doc, rec))
     return out
-
-
-def _check_artifact(art: ArtifactRecord, where: str) -> None:
-    try:
-        check_artifact_name(art.name)
-    except (ValueError, TypeError, AttributeError):
-        raise CorruptBackupError(f"{where}: bad artifact name {art.name!r}") from None
-    counts = (art.size, art.stored_size)
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
-        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad size or stored_size")
-    if art.compression not in ("zstd", "none") or not isinstance(art.digest, str):
-        raise CorruptBackupError(f"{where}: artifact {art.name!r}: bad compression or digest")
 
 
 class _Tee:

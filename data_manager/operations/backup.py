@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
 from ..parallel import SourceRunner
 from ..progress import begin, previous_size
 from ..engines.records import SourceRecord

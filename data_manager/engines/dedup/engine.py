@@ -27,7 +27,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,8 +38,8 @@ from blake3 import blake3
 from ...errors import CorruptBackupError, DataManagerError, NotFoundError, RefusedError, UsageError
 from ...timestamps import format_timestamp, iso, now_utc
 from ...types import Compression, Settings, Storage
-from ..base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink, item_done
-from ..records import ArtifactRecord, BackupInfo, CheckReport, SourceRecord
+from ..base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink
+from ..records import ArtifactRecord, BackupInfo, CheckReport, SourceRecord, checked_sources
 from ..streams import Counting
 from .cache import IndexCache, Located, default_cache_root
 from .chunker import Chunker, ChunkerParams
@@ -1111,8 +1111,7 @@ class DedupEngine(RepositoryEngine):
             loc = Located(entry, pack_id, "meta", b"")
             plain = self._read_one(loc, f"{where}: snapshot", expect_meta=True)
             manifest = decode_snapshot(plain, where)
-            for s in manifest["sources"]:
-                SourceRecord.from_json(s)  # a damaged record is this one line now, not a KeyError later
+            checked_sources(manifest, where)  # whoever could write a snapshot: names safe, or this one line
             self.cache.put_snapshot(sid, manifest)
         if (manifest.get("data_id"), manifest.get("timestamp")) != (doc["data_id"], doc["timestamp"]):
             raise CorruptBackupError(f"{where}: its snapshot is of another backup")

@@ -642,10 +642,11 @@ def plugins(as_json: bool) -> None:
 def _register_repository_commands() -> None:
     from .cli_repo import check, repo
     from .cli_retention import forget, hold, holds, unhold
+    from .cli_service import serve
 
     main.add_command(check)
     main.add_command(repo)
-    for command in (forget, hold, unhold, holds):
+    for command in (forget, hold, unhold, holds, serve):
         main.add_command(command)
 
 

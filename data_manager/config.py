@@ -19,16 +19,17 @@ from . import engines, retention
 from .errors import ConfigError, UsageError
 from .plugins import Registry
 from .scrub import add_secrets
+from .service.settings import schedule_from_table, service_settings
 from .throttle import LIMIT_KEYS, limits_from_settings
 from .types import Dataset, Settings, SourceSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DATASET_KEYS = {"storage", "sources", "description", "timeout", "copies", "parallel", "retention"}
+_DATASET_KEYS = {"storage", "sources", "description", "timeout", "copies", "parallel", "retention", "schedule"}
 # The top-level tables the core reads: here, in data_manager.api ([jobs], [guards.NAME]), data_manager.jobs
-# ([state]), data_manager.locks ([locks]) and data_manager.monitoring ([monitoring]). Plugins name theirs
-# through the ``config_tables`` hook.
-CORE_TABLES = ("datasets", "guards", "jobs", "locks", "monitoring", "state", "storages")
+# ([state]), data_manager.locks ([locks]), data_manager.monitoring ([monitoring]) and data_manager.service.settings
+# ([service]). Plugins name theirs through the ``config_tables`` hook.
+CORE_TABLES = ("datasets", "guards", "jobs", "locks", "monitoring", "service", "state", "storages")
 _SOURCE_RESERVED = {"name", "type"}
 
 
@@ -161,6 +162,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
     secrets: set[str] = set()
     data = dict(data)
     _check_tables(data, registry, file)
+    service_settings(data, file)  # [service]: validated now, read by data-manager serve
 
     storages: dict[str, StorageConfig] = {}
     for name, table in _table(data.get("storages", {}), file, "storages").items():
@@ -204,6 +206,8 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         _check_copies(table.get("copies", []), storage, storages, where)
         if "retention" in table:  # [datasets.X.retention]: validated now, read by forget (data_manager.retention)
             retention.policy_from_table(table["retention"], file, data_id, secrets)
+        if "schedule" in table:  # [datasets.X.schedule]: validated now, read by data-manager serve
+            schedule_from_table(table["schedule"], file, data_id)
         raw_sources = table.get("sources")
         if not isinstance(raw_sources, list) or not raw_sources:
             raise ConfigError(f"{where}: key 'sources': missing or empty ([[datasets.{data_id}.sources]])", key="sources")

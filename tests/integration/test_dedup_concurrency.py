@@ -3,7 +3,10 @@ on the filesystem storage and on MinIO through the ``s3`` storage (fixture ``s3_
 that share a big file (new bytes every round, so both writers race to store the same chunks) and each have
 their own. Some rounds the two processes share one local cache (one machine: a writer may reuse what the
 other indexed a moment ago), others each has its own (two machines: both store the shared chunks).
-Every backup completes and restores byte for byte, and ``check --read-data-subset 100%`` passes."""
+Every backup completes and restores byte for byte, and ``check --read-data-subset 100%`` passes.
+
+Then ``check`` beside a backup or a restore, interleaved deterministically in one process: engine bugs, each
+an expected failure (``xfail(strict=True)``) naming what goes wrong."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,10 @@ from typing import Any
 import pytest
 
 from data_manager.api import DataManager
+from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.engines.dedup.chunker import ChunkerParams
 from data_manager.engines.dedup.engine import DedupEngine
+from data_manager.errors import CorruptBackupError
 from data_manager.types import Settings
 
 from ..helpers import cli, snapshot
@@ -130,3 +137,126 @@ def test_two_backups_at_once_into_one_repository(storage: dict[str, Any], tmp_pa
                 shutil.rmtree(out)
     finally:
         dm.close()
+
+
+# --------------------------------------------------------------------------- check beside backups and restores
+# A check run while another process writes or reads the repository, the two interleaved deterministically in
+# one process: the check's storage calls (listing, walking) run the other side at the worst moment.
+
+
+def _one_dataset(tmp_path: Path, size: int) -> dict[str, Any]:
+    """The config (as a dict) of a new dedup repository in ``tmp_path/vault`` (cache ``tmp_path/cache``), 64 KiB
+    packs, and one dataset ``alpha`` of ``size`` random bytes, backed up once."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(random.Random(1).randbytes(size))
+    root = tmp_path / "vault"
+    DedupEngine.create(FilesystemStorage("vault", Settings({"root": str(root)})), Settings({"passphrase": PASSPHRASE}),
+                       chunker=SMALL, kdf=KDF, cache_dir=tmp_path / "cache").close()
+    config = {"storages": {"vault": {"type": "filesystem", "root": str(root), "engine": "dedup",
+                                     "passphrase": PASSPHRASE, "pack_size": "64KiB", "cache_dir": str(tmp_path / "cache")}},
+              "datasets": {"alpha": {"storage": "vault", "sources": [{"name": "f", "type": "directory", "path": str(src)}]}}}
+    dm = DataManager.from_dict(config)
+    try:
+        dm.backup("alpha")
+    finally:
+        dm.close()
+    (src / "b.bin").write_bytes(random.Random(2).randbytes(size))  # new data for a next backup
+    return config
+
+
+def _checker(tmp_path: Path, cache: str) -> tuple[DedupEngine, FilesystemStorage]:
+    storage = FilesystemStorage("vault", Settings({"root": str(tmp_path / "vault")}))
+    return DedupEngine(storage, Settings({"passphrase": PASSPHRASE}), cache_dir=tmp_path / cache), storage
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine bug: check_repository syncs its index cache once, before it walks the packs and lists the "
+    "pointers; a backup another machine commits meanwhile (its last index file and its pointer) is listed but "
+    "its chunk lists are not in the check's cache: 'chunk list ... is not in the index (repo repair index?)', "
+    "exit 4 on a whole repository"))
+def test_a_check_while_another_machine_commits_a_backup_reports_no_damage(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _one_dataset(tmp_path, 500_000)
+    checker, storage = _checker(tmp_path, "cache-of-the-checker")
+    real, other = storage.walk, []
+
+    def walk(prefix: str) -> Iterator[Any]:
+        if not other:  # the check has synced its index: now the other machine's backup commits
+            other.append(DataManager.from_dict(config))
+            other[0].backup("alpha")
+            other[0].close()
+        yield from real(prefix)
+
+    monkeypatch.setattr(storage, "walk", walk)
+    report = checker.check_repository(0.0)
+    if not other or report.counts["snapshots"] != 2:
+        pytest.fail(f"the other backup did not commit during the check: {report.counts}")
+    assert report.ok, report.errors
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine bug: check_repository compares the packs it walked with the packs in its index cache, read after "
+    "the walk; a backup on the same machine (same cache) that commits a pack after the walk and adds its index "
+    "file to the shared cache makes check report that pack as 'indexed but missing', exit 4"))
+def test_a_check_beside_a_backup_on_the_same_machine_reports_no_damage(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _one_dataset(tmp_path, 500_000)
+    checker, storage = _checker(tmp_path, "cache")  # the backup's cache: one machine, one user
+    real, other = storage.walk, []
+
+    def walk(prefix: str) -> Iterator[Any]:
+        yield from real(prefix)
+        if prefix == "packs/meta" and not other:  # the packs are walked: now the backup commits
+            other.append(DataManager.from_dict(config))
+            other[0].backup("alpha")
+            other[0].close()
+
+    monkeypatch.setattr(storage, "walk", walk)
+    report = checker.check_repository(0.0)
+    if not other:
+        pytest.fail("the backup did not run during the check")
+    assert report.ok, report.errors
+
+
+@pytest.mark.xfail(strict=True, raises=CorruptBackupError, reason=(
+    "engine bug: check_repository (and repair_index) reset the local index cache, shared by every process of "
+    "the user on this machine, then read every index file again; a restore (or verify) running meanwhile "
+    "finds its next chunks in no index: CorruptBackupError 'chunk ... is not in the index (repo repair "
+    "index?)', exit 4 on a whole backup"))
+def test_a_restore_on_the_same_machine_survives_a_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _one_dataset(tmp_path, 1_500_000)  # chunks in several packs: read in several ranged reads
+    checker, storage = _checker(tmp_path, "cache")
+    real_list, reset, release = storage.list, threading.Event(), threading.Event()
+    listings: list[str] = []
+
+    def listing(prefix: str) -> Iterator[Any]:
+        if prefix == "index":
+            listings.append(prefix)
+            if len(listings) == 2:  # the check reset the cache and syncs it again: held here a while
+                reset.set()
+                release.wait(60)
+        return real_list(prefix)
+
+    monkeypatch.setattr(storage, "list", listing)
+    checked: list[Any] = []
+    check = threading.Thread(target=lambda: checked.append(checker.check_repository(0.0)))
+    dm = DataManager.from_dict(config)
+    reader = dm.repository("vault").storage
+    real_read = reader.open_read
+
+    def open_read(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith("packs/data/") and not check.is_alive() and not checked:  # the restore has begun
+            check.start()
+            if not reset.wait(60):
+                pytest.fail("the check did not reset the cache")
+        return real_read(key, *args, **kwargs)
+
+    monkeypatch.setattr(reader, "open_read", open_read)
+    try:
+        dm.restore("alpha", "latest", overrides={"f": {"path": str(tmp_path / "restored")}})
+    finally:
+        release.set()
+        check.join(60)
+        dm.close()
+    assert checked and checked[0].ok, checked

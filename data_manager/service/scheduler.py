@@ -48,7 +48,7 @@ def due_times(schedule: Schedule, after: datetime) -> Any:
     # Start a little earlier, in local time, and drop what is not after ``after``: cronsim's start inside a
     # repeated hour (fold) must not make it skip or repeat a time.
     start = (after - timedelta(hours=2)).astimezone(schedule.tz).replace(second=0, microsecond=0)
-    for local in CronSim(schedule.cron, start):
+    for local in CronSim(schedule.fields, start):
         due = local.astimezone(timezone.utc)
         if due > after:
             yield due

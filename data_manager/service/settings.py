@@ -49,7 +49,14 @@ SERVICE_KEYS = ("host", "port", "max_jobs", "retries", "retry_backoff", "refused
                 "keep_done", "keep_failed", "tokens")
 SCHEDULE_KEYS = ("cron", "timezone", "jitter", "ttl", "paused")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+                "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+def cron_fields(expr: str) -> str:
+    """The five fields of a cron expression (``@daily`` and the other macros spelled out)."""
+    expr = " ".join(expr.split())
+    return _CRON_MACROS.get(expr.lower(), expr)
 
 
 @dataclass
@@ -81,6 +88,10 @@ class Schedule:
     jitter: float = 0.0
     ttl: float | None = None
     paused: bool = False
+
+    @property
+    def fields(self) -> str:
+        return cron_fields(self.cron)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -187,17 +198,17 @@ def expand_tokens(settings: ServiceSettings, file: str = "<config>") -> dict[str
 
 def check_cron(expr: str) -> str | None:
     """Why ``expr`` is not a cron expression, or None."""
+    fields = cron_fields(expr)
+    if len(fields.split()) != 5:
+        return "expected five fields (minute hour day month weekday) or @daily, @hourly, @weekly, @monthly, @yearly"
     try:
         from cronsim import CronSim, CronSimError
-    except ImportError:  # core without the serve extra: the shape only
-        fields = expr.split()
-        if (len(fields) == 1 and expr.strip().lower() in _CRON_MACROS) or len(fields) == 5:
-            return None
-        return "expected five fields (minute hour day month weekday) or @daily, @hourly, ..."
+    except ImportError:  # core without the serve extra: the shape only (serve checks again)
+        return None
     from datetime import datetime, timezone
 
     try:
-        CronSim(expr, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        CronSim(fields, datetime(2026, 1, 1, tzinfo=timezone.utc))
     except CronSimError as exc:
         return str(exc) or "not a cron expression"
     return None

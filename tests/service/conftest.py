@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"reader": "r" * 24, "operator": "o" * 24, "admin": "a" * 24}
 
 
-def write_config(tmp: Path, *, extra: str = "", slow_mib: float | None = None, tokens: bool = False,
+def write_config(tmp: Path, *, extra: str = "", slow_mib: int | None = None, tokens: bool = False,
                  datasets: tuple[str, ...] = ("d1",)) -> Path:
     """A config: storage ``local`` (throttled to ``slow_mib`` MiB/s if given), datasets of two directory
     sources each (``a`` small, ``b`` 3 MiB of random bytes when slow)."""

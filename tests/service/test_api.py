@@ -196,3 +196,47 @@ def test_no_secret_in_responses_events_or_state_db(client: TestClient, tmp_path:
     for secret in TOKENS.values():
         assert all(secret not in t for t in texts)
         assert secret.encode() not in db
+
+
+def test_a_failing_job_is_retried_with_backoff_then_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATA_MANAGER_STATE", raising=False)
+    config = write_config(tmp_path, extra='[service]\nretries = 2\nretry_backoff = "0.2s"\n')
+    (tmp_path / "data" / "d1" / "b" / "file.bin").unlink()
+    (tmp_path / "data" / "d1" / "b").rmdir()  # source b is gone: exit 1 at the source check
+    with TestClient(create_app(Service(DataManager.from_file(config))), raise_server_exceptions=False) as c:
+        job = c.post("/v1/backups", json={"data_id": "d1"}).json()
+        ended = wait_job(c, job["id"], timeout=40)
+    assert ended["state"] == "failed", ended
+    assert [(a["outcome"], a["exit_code"]) for a in ended["attempts"]] == [("failed", 1)] * 3
+    assert ended["error"]["exit_code"] == 1 and ended["error"]["code"] == "source" and "b" in ended["error"]["message"]
+    starts = [a["started_at"] for a in ended["attempts"]]
+    assert starts == sorted(starts)
+
+
+def test_a_due_schedule_runs_one_backup_then_expires_old_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from data_manager.timestamps import now_utc
+
+    monkeypatch.delenv("DATA_MANAGER_STATE", raising=False)
+    config = write_config(tmp_path, extra='[datasets.d1.schedule]\ncron = "* * * * *"\nttl = "60d"\n')
+    service = Service(DataManager.from_file(config))
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 10
+        while service.store.schedule_state("d1")["last_due"] is None:  # the first tick saw the schedule
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        service.scheduler.clock = lambda: now_utc() + timedelta(minutes=3)  # 3 due times passed
+        deadline = time.monotonic() + 30
+        while True:
+            jobs = c.get("/v1/jobs").json()["jobs"]
+            if any(j["kind"] == "forget" and j["state"] == "done" for j in jobs):
+                break
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.2)
+    backups = [j for j in jobs if j["kind"] == "backup"]
+    assert len(backups) == 1 and backups[0]["trigger"] == "schedule" and backups[0]["state"] == "done"
+    run = service.store.runs("d1")[0]
+    assert run["job_id"] == backups[0]["id"] and run["coalesced"] >= 2
+    forget = [j for j in jobs if j["kind"] == "forget"]
+    assert len(forget) == 1 and forget[0]["trigger"] == "expiry" and forget[0]["params"] == {"ttl": "60d"}

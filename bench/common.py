@@ -41,6 +41,7 @@ class Measurement:
     seconds: float
     peak_rss_mb: float
     bytes: int = 0
+    cpu_seconds: float = 0.0  # user + system of the process tree (what GNU time reports)
 
     @property
     def mb_per_s(self) -> float:
@@ -49,15 +50,17 @@ class Measurement:
 
 def run(name: str, cmd: str | list[str], *, nbytes: int = 0, env: dict[str, str] | None = None,
         shell: bool = False, cwd: str | None = None) -> Measurement:
-    """Run ``cmd`` to completion; wall time and the peak RSS of the largest process in its tree.
+    """Run ``cmd`` to completion; wall time, the peak RSS of the largest process in its tree, and the CPU
+    time (user + system) of the whole tree.
 
     The command runs under GNU ``time`` (Debian package ``time``): a child forked straight from this
     Python process would count this process's own pages in its peak RSS. ``time`` reports the maximum
-    over the tree it waited for, so a pipeline (``tar | sha256sum``) reports its largest member.
+    over the tree it waited for, so a pipeline (``tar | sha256sum``) reports its largest member, and
+    the CPU time of every process of the tree that was waited for.
     """
     if not os.path.exists(GNU_TIME):
         raise SystemExit(f"{GNU_TIME} is missing: apt-get install -y time")
-    argv = [GNU_TIME, "-f", "%M", *(["sh", "-c", cmd] if shell else list(cmd))]  # type: ignore[arg-type]
+    argv = [GNU_TIME, "-f", "%M %U %S", *(["sh", "-c", cmd] if shell else list(cmd))]  # type: ignore[arg-type]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env={**os.environ, **(env or {})}, cwd=cwd,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -65,8 +68,8 @@ def run(name: str, cmd: str | list[str], *, nbytes: int = 0, env: dict[str, str]
     stderr = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}): {stderr[-2000:]}")
-    peak_kb = int(stderr.splitlines()[-1])
-    return Measurement(name, seconds, peak_kb / 1024, nbytes)
+    peak_kb, user, system = stderr.splitlines()[-1].split()
+    return Measurement(name, seconds, int(peak_kb) / 1024, nbytes, float(user) + float(system))
 
 
 def report(title: str, rows: list[Measurement], baseline: str, extra: dict | None = None) -> None:

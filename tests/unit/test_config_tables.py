@@ -19,7 +19,7 @@ class RegistryPlugin:
 
 
 def test_core_tables_are_known() -> None:
-    assert set(CORE_TABLES) == {"storages", "datasets", "guards", "jobs", "locks", "monitoring", "state"}
+    assert set(CORE_TABLES) == {"storages", "datasets", "guards", "jobs", "locks", "monitoring", "service", "state"}
     parse_config({**BASE, "jobs": {}, "locks": {}, "state": {}, "guards": {}, "datasets": {}}, load_registry(load_entry_points=False))
 
 

@@ -131,6 +131,7 @@ def pg_dump(dsn: str) -> str:
 
 @pytest.mark.postgres
 def test_postgres(vault: Manager, pg_dsn: str, postgres_server: str) -> None:
+    pytest.importorskip("data_manager_postgres")
     import psycopg
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -194,6 +195,7 @@ def mysql_content(db: Any, database: str) -> dict[str, Any]:
 
 @pytest.mark.mariadb
 def test_mysql(vault: Manager, mysql_db: Any) -> None:
+    pytest.importorskip("data_manager_memsql")
     conn = mysql_db.connect()
     try:
         with conn.cursor() as cur:
@@ -247,6 +249,7 @@ def cassandra_content(ks: Any, keyspace: str) -> dict[str, Any]:
 
 @pytest.mark.cassandra
 def test_cassandra(vault: Manager, cassandra_keyspace: Any) -> None:
+    pytest.importorskip("data_manager_cassandra")
     import uuid
     from decimal import Decimal
 

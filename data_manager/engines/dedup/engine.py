@@ -27,7 +27,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -170,10 +170,22 @@ class BlobStore:
         self.stored = 0
         self.packs_written = 0
         self.index_files: list[str] = []
+        # Set by the backup's prune guard (retention.BackupGuard): blobs a pending prune plan marked dead
+        # count as absent (written again, once), and every blob the backup uses is noted.
+        self.marked: Callable[[bytes], bool] | None = None
+        self.refs: Any = None
+        self._revived: set[bytes] = set()
 
     def known(self, blob_id: bytes) -> bool:
-        """Stored already: in this backup, or in the index."""
-        return blob_id in self._pending or self.cache.has(blob_id)
+        """Stored already: in this backup, or in the index (and not marked dead by a pending prune plan)."""
+        if blob_id in self._pending or blob_id in self._revived:
+            return True
+        return self.cache.has(blob_id) and (self.marked is None or not self.marked(blob_id))
+
+    def uses(self, blob_id: bytes, chunks: list[tuple[bytes, int]]) -> None:
+        """The backup uses this chunk list and its chunks (for the prune guard's check at commit)."""
+        if self.refs is not None:
+            self.refs.add_many([blob_id, *(cid for cid, _ in chunks)])
 
     def add(self, typ: int, blob_id: bytes, compression: int, raw: int, payload: bytes | memoryview) -> int:
         """Store one blob (unless a concurrent adder just did); the bytes it added to the repository."""
@@ -189,6 +201,8 @@ class BlobStore:
             before = b.size
             entry = b.add(blob_id, typ, compression, raw, payload)
             self._pending.add(blob_id)
+            if self.marked is not None and self.marked(blob_id):
+                self._revived.add(blob_id)
             if typ == SNAPSHOT:
                 self._located[blob_id] = (entry, b.pack_id)
             added = b.size - before
@@ -567,9 +581,10 @@ class DedupArtifactWriter(io.RawIOBase):
                 self._error = exc
 
     def _flush_list(self) -> None:
-        blob = encode_chunk_list(self._chunks)
-        self._chunks = []
+        chunks, self._chunks = self._chunks, []
+        blob = encode_chunk_list(chunks)
         lid = meta_id(self._ring, blob)
+        self._store.uses(lid, chunks)
         self._lists.append(lid.hex())
         if not self._store.known(lid):  # an unchanged artifact's lists are stored once for all backups
             self._stored += self._store.add(CHUNK_LIST, lid, NONE, len(blob), blob)
@@ -674,10 +689,13 @@ class DedupBackupWriter(BackupWriter):
         self._writer_key = f"{WRITERS_PREFIX}/{secrets.token_hex(16)}"
         self._stop = threading.Event()
         self._finished = False
+        self._guard: Any = None  # what keeps this backup's data safe from a concurrent prune
         try:
             self._heartbeat()
+            self._guard = engine.retention().guard(self)
         except BaseException:
             self.store.abort()
+            self._drop_heartbeat()
             raise
         self._beat = threading.Thread(target=self._beating, name="dm-heartbeat", daemon=True)
         self._beat.start()
@@ -685,6 +703,8 @@ class DedupBackupWriter(BackupWriter):
     def _heartbeat(self) -> None:
         doc = {"host": socket.gethostname(), "pid": os.getpid(), "started": iso(self.started),
                "refreshed": iso(now_utc()), "key_id": self.engine.ring.key_id}
+        if self._guard is not None:
+            doc["prune_plans"] = self._guard.names()
         with self.engine.storage.open_write(self._writer_key) as w:
             w.write(encode_writer(self.engine.ring, doc))
 
@@ -711,7 +731,8 @@ class DedupBackupWriter(BackupWriter):
         comp, payload = _compress(_compressor(), plain)
         self.store.add(SNAPSHOT, sid, comp, len(plain), payload)
         self.store.finish()
-        entry, pack_id = self.store.located(sid)
+        moved = self._guard.before_pointer(sid) if self._guard is not None else None
+        entry, pack_id = moved or self.store.located(sid)
         doc = {"data_id": self.data_id, "timestamp": self.timestamp, "snapshot": sid.hex(),
                "pack": pack_id.hex(), "offset": entry.offset, "stored": entry.stored, "raw": entry.raw,
                "compression": entry.compression, "key_id": ring.key_id, "created": iso(now_utc())}
@@ -739,6 +760,11 @@ class DedupBackupWriter(BackupWriter):
             return
         self._stop.set()
         self._beat.join(timeout=10)
+        if self._guard is not None:
+            self._guard.close()
+        self._drop_heartbeat()
+
+    def _drop_heartbeat(self) -> None:
         try:
             self.engine.storage.delete(self._writer_key)
         except Exception as exc:  # left for prune to judge by its age
@@ -950,6 +976,7 @@ class DedupEngine(RepositoryEngine):
         self._synced = 0.0
         self._openers: dict[bytes, Any] = {}
         self._lock = threading.Lock()
+        self._retention: Any = None
 
     # ---- keys, cache
 
@@ -997,6 +1024,36 @@ class DedupEngine(RepositoryEngine):
         doc = report.to_json()
         doc["errors"] = list(report.damaged)
         return doc
+
+    # ---- retention (tombstones, holds, prune: retention.py)
+
+    def retention(self) -> Any:
+        """This repository's :class:`~data_manager.engines.dedup.retention.DedupRetention`."""
+        with self._lock:
+            if self._retention is None:
+                from .retention import DedupRetention
+
+                self._retention = DedupRetention(self)
+            return self._retention
+
+    def holds(self, data_id: str) -> dict[str, str]:
+        return self.retention().holds(data_id)
+
+    def set_hold(self, data_id: str, timestamp: str, reason: str | None) -> None:
+        self.retention().set_hold(data_id, timestamp, reason)
+
+    def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
+        """A signed tombstone per backup (admin keys only); ``prune`` frees the space later."""
+        return self.retention().forget(data_id, timestamps)
+
+    def prune(self, *, dry_run: bool, delete_delay: float, progress: Progress | None = None) -> dict[str, Any]:
+        """Sweep the pending plan once ``delete_delay`` passed, then mark (admin keys only)."""
+        return self.retention().prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress)
+
+    def retention_times(self, data_id: str) -> dict[str, Any]:
+        """TIMESTAMP -> the storage's time, for backups whose claimed time is implausible (for
+        :func:`data_manager.retention.plan`'s ``times``)."""
+        return self.retention().times(data_id)
 
     @property
     def ring(self) -> Any:
@@ -1063,7 +1120,9 @@ class DedupEngine(RepositoryEngine):
 
     def data_ids(self) -> list[str]:
         self._need_reader("list backups")
-        return sorted({doc["data_id"] for _, doc, _, _ in self._pointers() if doc is not None})
+        hidden = self.retention().hidden()  # forgotten (tombstoned) backups are not listed
+        return sorted({doc["data_id"] for _, doc, _, _ in self._pointers()
+                       if doc is not None and doc["snapshot"] not in hidden})
 
     def timestamps(self, data_id: str) -> list[str]:
         if not self.ring.can_read:
@@ -1073,7 +1132,7 @@ class DedupEngine(RepositoryEngine):
     def backups(self, data_id: str) -> list[BackupInfo]:
         self._need_reader("list backups")
         out: list[tuple[str, str, BackupInfo]] = []
-        seen: set[str] = set()
+        seen: set[str] = set(self.retention().hidden())  # forgotten (tombstoned) backups are not listed
         for name, doc, why, entry in self._pointers():
             if doc is None:
                 # Its dataset is sealed inside it: shown under every dataset, never hiding the others.
@@ -1356,7 +1415,9 @@ class DedupEngine(RepositoryEngine):
         t0 = time.monotonic()
         report = _CheckTally()
         ring = self.ring
-        known_top = {"packs", "index", SNAPSHOT_PREFIX, WRITERS_PREFIX, *_key_layer_names()}
+        from .retention import TOP_LEVEL_NAMES
+
+        known_top = {"packs", "index", SNAPSHOT_PREFIX, WRITERS_PREFIX, *_key_layer_names(), *TOP_LEVEL_NAMES}
         for e in self.storage.list(""):
             if e.name not in known_top:
                 report.info.append(f"{e.name}: not part of a dedup repository")
@@ -1396,6 +1457,9 @@ class DedupEngine(RepositoryEngine):
             report.info.append(f"{WRITERS_PREFIX}/{e.name}: a backup running or killed (last beat {e.modified})")
         # snapshots against the index (readers only)
         pointers = self._pointers() if ring.can_read else []
+        if ring.can_read:  # forgotten backups are not checked (prune may have swept their data)
+            hidden = self.retention().check(report.errors, report.info)
+            pointers = [p for p in pointers if p[1] is None or p[1]["snapshot"] not in hidden]
         if not ring.can_read:
             report.info.append(f"the {ring.role} key cannot read snapshots: snapshots and data not checked")
         report.snapshots = len(pointers)

@@ -5,8 +5,9 @@ their own. Some rounds the two processes share one local cache (one machine: a w
 other indexed a moment ago), others each has its own (two machines: both store the shared chunks).
 Every backup completes and restores byte for byte, and ``check --read-data-subset 100%`` passes.
 
-Then ``check`` beside a backup or a restore, interleaved deterministically in one process: engine bugs, each
-an expected failure (``xfail(strict=True)``) naming what goes wrong."""
+Then ``check`` beside a backup or a restore, interleaved deterministically in one process (three engine bugs
+these found: check reset the shared cache under a running restore, judged packs indexed after its walk, and
+checked pointers committed after its sync against a stale index)."""
 
 from __future__ import annotations
 
@@ -170,11 +171,6 @@ def _checker(tmp_path: Path, cache: str) -> tuple[DedupEngine, FilesystemStorage
     return DedupEngine(storage, Settings({"passphrase": PASSPHRASE}), cache_dir=tmp_path / cache), storage
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: check_repository syncs its index cache once, before it walks the packs and lists the "
-    "pointers; a backup another machine commits meanwhile (its last index file and its pointer) is listed but "
-    "its chunk lists are not in the check's cache: 'chunk list ... is not in the index (repo repair index?)', "
-    "exit 4 on a whole repository"))
 def test_a_check_while_another_machine_commits_a_backup_reports_no_damage(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     config = _one_dataset(tmp_path, 500_000)
@@ -195,10 +191,6 @@ def test_a_check_while_another_machine_commits_a_backup_reports_no_damage(tmp_pa
     assert report.ok, report.errors
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: check_repository compares the packs it walked with the packs in its index cache, read after "
-    "the walk; a backup on the same machine (same cache) that commits a pack after the walk and adds its index "
-    "file to the shared cache makes check report that pack as 'indexed but missing', exit 4"))
 def test_a_check_beside_a_backup_on_the_same_machine_reports_no_damage(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     config = _one_dataset(tmp_path, 500_000)
@@ -219,11 +211,6 @@ def test_a_check_beside_a_backup_on_the_same_machine_reports_no_damage(tmp_path:
     assert report.ok, report.errors
 
 
-@pytest.mark.xfail(strict=True, raises=CorruptBackupError, reason=(
-    "engine bug: check_repository (and repair_index) reset the local index cache, shared by every process of "
-    "the user on this machine, then read every index file again; a restore (or verify) running meanwhile "
-    "finds its next chunks in no index: CorruptBackupError 'chunk ... is not in the index (repo repair "
-    "index?)', exit 4 on a whole backup"))
 def test_a_restore_on_the_same_machine_survives_a_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _one_dataset(tmp_path, 1_500_000)  # chunks in several packs: read in several ranged reads
     checker, storage = _checker(tmp_path, "cache")

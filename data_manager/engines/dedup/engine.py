@@ -1431,15 +1431,18 @@ class DedupEngine(RepositoryEngine):
                 report.errors.append(str(exc))
             except NotFoundError:
                 pass
-        self.cache.reset()
+        # Never reset the cache here: a restore or a backup on this machine may be using it right now; the
+        # index files were each read above, and sync rebuilds the cache itself if one it had read is gone.
         self.sync_index()
-        # the index against the packs
+        # the index against the packs: what was indexed *before* the walk must be in it (a pack is committed
+        # before any index names it); packs indexed since, by a backup running now, are not judged
+        indexed_packs = list(self.cache.packs())
         listed: dict[bytes, tuple[str, str, int]] = {}
         for key, kind, pack_id, size in self._walk_packs():
             listed[pack_id] = (key, kind, size)
         report.packs = len(listed)
         indexed: dict[bytes, int] = {}
-        for pack_id, kind, size, count in self.cache.packs():
+        for pack_id, kind, size, count in indexed_packs:
             indexed[pack_id] = size
             report.blobs += count
             got = listed.get(pack_id)
@@ -1457,6 +1460,7 @@ class DedupEngine(RepositoryEngine):
             report.info.append(f"{WRITERS_PREFIX}/{e.name}: a backup running or killed (last beat {e.modified})")
         # snapshots against the index (readers only)
         pointers = self._pointers() if ring.can_read else []
+        self.sync_index()  # a backup committed since the first sync: its pointer is listed, so its index too
         if ring.can_read:  # forgotten backups are not checked (prune may have swept their data)
             hidden = self.retention().check(report.errors, report.info)
             pointers = [p for p in pointers if p[1] is None or p[1]["snapshot"] not in hidden]

@@ -1,5 +1,6 @@
 """The retention commands: ``forget`` (apply a dataset's policy), ``hold`` / ``unhold`` (exempt a backup
-from it) and ``holds`` (list them). Thin: :mod:`data_manager.operations.forget` does the work, through
+from it), ``holds`` (list them) and ``prune`` (reclaim the space forgotten backups left in a dedup storage).
+Thin: :mod:`data_manager.operations.forget` and :mod:`data_manager.operations.prune` do the work, through
 :class:`~data_manager.api.DataManager`."""
 
 from __future__ import annotations
@@ -168,3 +169,40 @@ def holds(data_id: str, as_json: bool) -> None:
         click.echo(f"no held backups of {data_id}")
     for ts, why in found.items():
         click.echo(f"{data_id}/{ts}: {why}")
+
+
+@click.command(name="prune")
+@click.argument("targets", nargs=-1, metavar="[STORAGE|DATA_ID]...")
+@click.option("--dry-run", is_flag=True, help="Say what each phase would free or rewrite; change nothing.")
+@click.option("--delete-delay", "delete_delay", metavar="DURATION",
+              help="How long after the mark the sweep may delete (default 24h; 0: at the next run).")
+@click.option("--json", "as_json", is_flag=True, help="Print one report per storage as JSON.")
+def prune(targets: tuple[str, ...], dry_run: bool, delete_delay: str | None, as_json: bool) -> None:
+    """Reclaim the space that forgotten backups left in STORAGEs (or DATA_IDs' storages; default: every storage).
+
+    Two phases, each run doing what is due: sweep (delete or rewrite the packs an earlier run marked, once
+    --delete-delay passed since and no backup started before the mark still runs; remove the forgotten
+    backups' snapshots) then mark (record what no backup uses now; new backups stop reusing it). Admin keys
+    only. A worm storage has nothing to prune: forget frees its space.
+    """
+    delay = _duration(delete_delay, "--delete-delay")
+    reports = _ctx().dm.prune(list(targets), dry_run=dry_run, delete_delay=86400.0 if delay is None else delay)
+    if as_json:
+        _emit(reports)
+        return
+    for r in reports:
+        click.echo(f"{r['storage']} ({r['location']}), {r['engine']}{': dry run, nothing changed' if dry_run else ''}")
+        for line in r.get("describe", []):
+            click.echo(f"  {line}")
+        for note in r.get("notes", []):
+            click.echo(f"note: {r['storage']}: {note}", err=True)
+
+
+def _register() -> None:
+    """Add ``prune`` to the command line: cli.py imports this module while it registers its commands."""
+    from .cli import main
+
+    main.add_command(prune)
+
+
+_register()

@@ -1,0 +1,136 @@
+"""``forget`` and ``prune`` on a dedup storage through the real command: tombstones hide forgotten backups,
+prune --dry-run changes nothing and says what each phase would free, the mark waits --delete-delay before
+the sweep frees the space, the backup kept restores byte for byte; only an admin key forgets and prunes
+(exit 3); a worm storage has nothing to prune."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli, snapshot
+
+
+def ok(r: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path, dict[str, str], Path]:
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "same.txt").write_text("unchanged\n" * 10_000)
+    vault = tmp_path / "vault"
+    config = tmp_path / "dm.toml"
+    config.write_text(f"""
+[locks]
+settle = "0.02s"
+
+[storages.vault]
+type = "filesystem"
+root = "{vault}"
+engine = "dedup"
+passphrase = "${{DM_PASSPHRASE}}"
+pack_size = "256KiB"
+cache_dir = "{tmp_path / 'cache'}"
+
+[storages.plain]
+type = "filesystem"
+root = "{tmp_path / 'plain'}"
+
+[datasets.exp42]
+storage = "vault"
+
+[[datasets.exp42.sources]]
+name = "raw"
+type = "directory"
+path = "{raw}"
+""")
+    env = {"DATA_MANAGER_STATE": str(tmp_path / "state.db"), "DM_PASSPHRASE": "correct horse"}
+    return config, vault, env, raw
+
+
+def test_forget_then_prune_in_two_runs_frees_the_space_and_the_kept_backup_restores(setup, tmp_path: Path) -> None:
+    config, vault, env, raw = setup
+    ok(cli("repo", "init", "vault", config=config, env=env))
+    stamps = []
+    for i in range(3):
+        for old in raw.glob("unique-*"):
+            old.unlink()
+        (raw / f"unique-{i}.bin").write_bytes(os.urandom(1 << 20))
+        stamps.append(json.loads(ok(cli("backup", "exp42", "--json", config=config, env=env)).stdout)["timestamp"])
+    kept = snapshot(raw)
+
+    forgot = json.loads(ok(cli("forget", "exp42", "--keep-last", "1", "--json", config=config, env=env)).stdout)
+    assert forgot["removed"] == stamps[:2]
+    listed = json.loads(ok(cli("list", "backup", "exp42", "--json", config=config, env=env)).stdout)
+    assert [b["timestamp"] for b in listed] == stamps[2:]
+    assert len(list((vault / "tombstones").iterdir())) == 2
+
+    before = size(vault)
+    dry = json.loads(ok(cli("prune", "vault", "--dry-run", "--json", config=config, env=env)).stdout)
+    (report,) = dry
+    (mark,) = report["phases"]
+    assert mark["phase"] == "mark" and mark["status"] == "would mark"
+    assert mark["packs_deleted"] + mark["packs_repacked"] >= 2 and mark["tombstones"] == 2, mark
+    assert mark["bytes_deleted"] + mark["bytes_freed_by_repack"] > 2 << 20, mark
+    assert size(vault) == before and not (vault / "prune").exists()
+    text = ok(cli("prune", "vault", "--dry-run", config=config, env=env)).stdout
+    assert "mark" in text and "would delete" in text and "dry run" in text
+
+    marked = json.loads(ok(cli("prune", "exp42", "--json", config=config, env=env)).stdout)  # a dataset: its storage
+    assert marked[0]["phases"][0]["status"] == "done" and len(list((vault / "prune").iterdir())) == 1
+    waiting = ok(cli("prune", "vault", config=config, env=env)).stdout
+    assert "sweep: waiting" in waiting and "--delete-delay" in waiting
+    assert size(vault) >= before
+
+    swept = json.loads(ok(cli("prune", "--delete-delay", "0", "--json", config=config, env=env)).stdout)
+    by_storage = {r["storage"]: r for r in swept}
+    sweep = by_storage["vault"]["phases"][0]
+    assert sweep["phase"] == "sweep" and sweep["status"] == "done" and sweep["snapshots"] == 2
+    assert by_storage["plain"]["needed"] is False  # a worm storage: nothing to prune
+    assert before - size(vault) > 2 << 20
+    assert not list(vault.glob("tombstones/*"))
+
+    target = tmp_path / "restored"
+    ok(cli("restore", "latest", "exp42", "--yes", "--set", f"raw.path={target}", config=config, env=env))
+    assert snapshot(target) == kept
+    check = json.loads(ok(cli("check", "vault", "--read-data-subset", "100%", "--json", config=config, env=env)).stdout)
+    assert check[0]["ok"], check
+
+
+def test_only_an_admin_key_forgets_and_prunes(setup, tmp_path: Path) -> None:
+    config, vault, env, raw = setup
+    ok(cli("repo", "init", "vault", config=config, env=env))
+    ok(cli("backup", "exp42", config=config, env=env))
+    ok(cli("backup", "exp42", config=config, env=env))
+    ok(cli("repo", "key", "add", "vault", "--role", "append", "--passphrase-env", "APPEND",
+           config=config, env={**env, "APPEND": "append pass"}))
+    append = {**env, "DM_PASSPHRASE": "append pass"}
+    for args in (("forget", "exp42", "--keep-last", "1"), ("prune", "vault")):
+        r = ok(cli(*args, config=config, env=append), 3)
+        assert "only an admin key may" in r.stderr and r.stderr.count("\n") == 1
+    r = ok(cli("prune", "vault", "--json", config=config, env=append), 3)
+    assert json.loads(r.stdout or r.stderr)["error"]["code"] == "refused"
+    ok(cli("prune", "vault", "--dry-run", config=config, env=append))  # a dry run reads only
+    assert len(json.loads(ok(cli("list", "backup", "exp42", "--json", config=config, env=env)).stdout)) == 2
+
+
+def test_prune_usage_errors(setup) -> None:
+    config, vault, env, raw = setup
+    r = ok(cli("prune", "nowhere", config=config, env=env), 2)
+    assert "neither a storage nor a dataset" in r.stderr
+    r = ok(cli("prune", "vault", "--delete-delay", "soon", config=config, env=env), 2)
+    assert "--delete-delay" in r.stderr
+    plain = ok(cli("prune", "plain", config=config, env=env)).stdout
+    assert "nothing to prune" in plain

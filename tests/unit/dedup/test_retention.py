@@ -544,3 +544,58 @@ def test_crash_at_every_write_and_delete_of_forget_mark_and_sweep(tmp_path: Path
         assert not files(case / "repo", "tombstones"), n
         assert final.check_repository().counts["unused_blobs"] == 0, n
         shutil.rmtree(case)
+
+
+def test_the_files_cache_never_reuses_chunks_a_pending_plan_marked_dead(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    big = os.urandom(600_000)
+
+    def one(ts: str | None, reuse: bool) -> Any:
+        writer = engine.start_backup("d", {"storage": {"name": "vault"}}, ts)
+        try:
+            sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+            with sink.open("a") as w:
+                w.cut()
+                got = w.reuse("big\0fingerprint", len(big)) if reuse else None
+                if got is None:
+                    w.write(big)
+                    w.cut()
+                    w.remember("big\0fingerprint", len(big), {"k": 1})
+            writer.add_done(sink.finish())
+            writer.commit()
+            return got
+        finally:
+            writer.abort()
+
+    one(format_timestamp(now_utc() - timedelta(days=2)), False)
+    assert one(format_timestamp(now_utc() - timedelta(days=1)), True) == {"k": 1}  # the cache works
+    engine.forget("d", [b.timestamp for b in engine.backups("d")])  # (a policy never does: a test of the guard)
+    prune(engine)  # mark: every chunk of big is dead now
+    assert one(None, True) is None  # not reused: read and written again
+    assert phase(prune(engine), "sweep")["status"] == "done"
+    assert restore(reopen(engine, tmp_path, "c2"), "d") == {"s": {"a": big}}
+
+
+def test_prune_refuses_when_it_cannot_tell_what_is_used(tmp_path: Path) -> None:
+    """A damaged index file (its packs would look unused), or a listed backup whose chunk list is not in the
+    index: prune stops (exit 4) and deletes nothing; after repo repair index it works."""
+    engine, data, stamps = three_backups(tmp_path)
+    root = tmp_path / "repo"
+    engine.forget("d", [stamps[0]])
+    index_files = files(root, "index")
+    damaged = bytearray(index_files[0].read_bytes())
+    damaged[40] ^= 0x10
+    index_files[0].write_bytes(bytes(damaged))
+    before = {p: p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(CorruptBackupError, match="repair index"):
+        prune(reopen(engine, tmp_path, "c2"))
+    for p in index_files:
+        p.unlink()  # every index gone: the chunk lists of the listed backups cannot be found
+    with pytest.raises(CorruptBackupError, match="repair index"):
+        prune(reopen(engine, tmp_path, "c3"))
+    assert all(p.exists() for p in before if "index" not in p.parts)
+    fixed = reopen(engine, tmp_path, "c4")
+    fixed.repair_index()
+    prune_all(fixed)
+    for ts, name in zip(stamps[1:], ("mid", "new")):
+        assert restore_at(reopen(engine, tmp_path, "c5"), "d", ts) == data[name]

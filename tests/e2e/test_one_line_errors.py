@@ -42,7 +42,7 @@ def test_unknown_top_level_table_is_a_config_error(tmp_path: Path, table: str, h
     line = one_line(err)
     name = table.split("]")[0].split(".")[0].lstrip("[")
     assert f"unknown top-level table [{name}]" in line, line
-    assert "(known: datasets, guards, jobs, locks, monitoring, state, storages)" in line and hint in line, line
+    assert "(known: datasets, guards, jobs, locks, monitoring, service, state, storages)" in line and hint in line, line
 
 
 @pytest.fixture

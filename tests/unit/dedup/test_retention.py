@@ -599,3 +599,67 @@ def test_prune_refuses_when_it_cannot_tell_what_is_used(tmp_path: Path) -> None:
     prune_all(fixed)
     for ts, name in zip(stamps[1:], ("mid", "new")):
         assert restore_at(reopen(engine, tmp_path, "c5"), "d", ts) == data[name]
+
+
+CHILD = r"""
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, os.getcwd())
+from data_manager.builtin.filesystem import FilesystemStorage
+from data_manager.engines.dedup.engine import DedupEngine
+from data_manager.engines.records import SourceRecord
+from data_manager.types import Settings
+
+repo, cache, work = map(Path, sys.argv[1:4])
+engine = DedupEngine(FilesystemStorage("vault", Settings({"root": str(repo)})),
+                     Settings({"passphrase": "correct horse", "pack_size": "256KiB"}), cache_dir=cache)
+writer = engine.start_backup("child", {"storage": {"name": "vault"}})
+sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+with sink.open("x") as w:
+    w.write((work / "x").read_bytes())
+(work / "started").touch()
+while not (work / "go").exists():
+    time.sleep(0.05)
+with sink.open("y") as w:
+    w.write((work / "y").read_bytes())
+writer.add_done(sink.finish())
+writer.commit()
+writer.abort()
+"""
+
+
+@pytest.mark.parametrize("start", ["before-mark", "after-mark"])
+def test_a_backup_in_another_process_across_mark_and_sweep_restores(tmp_path: Path, start: str) -> None:
+    import subprocess
+    import sys
+
+    engine, data, stamps = three_backups(tmp_path)
+    engine.forget("d", stamps[:2])
+    work = tmp_path / "work"
+    work.mkdir()
+    sources = {"s": {"x": data["old"]["s"]["a"], "y": data["old"]["s"]["b"] + os.urandom(50_000)}}
+    for name, blob in sources["s"].items():
+        (work / name).write_bytes(blob)
+    if start == "after-mark":
+        prune(engine)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "repo"), str(tmp_path / "child-cache"),
+                              str(work)], cwd=str(Path(__file__).resolve().parents[3]))
+    try:
+        deadline = time.monotonic() + 60
+        while not (work / "started").exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        if start == "before-mark":
+            prune(engine)  # mark while it runs: the sweep waits for it
+            assert phase(prune(engine), "sweep")["status"] == "waiting"
+        else:
+            assert phase(prune(engine), "sweep")["status"] == "done"  # it knows the plan
+        (work / "go").touch()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    prune_all(engine)
+    fresh = reopen(engine, tmp_path, "c-fresh")
+    assert restore(fresh, "child") == sources and restore(fresh, "d") == data["new"]
+    assert fresh.check_repository(read_fraction=1.0).ok

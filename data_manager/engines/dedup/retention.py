@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +56,7 @@ from ...retention import check_timestamp, clean_text
 from ...timestamps import is_timestamp, iso, now_utc, parse_timestamp
 from ..records import SourceRecord
 from .index import INDEX_PREFIX, PackRecord, read_index, write_index
-from .packs import DATA, SNAPSHOT, BlobEntry, open_blob, pack_key, parse_pack_header
+from .packs import DATA, BlobEntry, open_blob, pack_key, parse_pack_header
 from .snapshots import (POINTER_CONTEXT, POINTER_MAGIC, SNAPSHOT_PREFIX, WRITERS_PREFIX, decode_chunk_list,
                         decode_pointer, decode_writer)
 

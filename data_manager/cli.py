@@ -639,15 +639,14 @@ def plugins(as_json: bool) -> None:
         click.echo(f"{r['name']:<14} {r['package']} {r['version']}: {state}")
 
 
-def _register_repository_commands() -> None:
+def _register_commands() -> None:
+    """The commands that live in their own modules: repositories, retention, the service."""
     from .cli_repo import check, repo
-    from .cli_retention import forget, hold, holds, unhold
+    from .cli_retention import forget, hold, holds, prune, unhold
     from .cli_service import serve
 
-    main.add_command(check)
-    main.add_command(repo)
-    for command in (forget, hold, unhold, holds, serve):
+    for command in (check, repo, forget, hold, unhold, holds, prune, serve):
         main.add_command(command)
 
 
-_register_repository_commands()
+_register_commands()

@@ -196,13 +196,3 @@ def prune(targets: tuple[str, ...], dry_run: bool, delete_delay: str | None, as_
             click.echo(f"  {line}")
         for note in r.get("notes", []):
             click.echo(f"note: {r['storage']}: {note}", err=True)
-
-
-def _register() -> None:
-    """Add ``prune`` to the command line: cli.py imports this module while it registers its commands."""
-    from .cli import main
-
-    main.add_command(prune)
-
-
-_register()

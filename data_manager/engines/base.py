@@ -304,6 +304,12 @@ class RepositoryEngine(ABC):
         is not held (:class:`UsageError`), holding a damaged one (:class:`CorruptBackupError`)."""
         raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot hold backups")
 
+    def retention_times(self, data_id: str) -> dict[str, datetime]:
+        """TIMESTAMP -> when the backup was really taken, for backups whose own claim this engine does not
+        believe (e.g. written by a non-admin key at a time the storage contradicts): retention buckets them
+        there, so forged dates cannot push real backups out. Empty: every claim stands."""
+        return {}
+
     def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
         """Remove these complete backups of ``data_id`` (none held: check first), so that an interrupted
         forget leaves each either complete or incomplete (``cleanup`` removes it), never a listed backup

@@ -87,7 +87,7 @@ def _plan(repo: RepositoryEngine, data_id: str, policy: Policy) -> tuple[Plan, l
     for ts in sorted(set(holds) - set(complete)):
         notes.append(f"{ts}: held, but not a complete backup here")
     sizes = {b.timestamp: b.stored_size or 0 for b in backups if b.complete}
-    return plan(policy, complete, holds), notes, sizes
+    return plan(policy, complete, holds, times=repo.retention_times(data_id)), notes, sizes
 
 
 def forget(dm: DataManager, data_id: str, *, dry_run: bool = False, overrides: Mapping[str, Any] | None = None,

@@ -129,3 +129,27 @@ def test_check_finds_missing_resized_and_corrupt_artifacts(tmp_path: Path) -> No
                                     f"{len((src / 'b.zst').read_bytes()) - 1} recorded"]
     full = repo.check_repository(1.0)
     assert any("s/c" in e and "mismatch" in e for e in full.errors) and not full.ok
+
+
+def test_forget_buckets_backups_where_the_engine_says_they_were_taken(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """retention_times: an engine that does not believe a backup's claimed time (a forged one) has it
+    ranked at the time it knows; forget's plan follows it."""
+    from data_manager.timestamps import parse_timestamp
+
+    dm = DataManager.from_dict({"storages": {"s": {"type": "filesystem", "root": str(tmp_path / "b")}},
+                                "datasets": {"d": {"storage": "s", "sources": [{"name": "x", "type": "directory",
+                                                                                "path": str(tmp_path)}]}}})
+    repo = dm.repository("s")
+    stamps = ["20260101T000000Z", "20260201T000000Z", "20260301T000000Z"]
+    for ts in stamps:
+        w = repo.start_backup("d", {}, ts)
+        sink = w.source(SourceRecord("x", "directory", {}, {}))
+        w.add_done(sink.finish())
+        w.commit()
+    policy = {"keep_monthly": 2}
+    assert dm.forget("d", dry_run=True, overrides=policy).kept == stamps[1:]
+    # The engine knows the March backup was really written in January: it no longer fills March's bucket.
+    monkeypatch.setattr(WormEngine, "retention_times", lambda self, data_id: {stamps[2]: parse_timestamp(stamps[0])})
+    reasons = {d.timestamp: d.reasons for d in dm.forget("d", dry_run=True, overrides=policy).decisions}
+    assert "newest" in reasons[stamps[1]] and reasons[stamps[0]] == ["no rule keeps it"], reasons

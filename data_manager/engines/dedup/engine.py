@@ -1051,8 +1051,8 @@ class DedupEngine(RepositoryEngine):
         return self.retention().prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress)
 
     def retention_times(self, data_id: str) -> dict[str, Any]:
-        """TIMESTAMP -> the storage's time, for backups whose claimed time is implausible (for
-        :func:`data_manager.retention.plan`'s ``times``)."""
+        """The storage's time for backups written by non-admin keys whose TIMESTAMP is implausible (the
+        pointer stored more than 6 h after it, or more than 10 minutes before it)."""
         return self.retention().times(data_id)
 
     @property

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -37,7 +37,7 @@ from .records import (
     SourceRecord,
     checked_sources,
 )
-from .streams import Counting, Prefetching
+from .streams import Prefetching, StoredArtifacts
 
 log = logging.getLogger(__name__)
 
@@ -363,48 +363,20 @@ class VerifyingReader(io.RawIOBase):
                 super().close()
 
 
-class SourceArtifacts:
-    """The :class:`~data_manager.types.ArtifactSet` of one source in a complete backup."""
+class SourceArtifacts(StoredArtifacts):
+    """The :class:`~data_manager.types.ArtifactSet` of one source in a complete worm backup."""
 
     def __init__(self, storage: Storage, prefix: str, record: SourceRecord, progress: Progress | None = None) -> None:
+        super().__init__(prefix, record, progress)
         self._storage = storage
-        self._prefix = prefix
-        self.record = record
-        self.source_name = record.name
-        self.info = record.info
-        self.settings = record.settings
-        self._by_name = {a.name: a for a in record.artifacts}
-        self._progress = progress
 
-    def names(self) -> list[str]:
-        return [a.name for a in self.record.artifacts]
-
-    def size(self, name: str) -> int:
-        return self._get(name).size
-
-    def _get(self, name: str) -> ArtifactRecord:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise CorruptBackupError(f"{self._prefix}/{self.source_name}: no artifact {name!r} in the metadata") from None
-
-    def open(self, name: str) -> BinaryIO:
-        rec = self._get(name)
-        key = f"{self._prefix}/{self.source_name}/{rec.stored_name}"
+    def reader(self, rec: ArtifactRecord, label: str) -> io.RawIOBase:
+        key = f"{self._prefix}/{self.source_name}/{rec.stored_name}"  # errors name the object as stored
         try:
             raw = self._storage.open_read(key)
         except NotFoundError:
             raise CorruptBackupError(f"{key}: missing from the storage") from None
-        reader: io.RawIOBase = Prefetching(VerifyingReader(raw, rec, key))
-        if self._progress is not None:
-            reader = Counting(reader, self._progress, rec.size)
-        return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
-
-    def verify(self, names: Iterable[str] | None = None) -> None:
-        for name in names if names is not None else self.names():
-            with self.open(name) as f:
-                while f.read(CHUNK):
-                    pass
+        return Prefetching(VerifyingReader(raw, rec, key))
 
 
 class WormEngine(RepositoryEngine):

@@ -27,20 +27,20 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from blake3 import blake3
 
 from ...errors import CorruptBackupError, DataManagerError, NotFoundError, RefusedError, UsageError
 from ...timestamps import format_timestamp, iso, now_utc
 from ...types import Compression, Settings, Storage
-from ..base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink
+from ..base import BackupWriter, Progress, RepositoryEngine, SourceSink
 from ..records import ArtifactRecord, BackupInfo, CheckReport, SourceRecord, checked_sources
-from ..streams import Counting
+from ..streams import ReadAhead, StoredArtifacts
 from .cache import IndexCache, Located, default_cache_root
 from .chunker import Chunker, ChunkerParams
 from .index import INDEX_PREFIX, PackRecord, read_index, write_index
@@ -774,44 +774,24 @@ class DedupBackupWriter(BackupWriter):
 # --------------------------------------------------------------------------- reading
 
 
-class ChunkStream(io.RawIOBase):
+class ChunkStream(ReadAhead):
     """The original bytes of one artifact, fetched chunk by chunk on a second thread (a bounded queue of
     decoded chunks), adjacent chunks of one pack coalesced into one ranged read. Every chunk is decrypted
     and checked against its id; at EOF the artifact's size and BLAKE3 digest. Any damage, missing pack or
     missing chunk: :class:`CorruptBackupError` naming the artifact, raised in the reader's thread."""
 
     def __init__(self, engine: DedupEngine, rec: ArtifactRecord, label: str, depth: int = 8) -> None:
-        super().__init__()
         self._engine = engine
         self._rec = rec
         self._label = label
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._block = memoryview(b"")
-        self._eof = False
-        self._thread = threading.Thread(target=self._run, name="dm-restore", daemon=True)
-        self._thread.start()
+        super().__init__(depth, "dm-restore")
 
-    # -- the fetching thread
-
-    def _put(self, item: bytes | BaseException) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _run(self) -> None:
-        try:
-            self._fetch_all()
-        except CorruptBackupError as exc:
-            self._put(CorruptBackupError(f"{self._label}: {exc}"))
-        except NotFoundError as exc:
-            self._put(CorruptBackupError(f"{self._label}: missing from the storage ({exc})"))
-        except BaseException as exc:
-            self._put(exc)
+    def failed(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, CorruptBackupError):
+            return CorruptBackupError(f"{self._label}: {exc}")
+        if isinstance(exc, NotFoundError):
+            return CorruptBackupError(f"{self._label}: missing from the storage ({exc})")
+        return exc
 
     def _refs(self) -> Iterator[tuple[bytes, int]]:
         loc = self._rec.location
@@ -831,7 +811,7 @@ class ChunkStream(io.RawIOBase):
         if count != loc["chunks"]:
             raise CorruptBackupError(f"{count} chunks listed, {loc['chunks']} recorded")
 
-    def _fetch_all(self) -> None:
+    def produce(self, put: Callable[[bytes], bool]) -> None:
         engine = self._engine
         h = blake3()
         by_chunks = self._rec.algorithm == CHUNKS_DIGEST
@@ -847,7 +827,7 @@ class ChunkStream(io.RawIOBase):
                 size += len(plain)
                 if size > self._rec.size:
                     raise CorruptBackupError(f"longer than the {self._rec.size} bytes recorded")
-                if not self._put(plain):
+                if not put(plain):
                     return False
             group.clear()
             return True
@@ -872,79 +852,17 @@ class ChunkStream(io.RawIOBase):
             raise CorruptBackupError(f"{size} bytes, {self._rec.size} recorded (truncated?)")
         if (refs_hash if by_chunks else h).hexdigest() != self._rec.digest:
             raise CorruptBackupError("blake3 mismatch, the stored data is corrupt")
-        self._put(b"")
-
-    # -- the reader's thread
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        if not self._block:
-            if self._eof:
-                return 0
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            if not item:
-                self._eof = True
-                return 0
-            self._block = memoryview(item)
-        n = min(len(buf), len(self._block))
-        buf[:n] = self._block[:n]
-        self._block = self._block[n:]
-        return n
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        super().close()
 
 
-class DedupArtifacts:
+class DedupArtifacts(StoredArtifacts):
     """The :class:`~data_manager.types.ArtifactSet` of one source in a complete ``dedup`` backup."""
 
     def __init__(self, engine: DedupEngine, prefix: str, record: SourceRecord, progress: Progress | None) -> None:
+        super().__init__(prefix, record, progress)
         self._engine = engine
-        self._prefix = prefix
-        self.record = record
-        self.source_name = record.name
-        self.info = record.info
-        self.settings = record.settings
-        self._by_name = {a.name: a for a in record.artifacts}
-        self._progress = progress
 
-    def names(self) -> list[str]:
-        return [a.name for a in self.record.artifacts]
-
-    def size(self, name: str) -> int:
-        return self._get(name).size
-
-    def _get(self, name: str) -> ArtifactRecord:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise CorruptBackupError(f"{self._prefix}/{self.source_name}: no artifact {name!r} in the metadata") from None
-
-    def open(self, name: str) -> BinaryIO:
-        rec = self._get(name)
-        reader: io.RawIOBase = ChunkStream(self._engine, rec, f"{self._prefix}/{self.source_name}/{name}")
-        if self._progress is not None:
-            reader = Counting(reader, self._progress, rec.size)
-        return io.BufferedReader(reader, buffer_size=CHUNK)  # type: ignore[return-value]
-
-    def verify(self, names: Iterable[str] | None = None) -> None:
-        for name in names if names is not None else self.names():
-            with self.open(name) as f:
-                while f.read(CHUNK):
-                    pass
+    def reader(self, rec: ArtifactRecord, label: str) -> io.RawIOBase:
+        return ChunkStream(self._engine, rec, label)
 
 
 # --------------------------------------------------------------------------- the engine

@@ -206,6 +206,43 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] | None = None
+                      ) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on the state database at ``path``: committed when the block ends,
+    rolled back on any error; SQLite's errors as one :class:`DataManagerError` line naming the file.
+
+    ``prepare(con)`` (a schema, a version check) runs before the transaction; when it is given, the directory
+    (0700) and the file (0600) are created first if missing: SQLite would create the file with the umask's
+    mode, and its journal copies the file's mode. Shared by the core's jobs and the service's tables.
+    """
+    try:
+        if prepare is not None:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise DataManagerError(f"state database {path}: cannot open: {exc}") from None
+    try:
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA foreign_keys = ON")
+        if prepare is not None:
+            prepare(con)
+        con.execute("BEGIN IMMEDIATE")
+        yield con
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise DataManagerError(f"state database {path}: {exc}") from None
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
 class StateDB:
     """The local state database. Every method opens, uses and closes one connection."""
 
@@ -213,43 +250,16 @@ class StateDB:
         self.path = path
         self._ready = False
 
-    def _create(self) -> None:
-        """Create the directory (0700) and the database file (0600) if missing, before SQLite opens it:
-        SQLite would create the file with the umask's mode, and its journal copies the file's mode."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+    def _prepare(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > _VERSION:
+            raise DataManagerError(f"state database {self.path} is from a newer data-manager (schema {version})")
+        con.executescript(_SCHEMA)
+        con.execute(f"PRAGMA user_version = {_VERSION}")
+        self._ready = True
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if not self._ready:
-                self._create()
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise DataManagerError(f"state database {self.path}: cannot open: {exc}") from None
-        try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA foreign_keys = ON")
-            if not self._ready:
-                version = con.execute("PRAGMA user_version").fetchone()[0]
-                if version > _VERSION:
-                    raise DataManagerError(f"state database {self.path} is from a newer data-manager (schema {version})")
-                con.executescript(_SCHEMA)
-                con.execute(f"PRAGMA user_version = {_VERSION}")
-                self._ready = True
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise DataManagerError(f"state database {self.path}: {exc}") from None
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+    def _db(self) -> Any:
+        return state_transaction(self.path, None if self._ready else self._prepare)
 
     # -- writing
 

@@ -17,15 +17,11 @@ connection (SQLite's busy timeout serialises the job processes and the service);
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataManagerError
-from ..jobs import new_job_id
+from ..jobs import new_job_id, state_transaction
 from ..scrub import scrub
 from ..timestamps import iso, now_utc
 
@@ -117,34 +113,13 @@ class Store:
         self.path = path
         self._ready = False
 
-    @contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if not self._ready:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise DataManagerError(f"state database {self.path}: cannot open: {exc}") from None
-        try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA foreign_keys = ON")
-            if not self._ready:
-                con.executescript(_SCHEMA)
-                self._ready = True
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise DataManagerError(f"state database {self.path}: {exc}") from None
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+    def _prepare(self, con: sqlite3.Connection) -> None:
+        con.executescript(_SCHEMA)
+        self._ready = True
+
+    def db(self) -> Any:
+        """One transaction on the service's tables (:func:`data_manager.jobs.state_transaction`)."""
+        return state_transaction(self.path, None if self._ready else self._prepare)
 
     # ------------------------------------------------------------------ jobs
 

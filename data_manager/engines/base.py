@@ -19,6 +19,7 @@ Every engine must:
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -26,6 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, BinaryIO, ClassVar
 
 from .. import __version__
@@ -44,6 +46,27 @@ Progress = Callable[[int], None]
 def item_done(progress: Progress | None) -> None:
     if progress is not None:
         progress(0)
+
+
+class ArtifactStreamBase(io.RawIOBase):
+    """What every engine's artifact writer shares: leaving a ``with`` block commits it (``close``), an
+    exception aborts it. Subclasses implement ``write``, ``close`` (store every byte durably, then call the
+    sink's ``committed``) and ``abort``."""
+
+    def writable(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ArtifactStreamBase:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class SourceSink:

@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from types import TracebackType
 from typing import Any, BinaryIO
 
 from blake3 import blake3
@@ -26,7 +25,7 @@ from ..config import NAME_RE
 from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
 from ..timestamps import is_timestamp, now_utc
 from ..types import Compression, ObjectWriter, Storage
-from .base import CHUNK, BackupWriter, Progress, RepositoryEngine, SourceSink
+from .base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink
 from .records import (
     MANIFEST,
     SOURCE_MANIFEST,
@@ -99,7 +98,7 @@ class _Pipeline:
             raise self._error
 
 
-class ArtifactStream(io.RawIOBase):
+class ArtifactStream(ArtifactStreamBase):
     """The writable stream a source gets from ``sink.open(name)``. See :class:`~data_manager.types.ArtifactWriter`."""
 
     def __init__(
@@ -127,9 +126,6 @@ class ArtifactStream(io.RawIOBase):
         self._pipeline: _Pipeline | None = None
         self._done = False
         self.digest = ""
-
-    def writable(self) -> bool:
-        return True
 
     def _start(self, first: bytes | memoryview) -> None:
         if self._compression == "auto":
@@ -232,14 +228,6 @@ class ArtifactStream(io.RawIOBase):
         self._sink.aborted(self.name)
         super().close()
 
-    def __enter__(self) -> ArtifactStream:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class WormSourceSink(SourceSink):

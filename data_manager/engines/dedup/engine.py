@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from blake3 import blake3
@@ -38,7 +37,7 @@ from blake3 import blake3
 from ...errors import CorruptBackupError, DataManagerError, NotFoundError, RefusedError, UsageError
 from ...timestamps import format_timestamp, iso, now_utc
 from ...types import Compression, Settings, Storage
-from ..base import BackupWriter, Progress, RepositoryEngine, SourceSink
+from ..base import ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink
 from ..records import ArtifactRecord, BackupInfo, CheckReport, SourceRecord, checked_sources
 from ..streams import ReadAhead, StoredArtifacts
 from .cache import IndexCache, Located, default_cache_root
@@ -395,7 +394,7 @@ CHUNKS_DIGEST = "blake3-chunks"  # the digest of an artifact holding reused item
 _ITEM_MAX = 1 << 16  # chunks of one item the files cache remembers (64 GiB at 1 MiB): bounded memory
 
 
-class DedupArtifactWriter(io.RawIOBase):
+class DedupArtifactWriter(ArtifactStreamBase):
     """The writable stream a source gets from ``sink.open(name)`` (see
     :class:`~data_manager.types.ArtifactWriter`).
 
@@ -442,9 +441,6 @@ class DedupArtifactWriter(io.RawIOBase):
         self._thread.start()
         self._packer = threading.Thread(target=self._pack_run, name="dm-pack", daemon=True)
         self._packer.start()
-
-    def writable(self) -> bool:
-        return True
 
     # -- the source's thread
 
@@ -639,14 +635,6 @@ class DedupArtifactWriter(io.RawIOBase):
         self._sink.aborted(self.name)
         super().close()
 
-    def __enter__(self) -> DedupArtifactWriter:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class DedupSourceSink(SourceSink):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ConfigError, NotFoundError, RefusedError, StorageError
+from .errors import ConfigError, DataManagerError, NotFoundError, RefusedError, StorageError
 from .jobs import parse_duration, pid_alive
 from .timestamps import iso
 from .types import Storage
@@ -209,7 +209,13 @@ class DatasetLock:
         for lock in locks:
             if lock.job_id != self.job_id and lock.process_gone():
                 log.warning("%s: removing the lock of %s: that process is gone", self.data_id, lock.owner())
-                self.storage.delete(lock.key)
+                try:
+                    self.storage.delete(lock.key)
+                except DataManagerError as exc:
+                    # Append-only credentials may not delete: a dead process's lock is ignored all the same
+                    # (only this host can tell it is dead, and this host never counts it).
+                    log.warning("%s: cannot remove %s (%s); ignoring it: its process is gone", self.data_id,
+                                lock.key, exc)
         locks = [lock for lock in locks if lock.job_id == self.job_id or not lock.process_gone()]
         if not any(lock.job_id == self.job_id for lock in locks):
             raise StorageError(f"{self.key}: the lock object just written is not listed by the storage")
@@ -232,7 +238,10 @@ class DatasetLock:
                     break
                 self._delete()
             except BaseException:
-                self._delete()
+                try:
+                    self._delete()
+                except DataManagerError as exc:  # never hide why the lock could not be taken
+                    log.error("%s: cannot remove the lock %s: %s", self.data_id, self.key, exc)
                 raise
             left = deadline - time.monotonic()
             if left <= 0:

@@ -70,6 +70,11 @@ class SqliteSource(Source):
         con = self._connect(self.path, readonly=True)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):  # busy, not broken: say so
+                raise SourceError(f"source {self.name!r}: {self.path} stayed locked by another connection longer "
+                                  f"than busy_timeout ({exc})") from None
+            raise SourceError(f"source {self.name!r}: {self.path} is not a usable SQLite database: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise SourceError(f"source {self.name!r}: {self.path} is not a usable SQLite database: {exc}") from None
         finally:

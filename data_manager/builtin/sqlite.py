@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import time
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -166,8 +167,15 @@ class SqliteSource(Source):
                 return
             src = self._connect(staging, readonly=True)
             dst = self._connect(target, readonly=False)
+            deadline = time.monotonic() + self.busy_timeout
+
+            def give_up_when_busy(status: int, remaining: int, total: int) -> None:
+                # Connection.backup retries a busy target every 250 ms for ever: busy_timeout bounds it.
+                if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked")
+
             try:
-                src.backup(dst)  # page by page, inside one write transaction on the target
+                src.backup(dst, progress=give_up_when_busy)  # page by page, in one write transaction on the target
             except sqlite3.Error as exc:
                 raise SourceError(f"source {self.name!r}: cannot write {target}: {exc}") from None
             finally:

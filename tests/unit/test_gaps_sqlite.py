@@ -222,9 +222,6 @@ def test_a_new_target_that_cannot_be_installed(tmp_path: Path, monkeypatch: pyte
     assert not new.exists() and beside(new) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: restore ignores busy_timeout on the target: sqlite3.Connection.backup "
-                   "retries SQLITE_BUSY every 250 ms for ever, so a restore waits as long as any writer holds "
-                   "the target (here 4 s against busy_timeout = 1; a stuck writer hangs it)")
 def test_a_target_locked_longer_than_busy_timeout_fails_the_restore(tmp_path: Path) -> None:
     """Documented: ``busy_timeout``, seconds to wait for locks. A restore over a target a writer holds longer
     than that should fail with one line and leave the target as it was."""

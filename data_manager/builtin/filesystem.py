@@ -207,7 +207,7 @@ class FilesystemStorage(Storage):
         path = self._path(key)
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a key below an object is missing too, as list() says
             return
         except OSError as exc:
             raise _os_error(f"cannot delete {path}", exc) from None

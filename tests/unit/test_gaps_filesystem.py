@@ -96,10 +96,6 @@ def test_an_immutable_object_is_one_storage_error_line(tmp_path: Path) -> None:
     assert keys(s) == [] and root.is_dir() and not (root / "d").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=StorageError,
-                   reason="BUG: delete_tree of a key below an object ('d/obj/sub') raises 'cannot delete ...: Not "
-                          "a directory', where any other missing prefix is a no-op (and list()/exists() treat it "
-                          "as missing, as Storage.delete_tree's default does)")
 def test_a_prefix_below_an_object_is_missing_too(tmp_path: Path) -> None:
     s = storage(tmp_path / "root")
     put(s, "d/obj")

@@ -1238,15 +1238,7 @@ class DedupEngine(RepositoryEngine):
         report = RepairReport("index")
         old = [f"{INDEX_PREFIX}/{e.name}" for e in self.storage.list(INDEX_PREFIX) if not e.is_dir]
         batch: list[PackRecord] = []
-        for key, kind, pack_id, size in self._walk_packs():
-            report.packs_scanned += 1
-            try:
-                header, entries, damage = self.pack_entries(key, kind, size)
-            except (CorruptBackupError, NotFoundError) as exc:
-                report.damaged.append(str(exc))
-                continue
-            if damage:
-                report.damaged.append(damage)
+        for key, kind, pack_id, size, header, entries in self._scan_packs(report):
             # an entry whose blob ends past the pack is a lie: leave it out
             entries = [e for e in entries if e.offset + header.sealed_header_size + e.stored <= size]
             report.blobs_found += len(entries)
@@ -1265,15 +1257,11 @@ class DedupEngine(RepositoryEngine):
         report.seconds = round(time.monotonic() - t0, 3)
         return report
 
-    def repair_snapshots(self) -> RepairReport:
-        """Write a pointer for every snapshot blob in the meta packs that no readable pointer names (signed
-        by this key). Needs a key that can read."""
-        self._need_reader("repair snapshots")
-        t0 = time.monotonic()
-        report = RepairReport("snapshots")
-        named = {doc["snapshot"] for _, doc, _, _ in self._pointers() if doc is not None}
+    def _scan_packs(self, report: RepairReport, meta_only: bool = False) -> Iterator[tuple[str, str, bytes, int, Any, Any]]:
+        """Every pack (or metadata pack) with its blobs as its trailer, or a walk of its blob headers, lists
+        them: ``(key, kind, pack id, size, header, entries)``. Damage goes into ``report``."""
         for key, kind, pack_id, size in self._walk_packs():
-            if kind != "meta":
+            if meta_only and kind != "meta":
                 continue
             report.packs_scanned += 1
             try:
@@ -1283,6 +1271,16 @@ class DedupEngine(RepositoryEngine):
                 continue
             if damage:
                 report.damaged.append(damage)
+            yield key, kind, pack_id, size, header, entries
+
+    def repair_snapshots(self) -> RepairReport:
+        """Write a pointer for every snapshot blob in the meta packs that no readable pointer names (signed
+        by this key). Needs a key that can read."""
+        self._need_reader("repair snapshots")
+        t0 = time.monotonic()
+        report = RepairReport("snapshots")
+        named = {doc["snapshot"] for _, doc, _, _ in self._pointers() if doc is not None}
+        for key, kind, pack_id, size, header, entries in self._scan_packs(report, meta_only=True):
             for e in entries:
                 if e.type != SNAPSHOT:
                     continue

@@ -20,7 +20,9 @@ Then what restic does not have:
   ``ttl`` it is removed at once);
 * ``min_keep N``: the N newest backups are never removed, expired or not;
 * the newest backup and held ones are never removed, whatever the policy; a backup dated in the future
-  (a wrong clock, or a forged date) is kept and not counted, so it can never push a real one out.
+  (a wrong clock, or a forged date) is kept and not counted, so it can never push a real one out. "The
+  future" starts :data:`FUTURE_SLACK` after now: backups taken in quick succession are named the next
+  free second, a few seconds ahead of the clock, and clocks of two machines differ a little.
 
 A policy with no keep rule and no ``ttl`` is *empty*: :func:`plan` refuses it rather than remove every
 backup but the newest.
@@ -37,6 +39,8 @@ from typing import Any
 from .errors import ConfigError, CorruptBackupError, UsageError
 from .timestamps import iso, is_timestamp, now_utc, parse_timestamp
 from .types import Settings
+
+FUTURE_SLACK = timedelta(minutes=5)  # how far ahead of now a TIMESTAMP still counts as taken (see above)
 
 COUNT_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 DURATION_KEYS = ("keep_within", "ttl")
@@ -238,7 +242,7 @@ def plan(policy: Policy, backups: Collection[str], holds: Mapping[str, str] | No
             raise CorruptBackupError(f"backup name {clean_text(ts, 80)!r} is no TIMESTAMP (YYYYMMDDTHHMMSSZ)")
         when[ts] = (times or {}).get(ts) or parse_timestamp(ts)
     newest_first = sorted(when, key=lambda ts: (when[ts], ts), reverse=True)
-    future = {ts for ts in newest_first if when[ts] > now}
+    future = {ts for ts in newest_first if when[ts] > now + FUTURE_SLACK}
     counted = [ts for ts in newest_first if ts not in future]
     keeps: dict[str, list[str]] = {ts: [] for ts in newest_first}
 

@@ -17,7 +17,7 @@ from data_manager.engines.records import SourceRecord
 from data_manager.engines.worm import WormEngine
 from data_manager.errors import ConfigError, CorruptBackupError, UsageError
 from data_manager.plugins import load_registry
-from data_manager.retention import Policy, plan
+from data_manager.retention import FUTURE_SLACK, Policy, plan
 from data_manager.timestamps import is_timestamp
 from data_manager.timestamps import format_timestamp, parse_timestamp
 from data_manager.types import Settings
@@ -251,9 +251,9 @@ def test_never_removed_the_newest_the_held_the_future_or_the_min_keep_newest(cas
     policy, backups, held, now = case
     p = plan(policy, backups, held, now)
     removed = set(p.remove)
-    past = sorted((b for b in backups if parse_timestamp(b) <= now), reverse=True)
+    past = sorted((b for b in backups if parse_timestamp(b) <= now + FUTURE_SLACK), reverse=True)
     assert not removed & set(held)
-    assert not removed & {b for b in backups if parse_timestamp(b) > now}
+    assert not removed & {b for b in backups if parse_timestamp(b) > now + FUTURE_SLACK}
     assert not removed & set(past[: max(1, policy.min_keep)])
     assert sorted(p.keep + p.remove) == sorted(backups)
     assert [d.timestamp for d in p.decisions] == sorted(backups)  # oldest first
@@ -381,3 +381,15 @@ def test_worm_crafted_hold_objects_still_hold_and_say_so(repo: WormEngine, tmp_p
         repo.forget("d", [a])
     (holds / f"{a}.json").write_bytes(b"[" * 100_000)  # larger than a hold may be
     assert "unreadable hold object" in repo.holds("d")[a]
+
+
+def test_a_backup_a_few_seconds_ahead_of_the_clock_counts() -> None:
+    """Backups taken in quick succession are named the next free second, ahead of the clock: they count (a
+    backup dated further than FUTURE_SLACK ahead does not)."""
+    from datetime import timedelta
+
+    from data_manager.timestamps import format_timestamp
+
+    older, ahead = format_timestamp(NOW - timedelta(seconds=1)), format_timestamp(NOW + timedelta(seconds=2))
+    p = plan(Policy(keep_last=1), [older, ahead], now=NOW)
+    assert p.remove == [older] and reasons(p, ahead) == ["newest", "last 1 of 1"]

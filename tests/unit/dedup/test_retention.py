@@ -456,7 +456,9 @@ def test_forged_snapshots_tombstones_and_plans_never_make_retention_delete_real_
     times = admin.retention_times("d")
     assert set(times) == set(forged) and not set(times) & set(real)
     decided = plan(policy, listed, admin.holds("d"), now=now, times=times)
-    assert set(honest.keep) <= set(decided.keep), (honest.keep, decided.keep)
+    # Every real backup the honest plan keeps is kept. (Today's slot may go to a forged snapshot written now:
+    # bucketed at the storage's time, it is no different from a backup the key could really make now.)
+    assert set(honest.keep) & set(real) <= set(decided.keep), (honest.keep, decided.keep)
     admin.forget("d", decided.remove)
     result = prune(admin)  # the forged plan is not swept; a real mark is made
     assert any("not signed by a trusted admin key" in n for n in result["notes"])

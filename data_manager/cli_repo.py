@@ -65,7 +65,7 @@ def check(storages: tuple[str, ...], subset: str | None, as_json: bool) -> None:
     from .operations.verify import parse_sample
     from .units import human_size
 
-    fraction = parse_sample(subset) if subset is not None else 0.0
+    fraction = parse_sample(subset, "--read-data-subset") if subset is not None else 0.0
     names = list(storages) or list(_ctx().dm.config.storages)
     reports = [_repo(name).check_repository(fraction) for name in names]
     if as_json:

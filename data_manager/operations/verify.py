@@ -22,12 +22,12 @@ from ..scrub import scrub
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-def parse_sample(text: str) -> float:
-    """``"5%"`` -> 0.05 (more than 0, at most 100%)."""
+def parse_sample(text: str, option: str = "--sample") -> float:
+    """``"5%"`` -> 0.05 (more than 0, at most 100%); errors name ``option``."""
     m = _PERCENT.match(text)
     if m and 0 < float(m.group(1)) <= 100:
         return float(m.group(1)) / 100
-    raise UsageError(f"--sample {text!r}: expected a percentage of the backup's bytes, like 5% or 0.5%")
+    raise UsageError(f"{option} {text!r}: expected a percentage of the stored data, like 5% or 0.5%")
 
 
 def choose_sample(artifacts: list[tuple[str, ArtifactRecord]], fraction: float,

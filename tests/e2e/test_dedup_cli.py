@@ -192,3 +192,9 @@ def test_copies_between_engines(setup, tmp_path: Path) -> None:
         ok(cli("check", name, "--read-data-subset", "100%", config=config, env=env))
     again = json.loads(ok(cli("copy", "--all", "exp42", "--to", "local", "--json", config=config, env=env)).stdout)
     assert [b["state"] for b in again["backups"]] == ["already complete"]
+
+
+def test_a_bad_read_data_subset_names_its_option(setup) -> None:
+    config, _, env, _, _ = setup
+    r = ok(cli("check", "local", "--read-data-subset", "200%", config=config, env=env), 2)
+    assert r.stderr == "data-manager: error: --read-data-subset '200%': expected a percentage of the stored data, like 5% or 0.5%\n"

@@ -182,8 +182,9 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
         rest = {k: v for k, v in table.items() if k not in limits and k not in own and k != "engine"}
         settings = make_settings(rest, where, stype.secret_keys, secrets)
         upload, download = limits_from_settings(make_settings(limits, where, (), secrets))
-        storages[name] = StorageConfig(name, stype.name, settings, upload, download, engine_name,
-                                       make_settings(own, where, engine.secret_keys, secrets))
+        engine_settings = make_settings(own, where, engine.secret_keys, secrets)
+        engine.check_settings(engine_settings)
+        storages[name] = StorageConfig(name, stype.name, settings, upload, download, engine_name, engine_settings)
 
     datasets: dict[str, Dataset] = {}
     for data_id, table in _table(data.get("datasets", {}), file, "datasets").items():

@@ -2,7 +2,9 @@
 
 * ``worm`` (the default): each backup a full, self-contained copy, readable by hand (:mod:`.worm`);
 * ``dedup``: content-defined chunks, deduplicated, compressed and encrypted in packs, keys with roles
-  (:mod:`.dedup`).
+  (:mod:`.dedup`);
+* ``sync``: a directory source as a browsable mirror, one object per file, and a manifest per backup
+  (:mod:`.sync`).
 
 The interface every engine implements, and what it must never do, is :mod:`.base`.
 """
@@ -19,6 +21,7 @@ DEFAULT = "worm"
 _ENGINES = {
     "worm": "data_manager.engines.worm:WormEngine",
     "dedup": "data_manager.engines.dedup.engine:DedupEngine",
+    "sync": "data_manager.engines.sync.engine:SyncEngine",
 }
 
 

@@ -211,6 +211,13 @@ class RepositoryEngine(ABC):
         self.storage = storage
         self.settings = settings or Settings({}, where=f"storage {storage.name!r}")
 
+    @classmethod
+    def check_settings(cls, settings: Settings) -> Any:
+        """Validate this engine's keys of a storage's table (:attr:`settings_keys`) when the config is read,
+        raising a config error naming the key; what it returns is the engine's own business. The default
+        checks nothing (an engine may check in ``__init__`` instead)."""
+        return None
+
     def location(self) -> str:
         """Where the backups are, for people (no secrets)."""
         return self.storage.location()

@@ -47,7 +47,7 @@ def test_engines_are_chosen_per_storage_and_worm_is_the_default(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("value, message", [
-    ("nope", r"key 'engine': unknown engine 'nope' \(known: dedup, worm\)"),
+    ("nope", r"key 'engine': unknown engine 'nope' \(known: dedup, sync, worm\)"),
     (3, r"key 'engine': must be a string, not 3"),
 ])
 def test_a_bad_engine_is_a_config_error(tmp_path: Path, value: object, message: str) -> None:

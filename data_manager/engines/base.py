@@ -206,6 +206,10 @@ class RepositoryEngine(ABC):
     settings_keys: ClassVar[tuple[str, ...]] = ()
     #: those of them that hold secrets (redacted from metadata, logs and status)
     secret_keys: ClassVar[tuple[str, ...]] = ()
+    #: whether a stopped backup (Ctrl-C, a closing backup window) keeps what its unfinished sources had
+    #: stored, so that ``--resume`` reads such a source again but stores only the rest; False: an
+    #: unfinished source starts over (what ``status`` tells people whose sources outgrow a window)
+    keeps_partial_sources: ClassVar[bool] = False
 
     def __init__(self, storage: Storage, settings: Settings | None = None) -> None:
         self.storage = storage

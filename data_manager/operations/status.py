@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .. import engines
 from ..errors import DataManagerError
 from ..jobs import Availability, Job
 from ..timestamps import now_utc
@@ -80,6 +82,9 @@ def status(dm: DataManager) -> Status:
                 entry["locks"] = [lock.to_json() for lock in dm.locks(data_id)]
             except DataManagerError as exc:
                 entry["error"] = str(exc)
+        window = _window(dm, data_id, now)
+        if window is not None:
+            entry["window"] = window
         datasets.append(entry)
     try:
         dm.state.reap()
@@ -96,6 +101,21 @@ def status(dm: DataManager) -> Status:
         unavailable=dm.state.unavailable(),
     )
 
+
+
+def _window(dm: DataManager, data_id: str, now: datetime) -> dict[str, Any] | None:
+    """The dataset's backup window (``[datasets.X.schedule] window``) as the service applies it, or None."""
+    from ..service.settings import schedule_from_table
+    from ..service.windows import window_report
+
+    ds = dm.config.datasets[data_id]
+    table = ds.options.get("schedule")
+    if not isinstance(table, dict) or "window" not in table:
+        return None
+    schedule = schedule_from_table(table, str(dm.config.path or "<config>"), data_id)
+    assert schedule.window is not None
+    engine = engines.engine_class(dm.config.storages[ds.storage].engine)
+    return window_report(schedule.window, [s.name for s in ds.sources], engine.keeps_partial_sources, now)
 
 
 def age_text(seconds: int | None) -> str:

@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, engines
 from ..errors import DataManagerError, ExitCode, UsageError, error_code
 from ..scrub import scrub
 from ..timestamps import now_utc
@@ -36,6 +36,7 @@ from .auth import COOKIE, allows, bearer
 from .metrics import CONTENT_TYPE
 from .runtime import Service
 from .scheduler import parse_iso
+from .windows import window_report
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,13 @@ def create_app(service: Service) -> FastAPI:
     def age(ended: str | None) -> float | None:
         return (now_utc() - parse_iso(ended)).total_seconds() if ended else None
 
+    def window_view(data_id: str) -> models.BackupWindow:
+        ds, s = service.dm.dataset(data_id), service.schedules[data_id]
+        assert s.window is not None
+        engine = engines.engine_class(service.dm.config.storages[ds.storage].engine)
+        return models.BackupWindow(**window_report(s.window, [x.name for x in ds.sources], engine.keeps_partial_sources,
+                                                   now_utc()))
+
     def dataset_view(data_id: str, latest: dict[str, Any], marks: dict[str, Any], detail: bool = False) -> models.Dataset:
         ds = service.dm.dataset(data_id)
         schedule = None
@@ -199,7 +207,8 @@ def create_app(service: Service) -> FastAPI:
             nxt = service.scheduler.next_run(data_id)
             schedule = models.ScheduleInfo(cron=s.cron, timezone=s.timezone, jitter_seconds=s.jitter, ttl_seconds=s.ttl,
                                            paused=service.scheduler.paused(data_id),
-                                           next_run=nxt.isoformat().replace("+00:00", "Z") if nxt else None)
+                                           next_run=nxt.isoformat().replace("+00:00", "Z") if nxt else None,
+                                           window=window_view(data_id) if s.window else None)
         last = latest.get(data_id)
         mark = marks.get(data_id)
         out = models.Dataset(

@@ -16,6 +16,9 @@ reads its ``--json`` progress lines (stderr) into ``job.progress`` events, its e
   resume (exit 2) is run again at once as a plain backup.
 - One job per dataset runs at a time, and at most ``max_jobs`` in all.
 - After a scheduled backup whose schedule has a ``ttl``, a ``forget --ttl`` job expires the old backups.
+- A backup of a dataset with a ``window`` (:mod:`.windows`) starts only inside it; at its end the child is
+  stopped as by Ctrl-C (SIGTERM; SIGKILL after :data:`WINDOW_GRACE`) and the job waits, pending with
+  ``--resume``, for the next window. Neither counts as a failure.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ..timestamps import iso, now_utc
 from .events import EventBus
 from .metrics import Metrics
 from .settings import Schedule, ServiceSettings
+from .windows import Windows
 from .store import CANCELLED, DONE, FAILED, PENDING, RUNNING, Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 JOB_ENV = "DATA_MANAGER_SERVICE_JOB"
 PROGRESS_EVERY = 1.0  # seconds between two job.progress events of one job
 ADOPT_WAIT = 30.0  # how long a restarted service waits for a dead service's child to finish stopping
+WINDOW_GRACE = 60.0  # how long a backup stopped at its window's end has to release its lock before SIGKILL
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Run:
     stdout: list[bytes] = field(default_factory=list)
     readers: list[threading.Thread] = field(default_factory=list)
     last_progress_event: float = 0.0
+    window_end: datetime | None = None  # the end of the backup window it runs in
+    window_closed: float | None = None  # when (monotonic) it was stopped because the window closed
 
 
 def _later(seconds: float) -> str:
@@ -211,11 +218,31 @@ class Launcher:
                 break
             if job["data_id"] in busy:
                 continue
-            self._spawn(job, bool(job["resume"]) and job["kind"] == "backup")
+            window = self._window(job)
+            window_end = None
+            if window is not None:
+                now = now_utc()
+                window_end = window.closes_at(now)
+                if window_end is None:
+                    self._wait_for_window(job, window.next_open(now))
+                    continue
+            self._spawn(job, bool(job["resume"]) and job["kind"] == "backup", window_end)
             busy.add(job["data_id"])
             free -= 1
 
-    def _spawn(self, job: dict[str, Any], resume: bool) -> None:
+    def _window(self, job: dict[str, Any]) -> Windows | None:
+        """The backup window that holds ``job`` back, if any (only backups wait for one)."""
+        schedule = self.schedules.get(job["data_id"])
+        return schedule.window if schedule is not None and job["kind"] == "backup" else None
+
+    def _wait_for_window(self, job: dict[str, Any], opens: datetime) -> None:
+        self.store.update_job(job["id"], next_attempt_at=iso(opens))
+        self.bus.publish("job.waiting", job_id=job["id"], data_id=job["data_id"], kind=job["kind"],
+                         reason="outside the dataset's backup window", next_attempt_at=iso(opens))
+        log.info("job %s (%s of %s): waits for the backup window, opening %s", job["id"], job["kind"],
+                 job["data_id"], iso(opens))
+
+    def _spawn(self, job: dict[str, Any], resume: bool, window_end: datetime | None = None) -> None:
         env = {**os.environ, JOB_ENV: job["id"], "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen(self.command(job, resume), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -226,7 +253,7 @@ class Launcher:
             self.bus.publish("job.failed", job_id=job["id"], data_id=job["data_id"], error=f"cannot start: {exc}")
             return
         n = self.store.start_attempt(job["id"], proc.pid, resume, iso(now_utc()))
-        run = Run(job, n, resume, proc, time.monotonic())
+        run = Run(job, n, resume, proc, time.monotonic(), window_end=window_end)
         assert proc.stdout is not None and proc.stderr is not None
         run.readers = [threading.Thread(target=self._read_stderr, args=(run, proc.stderr), daemon=True, name="dm-job-err"),
                        threading.Thread(target=self._read_stdout, args=(run, proc.stdout), daemon=True, name="dm-job-out")]
@@ -281,6 +308,20 @@ class Launcher:
             code = run.proc.poll()
             if code is not None and not self._stopping:
                 self._finish(run, code)
+            elif code is None:
+                self._close_window(run)
+
+    def _close_window(self, run: Run) -> None:
+        """Stop a backup whose window has closed: SIGTERM, then SIGKILL after WINDOW_GRACE."""
+        if run.window_end is None:
+            return
+        if run.window_closed is None and now_utc() >= run.window_end:
+            run.window_closed = time.monotonic()
+            log.info("job %s (%s of %s): its backup window closed at %s; stopping it, to resume in the next",
+                     run.job["id"], run.job["kind"], run.job["data_id"], iso(run.window_end))
+            self._signal(run, signal.SIGTERM)
+        elif run.window_closed is not None and time.monotonic() - run.window_closed > WINDOW_GRACE:
+            self._signal(run, signal.SIGKILL)
 
     def _result(self, run: Run) -> dict[str, Any] | None:
         try:
@@ -310,6 +351,8 @@ class Launcher:
             outcome, state = "done", DONE
         elif job["cancel_requested"]:
             outcome, state = "cancelled", CANCELLED
+        elif run.window_closed is not None:
+            outcome, state = "window closed", PENDING
         elif self._stopping:
             outcome, state = "interrupted", PENDING
         elif code == ExitCode.USAGE and run.resume:
@@ -327,8 +370,9 @@ class Launcher:
         error = None if code == 0 else scrub(message)
         self.store.update_attempt(job_id, run.n, ended_at=now, outcome=outcome, exit_code=code, error=error,
                                   core_job_id=run.core_job_id)
-        self.metrics.finished(kind, data_id, code == 0, reason or ("interrupted" if outcome == "interrupted" else None),
-                              seconds)
+        if outcome in ("interrupted", "window closed"):
+            reason = outcome.replace(" ", "_")
+        self.metrics.finished(kind, data_id, code == 0, reason, seconds)
 
         values: dict[str, Any] = {"exit_code": code}
         if state == DONE:
@@ -342,6 +386,12 @@ class Launcher:
         else:  # pending again: a retry
             if outcome == "interrupted":
                 values.update(resume=int(kind == "backup"), next_attempt_at=now)
+            elif outcome == "window closed":
+                window = self._window(job)
+                opens = window.next_open(now_utc()) if window is not None else now_utc()
+                values.update(resume=int(kind == "backup" and (started_backup is not None or bool(job["resume"]))),
+                              next_attempt_at=iso(opens))
+                error, reason = None, "window closed"
             elif outcome == "nothing to resume":
                 values.update(resume=0, next_attempt_at=now)
             elif outcome == "refused":
@@ -357,11 +407,13 @@ class Launcher:
 
         event = {DONE: "job.done", FAILED: "job.failed", CANCELLED: "job.cancelled"}.get(state)
         if event is None:
-            event = "job.interrupted" if outcome == "interrupted" else "job.retrying"
+            event = "job.interrupted" if outcome in ("interrupted", "window closed") else "job.retrying"
         extra: dict[str, Any] = {"attempt": run.n, "exit_code": code}
         if error:
             extra["error"] = error
-        if state == PENDING and outcome not in ("interrupted", "nothing to resume"):
+        if outcome == "window closed":
+            extra.update(reason="the backup window closed", next_attempt_at=values["next_attempt_at"])
+        if state == PENDING and outcome not in ("interrupted", "nothing to resume", "window closed"):
             extra["next_attempt_at"] = values["next_attempt_at"]
             extra["after"] = format_duration((datetime.fromisoformat(values["next_attempt_at"].replace("Z", "+00:00"))
                                               - now_utc()).total_seconds() + 0.5)

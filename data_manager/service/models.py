@@ -42,7 +42,8 @@ class Attempt(BaseModel):
     resume: bool
     started_at: str
     ended_at: str | None = None
-    outcome: str | None = Field(None, description="done, failed, refused, interrupted, cancelled, nothing to resume")
+    outcome: str | None = Field(None, description="done, failed, refused, interrupted, window closed, cancelled, "
+                                   "nothing to resume")
     exit_code: int | None = None
     error: str | None = None
 
@@ -94,6 +95,17 @@ class LatestBackup(BaseModel):
     age_seconds: float | None
 
 
+class BackupWindow(BaseModel):
+    """When the dataset's backups may run (``window`` in its schedule)."""
+
+    window: str
+    open: bool
+    closes_at: str | None = None
+    opens_at: str | None = None
+    sources_restarting: list[str] = Field(default_factory=list, description="Sources that start over when a "
+                                          "window closes on them (the storage's engine keeps no partial source).")
+
+
 class ScheduleInfo(BaseModel):
     cron: str
     timezone: str
@@ -101,6 +113,7 @@ class ScheduleInfo(BaseModel):
     ttl_seconds: float | None
     paused: bool
     next_run: str | None
+    window: BackupWindow | None = None
 
 
 class Availability(BaseModel):

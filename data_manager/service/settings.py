@@ -22,6 +22,7 @@ timezone = "Europe/Berlin"  # IANA name; default UTC
 jitter = "10m"              # each due time starts up to this much later (deterministic, per dataset and time)
 ttl = "60d"                 # scheduled backups expire: forget --ttl 60d runs after each scheduled backup
 paused = false
+window = "22:00-06:00"      # backups run only inside it; stopped at its end, resumed in the next (see windows.py)
 ```
 
 Validated when the config is loaded (:func:`data_manager.config.parse_config`), with one-line errors
@@ -43,11 +44,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import ConfigError
 from .. import units
+from .windows import Windows, parse_windows
 
 SCOPES = ("read", "operate", "admin")
 SERVICE_KEYS = ("host", "port", "max_jobs", "retries", "retry_backoff", "refused_retry", "refused_retries",
                 "keep_done", "keep_failed", "tokens")
-SCHEDULE_KEYS = ("cron", "timezone", "jitter", "ttl", "paused")
+SCHEDULE_KEYS = ("cron", "timezone", "jitter", "ttl", "paused", "window")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
                 "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
@@ -88,6 +90,7 @@ class Schedule:
     jitter: float = 0.0
     ttl: float | None = None
     paused: bool = False
+    window: Windows | None = None
 
     @property
     def fields(self) -> str:
@@ -245,6 +248,10 @@ def schedule_from_table(table: Any, file: str, data_id: str) -> Schedule:
         if not isinstance(table["paused"], bool):
             raise ConfigError(f"{where}: key 'paused': must be true or false, not {table['paused']!r}", key="paused")
         out.paused = table["paused"]
+    if "window" in table:
+        out.window, why = parse_windows(table["window"], out.timezone)
+        if why:
+            raise ConfigError(f"{where}: key 'window': {why}", key="window")
     return out
 
 

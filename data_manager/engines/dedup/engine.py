@@ -261,6 +261,13 @@ class BlobStore:
         except queue.Full:
             pass
         self._thread.join(timeout=60)
+        if not self._thread.is_alive():
+            # Index what was committed: a stopped backup (Ctrl-C, a closing backup window) leaves a
+            # checkpoint, and the resumed one uploads none of it again.
+            try:
+                self._write_index()
+            except Exception as exc:
+                log.debug("index of a stopped backup's packs: %s", exc)
 
     def _put(self, item: PackBuilder | threading.Event) -> None:
         while True:
@@ -867,6 +874,7 @@ class DedupEngine(RepositoryEngine):
     kind = "dedup"
     settings_keys = ("passphrase", "key_id", "pack_size", "cache_dir")
     secret_keys = ("passphrase",)
+    keeps_partial_sources = True  # a stopped backup's committed packs are indexed (PackUploader.abort)
     heartbeat_seconds = HEARTBEAT_SECONDS
     index_every = INDEX_EVERY
 

@@ -1,0 +1,387 @@
+"""The ``sync`` engine against the filesystem storage: the mirror, cycles of changes, pending deletions,
+damage, crafted metadata and an interrupted backup resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from data_manager.api import DataManager
+from data_manager.builtin.filesystem import FilesystemStorage
+from data_manager.errors import ConfigError, CorruptBackupError, DataManagerError
+from data_manager.engines.sync.engine import SyncEngine
+from data_manager.types import Settings
+from tests.helpers import make_sqlite, make_tree, snapshot
+
+BAD = b"latin1-\xe9t\xe9"
+
+
+def config(tmp_path: Path, src: Path, **engine: Any) -> dict[str, Any]:
+    return {
+        "storages": {"vault": {"type": "filesystem", "root": str(tmp_path / "vault"), "engine": "sync", **engine}},
+        "datasets": {"exp": {"storage": "vault", "sources": [{"name": "raw", "type": "directory", "path": str(src)}]}},
+    }
+
+
+def manager(tmp_path: Path, src: Path, storage: Any = None, **engine: Any) -> DataManager:
+    dm = DataManager.from_dict(config(tmp_path, src, **engine))
+    if storage is not None:
+        dm._storages["vault"] = storage  # before the engine is made: it is built on this storage
+    return dm
+
+
+def mirror(tmp_path: Path) -> Path:
+    return tmp_path / "vault" / "exp" / "mirror" / "raw"
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    """Every regular file below ``root`` (raw names decoded as the filesystem does), with its bytes."""
+    out = {}
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+def restored(dm: DataManager, tmp_path: Path, which: str = "latest", name: str = "out") -> Path:
+    out = tmp_path / name
+    dm.restore("exp", which, overrides={"raw": {"path": str(out)}})
+    return out
+
+
+def same_tree(a: Path, b: Path) -> None:
+    x, y = snapshot(a), snapshot(b)
+    x.pop(b"."), y.pop(b".")
+    assert x == y
+
+
+def stats(dm: DataManager) -> dict[str, Any]:
+    info = dm.repository("vault").resolve("exp", "latest")
+    assert info.manifest is not None
+    return info.manifest["sync"]["sources"]["raw"]
+
+
+def test_the_mirror_holds_every_file_by_its_path_and_restores(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    got = files_of(mirror(tmp_path))
+    want = files_of(src)
+    # Names that are not UTF-8 are stored with \xNN escapes; the rest are the paths themselves.
+    assert got.pop("latin1-\\xe9t\\xe9") == want.pop(os.fsdecode(BAD))
+    assert got == want
+    assert "spaces and ünïcödé.txt" in got
+    same_tree(src, restored(dm, tmp_path))
+    assert dm.verify("exp").ok
+    assert stats(dm)["uploaded"] == len(files_of(src))
+
+    # Nothing changed: nothing uploaded, and the large file was not even read (reuse).
+    dm.backup("exp")
+    assert stats(dm)["uploaded"] == 0 and stats(dm)["unchanged"] == len(files_of(src))
+    same_tree(src, restored(dm, tmp_path, name="out2"))
+
+
+def test_create_modify_delete_rename_cycles(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    dm = manager(tmp_path, src)
+    rng = __import__("random").Random(7)
+    names = [f"d{i % 3}/f {i}.bin" for i in range(12)]
+    for n in names:
+        (src / n).parent.mkdir(parents=True, exist_ok=True)
+        (src / n).write_bytes(os.urandom(rng.choice([0, 10, 70_000, 1_300_000])))
+    dm.backup("exp")
+    for cycle in range(4):
+        present = sorted(p for p in files_of(src))
+        changed = present[cycle]
+        (src / changed).write_bytes(os.urandom(5000 + cycle))  # modified
+        (src / f"new {cycle}.txt").write_text(f"cycle {cycle}\n" * 100)  # created
+        os.remove(src / present[-1 - cycle])  # deleted
+        old = present[len(present) // 2]
+        os.rename(src / old, src / f"renamed {cycle}")  # renamed
+        time.sleep(0.01)
+        dm.backup("exp")
+        s = stats(dm)
+        assert s["uploaded"] == 3, (cycle, s)  # the modified, the created and the renamed one
+        same_tree(src, restored(dm, tmp_path, name=f"out{cycle}"))
+        pend = dm.repository("vault").pending("exp")["raw"]
+        assert present[-1 - cycle] in pend and old in pend
+        # What was deleted stays in the mirror (pending deletion) with its old content.
+        assert (mirror(tmp_path) / old).exists()
+        for path, data in files_of(src).items():
+            assert (mirror(tmp_path) / path).read_bytes() == data
+    diff = dm.repository("vault").diff("exp", dm.repository("vault").backups("exp")[-2].timestamp)
+    assert diff["raw"]["added"] == ["new 3.txt", "renamed 3"]
+
+
+def test_a_file_replaced_by_a_directory_of_that_name_and_back(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a file")
+    (src / "b").mkdir()
+    (src / "b" / "inner").write_bytes(os.urandom(100_000))
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    os.remove(src / "a")
+    (src / "a").mkdir()
+    (src / "a" / "child").write_bytes(b"now a directory")
+    (src / "b" / "inner").unlink()
+    (src / "b").rmdir()
+    (src / "b").write_bytes(b"now a file")
+    dm.backup("exp")
+    assert (mirror(tmp_path) / "a" / "child").read_bytes() == b"now a directory"
+    assert (mirror(tmp_path) / "b").read_bytes() == b"now a file"
+    assert dm.repository("vault").pending("exp")["raw"] == {}  # made way at once: nothing left to delete
+    same_tree(src, restored(dm, tmp_path))
+    assert dm.verify("exp").ok
+
+
+def test_deleted_files_are_pending_until_delete_after_then_removed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_text("keep")
+    (src / "gone").write_text("gone")
+    dm = manager(tmp_path, src, delete_after="2s")
+    dm.backup("exp")
+    first = dm.repository("vault").backups("exp")[-1].timestamp
+    os.remove(src / "gone")
+    dm.backup("exp")
+    assert list(dm.repository("vault").pending("exp")["raw"]) == ["gone"]
+    assert (mirror(tmp_path) / "gone").exists()
+    same_tree(src, restored(dm, tmp_path, name="now"))
+    assert (restored(dm, tmp_path, first, name="then") / "gone").read_text() == "gone"  # still restorable
+    time.sleep(2.2)
+    dm.backup("exp")
+    assert dm.repository("vault").pending("exp")["raw"] == {}
+    assert stats(dm)["removed"] == 1
+    assert not (mirror(tmp_path) / "gone").exists()
+    with pytest.raises(CorruptBackupError, match="gone: missing"):
+        dm.verify("exp", first)
+
+
+def test_delete_after_never_keeps_them(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "gone").write_text("gone")
+    dm = manager(tmp_path, src, delete_after="never")
+    dm.backup("exp")
+    os.remove(src / "gone")
+    dm.backup("exp")
+    time.sleep(1.1)
+    dm.backup("exp")
+    assert list(dm.repository("vault").pending("exp")["raw"]) == ["gone"]
+    assert (mirror(tmp_path) / "gone").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("soon", "key 'delete_after': must be a duration"),
+    (-3, "key 'delete_after': must be a duration"),
+    ("yes", "key 'checksum': must be true or false"),
+])
+def test_bad_settings_are_config_errors(tmp_path: Path, value: Any, message: str) -> None:
+    key = "checksum" if message.startswith("key 'checksum'") else "delete_after"
+    with pytest.raises(ConfigError, match=message):
+        DataManager.from_dict(config(tmp_path, tmp_path, **{key: value}))
+
+
+def test_checksum_finds_a_change_size_and_mtime_miss(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(b"a" * 200_000)
+    st = big.stat()
+    for checksum, uploaded in ((False, 0), (True, 1)):
+        dm = manager(tmp_path / str(checksum), src, checksum=checksum)
+        big.write_bytes(b"a" * 200_000)
+        os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+        dm.backup("exp")
+        big.write_bytes(b"b" * 200_000)  # same size, same mtime: only a digest sees it
+        os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+        dm.backup("exp")
+        assert stats(dm)["uploaded"] == uploaded
+
+
+def test_verify_and_restore_find_a_file_changed_in_the_storage(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    target = restored(dm, tmp_path)
+    before = snapshot(target)
+    (mirror(tmp_path) / "hello.txt").write_text("HELLO\n")  # someone else edits the bucket
+    with pytest.raises(CorruptBackupError, match="hello.txt: differs from what this backup recorded") as exc:
+        dm.verify("exp")
+    assert exc.value.exit_code == 4
+    with pytest.raises(CorruptBackupError):
+        dm.restore("exp", overrides={"raw": {"path": str(target)}})
+    assert snapshot(target) == before  # the failed restore left the target as it was
+    report = dm.repository("vault").check_repository(read_fraction=1.0)
+    assert not report.ok and "hello.txt" in report.errors[0]
+
+
+def test_other_sources_are_refused_with_one_line(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "n.db")
+    cfg = config(tmp_path, tmp_path)
+    cfg["datasets"]["exp"]["sources"] = [{"name": "notes", "type": "sqlite", "path": str(db)}]
+    dm = DataManager.from_dict(cfg)
+    with pytest.raises(DataManagerError, match=r"^source 'notes' is a sqlite source: storage 'vault' uses the "
+                                               r"sync engine, which mirrors directory sources only$"):
+        dm.backup("exp")
+
+
+# --------------------------------------------------------------------------- an interrupted backup
+
+
+class Crashing(FilesystemStorage):
+    """Raises instead of the (N+1)th commit of an object, as a process killed there would leave it."""
+
+    def __init__(self, root: Path, allowed: int) -> None:
+        super().__init__("vault", Settings({"root": str(root)}))
+        self.allowed = allowed
+        self.commits = 0
+        self.keys: list[str] = []
+        self._lock = threading.Lock()
+
+    def open_write(self, key: str) -> Any:
+        inner = super().open_write(key)
+        outer = self
+
+        class W:
+            def write(self, data: Any) -> None:
+                inner.write(data)
+
+            def commit(self) -> None:
+                with outer._lock:
+                    outer.commits += 1
+                    if outer.commits > outer.allowed:
+                        inner.abort()
+                        raise OSError("killed")
+                    outer.keys.append(key)
+                inner.commit()
+
+            def abort(self) -> None:
+                inner.abort()
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, et: Any, *rest: Any) -> None:
+                self.commit() if et is None else self.abort()
+
+        return W()
+
+
+def test_an_interrupted_sync_is_resumed_without_uploading_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.engines.sync import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "JOURNAL_EVERY", 5)
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(2000 + i))
+    dm = manager(tmp_path, src, storage=Crashing(tmp_path / "vault", 25))
+    with pytest.raises(Exception):
+        dm.backup("exp")
+    assert dm.repository("vault").backups("exp")[-1].complete is False
+    dm2 = manager(tmp_path, src, storage=Crashing(tmp_path / "vault", 10**9))
+    dm2.backup("exp", resume=True)
+    assert stats(dm2)["uploaded"] <= 40 - 15  # what the journals of the killed run listed is not sent again
+    mirrored = [k for k in dm2.storage("vault").keys if "/mirror/" in k]
+    assert len(mirrored) == len(set(mirrored))
+    same_tree(src, restored(dm2, tmp_path))
+    assert dm2.verify("exp").ok
+
+
+@pytest.mark.parametrize("allowed", [0, 3, 11, 30, 46, 49])
+def test_a_backup_killed_anywhere_leaves_the_last_complete_one_restorable(tmp_path: Path, allowed: int) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(1000))
+    manager(tmp_path, src).backup("exp")
+    for i in range(0, 20, 2):
+        (src / f"f{i}").write_bytes(os.urandom(1001))
+    os.remove(src / "f1")
+    dm = manager(tmp_path, src, storage=Crashing(tmp_path / "vault", allowed))
+    try:
+        dm.backup("exp")
+    except Exception:
+        pass
+    again = manager(tmp_path, src)
+    again.backup("exp", resume=not again.repository("vault").backups("exp")[-1].complete)
+    same_tree(src, restored(again, tmp_path))
+    assert again.verify("exp").ok
+
+
+# --------------------------------------------------------------------------- crafted metadata
+
+
+def _rewrite_skeleton(path: Path, change: Any) -> None:
+    data = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
+    out, pos = bytearray(), 0
+    while data[pos:pos + 1] != b"E":
+        kind = data[pos:pos + 1]
+        (n,) = struct.unpack("<I", data[pos + 1:pos + 5])
+        body = data[pos + 5:pos + 5 + n]
+        pos += 5 + n
+        if kind == b"F":
+            body = json.dumps(change(json.loads(body))).encode()
+        out += kind + struct.pack("<I", len(body)) + body
+    out += b"E"
+    path.write_bytes(zstandard.ZstdCompressor().compress(bytes(out)))
+
+
+def test_crafted_names_are_refused_and_nothing_is_written_outside_the_target(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("x")
+    outside = tmp_path / "outside"
+    outside.write_text("untouched")
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    ts = dm.repository("vault").backups("exp")[-1].timestamp
+    base = tmp_path / "vault" / "exp" / "backups" / ts / "raw"
+    skeleton = next((base / "artifacts").glob("*.tarsplit"))
+    _rewrite_skeleton(skeleton, lambda doc: {**doc, "path": "../../../../outside"})
+    with pytest.raises(CorruptBackupError, match="unsafe path '../../../../outside'"):
+        dm.restore("exp", overrides={"raw": {"path": str(tmp_path / "target")}})
+    assert outside.read_text() == "untouched" and not (tmp_path / "target").exists()
+
+    # A pending list naming an object outside the mirror: refused, never deleted.
+    (src / "x").unlink()
+    lines = [json.dumps({"path": "../../backups/" + ts + "/backup.json", "size": 1, "mtime_ns": 0, "mode": 0o644,
+                         "blake3": "0" * 64, "since": ts})]
+    (base / "pending.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorruptBackupError, match="unsafe path"):
+        dm.backup("exp")
+    assert (base.parent / "backup.json").exists()
+
+
+def test_a_crafted_file_list_cannot_reach_outside_the_mirror(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("x")
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    ts = dm.repository("vault").backups("exp")[-1].timestamp
+    files = tmp_path / "vault" / "exp" / "backups" / ts / "raw" / "mirror.jsonl"
+    doc = json.loads(files.read_text())
+    files.write_text(json.dumps({**doc, "path": "/etc/passwd"}) + "\n")
+    with pytest.raises(CorruptBackupError, match="unsafe path '/etc/passwd'"):
+        dm.repository("vault").files("exp")
+    with pytest.raises(CorruptBackupError, match="unsafe path"):
+        dm.backup("exp")
+
+
+def test_engine_settings(tmp_path: Path) -> None:
+    storage = FilesystemStorage("vault", Settings({"root": str(tmp_path)}))
+    assert SyncEngine(storage).delete_after == 7 * 86400
+    assert SyncEngine(storage, Settings({"delete_after": "never"})).delete_after is None
+    assert SyncEngine(storage, Settings({"delete_after": "36h", "checksum": True})).checksum is True

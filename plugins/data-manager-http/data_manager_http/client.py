@@ -1,0 +1,192 @@
+"""Talking HTTP through urllib3: one pool per source, which failures are worth another try, one-line errors.
+
+urllib3 retries nothing itself here (``connect=0, read=0, status=0``): the source's loops do, with the core's
+:class:`~data_manager.retry.Backoff`, because a broken download is resumed from its last byte rather than
+asked again from the start. urllib3 only follows redirects (at most 5); on a redirect to another host
+every configured header is dropped (a token must not follow a link to somewhere else).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from data_manager.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+#: Statuses that say "not now": asked again after a pause (Retry-After honoured for 429 and 503).
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+BLOCK = 1 << 20  # socket reads and upload writes: large enough that per-call overhead vanishes
+
+_REASONS = {
+    401: "not authorised (check the Authorization header)",
+    403: "forbidden (check the headers and the token's rights)",
+    404: "not found",
+    405: "method not allowed",
+    410: "gone",
+}
+
+
+class HttpStatus(Exception):
+    """The server answered with a status the caller did not expect."""
+
+    def __init__(self, status: int, retry_after: float | None = None, detail: str = "") -> None:
+        super().__init__(status)
+        self.status = status
+        self.retry_after = retry_after
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"HTTP {self.status}"
+        if self.status in _REASONS:
+            text += f" {_REASONS[self.status]}"
+        return text + (f": {self.detail}" if self.detail else "")
+
+
+class ShortBody(Exception):
+    """The answer ended before the bytes it announced."""
+
+    def __init__(self, got: int, expected: int) -> None:
+        super().__init__(f"the answer ended after {got} of {expected} bytes")
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now_dt = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    return max(0.0, (when - now_dt).total_seconds())
+
+
+def status_error(resp: Any) -> HttpStatus:
+    """An :class:`HttpStatus` for ``resp``, with the first line of a short error body (already read)."""
+    detail = ""
+    try:
+        body = resp.read(2048, decode_content=True) or b""
+        first = body.decode("utf-8", "replace").strip().splitlines()
+        detail = first[0][:160] if first else ""
+    except Exception:  # noqa: BLE001 - the status says enough
+        pass
+    finally:
+        resp.close()  # the rest of the body is never read: the connection is not reused
+        resp.release_conn()
+    return HttpStatus(resp.status, retry_after(resp.headers.get("Retry-After")), detail)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would the same request, a little later, probably succeed? (A timeout, a broken connection, 429/5xx.)"""
+    import urllib3.exceptions as e
+
+    if isinstance(exc, HttpStatus):
+        return exc.status in TRANSIENT_STATUS
+    if isinstance(exc, ShortBody):
+        return True
+    if isinstance(exc, e.MaxRetryError):
+        return exc.reason is not None and is_transient(exc.reason)
+    if isinstance(exc, (e.SSLError, e.NameResolutionError, e.LocationParseError, e.ResponseError)):
+        return False
+    if isinstance(exc, (e.ProtocolError, e.TimeoutError, e.NewConnectionError, e.DecodeError)):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError, e.HTTPError))
+
+
+def describe(exc: BaseException) -> str:
+    """One line about ``exc`` without secrets: never urllib3's own text, which holds the URL."""
+    import urllib3.exceptions as e
+
+    if isinstance(exc, (HttpStatus, ShortBody)):
+        return str(exc)
+    if isinstance(exc, e.MaxRetryError):
+        if isinstance(exc.reason, e.ResponseError):
+            return "too many redirects"
+        return describe(exc.reason) if exc.reason is not None else "request failed"
+    if isinstance(exc, e.SSLError):
+        return "TLS handshake failed (certificate not trusted, or not an https server)"
+    if isinstance(exc, e.NameResolutionError):
+        return "cannot resolve the host name"
+    if isinstance(exc, e.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(exc, e.NewConnectionError):
+        return "cannot connect (connection refused or host unreachable)"
+    if isinstance(exc, e.ReadTimeoutError):
+        return "the server stopped sending (read timed out)"
+    if isinstance(exc, e.ProtocolError):
+        return "the connection broke"
+    if isinstance(exc, e.HTTPError):
+        return f"HTTP failure ({type(exc).__name__})"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
+
+
+class Client:
+    """A urllib3 pool with the source's headers and timeouts; requests stream (nothing preloaded)."""
+
+    def __init__(self, headers: Mapping[str, str], timeout: float) -> None:
+        self.headers = dict(headers)
+        self.timeout = timeout
+        self._pool: Any = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            import urllib3
+
+            retries = urllib3.Retry(
+                total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True,
+                raise_on_status=False,
+                remove_headers_on_redirect=set(urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT)
+                | {k.lower() for k in self.headers},
+            )
+            self._pool = urllib3.PoolManager(
+                num_pools=4, maxsize=2, retries=retries, blocksize=BLOCK,
+                timeout=urllib3.Timeout(connect=min(self.timeout, 15.0), read=self.timeout),
+            )
+        return self._pool
+
+    def request(self, method: str, url: str, headers: Mapping[str, str] | None = None, body: Any = None) -> Any:
+        """The answer to ``method url`` (the body unread), with the source's headers plus ``headers``."""
+        all_headers = {**self.headers, "Accept-Encoding": "identity", **(headers or {})}
+        return self.pool.request(method, url, headers=all_headers, body=body, preload_content=False,
+                                 decode_content=False, redirect=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.clear()
+            self._pool = None
+
+
+def pause(policy: Backoff, retry: int, exc: BaseException, max_wait: float,
+          note: Callable[[str, float], None]) -> bool:
+    """Before retry number ``retry`` (1-based) after ``exc``: wait per ``policy``, at least what the server's
+    ``Retry-After`` asked (at most ``max_wait``), and say True; False when the retries are used up or the
+    server asks for a longer wait than ``max_wait``. ``note(reason, seconds)`` is told first (to log)."""
+    if retry > policy.retries:
+        return False
+    delay = policy.delay(retry)
+    asked = getattr(exc, "retry_after", None)
+    if asked is not None:
+        if asked > max_wait:
+            return False
+        delay = max(delay, asked)
+    note(describe(exc), delay)
+    policy.wait(delay)
+    return True
+
+
+__all__ = ["BLOCK", "Client", "HttpStatus", "ShortBody", "describe", "is_transient", "pause", "retry_after",
+           "status_error"]

@@ -1,0 +1,347 @@
+"""Downloading one export into an artifact: ranged and resumed when the server allows it, checked always.
+
+The first request is ``GET`` with ``Range: bytes=0-(chunk_size-1)``; its answer decides the mode:
+
+* ``206`` with a known total: **ranged**. The export is read in ``chunk_size`` ranges, one request each.
+  Each range has its own retries (backoff; ``Retry-After`` of a 429/503 honoured); a connection that
+  breaks mid-range is resumed from the last byte received, so nothing is read twice and nothing skipped.
+  Every later request carries ``If-Match`` (a strong ETag) or ``If-Unmodified-Since`` (Last-Modified), and
+  every answer's ETag, Last-Modified and total are compared with the first's: an export that changes between
+  ranges is never spliced; the download starts again once, and fails if it changes again.
+* ``200``: the server ignores ranges: **streamed** in one GET; a failure discards what was written and
+  starts again from the beginning (with backoff), as many times as ``retries`` allows.
+
+The total (``Content-Range`` or ``Content-Length``) is checked against the bytes received, and a whole-export
+checksum the server gave (:mod:`.checksums`) against the bytes written; ``Content-MD5`` per answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_manager.errors import SourceError
+from data_manager.retry import Backoff
+from data_manager.types import ArtifactWriter
+
+from . import checksums
+from .client import BLOCK, Client, ShortBody, describe, is_transient, pause, status_error
+
+log = logging.getLogger(__name__)
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.I)
+_FILENAME = re.compile(r"""filename\s*=\s*"?([^";]+)"?""", re.I)
+CHANGES_TOLERATED = 1  # an export that changed while read is downloaded again this many times, then it fails
+
+
+class ExportChanged(Exception):
+    """The export changed between two requests (another ETag, Last-Modified or size)."""
+
+
+class Restart(Exception):
+    """A streamed (not ranged) download broke: what was written must be discarded."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+
+
+@dataclass
+class Result:
+    """What a finished download learnt; recorded in the backup's info."""
+
+    size: int = 0
+    ranged: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    filename: str | None = None
+    checksum: checksums.Expected | None = None
+    ranges: int = 0
+    resumed: int = 0  # ranges continued after a broken connection
+    restarts: int = 0  # downloads begun again (a streamed one that broke, an export that changed)
+    notes: list[str] = field(default_factory=list)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None, int | None] | None:
+    """``bytes 0-99/1000`` -> (0, 99, 1000); ``bytes */1000`` -> (None, None, 1000); ``*`` total -> None."""
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        return None
+    first, last, total = m.groups()
+    return (int(first) if first else None, int(last) if last else None, int(total) if total != "*" else None)
+
+
+def _discard(resp: Any) -> None:
+    """Give up an answer not read to its end: its connection is closed, never reused mid-body."""
+    if resp is not None:
+        resp.close()
+        resp.release_conn()
+
+
+def _headers(resp: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in resp.headers.items()}
+
+
+class Download:
+    """One export from ``url`` into artifacts that ``open_writer()`` starts (again after a restart)."""
+
+    def __init__(self, client: Client, url: str, where: str, *, chunk_size: int, policy: Backoff,
+                 checksum_mode: str, max_retry_after: float) -> None:
+        self.client = client
+        self.url = url
+        self.where = where  # "source 'db' (site.example/export)": the start of every message
+        self.chunk_size = chunk_size
+        self.policy = policy
+        self.mode = checksum_mode
+        self.max_retry_after = max_retry_after
+        self._progress = 0  # the export byte the body being read has reached (see _pump)
+
+    # ------------------------------------------------------------------ errors and waiting
+
+    def fail(self, what: str, exc: BaseException | str) -> SourceError:
+        detail = exc if isinstance(exc, str) else describe(exc)
+        return SourceError(f"{self.where}: {what}: {detail}")
+
+    def _pause(self, retry: int, exc: BaseException, what: str) -> bool:
+        def note(reason: str, delay: float) -> None:
+            log.warning("%s: %s: %s; retry %d of %d in %.1fs", self.where, what, reason, retry,
+                        self.policy.retries, delay)
+
+        if not is_transient(exc):
+            return False
+        return pause(self.policy, retry, exc, self.max_retry_after, note)
+
+    def _give_up(self, what: str, exc: BaseException) -> SourceError:
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None and asked > self.max_retry_after:
+            return self.fail(what, f"{describe(exc)}, and the server asks to wait {asked:.0f}s "
+                                   f"(more than {self.max_retry_after:.0f}s)")
+        if is_transient(exc):
+            return self.fail(what, f"{describe(exc)} (gave up after {self.policy.retries} retries)")
+        return self.fail(what, exc)
+
+    # ------------------------------------------------------------------ the whole download
+
+    def run(self, open_writer: Callable[[], ArtifactWriter]) -> tuple[Result, str]:
+        """Download into a writer from ``open_writer()``, closed (committed) once every byte is checked.
+        Returns what was learnt and the writer's digest; raises :class:`SourceError` (the writer aborted)."""
+        changes = restarts = 0
+        while True:
+            writer = open_writer()
+            try:
+                result = self._attempt(writer)
+            except ExportChanged as exc:
+                writer.abort()
+                changes += 1
+                if changes > CHANGES_TOLERATED:
+                    raise self.fail("the export changed while it was downloaded, again", str(exc)) from None
+                log.warning("%s: the export changed during the download (%s): starting again", self.where, exc)
+                restarts += 1
+                continue
+            except Restart as exc:
+                writer.abort()
+                restarts += 1
+                if not self._pause(restarts, exc.cause, "download broke, starting again"):
+                    raise self._give_up("download", exc.cause) from None
+                continue
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+            result.restarts = restarts
+            return result, writer.digest
+
+    def _first(self) -> Any:
+        """The answer to the first request (a ranged GET), retried per the policy."""
+        retry = 0
+        while True:
+            try:
+                resp = self.client.request("GET", self.url, {"Range": f"bytes=0-{self.chunk_size - 1}"})
+                if resp.status in (200, 206, 416):
+                    return resp
+                raise status_error(resp)
+            except Exception as exc:
+                retry += 1
+                if not self._pause(retry, exc, "first request"):
+                    raise self._give_up("GET", exc) from None
+
+    def _attempt(self, writer: ArtifactWriter) -> Result:
+        resp = self._first()
+        headers = _headers(resp)
+        result = Result(etag=headers.get("etag"), last_modified=headers.get("last-modified"),
+                        content_type=headers.get("content-type"))
+        if (m := _FILENAME.search(headers.get("content-disposition", ""))) is not None:
+            result.filename = m[1].strip()
+        if self.mode not in ("auto", "none", "content-md5"):
+            result.checksum = checksums.whole(headers, self.mode)
+            if result.checksum is None:
+                _discard(resp)
+                raise self.fail("checksum_header", f"the server sent no usable {self.mode} header")
+        else:
+            result.checksum = checksums.whole(headers, self.mode)
+        hasher = result.checksum.hasher() if result.checksum is not None else None
+
+        if resp.status == 416:
+            cr = _content_range(headers.get("content-range"))
+            resp.release_conn()
+            if cr is not None and cr[2] == 0:  # an empty export has no byte 0
+                self._check_total(result, hasher, 0)
+                return result
+            resp = self._plain()  # a server that refuses even the first range: read it whole
+            return self._streamed(resp, _headers(resp), result, writer, hasher)
+        if resp.status == 206:
+            cr = _content_range(headers.get("content-range"))
+            if cr is None or cr[0] != 0 or cr[1] is None:
+                _discard(resp)
+                raise self.fail("GET", f"unexpected Content-Range {headers.get('content-range')!r}")
+            if cr[2] is not None:
+                result.ranged = True
+                return self._ranged(resp, cr[2], result, writer, hasher)
+            _discard(resp)  # a total of "*": ranges cannot be planned, read it whole
+            resp = self._plain()
+            headers = _headers(resp)
+        return self._streamed(resp, headers, result, writer, hasher)
+
+    # ------------------------------------------------------------------ ranged
+
+    def _validators(self, result: Result) -> dict[str, str]:
+        if result.etag and not result.etag.startswith("W/"):
+            return {"If-Match": result.etag}
+        if result.last_modified:
+            return {"If-Unmodified-Since": result.last_modified}
+        return {}
+
+    def _range_end(self, resp: Any, result: Result, total: int, start: int, end: int) -> int:
+        """Check a range's answer: 206, of the same export (validators, total), starting at ``start`` and
+        ending at most at ``end`` (a server may send less than asked). Returns the last byte it holds."""
+        headers = _headers(resp)
+        if resp.status == 412:
+            raise ExportChanged("the server says its precondition failed (HTTP 412)")
+        if resp.status == 200:
+            raise ExportChanged("the server answered a range request with the whole export")
+        etag, modified = headers.get("etag"), headers.get("last-modified")
+        if result.etag and etag and etag != result.etag:
+            raise ExportChanged(f"ETag {result.etag} became {etag}")
+        if result.last_modified and modified and modified != result.last_modified:
+            raise ExportChanged(f"Last-Modified {result.last_modified} became {modified}")
+        cr = _content_range(headers.get("content-range"))
+        if cr is None or cr[0] is None or cr[1] is None or cr[2] is None:
+            raise self.fail(f"bytes {start}-{end}", f"unexpected Content-Range {headers.get('content-range')!r}")
+        if cr[2] != total:
+            raise ExportChanged(f"its size {total} became {cr[2]}")
+        if cr[0] != start or not start <= cr[1] <= end:
+            raise self.fail(f"bytes {start}-{end}", f"the server sent bytes {cr[0]}-{cr[1]} instead")
+        return cr[1]
+
+    def _ranged(self, resp: Any, total: int, result: Result, writer: ArtifactWriter, hasher: Any) -> Result:
+        pos = 0
+        conditions = self._validators(result)
+        try:
+            last = self._range_end(resp, result, total, 0, min(self.chunk_size, total) - 1)
+        except BaseException:
+            _discard(resp)
+            raise
+        while pos < total:
+            start = pos
+            end = min(start + self.chunk_size, total) - 1
+            result.ranges += 1
+            retry = 0
+            while pos <= end:
+                try:
+                    if resp is None:
+                        resp = self.client.request("GET", self.url, {"Range": f"bytes={pos}-{end}", **conditions})
+                        if resp.status not in (200, 206, 412):
+                            raise status_error(resp)
+                        last = self._range_end(resp, result, total, pos, end)
+                    self._progress = pos
+                    try:
+                        self._pump(resp, writer, hasher, pos, last + 1)
+                    finally:
+                        if self._progress > pos:
+                            pos, retry = self._progress, 0  # a resumed range counts its retries anew
+                    resp.release_conn()
+                    resp = None
+                except (ExportChanged, SourceError):
+                    _discard(resp)
+                    raise
+                except Exception as exc:
+                    _discard(resp)
+                    resp = None
+                    retry += 1
+                    what = f"bytes {start}-{end}" + (f", resuming at byte {pos}" if pos > start else "")
+                    if not self._pause(retry, exc, what):
+                        raise self._give_up(f"bytes {start}-{end} at byte {pos}", exc) from None
+                    if pos > start:
+                        result.resumed += 1
+        self._check_total(result, hasher, pos)
+        result.size = pos
+        return result
+
+    def _pump(self, resp: Any, writer: ArtifactWriter, hasher: Any, pos: int, stop: int | None) -> int:
+        """Copy the body of ``resp`` to ``writer`` (and the hashers) from export byte ``pos`` up to ``stop``
+        (None: to the body's end); returns the position reached, which ``self._progress`` follows byte by
+        byte so that a caller resumes at the right place after an exception. Raises :class:`ShortBody` when
+        the body ends early."""
+        md5_expected = checksums.content_md5(_headers(resp), self.mode)
+        md5 = hashlib.md5() if md5_expected else None
+        expected = None if stop is None else stop - pos
+        if expected is None and resp.length_remaining is not None:
+            expected = resp.length_remaining
+        got = 0
+        self._progress = pos
+        while expected is None or got < expected:
+            data = resp.read(BLOCK if expected is None else min(BLOCK, expected - got), decode_content=False)
+            if not data:
+                if expected is None:
+                    break
+                raise ShortBody(got, expected)
+            writer.write(data)
+            if hasher is not None:
+                hasher.update(data)
+            if md5 is not None:
+                md5.update(data)
+            got += len(data)
+            self._progress = pos + got
+        if md5 is not None and md5.digest() != md5_expected:
+            raise self.fail(f"bytes {pos}-{pos + got - 1}", "the body does not match the server's Content-MD5")
+        return pos + got
+
+    # ------------------------------------------------------------------ streamed
+
+    def _plain(self) -> Any:
+        resp = self.client.request("GET", self.url)
+        if resp.status != 200:
+            raise status_error(resp)
+        return resp
+
+    def _streamed(self, resp: Any, headers: dict[str, str], result: Result, writer: ArtifactWriter,
+                  hasher: Any) -> Result:
+        length = headers.get("content-length")
+        total = int(length) if length and length.isdigit() else None
+        try:
+            pos = self._pump(resp, writer, hasher, 0, total)
+        except SourceError:
+            _discard(resp)
+            raise
+        except Exception as exc:
+            _discard(resp)
+            raise Restart(exc) from None
+        resp.release_conn()
+        if total is None:
+            result.notes.append("no Content-Length: the size could not be checked")
+        self._check_total(result, hasher, pos)
+        result.size = pos
+        return result
+
+    def _check_total(self, result: Result, hasher: Any, size: int) -> None:
+        if result.checksum is not None and hasher is not None and hasher.digest() != result.checksum.digest:
+            raise self.fail("checksum", f"the {size} bytes received do not match the server's "
+                                        f"{result.checksum.header} ({result.checksum.algorithm})")
+
+
+__all__ = ["Download", "ExportChanged", "Result"]

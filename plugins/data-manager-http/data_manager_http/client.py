@@ -9,6 +9,7 @@ every configured header is dropped (a token must not follow a link to somewhere 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -125,12 +126,37 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, e.ReadTimeoutError):
         return "the server stopped sending (read timed out)"
     if isinstance(exc, e.ProtocolError):
+        if any(isinstance(a, http.client.IncompleteRead) for a in exc.args):
+            return "the answer ended before its Content-Length (connection closed)"
         return "the connection broke"
     if isinstance(exc, e.HTTPError):
         return f"HTTP failure ({type(exc).__name__})"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return type(exc).__name__
+
+
+class _MaskQuery(logging.Filter):
+    """Masks secret-looking query values in urllib3's own debug lines ("GET /export?token=... HTTP/1.1"),
+    which hold the request path the scrubber cannot recognise (it knows the whole URL, not its path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .urls import mask_query_values
+
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = mask_query_values(message), None
+        return True
+
+
+_MASK_FILTER = _MaskQuery()
+
+
+def _mask_urllib3_logs() -> None:
+    for name in ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry"):
+        logger = logging.getLogger(name)
+        if _MASK_FILTER not in logger.filters:
+            logger.addFilter(_MASK_FILTER)
 
 
 class Client:
@@ -146,6 +172,7 @@ class Client:
         if self._pool is None:
             import urllib3
 
+            _mask_urllib3_logs()
             retries = urllib3.Retry(
                 total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True,
                 raise_on_status=False,

@@ -236,6 +236,10 @@ class Download:
             raise ExportChanged(f"its size {total} became {cr[2]}")
         if cr[0] != start or not start <= cr[1] <= end:
             raise self.fail(f"bytes {start}-{end}", f"the server sent bytes {cr[0]}-{cr[1]} instead")
+        length = headers.get("content-length")
+        if length is not None and length.strip() != str(cr[1] - cr[0] + 1):
+            raise self.fail(f"bytes {start}-{end}", f"Content-Length {length.strip()} does not match "
+                                                    f"Content-Range {headers['content-range'].strip()}")
         return cr[1]
 
     def _ranged(self, resp: Any, total: int, result: Result, writer: ArtifactWriter, hasher: Any) -> Result:

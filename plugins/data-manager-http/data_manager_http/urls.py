@@ -44,6 +44,15 @@ def _query(query: str) -> str:
     return "&".join(pairs)
 
 
+_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&#\s\"]+)=(?P<value>[^&#\s\"]*)")
+
+
+def mask_query_values(text: str) -> str:
+    """``text`` (a log line) with the value of every secret-looking ``?name=value`` / ``&name=value`` masked."""
+    return _PARAM.sub(lambda m: f"{m['lead']}{m['name']}={MASK}" if m["value"] and SECRET_PARAM.search(m["name"])
+                      else m[0], text)
+
+
 def public_url(url: str) -> str:
     """``url`` safe to record: ``https://user@host/path?site=42&token=***``.
 

@@ -30,6 +30,7 @@ class Request:
     path: str
     headers: dict[str, str]
     range: tuple[int, int | None] | None = None
+    at: float = 0.0  # time.monotonic() of its arrival
 
 
 @dataclass
@@ -51,12 +52,13 @@ class ExportServer:
     send_validators: bool = True
     digest: str | None = None  # "repr-digest", "digest", "content-md5", "etag-md5" or None
     wrong_digest: bool = False
-    statuses: list[tuple[int, str | None]] = field(default_factory=list)  # next GETs: (status, Retry-After)
-    drops: list[int] = field(default_factory=list)  # next GETs: close the connection after N body bytes
+    statuses: list[tuple[int | None, str | None]] = field(default_factory=list)  # next GETs: (status, Retry-After)
+    drops: list[int | None] = field(default_factory=list)  # next GETs: close the connection after N body bytes
     extra_length: int = 0  # added to Content-Length (the body is not): a length that lies
     slow: float = 0.0  # seconds between 8 KiB pieces of a body
     stall: list[float] = field(default_factory=list)  # next GETs: sleep this long after the headers
     change_after: int | None = None  # replace the export (new bytes, ETag, Last-Modified) after this many GETs
+    change_every: int | None = None  # ... and again every this many GETs
     upload_status: list[tuple[int, str | None]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
@@ -73,6 +75,8 @@ class ExportServer:
 
     @property
     def etag(self) -> str:
+        if self.digest == "etag-md5":
+            return f'"{hashlib.md5(self.data + (b"x" if self.wrong_digest else b"")).hexdigest()}"'
         return f'"v{self.version}-{len(self.data)}"'
 
     @property
@@ -88,8 +92,6 @@ class ExportServer:
             return {"Repr-Digest": f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"}
         if self.digest == "digest":
             return {"Digest": f"MD5={base64.b64encode(hashlib.md5(data).digest()).decode()}"}
-        if self.digest == "etag-md5":
-            return {"ETag": f'"{hashlib.md5(data).hexdigest()}"'}
         return {}
 
 
@@ -106,7 +108,7 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
         def _record(self) -> Request:
             m = _RANGE.match(self.headers.get("Range", ""))
             req = Request(self.command, self.path, dict(self.headers.items()),
-                          (int(m[1]), int(m[2]) if m[2] else None) if m else None)
+                          (int(m[1]), int(m[2]) if m[2] else None) if m else None, time.monotonic())
             with server.lock:
                 server.requests.append(req)
             return req
@@ -128,15 +130,17 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
             req = self._record()
             with server.lock:
                 n = len(server.gets())
+                if server.change_every is not None and server.change_after is None:
+                    server.change_after = server.change_every
                 if server.change_after is not None and n > server.change_after:
-                    server.change_after = None
+                    server.change_after = n + server.change_every if server.change_every else None
                     server.version += 1
                     server.data = bytes(reversed(server.data))
                 status = server.statuses.pop(0) if server.statuses else None
                 drop = server.drops.pop(0) if server.drops else None
                 stall = server.stall.pop(0) if server.stall else 0.0
                 data, etag, modified = server.data, server.etag, server.last_modified
-            if status is not None:
+            if status is not None and status[0] is not None:
                 code, retry_after = status
                 self._answer(code, {"Retry-After": retry_after} if retry_after else {}, b"busy, come back later\n")
                 return
@@ -198,7 +202,7 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
                 status = server.upload_status.pop(0) if server.upload_status else None
                 if status is None:
                     server.uploads.append(Upload(self.command, self.path, dict(self.headers.items()), body))
-            if status is not None:
+            if status is not None and status[0] is not None:
                 code, retry_after = status
                 self._answer(code, {"Retry-After": retry_after} if retry_after else {}, b"import failed: try later\n")
             else:

@@ -1,0 +1,157 @@
+"""The http source against ``curl -o``: one export served by a local server, downloaded by both in the same run.
+
+    python bench/bench_http.py [--size-mb 1024] [--rounds 3] [--chunk-size 16MiB] [--dir /var/tmp] [--keep]
+
+A file of ``--size-mb`` MiB (a random 64 MiB block repeated: incompressible, as an export's zip is) is served
+by a small threaded server of the standard library that answers ``Range`` requests with ``os.sendfile``
+(cheap for the server, so the contenders are what is measured). Contenders, in alternation, ``--rounds``
+times, each reported by its median run:
+
+* ``curl -o FILE URL``: the baseline, one GET, written to the page cache;
+* ``curl -o FILE URL; sync -f FILE``: the same made durable, for reference (data-manager fsyncs);
+* ``data-manager backup``: the ``http`` source (ranged GETs of ``--chunk-size``) into a filesystem storage,
+  BLAKE3 of the artifact, metadata, fsync;
+* the same with the server sending ``Repr-Digest: sha-256`` that the source checks (one more hash).
+
+Everything (the served file, curl's output, the backups) lives in a temp dir under ``--dir``: on a disk,
+data-manager's fsync is part of its time (compare with the ``sync -f`` row); on a tmpfs (``/dev/shm``) only
+the software is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from common import dm_command, medians, report, run
+
+MiB = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def make_export(path: Path, size_mb: int) -> int:
+    block = os.urandom(64 * MiB)
+    with open(path, "wb") as f:
+        left = size_mb * MiB
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+    return size_mb * MiB
+
+
+def serve(path: Path, digest: str) -> ThreadingHTTPServer:
+    """Serve ``path`` at /export (and /export-digest with a Repr-Digest header), with ranges, in a thread."""
+    size = path.stat().st_size
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_HEAD(self) -> None:
+            self.do_GET(body=False)
+
+        def do_GET(self, body: bool = True) -> None:
+            start, end, status = 0, size - 1, 200
+            m = _RANGE.match(self.headers.get("Range", ""))
+            if m:
+                start = int(m[1])
+                end = min(int(m[2]) if m[2] else size - 1, size - 1)
+                status = 206
+            self.send_response(status)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", '"bench-1"')
+            if self.path.startswith("/export-digest"):
+                self.send_header("Repr-Digest", digest)
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.end_headers()
+            if not body:
+                return
+            self.wfile.flush()
+            with open(path, "rb") as f:
+                offset, left = start, end - start + 1
+                while left:
+                    sent = os.sendfile(self.connection.fileno(), f.fileno(), offset, left)
+                    if sent == 0:
+                        break
+                    offset, left = offset + sent, left - sent
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-size", default="16MiB")
+    ap.add_argument("--dir", default="/var/tmp", help="where the temp dir goes (default /var/tmp)")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dm-bench-http-", dir=args.dir))
+    try:
+        export = work / "export.zip"
+        nbytes = make_export(export, args.size_mb)
+        sha = hashlib.sha256()
+        with open(export, "rb") as f:
+            while block := f.read(16 * MiB):
+                sha.update(block)
+        httpd = serve(export, f"sha-256=:{base64.b64encode(sha.digest()).decode()}:")
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        config = work / "dm.toml"
+        config.write_text(
+            f'[storages.local]\ntype = "filesystem"\nroot = "{work / "backups"}"\n'
+            f'[datasets.export]\n[[datasets.export.sources]]\nname = "db"\ntype = "http"\n'
+            f'url = "{base}/export"\nchunk_size = "{args.chunk_size}"\nchecksum_header = "none"\n'
+            f'[datasets.checked]\n[[datasets.checked.sources]]\nname = "db"\ntype = "http"\n'
+            f'url = "{base}/export-digest"\nchunk_size = "{args.chunk_size}"\nchecksum_header = "Repr-Digest"\n'
+        )
+        env = {"DATA_MANAGER_STATE": str(work / "state.db")}
+        dm = [*dm_command(), "--config", str(config)]
+        out = work / "curl.out"
+        rounds = []
+        for i in range(args.rounds):
+            row = []
+            for name, cmd, shell in (
+                ("curl -o", ["curl", "-sS", "-o", str(out), f"{base}/export"], False),
+                ("curl -o; sync -f", f"curl -sS -o {out} {base}/export && sync -f {out}", True),
+                ("data-manager backup", [*dm, "-q", "backup", "export"], False),
+                ("data-manager backup, sha-256 checked", [*dm, "-q", "backup", "checked"], False),
+            ):
+                shutil.rmtree(work / "backups", ignore_errors=True)
+                out.unlink(missing_ok=True)
+                os.sync()  # each contender starts with no dirty pages of the one before
+                m = run(name, cmd, shell=shell, env=env, nbytes=nbytes)
+                print(f"round {i + 1}: {name}: {m.seconds:.2f} s, CPU {m.cpu_seconds:.2f} s, "
+                      f"peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
+                row.append(m)
+            print(f"round {i + 1}: data-manager / curl -o = {row[2].seconds / row[0].seconds:.2f}", flush=True)
+            rounds.append(row)
+        report(f"http export to fs: {nbytes / 1e6:.0f} MB, chunk_size {args.chunk_size}, median of {args.rounds} rounds",
+               medians(rounds), baseline="curl -o",
+               extra={"source_bytes": nbytes, "dir": args.dir, "rounds": [[asdict(m) for m in row] for row in rounds]})
+        httpd.shutdown()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ timed (wall, CPU of the process tree, peak RSS):
 
 rclone runs with its defaults (size + modification time decide what is copied, 4 transfers, 8 checkers).
 data-manager runs from a ``git archive`` of ``--code`` (default HEAD) on PYTHONPATH, so edits others make in
-this checkout during the run do not mix in (``--code checkout``: the working tree as it is). Both results
+this checkout during the run do not mix in (``--code checkout``: the working tree as it is); it runs in the
+temp dir, since ``python -m`` puts the current directory first on the path. Both results
 are compared with the source, file by file, after the last phase.
 """
 
@@ -141,7 +142,7 @@ path = "{src}"
                 changed = change_one_percent(src, rng)
                 print(f"changed {changed / 1e6:.1f} MB", file=sys.stderr, flush=True)
             rows = [run("rclone sync", rclone, nbytes=nbytes),
-                    run("data-manager backup (sync)", dm, nbytes=nbytes, env=env)]
+                    run("data-manager backup (sync)", dm, nbytes=nbytes, env=env, cwd=str(tmp))]
             phases[phase] = rows
             base = rows[0]
             print(f"\n{phase}: {files} files, {nbytes / 1e6:.0f} MB")

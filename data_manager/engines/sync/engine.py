@@ -358,6 +358,11 @@ class SyncSourceSink(SourceSink):
         self.mirror = f"{backup.data_id}/{MIRROR}/{record.name}"
         self.prev_files, self.prev_pending = backup.previous(record.name)
         self.overlay = backup.journal(record.name)  # what interrupted runs of this backup uploaded
+        # What the mirror really holds (one listing): an object someone deleted or replaced with another size
+        # is uploaded again, whatever the manifest says.
+        self.present: dict[str, int | None] = (
+            {key: entry.size for key, entry in self.storage.walk(self.mirror)}
+            if self.prev_files or self.overlay else {})
         self.files: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}
         self._prev_dirs: set[str] | None = None
@@ -372,7 +377,11 @@ class SyncSourceSink(SourceSink):
     def known(self, path: str) -> dict[str, Any] | None:
         """What the mirror holds for ``path`` (uploaded by an interrupted run of this backup, or recorded by
         the last complete one)."""
-        return self.overlay.get(path) or self.prev_files.get(path)
+        e = self.overlay.get(path) or self.prev_files.get(path)
+        if e is None:
+            return None
+        size = self.present.get(self.key(path), -1)
+        return e if size is None or size == e["size"] else None
 
     def unchanged(self, m: Member) -> str | None:
         """The digest of ``m`` as the mirror holds it, if size and mtime say it is unchanged (never with

@@ -385,3 +385,32 @@ def test_engine_settings(tmp_path: Path) -> None:
     assert SyncEngine(storage).delete_after == 7 * 86400
     assert SyncEngine(storage, Settings({"delete_after": "never"})).delete_after is None
     assert SyncEngine(storage, Settings({"delete_after": "36h", "checksum": True})).checksum is True
+
+
+def test_an_object_deleted_or_resized_in_the_storage_is_uploaded_again(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    (mirror(tmp_path) / "sub" / "deeper" / "random.bin").unlink()  # someone deleted it
+    (mirror(tmp_path) / "hello.txt").write_text("longer than it was\n")  # someone replaced it
+    dm.backup("exp")
+    assert stats(dm)["uploaded"] == 2
+    assert (mirror(tmp_path) / "hello.txt").read_bytes() == (src / "hello.txt").read_bytes()
+    assert dm.verify("exp").ok
+    same_tree(src, restored(dm, tmp_path))
+
+
+def test_copied_to_a_worm_storage_and_restored_from_there(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    cfg = config(tmp_path, src)
+    cfg["storages"]["plain"] = {"type": "filesystem", "root": str(tmp_path / "plain")}
+    dm = DataManager.from_dict(cfg)
+    dm.backup("exp")
+    dm.copy("exp", to="plain")
+    cfg["datasets"]["exp"]["storage"] = "plain"
+    cfg["storages"].pop("vault")
+    worm = DataManager.from_dict(cfg)
+    assert worm.verify("exp").ok
+    out = tmp_path / "from-worm"
+    worm.restore("exp", overrides={"raw": {"path": str(out)}})
+    same_tree(src, out)

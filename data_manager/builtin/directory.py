@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+
 from blake3 import blake3
 
 from ..durable import exchange, fsync_dir, os_reason, sync_filesystem, write_all
@@ -36,6 +38,7 @@ from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
 from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
 from ..volumes import Volumes, incompressible, numbering
+from .tarheaders import DIR, REG, SYM, ustar_header
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +59,78 @@ def _pax_mtime_block() -> bytes:
 
 
 _PAX_MTIME_BLOCK = _pax_mtime_block()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_json_str = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str, in C
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 class _TarVolumes(Volumes):
-    """Volumes that are pax tar archives."""
+    """Volumes that are pax tar archives, written in blocks of about CHUNK: small files' headers, data and
+    padding are gathered here, not handed to the engine (hashing, progress, staging) a few bytes at a time."""
 
-    trailer = _ZERO * 2  # end-of-archive marker
+    trailer = b""  # written by close() below, through the buffer
 
-    def header(self, info: tarfile.TarInfo, mtime_ns: int) -> None:
-        """A member header carrying the exact mtime (nanoseconds) in a pax record."""
-        sec, ns = divmod(mtime_ns, 10**9)
-        if 10**9 <= sec < 10**10 and info.name.isascii() and info.linkname.isascii():
-            try:
-                ustar = info.tobuf(tarfile.USTAR_FORMAT, "ascii", "strict")
-            except ValueError:  # name too long for ustar: the general path below
-                pass
-            else:
-                record = f"30 mtime={sec}.{ns:09d}\n".encode()
-                self.write(_PAX_MTIME_BLOCK + record + _ZERO[len(record) :] + ustar)
-                return
-        info.pax_headers = {_PAX_MTIME: f"{sec}.{ns:09d}"}
-        self.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._pending = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._out is None:
+            self.start()
+        self._pending += data
+        self.offset += len(data)
+        if len(self._pending) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            assert self._out is not None
+            self._out.write(bytes(self._pending))
+            self._pending.clear()
+
+    def cut(self) -> None:
+        self.flush()
+        super().cut()
+
+    def close(self) -> str:
+        if self._out is None:
+            return ""
+        self.write(_ZERO * 2)  # end-of-archive marker
+        self.flush()
+        return super().close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        super().abort()
+
+    def header(self, name: str, mode: int, st: os.stat_result, kind: bytes, size: int = 0, linkname: str = "") -> None:
+        self.write(_header(name, mode, st, kind, size, linkname))
 
     def pad(self, size: int) -> None:
         if size % 512:
             self.write(_ZERO[: 512 - size % 512])
+
+
+def _header(name: str, mode: int, st: os.stat_result, kind: bytes, size: int = 0, linkname: str = "") -> bytes:
+    """A member header carrying the exact mtime (nanoseconds) in a pax record: built by
+    :func:`~.tarheaders.ustar_header` where ustar holds the member, else by tarfile's pax path."""
+    sec, ns = divmod(st.st_mtime_ns, 10**9)
+    if kind == DIR:
+        name += "/"  # as tarfile writes directories
+    if 10**9 <= sec < 10**10 and name.isascii() and linkname.isascii():
+        ustar = ustar_header(name.encode(), mode, st.st_uid, st.st_gid, size, sec, kind, linkname.encode())
+        if ustar is not None:
+            record = b"30 mtime=%d.%09d\n" % (sec, ns)
+            return b"".join((_PAX_MTIME_BLOCK, record, _ZERO[len(record) :], ustar))
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.linkname = kind, mode, size, linkname
+    info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, sec
+    info.pax_headers = {_PAX_MTIME: f"{sec}.{ns:09d}"}
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 class DirectorySource(Source):
@@ -102,21 +152,32 @@ class DirectorySource(Source):
 
     # ------------------------------------------------------------------ backup
 
-    def _walk(self, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
-        """Every entry below the root, parents before children, in a stable order."""
-        base = self.path / rel if rel else self.path
+    def _walk(self, dir_fd: int, rel: str = "") -> Iterator[tuple[int, str, str, os.stat_result]]:
+        """Every entry below the root as (its directory's fd, name, relative path, lstat), parents before
+        children, in a stable order. Directories are opened relative to their parent with O_NOFOLLOW, so
+        the walk never leaves the tree, whatever is renamed or replaced by a symlink meanwhile."""
         try:
-            entries = sorted(os.scandir(base), key=lambda e: e.name)
+            with os.scandir(dir_fd) as it:
+                entries = sorted(it, key=_entry_name)
         except OSError as exc:
-            raise SourceError(f"source {self.name!r}: cannot read {base}: {exc.strerror}") from None
+            raise SourceError(f"source {self.name!r}: cannot read {self.path / rel}: {exc.strerror}") from None
+        exclude = self.exclude
         for e in entries:
-            name = f"{rel}/{e.name}" if rel else e.name
-            if any(Path(name).match(p) for p in self.exclude):
+            name = e.name
+            path = f"{rel}/{name}" if rel else name
+            if exclude and any(Path(path).match(p) for p in exclude):
                 continue
             st = e.stat(follow_symlinks=False)
-            yield name, st
+            yield dir_fd, name, path, st
             if stat.S_ISDIR(st.st_mode):
-                yield from self._walk(name)
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    raise SourceError(f"source {self.name!r}: cannot read {self.path / path}: {exc.strerror}") from None
+                try:
+                    yield from self._walk(fd, path)
+                finally:
+                    os.close(fd)
 
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
@@ -128,33 +189,37 @@ class DirectorySource(Source):
         skipped: list[str] = []
         changed: list[str] = []
         index = sink.open(INDEX, compression="none")
+        lines: list[str] = []  # files.jsonl, written some thousand lines at a time
         try:
-            for rel, st in self._walk():
+            root_fd = os.open(self.path, _DIR_FLAGS)
+        except OSError as exc:
+            raise SourceError(f"source {self.name!r}: cannot read {self.path}: {exc.strerror}") from None
+        try:
+            for dir_fd, name, rel, st in self._walk(root_fd):
                 mode = st.st_mode
-                info = tarfile.TarInfo(rel)
-                info.mode = stat.S_IMODE(mode)
-                info.uid, info.gid = st.st_uid, st.st_gid
-                info.mtime = st.st_mtime_ns // 10**9
-                entry: dict[str, Any] = {"path": rel, "mode": info.mode, "mtime_ns": st.st_mtime_ns}
-                if stat.S_ISDIR(mode):
-                    info.type = tarfile.DIRTYPE
-                    packed.header(info, st.st_mtime_ns)
-                    entry.update(type="dir", volume=packed.name)
-                    dirs += 1
-                elif stat.S_ISLNK(mode):
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = os.readlink(self.path / rel)
-                    packed.header(info, st.st_mtime_ns)
-                    entry.update(type="symlink", target=info.linkname, volume=packed.name)
-                    links += 1
-                elif stat.S_ISREG(mode):
-                    entry.update(self._pack_file(rel, info, st, packed, stored, buf, changed))
+                perm = mode & 0o7777
+                if stat.S_ISREG(mode):
+                    lines.append(self._pack_file(dir_fd, name, rel, st, packed, stored, buf, changed))
                     files += 1
                     total += st.st_size
+                elif stat.S_ISDIR(mode):
+                    packed.header(rel, perm, st, DIR)
+                    lines.append(f'{{"path": {_json_str(rel)}, "mode": {perm}, "mtime_ns": {st.st_mtime_ns}, '
+                                 f'"type": "dir", "volume": "{packed.name}"}}\n')
+                    dirs += 1
+                elif stat.S_ISLNK(mode):
+                    target = os.readlink(name, dir_fd=dir_fd)
+                    packed.header(rel, perm, st, SYM, linkname=target)
+                    lines.append(f'{{"path": {_json_str(rel)}, "mode": {perm}, "mtime_ns": {st.st_mtime_ns}, '
+                                 f'"type": "symlink", "target": {_json_str(target)}, "volume": "{packed.name}"}}\n')
+                    links += 1
                 else:
                     skipped.append(rel)  # sockets, fifos, devices: not data
                     continue
-                index.write((json.dumps(entry, ensure_ascii=True) + "\n").encode())
+                if len(lines) >= 4096:
+                    index.write("".join(lines).encode())
+                    lines.clear()
+            index.write("".join(lines).encode())
             packed.close()
             stored.close()
             index.close()
@@ -163,6 +228,8 @@ class DirectorySource(Source):
             stored.abort()
             index.abort()
             raise
+        finally:
+            os.close(root_fd)
         if skipped:
             log.warning("source %s: skipped %d special files (sockets, fifos, devices)", self.name, len(skipped))
         if changed:
@@ -183,66 +250,97 @@ class DirectorySource(Source):
 
     def _pack_file(
         self,
+        dir_fd: int,
+        name: str,
         rel: str,
-        info: tarfile.TarInfo,
         st: os.stat_result,
         packed: _TarVolumes,
         stored: _TarVolumes,
         buf: bytearray,
         changed: list[str],
-    ) -> dict[str, Any]:
-        path = self.path / rel
+    ) -> str:
+        """Header, data and padding of one regular file into a volume; its files.jsonl line.
+
+        Opened relative to its directory with O_NOFOLLOW (a file replaced by a symlink since the walk is
+        not followed). A small file is read with one read() of one byte more than its size, which also
+        tells whether it grew; hashed in one call."""
         size = st.st_size
+        perm = st.st_mode & 0o7777
         try:
-            f = open(path, "rb", buffering=0)
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
-            raise SourceError(f"source {self.name!r}: cannot read {path}: {exc.strerror}") from None
-        with f:
-            view = memoryview(buf)
-            n = f.readinto(view[: min(size, CHUNK)]) if size else 0
-            first = view[:n]
-            target = packed
-            if size >= _SMALL and incompressible(rel, first):
-                target = stored
-            info.size = size
-            info.type = tarfile.REGTYPE
-            target.header(info, st.st_mtime_ns)
-            volume, offset = target.name, target.offset
-            padded = size + (-size % 512)
-            fingerprint = ""
+            raise SourceError(f"source {self.name!r}: cannot read {self.path / rel}: {exc.strerror}") from None
+        try:
             if size >= _SMALL:
-                target.cut()  # the file's bytes start a chunk: an unchanged file dedups wherever it moves
-                # An engine with a files cache appends an unchanged file's bytes itself: not read again.
-                fingerprint = "\0".join(map(str, (self.name, rel, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
-                                                  st.st_mode)))
-                extra = target.reuse(fingerprint, padded)
-                if extra is not None and isinstance(extra.get("blake3"), str):
-                    target.roll()
-                    return {"type": "file", "size": size, "blake3": extra["blake3"], "volume": volume,
-                            "offset": offset}
-            digest = blake3()  # 4x less CPU than sha256 (6 vs 1.4 GB/s here), which older backups recorded
-            left = size
-            while n and left:
-                chunk = first if n <= left else first[:left]
-                digest.update(chunk)
-                target.write(chunk)
-                left -= len(chunk)
-                if not left:
-                    break
-                n = f.readinto(view[: min(left, CHUNK)])
-                first = view[:n]
-            if left or f.read(1):
-                changed.append(rel)
-                fingerprint = ""  # never offered for reuse
-                if left:  # the file shrank: keep the tar stream consistent
-                    target.write(bytes(left))
+                volume, offset, digest = self._pack_large(fd, rel, st, packed, stored, buf, changed)
+            else:
+                data = os.read(fd, size + 1)
+                head = _header(rel, perm, st, REG, size)
+                volume, offset = packed.start()
+                offset += len(head)
+                if len(data) != size:
+                    changed.append(rel)
+                    data = data[:size]
+                digest = blake3(data).hexdigest()
+                # One write of header, data (zeros for what a shrunk file lacks: the stream stays whole), padding.
+                packed.write(b"".join((head, data, bytes(size - len(data)), _ZERO[: -size % 512])))
+                packed.roll()
+        finally:
+            os.close(fd)
+        return (f'{{"path": {_json_str(rel)}, "mode": {perm}, "mtime_ns": {st.st_mtime_ns}, "type": "file", '
+                f'"size": {size}, "blake3": "{digest}", "volume": "{volume}", "offset": {offset}}}\n')
+
+    def _pack_large(
+        self,
+        fd: int,
+        rel: str,
+        st: os.stat_result,
+        packed: _TarVolumes,
+        stored: _TarVolumes,
+        buf: bytearray,
+        changed: list[str],
+    ) -> tuple[str, int, str]:
+        """A file of 64 KiB or more: sampled for compressibility, offered to the engine's files cache,
+        read a CHUNK at a time. Returns its volume, offset and BLAKE3."""
+        size = st.st_size
+        view = memoryview(buf)
+        n = os.readv(fd, [view[: min(size, CHUNK)]])
+        first = view[:n]
+        target = stored if incompressible(rel, first) else packed
+        target.header(rel, st.st_mode & 0o7777, st, REG, size)
+        volume, offset = target.name, target.offset
+        padded = size + (-size % 512)
+        target.cut()  # the file's bytes start a chunk: an unchanged file dedups wherever it moves
+        # An engine with a files cache appends an unchanged file's bytes itself: not read again.
+        fingerprint = "\0".join(map(str, (self.name, rel, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+                                          st.st_mode)))
+        extra = target.reuse(fingerprint, padded)
+        if extra is not None and isinstance(extra.get("blake3"), str):
+            target.roll()
+            return volume, offset, extra["blake3"]
+        digest = blake3()  # 4x less CPU than sha256 (6 vs 1.4 GB/s here), which older backups recorded
+        left = size
+        while n and left:
+            chunk = first if n <= left else first[:left]
+            digest.update(chunk)
+            target.write(chunk)
+            left -= len(chunk)
+            if not left:
+                break
+            n = os.readv(fd, [view[: min(left, CHUNK)]])
+            first = view[:n]
+        if left or os.read(fd, 1):
+            changed.append(rel)
+            fingerprint = ""  # never offered for reuse
+            if left:  # the file shrank: keep the tar stream consistent
+                target.write(bytes(left))
         target.pad(size)
-        if size >= _SMALL:
-            target.cut()
-            if fingerprint:
-                target.remember(fingerprint, padded, {"blake3": digest.hexdigest()})
+        target.cut()
+        hexdigest = digest.hexdigest()
+        if fingerprint:
+            target.remember(fingerprint, padded, {"blake3": hexdigest})
         target.roll()
-        return {"type": "file", "size": size, "blake3": digest.hexdigest(), "volume": volume, "offset": offset}
+        return volume, offset, hexdigest
 
     # ------------------------------------------------------------------ restore
 
@@ -394,7 +492,6 @@ class _Tally:
     __hash__ = None  # type: ignore[assignment]
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_OPEN_DIRS = 128
 

@@ -61,13 +61,14 @@ def test_an_unreadable_file_fails_the_backup_naming_it(tmp_path: Path, monkeypat
     src = tmp_path / "src"
     src.mkdir()
     (src / "secret").write_text("x")
-    real_open = open
+    real_open = os.open
 
     def deny(path: object, *args: object, **kw: object) -> object:
-        if str(path) == str(src / "secret"):
+        # The source opens files relative to their directory's fd: the leaf name is what it passes.
+        if str(path) in ("secret", str(src / "secret")):
             raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("builtins.open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(SourceError, match=f"^source 'raw': cannot read {src / 'secret'}: Permission denied$"):
         backup(tmp_path, src)

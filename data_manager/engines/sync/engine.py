@@ -474,13 +474,17 @@ class SyncBackupWriter(BackupWriter):
         self._base = engine.last_complete(data_id, before=timestamp)
         self._journals: dict[str, dict[str, dict[str, Any]]] = {}
         self._sinks: dict[str, SyncSourceSink] = {}
+        self._previous: dict[str, tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]] = {}
 
     def previous(self, source: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """The files and pending deletions of ``source`` in the last complete backup (empty: none)."""
         if self._base is None or source not in self._base.sources:
             return {}, {}
-        base = f"{self.data_id}/{BACKUPS}/{self._base.timestamp}/{source}"
-        return read_entries(self.storage, f"{base}/{FILES}"), read_entries(self.storage, f"{base}/{PENDING}")
+        if source not in self._previous:
+            base = f"{self.data_id}/{BACKUPS}/{self._base.timestamp}/{source}"
+            self._previous[source] = (read_entries(self.storage, f"{base}/{FILES}"),
+                                      read_entries(self.storage, f"{base}/{PENDING}"))
+        return self._previous[source]
 
     def journal(self, source: str) -> dict[str, dict[str, Any]]:
         """What interrupted runs of this backup uploaded for ``source`` (read by :meth:`discard_source`)."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_manager.errors import SourceError
+from data_manager.errors import DataManagerError, SourceError
 from data_manager.retry import Backoff
 from data_manager.types import ArtifactWriter
 
@@ -156,19 +156,27 @@ class Download:
             result.restarts = restarts
             return result, writer.digest
 
-    def _first(self) -> Any:
-        """The answer to the first request (a ranged GET), retried per the policy."""
+    def _get(self, headers: dict[str, str], expected: tuple[int, ...], what: str) -> Any:
+        """The answer to a GET (status in ``expected``), retried per the policy; one line when it gives up."""
         retry = 0
         while True:
             try:
-                resp = self.client.request("GET", self.url, {"Range": f"bytes=0-{self.chunk_size - 1}"})
-                if resp.status in (200, 206, 416):
+                resp = self.client.request("GET", self.url, headers)
+                if resp.status in expected:
                     return resp
                 raise status_error(resp)
             except Exception as exc:
                 retry += 1
-                if not self._pause(retry, exc, "first request"):
+                if not self._pause(retry, exc, what):
                     raise self._give_up("GET", exc) from None
+
+    def _first(self) -> Any:
+        """The answer to the first request: a GET of the first range (200 when the server ignores it)."""
+        return self._get({"Range": f"bytes=0-{self.chunk_size - 1}"}, (200, 206, 416), "first request")
+
+    def _plain(self) -> Any:
+        """The answer to a GET of the whole export."""
+        return self._get({}, (200,), "GET")
 
     def _attempt(self, writer: ArtifactWriter) -> Result:
         resp = self._first()
@@ -270,7 +278,7 @@ class Download:
                             pos, retry = self._progress, 0  # a resumed range counts its retries anew
                     resp.release_conn()
                     resp = None
-                except (ExportChanged, SourceError):
+                except (ExportChanged, DataManagerError):  # a storage's error too: never retried here
                     _discard(resp)
                     raise
                 except Exception as exc:
@@ -317,19 +325,13 @@ class Download:
 
     # ------------------------------------------------------------------ streamed
 
-    def _plain(self) -> Any:
-        resp = self.client.request("GET", self.url)
-        if resp.status != 200:
-            raise status_error(resp)
-        return resp
-
     def _streamed(self, resp: Any, headers: dict[str, str], result: Result, writer: ArtifactWriter,
                   hasher: Any) -> Result:
         length = headers.get("content-length")
         total = int(length) if length and length.isdigit() else None
         try:
             pos = self._pump(resp, writer, hasher, 0, total)
-        except SourceError:
+        except DataManagerError:
             _discard(resp)
             raise
         except Exception as exc:

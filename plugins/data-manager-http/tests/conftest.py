@@ -59,6 +59,8 @@ class ExportServer:
     stall: list[float] = field(default_factory=list)  # next GETs: sleep this long after the headers
     change_after: int | None = None  # replace the export (new bytes, ETag, Last-Modified) after this many GETs
     change_every: int | None = None  # ... and again every this many GETs
+    redirect: str | None = None  # GET and HEAD of /export answer 302 to this URL
+    head_status: int = 200
     upload_status: list[tuple[int, str | None]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
@@ -124,10 +126,16 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
 
         def do_HEAD(self) -> None:
             self._record()
-            self._answer(200, {"Accept-Ranges": "bytes" if server.ranges else "none"})
+            if server.redirect:
+                self._answer(302, {"Location": server.redirect})
+                return
+            self._answer(server.head_status, {"Accept-Ranges": "bytes" if server.ranges else "none"})
 
         def do_GET(self) -> None:  # noqa: C901 - one place for every fault
             req = self._record()
+            if server.redirect:
+                self._answer(302, {"Location": server.redirect})
+                return
             with server.lock:
                 n = len(server.gets())
                 if server.change_every is not None and server.change_after is None:
@@ -217,6 +225,16 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def export_server() -> Iterator[ExportServer]:
     """A fresh server with 1 MiB + 17 bytes of random data at ``server.url``."""
+    yield from _serve()
+
+
+@pytest.fixture
+def other_server() -> Iterator[ExportServer]:
+    """A second server (another port: another host for urllib3), e.g. where the first redirects."""
+    yield from _serve()
+
+
+def _serve() -> Iterator[ExportServer]:
     state = ExportServer(data=os.urandom((1 << 20) + 17))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True

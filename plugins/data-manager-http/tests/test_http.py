@@ -294,6 +294,37 @@ def test_secrets_never_in_metadata_or_logs(tmp_path: Path, export_server: Any, c
     assert TOKEN not in str(e.value) and "HTTP 404 not found" in str(e.value)
 
 
+def test_headers_never_follow_a_redirect_to_another_host(tmp_path: Path, export_server: Any,
+                                                          other_server: Any) -> None:
+    export_server.redirect = other_server.url.replace("127.0.0.1", "localhost")  # another host, as a CDN's
+    dm = manager(tmp_path, export_server.url, headers={"Authorization": f"Bearer {TOKEN}", "X-Api-Key": TOKEN})
+    dm.backup("site42")
+    assert stored(tmp_path, dm)[0] == other_server.data
+    assert export_server.gets()[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert other_server.gets() and all(TOKEN not in json.dumps(r.headers) for r in other_server.requests)
+
+
+def test_check_asks_head_and_accepts_a_server_without_it(tmp_path: Path, export_server: Any) -> None:
+    export_server.head_status = 405
+    dm = manager(tmp_path, export_server.url)
+    dm.backup("site42")
+    assert export_server.requests[0].method == "HEAD"
+    export_server.head_status = 401
+    backup_fails(manager(tmp_path / "2", export_server.url), "HTTP 401 not authorised")
+
+
+def test_restore_checks_the_backup_before_it_uploads(tmp_path: Path, export_server: Any) -> None:
+    dm = manager(tmp_path, export_server.url, restore_url=export_server.import_url)
+    result = dm.backup("site42")
+    artifact = tmp_path / "backups" / "site42" / result.timestamp / "db" / "export"
+    artifact.write_bytes(b"damaged" + artifact.read_bytes()[7:])
+    from data_manager.errors import CorruptBackupError
+
+    with pytest.raises(CorruptBackupError):
+        dm.restore("site42")
+    assert export_server.uploads == []
+
+
 # --------------------------------------------------------------------------- settings and small parts
 
 

@@ -287,6 +287,10 @@ class _TarArtifact(ArtifactStreamBase):
         for w in (self._writer, self._skel_writer):
             if w is not None:
                 w.abort()
+        try:
+            self._sink.flush_journal()  # a stopped backup keeps what it uploaded (resume skips it)
+        except DataManagerError as exc:
+            log.warning("%s: cannot record what was uploaded (%s); resuming uploads it again", self.name, exc)
         self._sink.aborted(self.name)
         super().close()
 
@@ -709,6 +713,7 @@ class SyncEngine(RepositoryEngine):
 
     kind = "sync"
     settings_keys = ("delete_after", "checksum")
+    keeps_partial_sources = True  # the mirror objects a stopped backup uploaded stay, listed by its journals
 
     def __init__(self, storage: Storage, settings: Settings | None = None) -> None:
         super().__init__(storage, settings)

@@ -414,3 +414,32 @@ def test_copied_to_a_worm_storage_and_restored_from_there(tmp_path: Path) -> Non
     out = tmp_path / "from-worm"
     worm.restore("exp", overrides={"raw": {"path": str(out)}})
     same_tree(src, out)
+
+
+def test_a_stopped_backup_records_every_upload_for_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped (Ctrl-C, a closing window): the journal is written on the way out, so resume uploads only the
+    rest."""
+    from data_manager.engines.sync import engine as engine_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02d}").write_bytes(os.urandom(3000))
+    real = engine_module.SyncSourceSink.file_done
+    seen = {"n": 0}
+
+    def stop_at_ten(self: Any, *args: Any) -> None:
+        real(self, *args)
+        seen["n"] += 1
+        if seen["n"] == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module.SyncSourceSink, "file_done", stop_at_ten)
+    dm = manager(tmp_path, src)
+    with pytest.raises(KeyboardInterrupt):
+        dm.backup("exp")
+    monkeypatch.setattr(engine_module.SyncSourceSink, "file_done", real)
+    dm2 = manager(tmp_path, src)
+    dm2.backup("exp", resume=True)
+    assert stats(dm2)["uploaded"] == 2
+    same_tree(src, restored(dm2, tmp_path))

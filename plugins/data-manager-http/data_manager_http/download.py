@@ -300,6 +300,8 @@ class Download:
         byte so that a caller resumes at the right place after an exception. Raises :class:`ShortBody` when
         the body ends early."""
         md5_expected = checksums.content_md5(_headers(resp), self.mode)
+        if md5_expected is None and self.mode == "content-md5":
+            raise self.fail("checksum_header", "the server sent no usable content-md5 header")
         md5 = hashlib.md5() if md5_expected else None
         expected = None if stop is None else stop - pos
         if expected is None and resp.length_remaining is not None:

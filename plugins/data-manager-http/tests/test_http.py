@@ -123,9 +123,10 @@ def test_server_checksums_are_checked(tmp_path: Path, export_server: Any, kind: 
     backup_fails(dm2, "Content-MD5" if kind == "content-md5" else "do not match the server's")
 
 
-def test_a_required_checksum_header_that_is_missing(tmp_path: Path, export_server: Any) -> None:
-    backup_fails(manager(tmp_path, export_server.url, checksum_header="Repr-Digest"),
-                 "checksum_header", "no usable repr-digest header")
+@pytest.mark.parametrize("header", ["Repr-Digest", "Content-MD5"])
+def test_a_required_checksum_header_that_is_missing(tmp_path: Path, export_server: Any, header: str) -> None:
+    backup_fails(manager(tmp_path, export_server.url, checksum_header=header),
+                 "checksum_header", f"no usable {header.lower()} header")
 
 
 def test_checksum_none_ignores_a_wrong_digest(tmp_path: Path, export_server: Any) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..scrub import scrub
@@ -34,21 +36,46 @@ class EventBus:
         self._ring: deque[dict[str, Any]] = deque(maxlen=ring)
         self._lock = threading.Lock()
         self._published = 0
+        self._local = threading.local()
         self.last_id = store.last_event_id()
 
     def publish(self, type_: str, *, job_id: str | None = None, data_id: str | None = None, **data: Any) -> dict[str, Any]:
-        """Store and publish one event; returns it (with its ``id``)."""
+        """Store and publish one event; returns it (with its ``id``; inside :meth:`deferred`, without: it
+        is stored and published when the block ends)."""
         at = iso(now_utc())
         body = scrub({"type": type_, "job_id": job_id, "data_id": data_id, "at": at, **data})
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append((type_, job_id, data_id, body, at))
+            return body
+        return self._publish([(type_, job_id, data_id, body, at)])[0]
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Events this thread publishes inside the block are stored in one transaction and published when
+        it ends without an error; on an error they are dropped (what they told of was rolled back)."""
+        if getattr(self._local, "pending", None) is not None:
+            yield
+            return
+        pending: list[tuple[str, str | None, str | None, dict[str, Any], str]] = []
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = None
+        if pending:
+            self._publish(pending)
+
+    def _publish(self, rows: list[tuple[str, str | None, str | None, dict[str, Any], str]]) -> list[dict[str, Any]]:
         with self._lock:
-            event_id = self.store.add_event(type_, job_id, data_id, body, at)
-            event = {"id": event_id, **body}
-            self._ring.append(event)
-            self.last_id = event_id
-            self._published += 1
-            if self._published % 1000 == 0:
+            ids = self.store.add_events(rows)
+            events = [{"id": event_id, **row[3]} for event_id, row in zip(ids, rows)]
+            self._ring.extend(events)
+            self.last_id = ids[-1]
+            before, self._published = self._published, self._published + len(events)
+            if before // 1000 != self._published // 1000:
                 self.store.prune_events(self.keep)
-        return event
+        return events
 
     def after(self, last_id: int, job_id: str | None = None, limit: int = 500,
               memory_only: bool = False) -> list[dict[str, Any]] | None:

@@ -115,11 +115,15 @@ class Service:
 
     def _schedule_loop(self) -> None:
         while not self._stop.wait(1.0 - (time.time() % 1.0) + 0.01):  # just after each second
-            for decided in self.scheduler.tick():
-                self.metrics.scheduled(decided)
-                if decided["outcome"] in ("skipped", "paused"):
-                    self.bus.publish(f"schedule.{decided['outcome']}", data_id=decided["data_id"],
-                                     due_at=decided["due_at"], coalesced=decided["coalesced"])
+            try:
+                with self.bus.deferred():  # the tick's events: stored in one transaction, after the tick's
+                    for decided in self.scheduler.tick():
+                        self.metrics.scheduled(decided)
+                        if decided["outcome"] in ("skipped", "paused"):
+                            self.bus.publish(f"schedule.{decided['outcome']}", data_id=decided["data_id"],
+                                             due_at=decided["due_at"], coalesced=decided["coalesced"])
+            except Exception as exc:  # the next second tries again
+                log.error("schedules: %s", exc)
 
     def _history_loop(self) -> None:
         while not self._stop.wait(HISTORY_EVERY):

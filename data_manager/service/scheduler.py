@@ -45,9 +45,13 @@ def due_times(schedule: Schedule, after: datetime) -> Any:
     from cronsim import CronSim
 
     after = after.astimezone(timezone.utc)
-    # Start a little earlier, in local time, and drop what is not after ``after``: cronsim's start inside a
-    # repeated hour (fold) must not make it skip or repeat a time.
-    start = (after - timedelta(hours=2)).astimezone(schedule.tz).replace(second=0, microsecond=0)
+    # Near a change of the zone's offset, start a little earlier in local time and drop what is not after
+    # ``after``: cronsim's start inside a repeated hour (fold) must not make it skip or repeat a time.
+    # Elsewhere start at ``after`` (an every-minute schedule would iterate 120 times per call otherwise).
+    tz = schedule.tz
+    margin = timedelta(hours=2)
+    steady = (after - margin).astimezone(tz).utcoffset() == (after + margin).astimezone(tz).utcoffset()
+    start = (after - (timedelta(minutes=1) if steady else margin)).astimezone(tz).replace(second=0, microsecond=0)
     for local in CronSim(schedule.fields, start):
         due = local.astimezone(timezone.utc)
         if due > after:
@@ -78,13 +82,21 @@ class Scheduler:
         self.clock = clock
         self.on_lag = on_lag
         self._cursor: dict[str, datetime] = {}
+        self._fires: dict[str, datetime] = {}  # when the first due time after the cursor fires (jitter in)
         self._paused: dict[str, bool | None] = {}
         self._lock = threading.Lock()
-        for data_id in schedules:
-            state = store.schedule_state(data_id)
-            if state["last_due"]:
-                self._cursor[data_id] = parse_iso(state["last_due"])
-            self._paused[data_id] = None if state["paused"] is None else bool(state["paused"])
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every schedule's cursor and pause from the state database again (after a failed batch)."""
+        self._cursor.clear()
+        self._fires.clear()
+        with self.store.batch():
+            for data_id in self.schedules:
+                state = self.store.schedule_state(data_id)
+                if state["last_due"]:
+                    self._cursor[data_id] = parse_iso(state["last_due"])
+                self._paused[data_id] = None if state["paused"] is None else bool(state["paused"])
 
     def paused(self, data_id: str) -> bool:
         override = self._paused.get(data_id)
@@ -105,17 +117,23 @@ class Scheduler:
         return due + jitter_offset(schedule, due)
 
     def tick(self) -> list[dict[str, Any]]:
-        """One pass over every schedule; returns what was decided (``{data_id, due_at, outcome, ...}``)."""
+        """One pass over every schedule, in one transaction; returns what was decided (``{data_id, due_at,
+        outcome, ...}``). When the transaction fails, nothing was decided: the cursors are read again."""
         out = []
         with self._lock:
-            for data_id, schedule in self.schedules.items():
-                try:
-                    decided = self._tick_one(schedule)
-                except Exception as exc:  # one broken schedule never stops the others
-                    log.error("schedule of %s: %s", data_id, exc)
-                    continue
-                if decided:
-                    out.append(decided)
+            try:
+                with self.store.batch():
+                    for data_id, schedule in self.schedules.items():
+                        try:
+                            decided = self._tick_one(schedule)
+                        except Exception as exc:  # one broken schedule never stops the others
+                            log.error("schedule of %s: %s", data_id, exc)
+                            continue
+                        if decided:
+                            out.append(decided)
+            except Exception:
+                self.reload()
+                raise
         return out
 
     def _tick_one(self, schedule: Schedule) -> dict[str, Any] | None:
@@ -126,6 +144,13 @@ class Scheduler:
             self.store.set_last_due(data_id, iso(now))
             self._cursor[data_id] = now
             return None
+        fires = self._fires.get(data_id)
+        if fires is None:  # cronsim once per due time, not once per schedule and tick
+            due = next(due_times(schedule, max(cursor, now - MAX_CATCH_UP)))
+            fires = self._fires[data_id] = due + jitter_offset(schedule, due)
+        if fires > now:
+            return None
+        del self._fires[data_id]
         passed: list[datetime] = []
         for due in due_times(schedule, max(cursor, now - MAX_CATCH_UP)):
             if due + jitter_offset(schedule, due) > now or len(passed) >= MAX_SCAN:

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +115,33 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._ready = False
+        self._local = threading.local()
 
     def _prepare(self, con: sqlite3.Connection) -> None:
         con.executescript(_SCHEMA)
         self._ready = True
 
     def db(self) -> Any:
-        """One transaction on the service's tables (:func:`data_manager.jobs.state_transaction`)."""
+        """One transaction on the service's tables (:func:`data_manager.jobs.state_transaction`), or the
+        open one of :meth:`batch` on this thread."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            return nullcontext(con)
         return state_transaction(self.path, None if self._ready else self._prepare)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every call of this thread inside the block shares one transaction, committed at its end (all or
+        nothing). The scheduler acts on hundreds of due times at once: one commit instead of hundreds."""
+        if getattr(self._local, "con", None) is not None:
+            yield
+            return
+        with self.db() as con:
+            self._local.con = con
+            try:
+                yield
+            finally:
+                self._local.con = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -278,10 +300,17 @@ class Store:
     # ------------------------------------------------------------------ events
 
     def add_event(self, type_: str, job_id: str | None, data_id: str | None, data: dict[str, Any], now: str) -> int:
+        return self.add_events([(type_, job_id, data_id, data, now)])[0]
+
+    def add_events(self, rows: list[tuple[str, str | None, str | None, dict[str, Any], str]]) -> list[int]:
+        """Store events ``(type, job_id, data_id, data, at)`` in one transaction; their ids, in order."""
+        ids = []
         with self.db() as con:
-            cur = con.execute("INSERT INTO service_events (at, type, job_id, data_id, data) VALUES (?, ?, ?, ?, ?)",
-                              (now, type_, job_id, data_id, scrub(json.dumps(data))))
-            return int(cur.lastrowid or 0)
+            for type_, job_id, data_id, data, now in rows:
+                cur = con.execute("INSERT INTO service_events (at, type, job_id, data_id, data) VALUES (?, ?, ?, ?, ?)",
+                                  (now, type_, job_id, data_id, scrub(json.dumps(data))))
+                ids.append(int(cur.lastrowid or 0))
+        return ids
 
     def events_after(self, after: int, *, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, args = "WHERE id > ?", [after]

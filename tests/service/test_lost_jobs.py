@@ -9,7 +9,8 @@ through run-now); it is restarted, several rounds, then left to drain. Then:
   counted as coalesced by the next row), and each ``job`` row has exactly its one job;
 - no dataset lock (``data-manager lock list``) and no unavailability mark (``status --json``) is left.
 
-The soak of the issue (50 jobs, 20 rounds) is longer; this is the bounded version (5+ rounds, 10+ jobs).
+The soak of the issue: 20 rounds, about 50 accepted jobs (half of them at least), and at least one kill
+landing while a job's child process ran (an attempt recorded ``interrupted``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import httpx
 from .conftest import TOKENS, token_env, write_config
 
 SEED = 19
-ROUNDS = 5
+ROUNDS = 20
 JOBS_PER_ROUND = 3
 DATASETS = ("d1", "d2", "d3", "d4")
 SCHEDULED = "s1"
@@ -107,7 +108,7 @@ def test_no_job_is_lost_under_kill_9(tmp_path: Path, serve_factory: Any) -> None
     # yielded a job; run-now first in the first two rounds only (a due time while s1 has a job queued or
     # running is skipped)
     while rounds < ROUNDS or not _scheduled_jobs(db):
-        assert time.monotonic() - started < 120, "no due time of the every-minute schedule after 120 s"
+        assert time.monotonic() - started < 300, "no due time of the every-minute schedule after 300 s"
         server = serve_factory(config, env=token_env()).start()
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=5) as c:
             retry_unanswered(c)
@@ -125,7 +126,7 @@ def test_no_job_is_lost_under_kill_9(tmp_path: Path, serve_factory: Any) -> None
     server = serve_factory(config, env=token_env()).start()
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
         retry_unanswered(c)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a bound for a loaded machine, not a speed test
         while True:
             jobs = c.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]
             if all(j["state"] in ("done", "failed") for j in jobs):
@@ -147,6 +148,8 @@ def test_no_job_is_lost_under_kill_9(tmp_path: Path, serve_factory: Any) -> None
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
+    interrupted = con.execute("SELECT count(*) FROM service_attempts WHERE outcome = 'interrupted'").fetchone()[0]
+    assert interrupted >= 1, "no kill landed while a job's child process ran"
     rows = [dict(r) for r in con.execute("SELECT * FROM service_jobs")]
     runs = [dict(r) for r in con.execute("SELECT * FROM schedule_runs WHERE data_id = ? ORDER BY due_at", (SCHEDULED,))]
     con.close()
@@ -177,7 +180,7 @@ def test_no_job_is_lost_under_kill_9(tmp_path: Path, serve_factory: Any) -> None
     status = cli(config, "status")
     assert status["unavailable"] == [], status
     states = [by_id[j]["state"] for j in accepted.values()]
-    print(f"{rounds} rounds, {kills} kills, {len(accepted)} accepted backups ({states.count('done')} done), "
+    print(f"{rounds} rounds, {kills} kills ({interrupted} while a job ran), {len(accepted)} accepted backups ({states.count('done')} done), "
           f"{len(run_now)} run-now, {len(scheduled)} scheduled, {len(runs)} due times, {elapsed:.1f} s")
 
 

@@ -185,18 +185,15 @@ class Download:
                         content_type=headers.get("content-type"))
         if (m := _FILENAME.search(headers.get("content-disposition", ""))) is not None:
             result.filename = m[1].strip()
-        if self.mode not in ("auto", "none", "content-md5"):
-            result.checksum = checksums.whole(headers, self.mode)
-            if result.checksum is None:
-                _discard(resp)
-                raise self.fail("checksum_header", f"the server sent no usable {self.mode} header")
-        else:
-            result.checksum = checksums.whole(headers, self.mode)
+        result.checksum = checksums.whole(headers, self.mode)
+        if result.checksum is None and self.mode in ("repr-digest", "digest", "etag"):  # required, and missing
+            _discard(resp)
+            raise self.fail("checksum_header", f"the server sent no usable {self.mode} header")
         hasher = result.checksum.hasher() if result.checksum is not None else None
 
         if resp.status == 416:
             cr = _content_range(headers.get("content-range"))
-            resp.release_conn()
+            _discard(resp)
             if cr is not None and cr[2] == 0:  # an empty export has no byte 0
                 self._check_total(result, hasher, 0)
                 return result

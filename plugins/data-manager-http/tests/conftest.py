@@ -59,6 +59,7 @@ class ExportServer:
     stall: list[float] = field(default_factory=list)  # next GETs: sleep this long after the headers
     change_after: int | None = None  # replace the export (new bytes, ETag, Last-Modified) after this many GETs
     change_every: int | None = None  # ... and again every this many GETs
+    max_range: int | None = None  # a 206 holds at most this many bytes, whatever was asked
     redirect: str | None = None  # GET and HEAD of /export answer 302 to this URL
     head_status: int = 200
     upload_status: list[tuple[int, str | None]] = field(default_factory=list)
@@ -167,6 +168,8 @@ def _handler(server: ExportServer) -> type[BaseHTTPRequestHandler]:
                 if req.range is not None:
                     start = req.range[0]
                     end = min(req.range[1] if req.range[1] is not None else len(data) - 1, len(data) - 1)
+                    if server.max_range:
+                        end = min(end, start + server.max_range - 1)
                     if start >= len(data):
                         self._answer(416, {"Content-Range": f"bytes */{len(data)}"})
                         return

@@ -76,6 +76,15 @@ def test_ranges_in_chunk_size_pieces_of_one_version(tmp_path: Path, export_serve
     assert info["digest"].startswith("blake3:")
 
 
+def test_a_server_sending_less_than_asked_is_asked_for_the_rest(tmp_path: Path, export_server: Any) -> None:
+    export_server.max_range = 100_000
+    dm = manager(tmp_path, export_server.url)
+    dm.backup("site42")
+    assert stored(tmp_path, dm)[0] == export_server.data
+    assert [g.range for g in export_server.gets()][:4] == [(0, 256 * KiB - 1), (100_000, 256 * KiB - 1),
+                                                           (200_000, 256 * KiB - 1), (256 * KiB, 512 * KiB - 1)]
+
+
 def test_without_ranges_one_streamed_get(tmp_path: Path, export_server: Any) -> None:
     export_server.ranges = False
     dm = manager(tmp_path, export_server.url)

@@ -822,6 +822,30 @@ class SyncEngine(RepositoryEngine):
         found = list(self.storage.sweep_unfinished(f"{data_id}/{BACKUPS}/{timestamp}", older_than, remove=remove))
         return found + list(self.storage.sweep_unfinished(f"{data_id}/{MIRROR}", older_than, remove=remove))
 
+    # ---- retention: a backup's records go; the mirror is the newest backup's, whatever is forgotten
+
+    def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
+        """Remove the records of these complete backups (``backup.json`` first: an interrupted forget leaves
+        an incomplete backup for ``cleanup``); never the newest complete one, whose file lists the next
+        backup starts from. The mirror objects stay: they are the newest backup's (or pending deletion)."""
+        from ...retention import check_timestamp
+
+        stamps = list(dict.fromkeys(timestamps))
+        for ts in stamps:
+            check_timestamp(ts)
+        newest = self.last_complete(data_id)
+        for ts in stamps:
+            if self.read_manifest(data_id, ts) is None:
+                raise UsageError(f"backup {data_id}/{ts} is not a complete backup in {self.location()}; "
+                                 f"incomplete ones are removed by cleanup")
+            if newest is not None and ts == newest.timestamp:
+                raise UsageError(f"backup {data_id}/{ts} is the newest of {data_id}: the sync engine keeps it "
+                                 f"(the mirror is its content)")
+        for ts in stamps:
+            self.storage.delete(f"{data_id}/{BACKUPS}/{ts}/{MANIFEST}")
+            self.storage.delete_tree(f"{data_id}/{BACKUPS}/{ts}")
+        return stamps
+
     # ---- what the mirror holds
 
     def files(self, data_id: str, which: str = "latest") -> dict[str, dict[str, dict[str, Any]]]:

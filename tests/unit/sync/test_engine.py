@@ -443,3 +443,25 @@ def test_a_stopped_backup_records_every_upload_for_resume(tmp_path: Path, monkey
     dm2.backup("exp", resume=True)
     assert stats(dm2)["uploaded"] == 2
     same_tree(src, restored(dm2, tmp_path))
+
+
+def test_forget_removes_old_records_never_the_newest_nor_the_mirror(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    cfg = config(tmp_path, src)
+    cfg["datasets"]["exp"]["retention"] = {"keep_last": 1}
+    dm = DataManager.from_dict(cfg)
+    for i in range(3):
+        (src / "a").write_text("a" * (i + 1))
+        dm.backup("exp")
+    repo = dm.repository("vault")
+    stamps = [b.timestamp for b in repo.backups("exp")]
+    dm.forget("exp")
+    assert [b.timestamp for b in repo.backups("exp")] == stamps[-1:]
+    assert (mirror(tmp_path) / "a").read_text() == "aaa"
+    with pytest.raises(DataManagerError, match="is the newest"):
+        repo.forget("exp", stamps[-1:])
+    (src / "b").write_text("b")
+    dm.backup("exp")
+    same_tree(src, restored(dm, tmp_path))

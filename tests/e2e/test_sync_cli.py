@@ -49,6 +49,9 @@ path = "{raw}"
     assert [b["timestamp"] for b in listed] == [first["timestamp"], second["timestamp"]]
     assert all(b["complete"] for b in listed)
     ok(cli("verify", "--all", "exp42", config=config, env=env))
+    report = json.loads(ok(cli("check", "vault", "--read-data-subset", "100%", "--json", config=config, env=env)).stdout)
+    assert report[0]["ok"] and report[0]["engine"] == "sync"
+    ok(cli("status", config=config, env=env))
     out = tmp_path / "restored"
     ok(cli("restore", "--yes", first["timestamp"], "exp42", "--set", f"raw.path={out}", config=config, env=env))
     assert snapshot(out) == before  # hello.txt is pending deletion (never removed): the first backup restores

@@ -197,23 +197,34 @@ class Client:
             self._pool = None
 
 
-def pause(policy: Backoff, retry: int, exc: BaseException, max_wait: float,
-          note: Callable[[str, float], None]) -> bool:
-    """Before retry number ``retry`` (1-based) after ``exc``: wait per ``policy``, at least what the server's
-    ``Retry-After`` asked (at most ``max_wait``), and say True; False when the retries are used up or the
-    server asks for a longer wait than ``max_wait``. ``note(reason, seconds)`` is told first (to log)."""
-    if retry > policy.retries:
-        return False
-    delay = policy.delay(retry)
-    asked = getattr(exc, "retry_after", None)
-    if asked is not None:
-        if asked > max_wait:
-            return False
-        delay = max(delay, asked)
-    note(describe(exc), delay)
-    policy.wait(delay)
-    return True
+def retry_hooks(
+    policy: Backoff,
+    max_wait: float,
+    note: Callable[[str, int, float], None],
+    allowed: Callable[[BaseException], bool] = is_transient,
+) -> tuple[Callable[[BaseException], bool], Callable[[BaseException, int, float], None]]:
+    """``transient`` and ``on_retry`` for :func:`data_manager.retry.call` that honour ``Retry-After``.
+
+    ``transient``: ``allowed(exc)``, unless the server asks to wait longer than ``max_wait`` (then giving up
+    at once, with the server's answer, beats sleeping through a backup window). ``on_retry`` tells
+    ``note(reason, retry, seconds)`` and tops the helper's backoff up to what ``Retry-After`` asked. An
+    exception with a ``cause`` (a download to start again) is judged by its cause.
+    """
+
+    def transient(exc: BaseException) -> bool:
+        cause = getattr(exc, "cause", exc)
+        asked = getattr(cause, "retry_after", None)
+        return allowed(exc) and (asked is None or asked <= max_wait)
+
+    def on_retry(exc: BaseException, retry: int, delay: float) -> None:
+        cause = getattr(exc, "cause", exc)
+        asked = getattr(cause, "retry_after", None) or 0.0
+        note(describe(cause), retry, max(delay, asked))
+        if asked > delay:
+            policy.wait(asked - delay)
+
+    return transient, on_retry
 
 
-__all__ = ["BLOCK", "Client", "HttpStatus", "ShortBody", "describe", "is_transient", "pause", "retry_after",
+__all__ = ["BLOCK", "Client", "HttpStatus", "ShortBody", "describe", "is_transient", "retry_after", "retry_hooks",
            "status_error"]

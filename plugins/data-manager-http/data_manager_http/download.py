@@ -22,20 +22,31 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from data_manager.errors import DataManagerError, SourceError
+from data_manager import retry
 from data_manager.retry import Backoff
 from data_manager.types import ArtifactWriter
 
 from . import checksums
-from .client import BLOCK, Client, ShortBody, describe, is_transient, pause, status_error
+from .client import BLOCK, Client, ShortBody, describe, is_transient, retry_hooks, status_error
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.I)
 _FILENAME = re.compile(r"""filename\s*=\s*"?([^";]+)"?""", re.I)
 CHANGES_TOLERATED = 1  # an export that changed while read is downloaded again this many times, then it fails
+
+
+@dataclass
+class _Cursor:
+    """Where a ranged download is: the next export byte, and the answer being read (its last byte)."""
+
+    pos: int = 0
+    resp: Any = None
+    last: int = -1
 
 
 class ExportChanged(Exception):
@@ -107,14 +118,26 @@ class Download:
         detail = exc if isinstance(exc, str) else describe(exc)
         return SourceError(f"{self.where}: {what}: {detail}")
 
-    def _pause(self, retry: int, exc: BaseException, what: str) -> bool:
-        def note(reason: str, delay: float) -> None:
-            log.warning("%s: %s: %s; retry %d of %d in %.1fs", self.where, what, reason, retry,
-                        self.policy.retries, delay)
+    def _retried(self, fn: Callable[[], T], what: Callable[[], str], give_up: Callable[[], str],
+                 allowed: Callable[[BaseException], bool] = is_transient,
+                 retried: Callable[[], None] | None = None) -> T:
+        """``fn()`` through the core's :func:`data_manager.retry.call` (``Retry-After`` honoured, see
+        :func:`.client.retry_hooks`); a warning names ``what()`` before each retry, and the last failure
+        becomes one line naming ``give_up()``. Our own errors and :class:`ExportChanged` pass unchanged."""
 
-        if not is_transient(exc):
-            return False
-        return pause(self.policy, retry, exc, self.max_retry_after, note)
+        def note(reason: str, retry: int, seconds: float) -> None:
+            log.warning("%s: %s: %s; retry %d of %d in %.1fs", self.where, what(), reason, retry,
+                        self.policy.retries, seconds)
+            if retried is not None:
+                retried()
+
+        transient, on_retry = retry_hooks(self.policy, self.max_retry_after, note, allowed)
+        try:
+            return retry.call(fn, self.policy, transient=transient, on_retry=on_retry)
+        except (DataManagerError, ExportChanged):
+            raise
+        except Exception as exc:
+            raise self._give_up(give_up(), getattr(exc, "cause", exc)) from None
 
     def _give_up(self, what: str, exc: BaseException) -> SourceError:
         asked = getattr(exc, "retry_after", None)
@@ -129,46 +152,51 @@ class Download:
 
     def run(self, open_writer: Callable[[], ArtifactWriter]) -> tuple[Result, str]:
         """Download into a writer from ``open_writer()``, closed (committed) once every byte is checked.
-        Returns what was learnt and the writer's digest; raises :class:`SourceError` (the writer aborted)."""
+        Returns what was learnt and the writer's digest; raises :class:`SourceError` (the writer aborted).
+
+        A streamed download that broke (:class:`Restart`) is started again per the retry policy; an export
+        that changed is started again :data:`CHANGES_TOLERATED` times."""
         changes = restarts = 0
+
+        def counted() -> None:
+            nonlocal restarts
+            restarts += 1
+
         while True:
-            writer = open_writer()
             try:
-                result = self._attempt(writer)
+                result, digest = self._retried(
+                    lambda: self._once(open_writer), lambda: "download broke, starting again", lambda: "download",
+                    allowed=lambda exc: isinstance(exc, Restart) and is_transient(exc.cause), retried=counted)
             except ExportChanged as exc:
-                writer.abort()
                 changes += 1
                 if changes > CHANGES_TOLERATED:
                     raise self.fail("the export changed while it was downloaded, again", str(exc)) from None
                 log.warning("%s: the export changed during the download (%s): starting again", self.where, exc)
                 restarts += 1
                 continue
-            except Restart as exc:
-                writer.abort()
-                restarts += 1
-                if not self._pause(restarts, exc.cause, "download broke, starting again"):
-                    raise self._give_up("download", exc.cause) from None
-                continue
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
             result.restarts = restarts
-            return result, writer.digest
+            return result, digest
+
+    def _once(self, open_writer: Callable[[], ArtifactWriter]) -> tuple[Result, str]:
+        """One download from the first byte into a new artifact, committed, or aborted on any failure."""
+        writer = open_writer()
+        try:
+            result = self._attempt(writer)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        return result, writer.digest
 
     def _get(self, headers: dict[str, str], expected: tuple[int, ...], what: str) -> Any:
         """The answer to a GET (status in ``expected``), retried per the policy; one line when it gives up."""
-        retry = 0
-        while True:
-            try:
-                resp = self.client.request("GET", self.url, headers)
-                if resp.status in expected:
-                    return resp
+        def once() -> Any:
+            resp = self.client.request("GET", self.url, headers)
+            if resp.status not in expected:
                 raise status_error(resp)
-            except Exception as exc:
-                retry += 1
-                if not self._pause(retry, exc, what):
-                    raise self._give_up("GET", exc) from None
+            return resp
+
+        return self._retried(once, lambda: what, lambda: "GET")
 
     def _first(self) -> Any:
         """The answer to the first request: a GET of the first range (200 when the server ignores it)."""
@@ -247,48 +275,51 @@ class Download:
                                                     f"Content-Range {headers['content-range'].strip()}")
         return cr[1]
 
-    def _ranged(self, resp: Any, total: int, result: Result, writer: ArtifactWriter, hasher: Any) -> Result:
-        pos = 0
+    def _ranged(self, first: Any, total: int, result: Result, writer: ArtifactWriter, hasher: Any) -> Result:
         conditions = self._validators(result)
         try:
-            last = self._range_end(resp, result, total, 0, min(self.chunk_size, total) - 1)
+            last = self._range_end(first, result, total, 0, min(self.chunk_size, total) - 1)
         except BaseException:
-            _discard(resp)
+            _discard(first)
             raise
-        while pos < total:
-            start = pos
+        cursor = _Cursor(resp=first, last=last)
+        while cursor.pos < total:
+            start = cursor.pos
             end = min(start + self.chunk_size, total) - 1
             result.ranges += 1
-            retry = 0
-            while pos <= end:
+
+            def rest(start: int = start, end: int = end) -> None:
+                """The range's bytes from ``cursor.pos``: resumed there after a failure, never read twice."""
                 try:
-                    if resp is None:
-                        resp = self.client.request("GET", self.url, {"Range": f"bytes={pos}-{end}", **conditions})
-                        if resp.status not in (200, 206, 412):
-                            raise status_error(resp)
-                        last = self._range_end(resp, result, total, pos, end)
-                    self._progress = pos
+                    if cursor.resp is None:
+                        if cursor.pos > start:
+                            result.resumed += 1
+                        cursor.resp = self.client.request(
+                            "GET", self.url, {"Range": f"bytes={cursor.pos}-{end}", **conditions})
+                        if cursor.resp.status not in (200, 206, 412):
+                            raise status_error(cursor.resp)
+                        cursor.last = self._range_end(cursor.resp, result, total, cursor.pos, end)
+                    self._progress = cursor.pos
                     try:
-                        self._pump(resp, writer, hasher, pos, last + 1)
+                        self._pump(cursor.resp, writer, hasher, cursor.pos, cursor.last + 1)
                     finally:
-                        if self._progress > pos:
-                            pos, retry = self._progress, 0  # a resumed range counts its retries anew
-                    resp.release_conn()
-                    resp = None
-                except (ExportChanged, DataManagerError):  # a storage's error too: never retried here
-                    _discard(resp)
+                        cursor.pos = max(cursor.pos, self._progress)
+                except BaseException:
+                    _discard(cursor.resp)
+                    cursor.resp = None
                     raise
-                except Exception as exc:
-                    _discard(resp)
-                    resp = None
-                    retry += 1
-                    what = f"bytes {start}-{end}" + (f", resuming at byte {pos}" if pos > start else "")
-                    if not self._pause(retry, exc, what):
-                        raise self._give_up(f"bytes {start}-{end} at byte {pos}", exc) from None
-                    if pos > start:
-                        result.resumed += 1
-        self._check_total(result, hasher, pos)
-        result.size = pos
+                cursor.resp.release_conn()
+                cursor.resp = None
+
+            while cursor.pos <= end:  # a server may send less than a range asked: ask for the rest
+                self._retried(
+                    rest,
+                    lambda start=start, end=end: f"bytes {start}-{end}"  # type: ignore[misc]
+                    + (f", resuming at byte {cursor.pos}" if cursor.pos > start else ""),
+                    lambda start=start, end=end: f"bytes {start}-{end} at byte {cursor.pos}",  # type: ignore[misc]
+                )
+        self._check_total(result, hasher, cursor.pos)
+        result.size = cursor.pos
         return result
 
     def _pump(self, resp: Any, writer: ArtifactWriter, hasher: Any, pos: int, stop: int | None) -> int:

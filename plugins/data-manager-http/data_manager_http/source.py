@@ -17,10 +17,12 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
+from data_manager import retry
 from data_manager.durable import fsync_dir, os_reason
 from data_manager.errors import DataManagerError, SourceError
 from data_manager.retry import Backoff
@@ -28,11 +30,12 @@ from data_manager.tls import is_loopback
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 
 from . import checksums
-from .client import BLOCK, Client, describe, is_transient, pause, status_error
+from .client import BLOCK, Client, describe, is_transient, retry_hooks, status_error
 from .download import Download
 from .urls import MASK, check_url, label, public_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ARTIFACT = "export"
 DEFAULT_CHUNK = 16 << 20
@@ -142,25 +145,33 @@ class HttpSource(Source):
 
     # ------------------------------------------------------------------ backup
 
+    def _call(self, fn: Callable[[], T], where: str, what: str,
+              allowed: Callable[[BaseException], bool] = is_transient) -> T:
+        """``fn()`` through the core's :func:`data_manager.retry.call` (``Retry-After`` honoured); the last
+        failure becomes one :class:`SourceError` line ``WHERE: WHAT: reason``; our own errors pass unchanged."""
+
+        def note(reason: str, retry_no: int, seconds: float) -> None:
+            log.warning("%s: %s: %s; retry %d of %d in %.1fs", where, what, reason, retry_no, self.retries, seconds)
+
+        transient, on_retry = retry_hooks(self.policy, MAX_RETRY_AFTER, note, allowed)
+        try:
+            return retry.call(fn, self.policy, transient=transient, on_retry=on_retry)
+        except DataManagerError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{where}: {what}: {describe(exc)}") from None
+
     def check(self) -> None:
         """A HEAD request: the server answers and lets us in (405/501: it does not do HEAD, which is fine)."""
         url = self._need_url()
-        retry = 0
-        while True:
-            try:
-                resp = self.client.request("HEAD", url)
-                resp.release_conn()
-                if resp.status < 400 or resp.status in (405, 501):
-                    return
+
+        def head() -> None:
+            resp = self.client.request("HEAD", url)
+            if resp.status >= 400 and resp.status not in (405, 501):
                 raise status_error(resp)
-            except Exception as exc:
-                retry += 1
+            resp.release_conn()
 
-                def note(reason: str, delay: float) -> None:
-                    log.warning("%s: HEAD: %s; retrying in %.1fs", self._where(url), reason, delay)
-
-                if not (is_transient(exc) and pause(self.policy, retry, exc, MAX_RETRY_AFTER, note)):
-                    raise SourceError(f"{self._where(url)}: {describe(exc)}") from None
+        self._call(head, self._where(url), "HEAD")
 
     def backup(self, sink: ArtifactSink) -> None:
         url = self._need_url()
@@ -271,27 +282,16 @@ class HttpSource(Source):
             self.client.close()
 
     def _send(self, artifacts: ArtifactSet, url: str, headers: dict[str, str], where: str,
-              safe_to_repeat: Any) -> None:
-        retry = 0
-        while True:
-            try:
-                with artifacts.open(ARTIFACT) as body:
-                    resp = self.client.request(self.restore_method, url, headers, body=body)
-                if resp.status >= 300:
-                    raise status_error(resp)
-                resp.release_conn()
-                log.info("%s: %s answered HTTP %d", where, self.restore_method, resp.status)
-                return
-            except DataManagerError:
-                raise
-            except Exception as exc:
-                retry += 1
+              safe_to_repeat: Callable[[BaseException], bool]) -> None:
+        def send() -> None:
+            with artifacts.open(ARTIFACT) as body:  # read from its start again on every try
+                resp = self.client.request(self.restore_method, url, headers, body=body)
+            if resp.status >= 300:
+                raise status_error(resp)
+            resp.release_conn()
+            log.info("%s: %s answered HTTP %d", where, self.restore_method, resp.status)
 
-                def note(reason: str, delay: float) -> None:
-                    log.warning("%s: %s: %s; retrying in %.1fs", where, self.restore_method, reason, delay)
-
-                if not (safe_to_repeat(exc) and pause(self.policy, retry, exc, MAX_RETRY_AFTER, note)):
-                    raise SourceError(f"{where}: {self.restore_method}: {describe(exc)}") from None
+        self._call(send, where, self.restore_method, safe_to_repeat)
 
 
 __all__ = ["ARTIFACT", "HttpSource"]

@@ -1,8 +1,8 @@
 """Talking HTTP through urllib3: one pool per source, which failures are worth another try, one-line errors.
 
-urllib3 retries nothing itself here (``connect=0, read=0, status=0``): the source's loops do, with the core's
-:class:`~data_manager.retry.Backoff`, because a broken download is resumed from its last byte rather than
-asked again from the start. urllib3 only follows redirects (at most 5); on a redirect to another host
+urllib3 retries nothing itself here (``connect=0, read=0, status=0``): the source retries through the core's
+:func:`data_manager.retry.call` (with :func:`retry_hooks` for ``Retry-After``), each try of a range resuming
+from the last byte received rather than asking again from the start. urllib3 only follows redirects (at most 5); on a redirect to another host
 every configured header is dropped (a token must not follow a link to somewhere else).
 """
 

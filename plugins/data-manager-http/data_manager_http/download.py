@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from data_manager.errors import DataManagerError, SourceError
 from data_manager import retry
+from data_manager.errors import DataManagerError, SourceError
 from data_manager.retry import Backoff
 from data_manager.types import ArtifactWriter
 

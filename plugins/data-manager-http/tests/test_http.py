@@ -210,7 +210,8 @@ def test_a_stalled_answer_times_out_and_is_asked_again(tmp_path: Path, export_se
     dm = manager(tmp_path, export_server.url, timeout="0.5s")
     dm.backup("site42")
     assert stored(tmp_path, dm)[0] == export_server.data
-    assert len(export_server.gets()) == 6  # 5 ranges, one asked twice
+    asked = [g.range for g in export_server.gets()]
+    assert asked.count((256 * KiB, 512 * KiB - 1)) >= 2  # the stalled range was asked again
 
 
 # --------------------------------------------------------------------------- an export that changes

@@ -284,6 +284,21 @@ def test_restore_says_where_it_needs_to_go(tmp_path: Path, export_server: Any) -
     assert (tmp_path / "x").read_bytes() == export_server.data
 
 
+def test_restore_of_a_source_no_longer_configured_needs_a_target(tmp_path: Path, export_server: Any) -> None:
+    manager(tmp_path, export_server.url, headers={"Authorization": f"Bearer {TOKEN}"}).backup("site42")
+    dm = DataManager.from_dict({  # the dataset now has another source: db is known only from the backup
+        "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
+        "datasets": {"site42": {"sources": [{"name": "other", "type": "http", "url": export_server.url}]}},
+    })
+    from data_manager.errors import UsageError
+
+    with pytest.raises(UsageError, match="--set db.KEY=VALUE"):
+        dm.restore("site42", only=["db"])
+    target = tmp_path / "from-the-backup.zip"
+    dm.restore("site42", only=["db"], overrides={"db": {"path": str(target)}})
+    assert target.read_bytes() == export_server.data
+
+
 # --------------------------------------------------------------------------- secrets
 
 

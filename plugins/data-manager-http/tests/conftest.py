@@ -66,15 +66,16 @@ class ExportServer:
     requests: list[Request] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
     port: int = 0
+    scheme: str = "http"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/export"
+        return f"{self.scheme}://127.0.0.1:{self.port}/export"
 
     @property
     def import_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/import"
+        return f"{self.scheme}://127.0.0.1:{self.port}/import"
 
     @property
     def etag(self) -> str:
@@ -237,9 +238,49 @@ def other_server() -> Iterator[ExportServer]:
     yield from _serve()
 
 
-def _serve() -> Iterator[ExportServer]:
-    state = ExportServer(data=os.urandom((1 << 20) + 17))
+@pytest.fixture
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExportServer, Path]]:
+    """The export server over https, with a self-signed certificate for 127.0.0.1; and that certificate's
+    file (trust it with SSL_CERT_FILE)."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    for state in _serve(ctx):
+        yield state, cert
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "data-manager-http test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = where / "cert.pem", where / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def _serve(tls: Any = None) -> Iterator[ExportServer]:
+    state = ExportServer(data=os.urandom((1 << 20) + 17), scheme="https" if tls else "http")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -330,6 +330,16 @@ def test_headers_never_follow_a_redirect_to_another_host(tmp_path: Path, export_
     assert other_server.gets() and all(TOKEN not in json.dumps(r.headers) for r in other_server.requests)
 
 
+def test_https_checks_the_certificate(tmp_path: Path, tls_server: Any, monkeypatch: Any) -> None:
+    server, cert = tls_server
+    message = backup_fails(manager(tmp_path, server.url), "TLS handshake failed")
+    assert "Traceback" not in message
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted now, as with a site's own CA
+    dm = manager(tmp_path / "2", server.url)
+    dm.backup("site42")
+    assert stored(tmp_path / "2", dm)[0] == server.data
+
+
 def test_check_asks_head_and_accepts_a_server_without_it(tmp_path: Path, export_server: Any) -> None:
     export_server.head_status = 405
     dm = manager(tmp_path, export_server.url)

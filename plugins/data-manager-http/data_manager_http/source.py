@@ -81,8 +81,8 @@ class HttpSource(Source):
     def _url(self, key: str, *, required: bool) -> str | None:
         """A URL setting; None when absent, empty (``--set NAME.KEY=``) or recorded as a secret (``***``)."""
         value = self.settings.get(key)
-        if value is None and required:
-            self.settings.get_str(key)  # raises: missing (required)
+        if value in (None, "") and required:
+            self.settings.get_str(key)  # raises: missing (required), or must not be empty
         if value in (None, "", MASK):
             return None
         if not isinstance(value, str):

@@ -370,6 +370,7 @@ def make(**values: Any) -> HttpSource:
 
 @pytest.mark.parametrize("values,key", [
     ({}, "url"),
+    ({"url": ""}, "url"),
     ({"url": "ftp://x/y"}, "url"),
     ({"url": "http:///nohost"}, "url"),
     ({"url": "http://h/x", "headers": "Bearer x"}, "headers"),

@@ -15,6 +15,10 @@ is *stale*: it still blocks (its job may only be slow or cut off from the storag
 owner and age, and is broken only by ``data-manager lock break DATA_ID``. The one exception: a lock of a
 process on this very host that no longer exists (kill -9, crash) is certainly dead and is removed.
 
+Releasing needs no delete: credentials that may only write (an append-only client, a MinIO policy denying
+``s3:DeleteObject``) overwrite their lock object with :data:`RELEASED` instead, which every contender skips
+by its size alone (no read). Whoever may delete removes such leftovers when it next takes or breaks a lock.
+
 Clocks of the machines sharing a storage must agree to well within the settle time (NTP).
 """
 
@@ -42,6 +46,7 @@ LOCK_DIR = ".locks"
 DEFAULT_TTL = 600.0
 DEFAULT_SETTLE = 0.25
 _POLL = 2.0
+RELEASED = b'{"released": true}\n'  # what a released lock object holds when it could not be deleted
 
 
 @dataclass
@@ -127,17 +132,39 @@ def _prefix(data_id: str) -> str:
     return f"{data_id}/{LOCK_DIR}"
 
 
+def released_locks(storage: Storage, data_id: str) -> list[str]:
+    """Keys of lock objects released by overwriting (:data:`RELEASED`): leftovers for a deleter to remove."""
+    return [f"{_prefix(data_id)}/{e.name}" for e in storage.list(_prefix(data_id))
+            if not e.is_dir and e.name.endswith(".json") and e.size == len(RELEASED)]
+
+
+def remove_released(storage: Storage, data_id: str) -> int:
+    """Delete released leftovers, if these credentials may; how many went."""
+    n = 0
+    for key in released_locks(storage, data_id):
+        try:
+            storage.delete(key)
+            n += 1
+        except DataManagerError:
+            return n  # no delete permission: they are skipped all the same
+    return n
+
+
 def list_locks(storage: Storage, data_id: str) -> list[LockInfo]:
-    """Every lock object of ``data_id``, oldest first."""
+    """Every lock object of ``data_id`` that holds or waits for the lock, oldest first (released ones,
+    :data:`RELEASED`, are skipped by their size)."""
     out = []
     for entry in storage.list(_prefix(data_id)):
-        if entry.is_dir or not entry.name.endswith(".json"):
+        if entry.is_dir or not entry.name.endswith(".json") or entry.size == len(RELEASED):
             continue
         key = f"{_prefix(data_id)}/{entry.name}"
         job_id = entry.name[: -len(".json")]
         try:
             with storage.open_read(key) as f:
-                doc = json.loads(f.read())
+                raw = f.read()
+            if raw == RELEASED:  # a storage that lists no sizes
+                continue
+            doc = json.loads(raw)
             out.append(LockInfo(data_id, str(doc["job_id"]), str(doc["operation"]), str(doc["host"]), int(doc["pid"]),
                                 float(doc["created"]), float(doc["expires"]), key))
         except NotFoundError:
@@ -164,6 +191,8 @@ def break_locks(storage: Storage, data_id: str, *, job_id: str | None = None, fo
     for lock in locks:
         storage.delete(lock.key)
         log.warning("broke the lock of %s on %s", lock.owner(), data_id)
+    if job_id is None:
+        remove_released(storage, data_id)
     return locks
 
 
@@ -178,6 +207,7 @@ class DatasetLock:
         self.settings = settings
         self.key = f"{_prefix(data_id)}/{job_id}.json"
         self.lost = False
+        self._cleaned = False
         self._created = 0.0
         self._written = False
         self._stop = threading.Event()
@@ -199,23 +229,39 @@ class DatasetLock:
         self._written = True
 
     def _delete(self) -> None:
-        if self._written:
+        """Remove our object; where these credentials may not delete, overwrite it with :data:`RELEASED`."""
+        if not self._written:
+            return
+        try:
             self.storage.delete(self.key)
-            self._written = False
+        except NotFoundError:
+            pass
+        except StorageError as exc:
+            with self.storage.open_write(self.key) as w:
+                w.write(RELEASED)
+            log.info("%s: released the lock %s by overwriting it (cannot delete: %s)", self.data_id, self.key, exc)
+        self._written = False
 
     def _blocker(self) -> LockInfo | None:
         """The lock that wins over ours, or None if ours is the oldest."""
         locks = list_locks(self.storage, self.data_id)
+        if not self._cleaned:
+            self._cleaned = True
+            remove_released(self.storage, self.data_id)
         for lock in locks:
             if lock.job_id != self.job_id and lock.process_gone():
                 log.warning("%s: removing the lock of %s: that process is gone", self.data_id, lock.owner())
                 try:
                     self.storage.delete(lock.key)
-                except DataManagerError as exc:
-                    # Append-only credentials may not delete: a dead process's lock is ignored all the same
-                    # (only this host can tell it is dead, and this host never counts it).
-                    log.warning("%s: cannot remove %s (%s); ignoring it: its process is gone", self.data_id,
-                                lock.key, exc)
+                except DataManagerError:
+                    # Credentials that may not delete release it by overwriting, so that other hosts, which
+                    # cannot tell the process is gone, stop counting it too.
+                    try:
+                        with self.storage.open_write(lock.key) as w:
+                            w.write(RELEASED)
+                    except DataManagerError as exc:
+                        log.warning("%s: cannot remove %s (%s); ignoring it: its process is gone", self.data_id,
+                                    lock.key, exc)
         locks = [lock for lock in locks if lock.job_id == self.job_id or not lock.process_gone()]
         if not any(lock.job_id == self.job_id for lock in locks):
             raise StorageError(f"{self.key}: the lock object just written is not listed by the storage")

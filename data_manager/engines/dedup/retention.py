@@ -925,8 +925,10 @@ class DedupRetention:
                 s.close()
             phase.seconds = round(time.monotonic() - t0, 3)
 
-    def blocking_writers(self, plan: Plan) -> list[str]:
-        """Live heartbeats of backups that do not know ``plan`` (started before it): its sweep waits."""
+    def blocking_writers(self, plan: Plan, finished: list[str] | None = None) -> list[str]:
+        """Live heartbeats of backups that do not know ``plan`` (started before it): its sweep waits.
+        Heartbeats marked ``finished`` (left by keys that may not delete) are skipped, and their keys
+        appended to ``finished`` for the sweep to remove."""
         out = []
         now = time.time()
         for e in self.storage.list(WRITERS_PREFIX):
@@ -942,6 +944,10 @@ class DedupRetention:
                 continue
             except (CorruptBackupError, ValueError) as exc:
                 out.append(f"{key}: unreadable heartbeat ({clean_text(exc)}), last beat {int(age)}s ago")
+                continue
+            if isinstance(doc, dict) and doc.get("finished"):
+                if finished is not None:
+                    finished.append(key)
                 continue
             known = doc.get("prune_plans") if isinstance(doc, dict) else None
             if isinstance(known, list) and plan.name in known:
@@ -961,7 +967,8 @@ class DedupRetention:
             phase.reason = (f"marked {_delay(max(0.0, age))} ago; swept once {_delay(delete_delay)} passed "
                             f"(in {_delay(delete_delay - age)}; --delete-delay)")
             return phase
-        blocking = self.blocking_writers(plan)
+        finished: list[str] = []
+        blocking = self.blocking_writers(plan, finished)
         if blocking:
             phase.status = "waiting"
             phase.reason = "; ".join(blocking[:3]) + (f" (+{len(blocking) - 3} more)" if len(blocking) > 3 else "")
@@ -1063,8 +1070,11 @@ class DedupRetention:
                     self._tombstones.pop(t.name, None)
                     phase.tombstones += 1
             engine.sync_index()
-            # 5. done; plans swept before this one are no longer needed (the newest always stays)
+            # 5. done; plans swept before this one are no longer needed (the newest always stays), nor are
+            # the heartbeats of finished backups that append keys could not delete
             self._write_done(plan, phase)
+            for key in finished:
+                self.storage.delete(key)
             for old in plans:
                 if old.done and old.seq < plan.seq:
                     for k in (f"{PRUNE_PREFIX}/{old.name}", f"{PRUNE_PREFIX}/{old.name}.done"):

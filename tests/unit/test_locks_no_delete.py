@@ -1,0 +1,76 @@
+"""Locks with credentials that may not delete (an append-only client): a job releases its lock by overwriting
+it with the ``released`` marker, which every contender on any host skips; a deleter removes the leftovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from data_manager import locks
+from data_manager.builtin.filesystem import FilesystemStorage
+from data_manager.errors import StorageError
+from data_manager.locks import RELEASED, DatasetLock, LockSettings, break_locks, list_locks, released_locks
+from data_manager.types import Settings
+
+FAST = LockSettings(ttl=600, settle=0.01)
+
+
+class NoDelete:
+    """A storage whose every delete is refused, as under a policy denying s3:DeleteObject."""
+
+    def __init__(self, inner: FilesystemStorage) -> None:
+        self.inner = inner
+        self.refused: list[str] = []
+
+    def delete(self, key: str) -> None:
+        self.refused.append(key)
+        raise StorageError(f"{key}: AccessDenied")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def inner(tmp_path: Path) -> FilesystemStorage:
+    return FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")}))
+
+
+def test_release_without_delete_leaves_a_marker_every_host_skips(inner: FilesystemStorage, monkeypatch) -> None:
+    append = NoDelete(inner)
+    first = DatasetLock(append, "d", "job1", "backup", FAST)  # type: ignore[arg-type]
+    first.acquire()
+    first.release()
+    assert append.refused == ["d/.locks/job1.json"]
+    assert released_locks(inner, "d") == ["d/.locks/job1.json"]
+    assert (Path(inner.root) / "d/.locks/job1.json").read_bytes() == RELEASED
+    assert list_locks(inner, "d") == []
+    # another host (which cannot tell whether job1's process lives) takes the lock at once
+    monkeypatch.setattr(locks.socket, "gethostname", lambda: "other-host")
+    second = DatasetLock(append, "d", "job2", "restore", FAST)  # type: ignore[arg-type]
+    second.acquire()
+    assert [lk.job_id for lk in list_locks(inner, "d")] == ["job2"]
+    second.release()
+    assert sorted(released_locks(inner, "d")) == ["d/.locks/job1.json", "d/.locks/job2.json"]
+    # credentials that may delete clean up when they next take the lock
+    admin = DatasetLock(inner, "d", "job3", "forget", FAST)
+    admin.acquire()
+    assert released_locks(inner, "d") == [] and [lk.job_id for lk in list_locks(inner, "d")] == ["job3"]
+    admin.release()
+    assert list(inner.list("d/.locks")) == []
+
+
+def test_a_dead_process_lock_that_cannot_be_deleted_is_released_for_every_host(inner: FilesystemStorage) -> None:
+    append = NoDelete(inner)
+    dead = DatasetLock(inner, "d", "dead", "backup", FAST)
+    dead.acquire()
+    dead._stop.set()  # as after kill -9: the object stays, its process (faked below) is gone
+    doc = (Path(inner.root) / "d/.locks/dead.json").read_text().replace(f'"pid": {__import__("os").getpid()}',
+                                                                        '"pid": 999999999')
+    (Path(inner.root) / "d/.locks/dead.json").write_text(doc)
+    taker = DatasetLock(append, "d", "next", "backup", FAST)  # type: ignore[arg-type]
+    taker.acquire()
+    assert (Path(inner.root) / "d/.locks/dead.json").read_bytes() == RELEASED  # other hosts skip it too
+    taker.release()
+    assert break_locks(inner, "d") == [] and list(inner.list("d/.locks")) == []

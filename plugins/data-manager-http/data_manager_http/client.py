@@ -119,10 +119,10 @@ def describe(exc: BaseException) -> str:
         return "TLS handshake failed (certificate not trusted, or not an https server)"
     if isinstance(exc, e.NameResolutionError):
         return "cannot resolve the host name"
+    if isinstance(exc, e.NewConnectionError):  # a subclass of ConnectTimeoutError: asked first
+        return "cannot connect (connection refused or host unreachable)"
     if isinstance(exc, e.ConnectTimeoutError):
         return "connection timed out"
-    if isinstance(exc, e.NewConnectionError):
-        return "cannot connect (connection refused or host unreachable)"
     if isinstance(exc, e.ReadTimeoutError):
         return "the server stopped sending (read timed out)"
     if isinstance(exc, e.ProtocolError):

@@ -170,6 +170,16 @@ def test_retries_used_up_on_a_busy_range(tmp_path: Path, export_server: Any) -> 
                  "gave up after 2 retries")
 
 
+def test_a_server_that_is_not_there(tmp_path: Path, export_server: Any) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backup_fails(manager(tmp_path, f"http://127.0.0.1:{port}/export", retries=1),
+                 "HEAD: cannot connect (connection refused or host unreachable)")
+
+
 def test_a_client_error_is_not_retried(tmp_path: Path, export_server: Any) -> None:
     export_server.statuses = [(403, None)] * 5
     backup_fails(manager(tmp_path, export_server.url), "HTTP 403 forbidden")

@@ -38,7 +38,7 @@ from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
 from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
 from ..volumes import Volumes, incompressible, numbering
-from .tarheaders import DIR, REG, SYM, ustar_header
+from .tarheaders import AREG, DIR, REG, SYM, Member, TarFormatError, TarReader, ustar_header
 
 log = logging.getLogger(__name__)
 
@@ -410,12 +410,16 @@ class DirectorySource(Source):
         """``files.jsonl`` must list exactly what the volumes held (read to EOF: its digest is checked)."""
         listed = _Tally()
         with artifacts.open(index) as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    entry = json.loads(line)
-                    listed.add(entry["type"], entry["path"], entry.get("size", 0), entry.get("target", ""))
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise CorruptBackupError(f"{self.name}/{index}: line {n} is not an index entry ({exc})") from None
+            n = 0
+            while lines := f.readlines(CHUNK):
+                for entry in _entries(lines):
+                    n += 1
+                    try:
+                        if isinstance(entry, Exception):
+                            raise entry
+                        listed.add(entry["type"], entry["path"], entry.get("size", 0), entry.get("target", ""))
+                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        raise CorruptBackupError(f"{self.name}/{index}: line {n} is not an index entry ({exc})") from None
         if listed != tree.tally:
             raise CorruptBackupError(
                 f"{self.name}/{index}: lists {listed.count} entries that differ from the {tree.tally.count} in the volumes"
@@ -473,6 +477,25 @@ def _swap(staging: Path, target: Path, tag: str) -> None:
     fsync_dir(parent)
 
 
+def _entries(lines: list[bytes]) -> list[Any]:
+    """The JSON values of ``lines``, parsed in one call as one array (json.loads per line costs more than
+    the line); where that fails, or the count differs (a line like ``1, 2``), line by line, an exception
+    standing for each line that is not JSON."""
+    try:
+        values = json.loads(b"[" + b",".join(lines) + b"]")
+        if isinstance(values, list) and len(values) == len(lines):
+            return values
+    except ValueError:
+        pass
+    out: list[Any] = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError as exc:
+            out.append(exc)
+    return out
+
+
 class _Tally:
     """An order-independent digest of a set of entries (a sum of BLAKE3 hashes), in constant memory: the
     volumes' members and the index's lines arrive in different orders."""
@@ -483,11 +506,12 @@ class _Tally:
 
     def add(self, kind: str, path: str, size: int, target: str) -> None:
         key = f"{kind}\0{path}\0{size}\0{target}".encode("utf-8", "surrogatepass")
-        self._sum = (self._sum + int.from_bytes(blake3(key).digest(), "big")) % (1 << 256)
+        self._sum += int.from_bytes(blake3(key).digest(), "big")  # reduced mod 2**256 when compared
         self.count += 1
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Tally) and (self.count, self._sum) == (other.count, other._sum)
+        mask = (1 << 256) - 1
+        return isinstance(other, _Tally) and (self.count, self._sum & mask) == (other.count, other._sum & mask)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -513,6 +537,12 @@ class _Tree:
         self._dir_meta: list[tuple[str, int, int]] = []
         self.tally = _Tally()
         self._label = source
+        self._umask = _umask()
+        # Files take the owner and group of the process (no chown needed for those) unless the staging
+        # directory's group or setgid bit says otherwise.
+        root = os.fstat(root_fd)
+        euid, egid = os.geteuid(), os.getegid()
+        self._owner = (euid, egid) if root.st_gid == egid and not root.st_mode & stat.S_ISGID else None
 
     def _corrupt(self, text: str) -> CorruptBackupError:
         return CorruptBackupError(f"{self._label}: {text}")
@@ -551,32 +581,37 @@ class _Tree:
 
     def extract(self, stream: BinaryIO, volume: str) -> None:
         self._label = f"{self._source}/{volume}"
+        reader = TarReader(stream)
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
-            with tar:
-                for member in tar:
-                    self._member(tar, member)
-        except tarfile.TarError as exc:
+            for member in reader:
+                self._member(reader, member)
+        except TarFormatError as exc:
             raise self._corrupt(f"not a valid tar volume ({exc})") from None
         # Read to the end, so the artifact's checksum is checked before anything is swapped in.
         while stream.read(CHUNK):
             pass
 
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        name = member.name
+    def _member(self, reader: TarReader, member: Member) -> None:
+        name = member.name.decode("utf-8", "surrogateescape")
         parts = name.split("/")
-        if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        if name.startswith("/") or "\0" in name or "" in parts or "." in parts or ".." in parts:
             raise self._corrupt(f"unsafe path {name!r}")
         parent, _, leaf = name.rpartition("/")
         pfd = self._dir_fd(parent)
-        mtime = member.pax_headers.get(_PAX_MTIME)
+        mtime = member.pax_mtime
         try:
-            mtime_ns = _parse_ns(mtime) if mtime else int(member.mtime) * 10**9
+            mtime_ns = _parse_ns(mtime.decode("ascii")) if mtime else member.mtime * 10**9
         except ValueError:
-            raise self._corrupt(f"bad mtime {mtime!r} for {name!r}") from None
-        mode = _safe_mode(member.mode, self._keep_setid)
+            raise self._corrupt(f"bad mtime {mtime.decode('ascii', 'replace')!r} for {name!r}") from None
+        mode = member.mode & 0o7777
+        if not self._keep_setid:
+            mode &= ~_SETID
+        kind = member.kind
         try:
-            if member.isdir():
+            if kind == REG or kind == AREG:
+                self.tally.add("file", name, member.size, "")
+                self._file(reader, member, name, pfd, leaf, mode, mtime_ns)
+            elif kind == DIR:
                 self.tally.add("dir", name, 0, "")
                 try:
                     os.mkdir(leaf, 0o700, dir_fd=pfd)
@@ -584,15 +619,13 @@ class _Tree:
                     if not stat.S_ISDIR(os.stat(leaf, dir_fd=pfd, follow_symlinks=False).st_mode):
                         raise self._corrupt(f"{name!r} is both a directory and something else") from None
                 self._dir_meta.append((name, mode, mtime_ns))
-            elif member.issym():
-                self.tally.add("symlink", name, 0, member.linkname)
-                os.symlink(member.linkname, leaf, dir_fd=pfd)
+            elif kind == SYM:
+                link = member.linkname.decode("utf-8", "surrogateescape")
+                self.tally.add("symlink", name, 0, link)
+                os.symlink(link, leaf, dir_fd=pfd)
                 os.utime(leaf, ns=(mtime_ns, mtime_ns), dir_fd=pfd, follow_symlinks=False)
                 if self._chown:
                     os.chown(leaf, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
-            elif member.isfile():
-                self.tally.add("file", name, member.size, "")
-                self._file(tar, member, pfd, leaf, mode, mtime_ns)
             else:
                 raise self._corrupt(f"unexpected member type for {name!r}")
         except FileExistsError:
@@ -600,20 +633,29 @@ class _Tree:
         except ValueError as exc:  # e.g. an embedded NUL the OS refuses
             raise self._corrupt(f"unusable member {name!r} ({exc})") from None
 
-    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, pfd: int, leaf: str, mode: int, mtime_ns: int) -> None:
-        src = tar.extractfile(member)
-        assert src is not None
-        fd = os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=pfd)
+    def _file(self, reader: TarReader, member: Member, name: str, pfd: int, leaf: str, mode: int,
+              mtime_ns: int) -> None:
+        """One file: created (O_EXCL, O_NOFOLLOW) with its final mode where the umask lets it, written, its
+        owner and mtime set on the open fd. A staging directory is 0700: no one else sees a file early."""
+        chown = self._chown and (member.uid, member.gid) != self._owner
+        # The mode at creation is the final one when the umask keeps it and no chown follows (which would
+        # clear setuid bits); else the file starts 0600 and fchmod sets it.
+        direct = not chown and not mode & 0o7000 and not mode & self._umask
+        fd = os.open(leaf, _FILE_FLAGS, mode if direct else 0o600, dir_fd=pfd)
         try:
-            written = 0
-            while data := src.read(CHUNK):
-                write_all(fd, data)
+            size, written = member.size, 0
+            while written < size:
+                data = reader.data(min(size - written, CHUNK))
+                if not data:
+                    break
+                write_all(fd, data)  # every byte or an error (a filling disk); a step the fault tests count
                 written += len(data)
-            if written != member.size:
-                raise self._corrupt(f"{member.name!r}: {written} bytes in the volume, {member.size} in its header")
-            if self._chown:
+            if written != size:
+                raise self._corrupt(f"{name!r}: {written} bytes in the volume, {size} in its header")
+            if chown:
                 os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, mode)
+            if not direct:
+                os.fchmod(fd, mode)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
@@ -627,7 +669,23 @@ class _Tree:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread); 0o777 if unknown,
+    which makes every restored file get its mode by fchmod."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
 def _parse_ns(text: str) -> int:
+    """Nanoseconds of a pax time, ``SECONDS[.FRACTION]``."""
+    if len(text) == 20 and text[10] == "." and text[:10].isdigit() and text[11:].isdigit():
+        return int(text[:10]) * 10**9 + int(text[11:])  # SSSSSSSSSS.NNNNNNNNN, as the backup writes it
     sec, _, frac = text.partition(".")
     return int(sec) * 10**9 + int((frac + "000000000")[:9])
 

@@ -66,7 +66,10 @@ def _checksum_ok(header: bytes, field: bytes) -> bool:
     as unsigned or (some old tars) signed chars. The unsigned sum is tested modulo 65521 (Adler-32's
     first half, in C): damage that shifts it by exactly 65521 passes, and is still caught by the volume's
     digest, which restore always checks."""
-    stored = _number(field)
+    try:
+        stored = int(field[:6], 8)  # "%06o\0 ", as tarfile writes it
+    except ValueError:
+        stored = _number(field)
     if 0 <= stored <= 255 * BLOCK and (stored + sum(field) - 255) % _ADLER_MOD == zlib.adler32(header) & 0xFFFF:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header) - sum(b - 256 if b > 127 else b for b in field) + 256
@@ -91,7 +94,7 @@ class Member(NamedTuple):
 
 def _number(field: bytes) -> int:
     """A numeric header field: octal (NUL- or space-terminated) or base-256 (first byte 0x80 or 0xff)."""
-    if field[0] in (0x80, 0xFF):
+    if field and field[0] in (0x80, 0xFF):
         n = int.from_bytes(field[1:], "big")
         return n - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else n
     text = field.split(b"\0", 1)[0].strip()
@@ -174,7 +177,8 @@ class TarReader:
     def __iter__(self) -> Iterator[Member]:
         pax: dict[bytes, bytes] = {}
         while True:
-            self._skip()
+            if self._left:
+                self._skip()
             empty = self.consumed == 0
             header = self._take(BLOCK)
             if len(header) < BLOCK:
@@ -187,7 +191,11 @@ class TarReader:
              prefix) = _FIELDS.unpack(header)
             if not _checksum_ok(header, chksum):
                 raise TarFormatError("bad tar header checksum")
-            size_n = _number(size)
+            try:  # the numbers as tarfile and this module write them: octal digits and a NUL
+                mode_n, uid_n, gid_n = int(mode[:-1], 8), int(uid[:-1], 8), int(gid[:-1], 8)
+                size_n, mtime_n = int(size[:-1], 8), int(mtime[:-1], 8)
+            except ValueError:  # other tars' spaces, NULs or base-256
+                mode_n, uid_n, gid_n, size_n, mtime_n = map(_number, (mode, uid, gid, size, mtime))
             if size_n < 0:
                 raise TarFormatError("negative member size")
             if kind == PAX:
@@ -195,7 +203,10 @@ class TarReader:
                 body = self._take(padded)
                 if len(body) < padded:
                     raise TarFormatError("the archive ends inside a pax extended header")
-                pax = _pax_records(body[:size_n])
+                if size_n == 30 and body.startswith(b"30 mtime=") and body[29] == 0x0A:
+                    pax = {b"mtime": body[9:29]}  # what the directory source writes for every member
+                else:
+                    pax = _pax_records(body[:size_n])
                 continue
             name = name.split(b"\0", 1)[0]
             if kind == AREG and name.endswith(b"/"):
@@ -204,7 +215,6 @@ class TarReader:
             if prefix and kind not in _GNU:
                 name = prefix + b"/" + name
             link = linkname.split(b"\0", 1)[0]
-            uid_n, gid_n = _number(uid), _number(gid)
             pax_mtime = b""
             if pax:
                 name = pax.get(b"path", name)
@@ -224,5 +234,5 @@ class TarReader:
             if kind in (DIR, SYM):
                 size_n = 0  # tarfile skips no data after these, whatever their size field says
             self._left = size_n + (-size_n % BLOCK)
-            yield Member(kind, name, link, _number(mode), uid_n, gid_n, size_n, _number(mtime), pax_mtime,
+            yield Member(kind, name, link, mode_n, uid_n, gid_n, size_n, mtime_n, pax_mtime,
                          self.consumed)

@@ -4,6 +4,14 @@ An object is written to a hidden temporary file beside its final name, fsynced, 
 sees a partial object, and a crash leaves only a ``.*.part`` file that listing ignores (and ``delete_tree``
 removes). Every write writes all its bytes or raises: a full disk is a one-line ``StorageError``. Objects
 are created 0600 and directories 0700: a backup of private data stays private to the storage's owner.
+
+``shared = true``: a storage several users write to, e.g. append-only clients beside an admin. Directories are
+created ``3770`` (setgid: the group of the root directory carries down; sticky: only an object's owner, the
+directory's owner or root may remove or replace an object) and objects ``0640``. So a member of the group
+adds objects and reads everything, but cannot delete or overwrite what another user wrote: the filesystem's
+counterpart of an S3 policy denying ``s3:DeleteObject``, with one limit: a user can still remove its own
+objects. The admin who prunes runs as root or as the owner of the directories. Set the root up once:
+``install -d -m 3770 -g backup /srv/backups``.
 """
 
 from __future__ import annotations
@@ -33,9 +41,13 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def _makedirs(path: Path) -> None:
+SHARED_FILE_MODE = 0o640
+SHARED_DIR_MODE = 0o3770
+
+
+def _makedirs(path: Path, mode: int = DIR_MODE) -> None:
     """``mkdir -p`` with every directory it creates private (``os.makedirs`` applies a mode to the last
-    one only)."""
+    one only), or ``mode`` exactly (the umask would drop a shared directory's group write)."""
     missing = []
     while not path.is_dir():
         missing.append(path)
@@ -44,10 +56,13 @@ def _makedirs(path: Path) -> None:
         path = path.parent
     for p in reversed(missing):
         try:
-            os.mkdir(p, DIR_MODE)
+            os.mkdir(p, mode)
         except FileExistsError:
             if not p.is_dir():
                 raise
+            continue
+        if mode != DIR_MODE:
+            os.chmod(p, mode)
 
 
 _FLUSH_EVERY = 32 << 20
@@ -64,7 +79,7 @@ def _start_flush(fd: int) -> Future[None]:
 
 
 class _FileWriter(ObjectWriter):
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, shared: bool = False) -> None:
         self._unflushed = 0
         self._written = 0
         self._flushing: Future[None] | None = None
@@ -73,8 +88,11 @@ class _FileWriter(ObjectWriter):
         self._fd: int | None = None
         for attempt in range(3):
             try:
-                _makedirs(final.parent)
-                self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                _makedirs(final.parent, SHARED_DIR_MODE if shared else DIR_MODE)
+                self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                   SHARED_FILE_MODE if shared else FILE_MODE)
+                if shared:
+                    os.fchmod(self._fd, SHARED_FILE_MODE)  # whatever the umask
                 break
             except FileNotFoundError as exc:
                 # A concurrent delete() removed the directory, left empty, between mkdir and open.
@@ -136,8 +154,9 @@ class _FileWriter(ObjectWriter):
 class FilesystemStorage(Storage):
     def __init__(self, name: str, settings: Settings) -> None:
         super().__init__(name, settings)
-        settings.check_known({"root"})
+        settings.check_known({"root", "shared"})
         self.root = settings.get_path("root").resolve()
+        self.shared = settings.get_bool("shared", False)
 
     def location(self) -> str:
         return str(self.root)
@@ -160,7 +179,7 @@ class FilesystemStorage(Storage):
             raise StorageError(f"{self.root} is not writable")
 
     def open_write(self, key: str) -> ObjectWriter:
-        return _FileWriter(self._path(key))
+        return _FileWriter(self._path(key), self.shared)
 
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         path = self._path(key)
@@ -257,7 +276,8 @@ class FilesystemStorage(Storage):
             try:
                 parent.rmdir()
             except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                # EPERM/EACCES: another user's directory in a shared (sticky) storage: it stays
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EPERM, errno.EACCES):
                     break
                 raise _os_error(f"cannot delete {parent}", exc) from None
             parent = parent.parent

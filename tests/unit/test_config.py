@@ -112,7 +112,7 @@ def build(data: dict) -> None:
 @pytest.mark.parametrize("data, prefix", [
     (with_storages({}, local={"type": "filesystem"}), "storage 'local': key 'root': missing (required)"),
     (with_storages({}, local={"type": "filesystem", "root": "/x", "bucket": "b"}),
-     "storage 'local': key 'bucket': unknown key (known: root)"),
+     "storage 'local': key 'bucket': unknown key (known: root, shared)"),
     (cfg(exp42={"sources": [{"name": "raw", "type": "directory"}]}), "dataset 'exp42', source 'raw': key 'path': missing (required)"),
     (cfg(exp42={"sources": [src(path=5)]}), "dataset 'exp42', source 'raw': key 'path': must be a string, not 5"),
     (cfg(exp42={"sources": [src(path="")]}), "dataset 'exp42', source 'raw': key 'path': must not be empty"),

@@ -115,11 +115,11 @@ def test_an_interrupted_backup_is_resumed(tmp_path: Path, s3_bucket: Any, monkey
     calls = {"n": 0}
     real = engine_module.SyncSourceSink.file_done
 
-    def dying(self: Any, *args: Any) -> None:
+    def dying(self: Any, *args: Any, **kw: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 20:
             raise KeyboardInterrupt  # killed mid-backup
-        real(self, *args)
+        real(self, *args, **kw)
 
     monkeypatch.setattr(engine_module.SyncSourceSink, "file_done", dying)
     with pytest.raises(BaseException):

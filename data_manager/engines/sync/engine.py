@@ -28,7 +28,10 @@ import io
 import json
 import logging
 import struct
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from collections.abc import Callable, Collection, Iterator, Mapping
 from itertools import chain
 from typing import Any, BinaryIO
@@ -59,6 +62,7 @@ SKELETON_SUFFIX = ".tarsplit"
 DEFAULT_DELETE_AFTER = 7 * 86400.0
 SOURCE_TYPES = ("directory",)  # the sources whose artifacts are tar volumes of files
 BUFFER = 1 << 20  # files up to this size are held in memory until their digest says whether to upload
+UPLOADERS = 4  # threads uploading those (each object's latency overlaps: a PUT, an fsync); 2x as many queued
 JOURNAL_EVERY = 1000  # files, or
 JOURNAL_SECONDS = 30.0
 _HEX = set("0123456789abcdef")
@@ -201,7 +205,7 @@ class _TarArtifact(ArtifactStreamBase):
     def file_end(self) -> None:
         m = self._member
         assert m is not None
-        uploaded = False
+        uploaded = queued = False
         if self._reused is not None:
             digest = self._reused
         else:
@@ -210,9 +214,8 @@ class _TarArtifact(ArtifactStreamBase):
             same = known is not None and known["blake3"] == digest and known["size"] == m.size
             if self._buf is not None:
                 if not same:
-                    with self._sink.open_mirror(m.name) as w:
-                        w.write(self._buf)
-                    uploaded = True
+                    self._sink.upload(m.name, bytes(self._buf), _entry(m, digest))
+                    uploaded = queued = True
             elif self._writer is not None:
                 writer, self._writer = self._writer, None
                 if same:
@@ -223,7 +226,7 @@ class _TarArtifact(ArtifactStreamBase):
         self._buf = None
         self._skeleton.file(m.name, m.size, digest)
         self._files += 1
-        self._sink.file_done(m, digest, uploaded)
+        self._sink.file_done(m, digest, uploaded, journal=not queued)
         self._member = None
 
     # ---- ArtifactWriter
@@ -265,6 +268,7 @@ class _TarArtifact(ArtifactStreamBase):
         try:
             if not self._split.between_members:
                 raise DataManagerError(f"artifact {self.name}: the tar stream ends inside a member")
+            self._sink.wait_uploads()  # every file of the volume stored before the volume counts
             self._skeleton.finish()
             if self._skel_writer is None:
                 self._write_skeleton(b"")
@@ -287,6 +291,10 @@ class _TarArtifact(ArtifactStreamBase):
         for w in (self._writer, self._skel_writer):
             if w is not None:
                 w.abort()
+        try:
+            self._sink.wait_uploads()
+        except BaseException as exc:  # the upload that failed: this abort's cause, or found by it
+            log.debug("%s: an upload failed while aborting: %s", self.name, exc)
         try:
             self._sink.flush_journal()  # a stopped backup keeps what it uploaded (resume skips it)
         except DataManagerError as exc:
@@ -373,6 +381,11 @@ class SyncSourceSink(SourceSink):
         self.stats = {"files": 0, "uploaded": 0, "uploaded_bytes": 0, "unchanged": 0, "removed_early": 0}
         self._attributed = 0
         self._journal: list[dict[str, Any]] = []
+        self._journal_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(2 * UPLOADERS)
+        self._inflight: set[Future[None]] = set()
+        self._failed: BaseException | None = None
         self._journal_at = time.monotonic()
         self._journal_n = backup.next_journal(record.name)
 
@@ -429,14 +442,65 @@ class SyncSourceSink(SourceSink):
                 self.storage.delete(self.key(p))
                 self.stats["removed_early"] += 1
 
-    def file_done(self, m: Member, digest: str, uploaded: bool) -> None:
+    def upload(self, path: str, data: bytes, entry: dict[str, Any]) -> None:
+        """Store a small file's object on an upload thread (at most ``2 * UPLOADERS`` waiting); journaled once
+        committed. The first failure is raised by the next call, or by :meth:`wait_uploads`."""
+        self._raise_failed()
+        writer = self.open_mirror(path)  # names checked and the way cleared here, in order
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(UPLOADERS, thread_name_prefix="dm-sync-upload")
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._put, writer, data, entry)
+        except BaseException:
+            self._slots.release()
+            writer.abort()
+            raise
+        with self._journal_lock:
+            self._inflight.add(future)
+        future.add_done_callback(self._uploaded)
+
+    def _put(self, writer: ObjectWriter, data: bytes, entry: dict[str, Any]) -> None:
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        with self._journal_lock:
+            self._journal.append(entry)
+
+    def _uploaded(self, future: Future[None]) -> None:
+        self._slots.release()
+        with self._journal_lock:
+            self._inflight.discard(future)
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None and self._failed is None:
+                self._failed = exc
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def wait_uploads(self) -> None:
+        """Every queued upload done; the first failure raised."""
+        with self._journal_lock:
+            pending = list(self._inflight)
+        wait_all(pending)
+        self._raise_failed()
+
+    def file_done(self, m: Member, digest: str, uploaded: bool, journal: bool = True) -> None:
+        """``m`` is in the mirror (``uploaded``: by this run; ``journal``: committed already, else
+        :meth:`upload` journals it once it is)."""
         entry = _entry(m, digest)
         self.files[m.name] = entry
         self.stats["files"] += 1
         if uploaded:
             self.stats["uploaded"] += 1
             self.stats["uploaded_bytes"] += m.size
-            self._journal.append(entry)
+            if journal:
+                with self._journal_lock:
+                    self._journal.append(entry)
             if len(self._journal) >= JOURNAL_EVERY or time.monotonic() - self._journal_at >= JOURNAL_SECONDS:
                 self.flush_journal()
         else:
@@ -449,10 +513,17 @@ class SyncSourceSink(SourceSink):
         return new
 
     def flush_journal(self) -> None:
-        if self._journal:
-            write_entries(self.storage, f"{self.prefix}/{JOURNAL}{self._journal_n:06d}.jsonl", self._journal)
+        """Write the files uploaded since the last journal (resume skips them)."""
+        with self._journal_lock:
+            entries, self._journal = self._journal, []
+        if entries:
+            try:
+                write_entries(self.storage, f"{self.prefix}/{JOURNAL}{self._journal_n:06d}.jsonl", entries)
+            except BaseException:
+                with self._journal_lock:
+                    self._journal[:0] = entries
+                raise
             self._journal_n += 1
-            self._journal = []
         self._journal_at = time.monotonic()
 
     # ---- SourceSink
@@ -463,6 +534,9 @@ class SyncSourceSink(SourceSink):
         return _PlainArtifact(self, name)
 
     def store_record(self, record: SourceRecord) -> None:
+        self.wait_uploads()
+        if self._pool is not None:
+            self._pool.shutdown()
         write_entries(self.storage, f"{self.prefix}/{FILES}", [self.files[p] for p in sorted(self.files)])
         write_json(self.storage, f"{self.prefix}/{SOURCE_MANIFEST}", record.to_json())
 

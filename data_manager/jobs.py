@@ -9,7 +9,7 @@ Path: ``$DATA_MANAGER_STATE``, else ``[state] path`` in the config, else
 connection (several processes may share one database; SQLite's busy timeout serialises them).
 
 Errors are stored scrubbed of secrets (:func:`data_manager.scrub.scrub`), and a database we create is
-readable by its owner only (mode 0600, its directory 0700; SQLite gives its journal the same mode).
+readable by its owner only (mode 0600, its directory 0700; SQLite gives its WAL files the same mode).
 
 This module also holds the job watchdog (timeouts) and the duration parser shared by the config tables.
 """
@@ -207,10 +207,15 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] | None = None
-                      ) -> Iterator[sqlite3.Connection]:
-    """One ``BEGIN IMMEDIATE`` transaction on the state database at ``path``: committed when the block ends,
-    rolled back on any error; SQLite's errors as one :class:`DataManagerError` line naming the file.
+def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] | None = None,
+                      immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on the state database at ``path`` (a deferred ``BEGIN`` when not
+    ``immediate``: for reads): committed when the block ends, rolled back on any error; SQLite's errors as
+    one :class:`DataManagerError` line naming the file.
+
+    The database is in WAL mode (set by ``prepare``, kept in the file): readers see a snapshot and never
+    wait for a writer, and a commit is one append to the log (``synchronous = NORMAL``: durable across a
+    killed process; a power cut may lose the last commits, never the database).
 
     ``prepare(con)`` (a schema, a version check) runs before the transaction; when it is given, the directory
     (0700) and the file (0600) are created first if missing: SQLite would create the file with the umask's
@@ -226,9 +231,11 @@ def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] 
     try:
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA foreign_keys = ON")
+        con.execute("PRAGMA synchronous = NORMAL")
         if prepare is not None:
+            con.execute("PRAGMA journal_mode = WAL")
             prepare(con)
-        con.execute("BEGIN IMMEDIATE")
+        con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         yield con
         con.execute("COMMIT")
     except sqlite3.Error as exc:

@@ -129,6 +129,14 @@ class Store:
             return nullcontext(con)
         return state_transaction(self.path, None if self._ready else self._prepare)
 
+    def read(self) -> Any:
+        """A read-only transaction: deferred, so in WAL mode it reads a snapshot and neither waits for nor
+        blocks the writers (the API's reads while job processes commit)."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            return nullcontext(con)
+        return state_transaction(self.path, None if self._ready else self._prepare, immediate=False)
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Every call of this thread inside the block shares one transaction, committed at its end (all or
@@ -174,7 +182,7 @@ class Store:
             return _row(con.execute("SELECT * FROM service_jobs WHERE id = ?", (job_id,)).fetchone()), True
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        with self.db() as con:
+        with self.read() as con:
             return _row(con.execute("SELECT * FROM service_jobs WHERE id = ?", (job_id,)).fetchone())
 
     def jobs(self, *, data_id: str | None = None, state: str | None = None, limit: int = 100,
@@ -190,14 +198,14 @@ class Store:
             clauses.append(f"state IN ({', '.join('?' * len(states))})")
             args.extend(states)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute(f"SELECT * FROM service_jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                                (*args, int(limit))).fetchall()
         return [r for r in map(_row, rows) if r is not None]
 
     def due_jobs(self, now: str) -> list[dict[str, Any]]:
         """Pending jobs whose (next) attempt may start now, oldest first."""
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute("SELECT * FROM service_jobs WHERE state = 'pending' AND next_attempt_at <= ? "
                                "ORDER BY created_at, rowid", (now,)).fetchall()
         return [r for r in map(_row, rows) if r is not None]
@@ -226,7 +234,7 @@ class Store:
         return self.jobs(data_id=data_id, states=ACTIVE)
 
     def counts(self) -> dict[str, int]:
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute("SELECT state, COUNT(*) AS n FROM service_jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
@@ -262,13 +270,13 @@ class Store:
             con.execute(f"UPDATE service_attempts SET {cols} WHERE job_id = ? AND n = ?", (*values.values(), job_id, n))
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute("SELECT * FROM service_attempts WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
         return [dict(r) for r in rows]
 
     def open_attempts(self) -> list[dict[str, Any]]:
         """Attempts never ended (their job running): what a service killed left behind."""
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute("SELECT a.* FROM service_attempts a JOIN service_jobs j ON j.id = a.job_id "
                                "WHERE a.ended_at IS NULL OR j.state = 'running'").fetchall()
         return [dict(r) for r in rows]
@@ -277,7 +285,7 @@ class Store:
 
     def core_job_for_pid(self, pid: int, host: str) -> str | None:
         """The core job (``jobs`` table) the job process ``pid`` recorded, if it did yet."""
-        with self.db() as con:
+        with self.read() as con:
             try:
                 row = con.execute("SELECT id FROM jobs WHERE pid = ? AND host = ? ORDER BY created_at DESC LIMIT 1",
                                   (pid, host)).fetchone()
@@ -287,7 +295,7 @@ class Store:
 
     def last_good_backups(self) -> dict[str, tuple[str, str, int]]:
         """data_id -> (TIMESTAMP, ended_at, bytes) of its newest done backup job on this state database."""
-        with self.db() as con:
+        with self.read() as con:
             try:
                 rows = con.execute(
                     "SELECT data_id, backup, ended_at, bytes FROM jobs j WHERE kind = 'backup' AND state = 'done' "
@@ -317,12 +325,12 @@ class Store:
         if job_id is not None:
             where += " AND job_id = ?"
             args.append(job_id)
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute(f"SELECT * FROM service_events {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [dict(r) for r in rows]
 
     def last_event_id(self) -> int:
-        with self.db() as con:
+        with self.read() as con:
             return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM service_events").fetchone()[0])
 
     def prune_events(self, keep: int) -> None:
@@ -332,7 +340,7 @@ class Store:
     # ------------------------------------------------------------------ schedules
 
     def schedule_state(self, data_id: str) -> dict[str, Any]:
-        with self.db() as con:
+        with self.read() as con:
             row = con.execute("SELECT * FROM schedule_state WHERE data_id = ?", (data_id,)).fetchone()
         return dict(row) if row else {"data_id": data_id, "last_due": None, "paused": None}
 
@@ -360,7 +368,7 @@ class Store:
         return True
 
     def runs(self, data_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        with self.db() as con:
+        with self.read() as con:
             rows = con.execute("SELECT * FROM schedule_runs WHERE data_id = ? ORDER BY due_at DESC LIMIT ?",
                                (data_id, limit)).fetchall()
         return [dict(r) for r in rows]

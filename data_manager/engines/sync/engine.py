@@ -487,7 +487,11 @@ class SyncSourceSink(SourceSink):
         with self._journal_lock:
             pending = list(self._inflight)
         wait_all(pending)
-        self._raise_failed()
+        for future in pending:  # done, but its callback may not have run yet: ask the future itself
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None:
+                raise exc
+        self._raise_failed()  # those that ended (and were called back) before the snapshot
 
     def file_done(self, m: Member, digest: str, uploaded: bool, journal: bool = True) -> None:
         """``m`` is in the mirror (``uploaded``: by this run; ``journal``: committed already, else

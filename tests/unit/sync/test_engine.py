@@ -469,3 +469,48 @@ def test_forget_removes_old_records_never_the_newest_nor_the_mirror(tmp_path: Pa
     (src / "b").write_text("b")
     dm.backup("exp")
     same_tree(src, restored(dm, tmp_path))
+
+
+class FailingOne(FilesystemStorage):
+    """Fails the commit of one mirror object, once: every other write succeeds."""
+
+    def __init__(self, root: Path, victim: str) -> None:
+        super().__init__("vault", Settings({"root": str(root)}))
+        self.victim = victim
+
+    def open_write(self, key: str) -> Any:
+        inner = super().open_write(key)
+        if not key.endswith("/" + self.victim):
+            return inner
+        outer = self
+
+        class W:
+            def write(self, data: Any) -> None:
+                inner.write(data)
+
+            def commit(self) -> None:
+                time.sleep(0.05)  # the source is well ahead when this fails
+                outer.victim = ""
+                inner.abort()
+                raise OSError("disk on fire")
+
+            def abort(self) -> None:
+                inner.abort()
+
+        return W()
+
+
+def test_a_failed_upload_never_makes_a_complete_backup(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}").write_bytes(os.urandom(500))
+    dm = manager(tmp_path, src, storage=FailingOne(tmp_path / "vault", "f29"))
+    with pytest.raises(Exception, match="disk on fire"):
+        dm.backup("exp")
+    assert not dm.repository("vault").backups("exp")[-1].complete
+    again = manager(tmp_path, src)
+    again.backup("exp", resume=True)
+    assert stats(again)["uploaded"] >= 1  # f29 at least
+    same_tree(src, restored(again, tmp_path))
+    assert again.verify("exp").ok

@@ -26,10 +26,9 @@ import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, BinaryIO
-
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 
 from blake3 import blake3
 
@@ -38,7 +37,7 @@ from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
 from ..types import ArtifactSet, ArtifactSink, Settings, Source, SourceType
 from ..volumes import Volumes, incompressible, numbering
-from .tarheaders import AREG, DIR, REG, SYM, Member, TarFormatError, TarReader, ustar_header
+from .tarheaders import AREG, DIR, PAX_MTIME_BLOCK, REG, SYM, Member, TarFormatError, TarReader, ustar_header
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +48,6 @@ _ZERO = bytes(512)
 _PAX_MTIME = "mtime"
 
 
-def _pax_mtime_block() -> bytes:
-    """The pax header block announcing a 30-byte ``mtime=SSSSSSSSSS.NNNNNNNNN`` record: the same for every
-    member whose mtime has 10 digits of seconds, so it is built once (tarfile's generic path costs ~30 µs
-    a member, which dominates the backup of many small files)."""
-    info = tarfile.TarInfo("x")
-    info.pax_headers = {_PAX_MTIME: "1000000000.000000000"}
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")[:512]
-
-
-_PAX_MTIME_BLOCK = _pax_mtime_block()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _json_str = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str, in C
@@ -125,7 +114,7 @@ def _header(name: str, mode: int, st: os.stat_result, kind: bytes, size: int = 0
         ustar = ustar_header(name.encode(), mode, st.st_uid, st.st_gid, size, sec, kind, linkname.encode())
         if ustar is not None:
             record = b"30 mtime=%d.%09d\n" % (sec, ns)
-            return b"".join((_PAX_MTIME_BLOCK, record, _ZERO[len(record) :], ustar))
+            return b"".join((PAX_MTIME_BLOCK, record, _ZERO[len(record) :], ustar))
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.size, info.linkname = kind, mode, size, linkname
     info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, sec

@@ -1,7 +1,7 @@
 """Many small files (issue #24): data-manager's directory source against ``tar | zstd -1`` and restic.
 
     python bench/bench_small_files.py [--files 200000] [--million] [--rounds 1] [--no-restic]
-                                      [--work DIR] [--keep]
+                                      [--work DIR] [--keep] [--old-code DIR]
 
 Trees: ``--files N`` files of 10-200 bytes of text-like data (default 200,000, 1,000 a directory), and with
 ``--million`` 1,000,000 files of a few bytes (slow to create: a minute or more). Each tree is backed up and
@@ -16,7 +16,8 @@ restored by every contender in the same run, from a warm page cache:
 Wall time, CPU time and the peak RSS of the largest process of each tree are measured (GNU ``time``); with
 ``--rounds N`` contenders alternate round after round and each is reported by its median run. Prints the
 per-file cost and the ratios the issue targets: backup <= 2x tar + zstd, restore <= 2x tar -x, both faster
-than restic, RSS < 256 MB at 1 M files. ``--work DIR`` keeps (and reuses) the trees there between runs.
+than restic, RSS < 256 MB at 1 M files. ``--work DIR`` keeps (and reuses) the trees there between runs;
+``--old-code DIR`` adds rows for another version of data-manager (``git archive REV | tar -x -C DIR``).
 
 The figures measured while working on issue #24 are in ``docs/sources/directory.md`` (section *Many small
 files*).
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from common import Measurement, dm_command, medians, report, run
 
+RUN_OUTPUTS = ("backups", "backups-old", "restic", "restic-cache", "tar.zst", "x-tar", "x-dm", "x-dm-old", "x-restic")
 WORDS = [b"sample", b"value", b"run", b"temp", b"id", b"ok", b"1.25", b"-0.75", b"42", b"x", b"y", b"z", b"\n"]
 
 
@@ -83,19 +85,20 @@ def drop(path: Path) -> None:
 class Contenders:
     """One tree's contenders, each a backup and a restore command."""
 
-    def __init__(self, work: Path, src: Path, restic: bool) -> None:
-        self.work, self.src, self.restic = work, src, restic
-        self.config = work / "dm.toml"
-        self.config.write_text(
-            f'[storages.local]\ntype = "filesystem"\nroot = "{work / "backups"}"\n'
-            f'[datasets.bench]\n[[datasets.bench.sources]]\nname = "tree"\ntype = "directory"\npath = "{src}"\n'
-        )
+    def __init__(self, work: Path, src: Path, restic: bool, old_code: Path | None) -> None:
+        self.work, self.src, self.restic, self.old_code = work, src, restic, old_code
+        self.config, self.old_config = work / "dm.toml", work / "dm-old.toml"
+        for config, backups in ((self.config, "backups"), (self.old_config, "backups-old")):
+            config.write_text(
+                f'[storages.local]\ntype = "filesystem"\nroot = "{work / backups}"\n'
+                f'[datasets.bench]\n[[datasets.bench.sources]]\nname = "tree"\ntype = "directory"\npath = "{src}"\n'
+            )
         self.restic_env = {"RESTIC_REPOSITORY": str(work / "restic"), "RESTIC_PASSWORD": "bench-small-files",
                            "RESTIC_CACHE_DIR": str(work / "restic-cache")}
 
     def round(self, nbytes: int) -> list[Measurement]:
         w, src = self.work, self.src
-        for p in ("backups", "restic", "restic-cache", "tar.zst", "x-tar", "x-dm", "x-restic"):
+        for p in RUN_OUTPUTS:
             drop(w / p)
         rows = [
             run("tar -c | zstd -1", f"tar -cf - -C {src} . | zstd -1 -q -T1 > {w}/tar.zst",
@@ -103,6 +106,10 @@ class Contenders:
             run("data-manager backup", [*dm_command(), "--config", str(self.config), "backup", "bench"],
                 nbytes=nbytes),
         ]
+        old_env = {"PYTHONPATH": str(self.old_code)} if self.old_code else None
+        if old_env:
+            rows.append(run("data-manager (old code) backup", [*dm_command(), "--config", str(self.old_config),
+                                                                "backup", "bench"], env=old_env, nbytes=nbytes))
         if self.restic:
             subprocess.run(["restic", "init", "--repository-version", "2", "-q"], env={**os.environ, **self.restic_env},
                            check=True, stdout=subprocess.DEVNULL)
@@ -113,6 +120,10 @@ class Contenders:
                         nbytes=nbytes))
         rows.append(run("data-manager restore", [*dm_command(), "--config", str(self.config), "restore", "--yes",
                                                  "--set", f"tree.path={w / 'x-dm'}", "bench"], nbytes=nbytes))
+        if old_env:
+            rows.append(run("data-manager (old code) restore",
+                            [*dm_command(), "--config", str(self.old_config), "restore", "--yes", "--set",
+                             f"tree.path={w / 'x-dm-old'}", "bench"], env=old_env, nbytes=nbytes))
         if self.restic:
             rows.append(run("restic restore", ["restic", "restore", "latest", "--target", str(w / "x-restic")],
                             env=self.restic_env, nbytes=nbytes))
@@ -149,14 +160,16 @@ def summarize(title: str, rows: list[Measurement], files: int) -> None:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
 
 
-def bench_tree(work: Path, name: str, files: int, lo: int, hi: int, rounds: int, restic: bool) -> None:
+def bench_tree(work: Path, name: str, files: int, lo: int, hi: int, rounds: int, restic: bool,
+               old_code: Path | None) -> None:
     src = work / name
     print(f"making {files} files of {lo}-{hi} bytes in {src} ...", flush=True)
     nbytes = make_tree(src, files, lo, hi)
     tree_work = work / f"{name}-runs"
     tree_work.mkdir(exist_ok=True)
-    contenders = Contenders(tree_work, src, restic)
-    run("warm page cache (tar > /dev/null)", f"tar -cf - -C {src} . > /dev/null", shell=True)
+    contenders = Contenders(tree_work, src, restic, old_code)
+    # Through a pipe: GNU tar writing to /dev/null itself skips reading the files' data.
+    run("warm page cache (tar | cat > /dev/null)", f"tar -cf - -C {src} . | cat > /dev/null", shell=True)
     results = []
     for i in range(rounds):
         results.append(contenders.round(nbytes))
@@ -167,7 +180,7 @@ def bench_tree(work: Path, name: str, files: int, lo: int, hi: int, rounds: int,
     report(title.replace("small files", f"small_files_{files}"), rows, baseline="tar -c | zstd -1",
            extra={"files": files, "rounds": rounds})
     summarize(title, rows, files)
-    for p in ("backups", "restic", "restic-cache", "tar.zst", "x-tar", "x-dm", "x-restic"):
+    for p in RUN_OUTPUTS:
         drop(tree_work / p)
 
 
@@ -179,6 +192,8 @@ def main() -> None:
     ap.add_argument("--no-restic", action="store_true")
     ap.add_argument("--work", type=Path, help="keep the trees here and reuse them (default: a temporary dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--old-code", type=Path, help="a tree of older data-manager code to run beside this one "
+                    "(e.g. git archive REV | tar -x -C DIR), on its PYTHONPATH")
     args = ap.parse_args()
     restic = not args.no_restic and shutil.which("restic") is not None
     if not restic and not args.no_restic:
@@ -187,9 +202,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.files:
-            bench_tree(work, f"small-{args.files}", args.files, 10, 200, args.rounds, restic)
+            bench_tree(work, f"small-{args.files}", args.files, 10, 200, args.rounds, restic, args.old_code)
         if args.million:
-            bench_tree(work, "tiny-1000000", 1_000_000, 1, 8, args.rounds, restic)
+            bench_tree(work, "tiny-1000000", 1_000_000, 1, 8, args.rounds, restic, args.old_code)
     finally:
         if args.work is None and not args.keep:
             rmtree(work)

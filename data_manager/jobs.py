@@ -9,7 +9,7 @@ Path: ``$DATA_MANAGER_STATE``, else ``[state] path`` in the config, else
 connection (several processes may share one database; SQLite's busy timeout serialises them).
 
 Errors are stored scrubbed of secrets (:func:`data_manager.scrub.scrub`), and a database we create is
-readable by its owner only (mode 0600, its directory 0700; SQLite gives its WAL files the same mode).
+readable by its owner only (mode 0600, its directory 0700; SQLite gives its journal the same mode).
 
 This module also holds the job watchdog (timeouts) and the duration parser shared by the config tables.
 """
@@ -213,9 +213,9 @@ def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] 
     ``immediate``: for reads): committed when the block ends, rolled back on any error; SQLite's errors as
     one :class:`DataManagerError` line naming the file.
 
-    The database is in WAL mode (set by ``prepare``, kept in the file): readers see a snapshot and never
-    wait for a writer, and a commit is one append to the log (``synchronous = NORMAL``: durable across a
-    killed process; a power cut may lose the last commits, never the database).
+    A deferred transaction takes SQLite's shared lock at its first read, so readers run side by side and
+    wait only while a writer commits. (WAL mode was measured under bench_service's load: many job processes
+    opening and closing connections gave "disk I/O error" on reads; the rollback journal stays.)
 
     ``prepare(con)`` (a schema, a version check) runs before the transaction; when it is given, the directory
     (0700) and the file (0600) are created first if missing: SQLite would create the file with the umask's
@@ -231,9 +231,7 @@ def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] 
     try:
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA foreign_keys = ON")
-        con.execute("PRAGMA synchronous = NORMAL")
         if prepare is not None:
-            con.execute("PRAGMA journal_mode = WAL")
             prepare(con)
         con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         yield con

@@ -130,8 +130,8 @@ class Store:
         return state_transaction(self.path, None if self._ready else self._prepare)
 
     def read(self) -> Any:
-        """A read-only transaction: deferred, so in WAL mode it reads a snapshot and neither waits for nor
-        blocks the writers (the API's reads while job processes commit)."""
+        """A read-only transaction: deferred, so readers share the database instead of queueing for its
+        write lock one after the other (the API's reads while job processes commit)."""
         con = getattr(self._local, "con", None)
         if con is not None:
             return nullcontext(con)

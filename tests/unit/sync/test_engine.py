@@ -514,3 +514,35 @@ def test_a_failed_upload_never_makes_a_complete_backup(tmp_path: Path) -> None:
     assert stats(again)["uploaded"] >= 1  # f29 at least
     same_tree(src, restored(again, tmp_path))
     assert again.verify("exp").ok
+
+
+def test_checksum_streams_large_files_and_keeps_the_object_when_unchanged(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))  # above the 1 MiB held in memory: streamed to the storage
+    dm = manager(tmp_path, src, checksum=True)
+    dm.backup("exp")
+    stored = mirror(tmp_path) / "big.bin"
+    inode = stored.stat().st_ino
+    os.utime(big, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))  # touched: same bytes
+    dm.backup("exp")
+    assert stats(dm)["uploaded"] == 0 and stored.stat().st_ino == inode  # the upload was abandoned
+    data = bytearray(big.read_bytes())
+    data[100] ^= 1
+    big.write_bytes(bytes(data))
+    os.utime(big, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    dm.backup("exp")
+    assert stats(dm)["uploaded"] == 1 and stored.read_bytes() == bytes(data)
+    same_tree(src, restored(dm, tmp_path))
+
+
+def test_two_names_for_one_object_fail_the_backup_in_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-\\xff").write_text("a literal backslash name")
+    with open(os.fsencode(str(src)) + b"/a-\xff", "wb") as f:
+        f.write(b"a latin-1 name")
+    dm = manager(tmp_path, src)
+    with pytest.raises(DataManagerError, match=r"have one mirror name 'a-\\\\xff'"):
+        dm.backup("exp")

@@ -45,7 +45,7 @@ from ...types import Compression, ObjectWriter, Settings, Storage
 from ..base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink, read_json_object
 from ..records import MANIFEST, SOURCE_MANIFEST, ArtifactRecord, BackupInfo, SourceRecord, checked_sources
 from ..streams import ReadAhead, StoredArtifacts
-from ..worm import VerifyingReader, write_json
+from ..worm import VerifyingReader, WormEngine, write_json
 from .names import ancestors, check_path, mirror_name
 from .tarsplit import BLOCK, FILE_RECORD_MAX, LITERAL_MAX, Member, Skeleton, TarSplitter
 
@@ -900,7 +900,14 @@ class SyncEngine(RepositoryEngine):
         found = list(self.storage.sweep_unfinished(f"{data_id}/{BACKUPS}/{timestamp}", older_than, remove=remove))
         return found + list(self.storage.sweep_unfinished(f"{data_id}/{MIRROR}", older_than, remove=remove))
 
-    # ---- retention: a backup's records go; the mirror is the newest backup's, whatever is forgotten
+    # ---- retention: a backup's records go; the mirror is the newest backup's, whatever is forgotten.
+    # Holds are worm's: DATA_ID/.holds/TIMESTAMP.json (the same objects, the same checks).
+
+    HOLDS = WormEngine.HOLDS
+    HOLD_FORMAT = WormEngine.HOLD_FORMAT
+    _hold_key = WormEngine._hold_key
+    holds = WormEngine.holds
+    set_hold = WormEngine.set_hold
 
     def forget(self, data_id: str, timestamps: Collection[str]) -> list[str]:
         """Remove the records of these complete backups (``backup.json`` first: an interrupted forget leaves
@@ -912,7 +919,10 @@ class SyncEngine(RepositoryEngine):
         for ts in stamps:
             check_timestamp(ts)
         newest = self.last_complete(data_id)
+        held = self.holds(data_id)
         for ts in stamps:
+            if ts in held:
+                raise UsageError(f"backup {data_id}/{ts} is held ({held[ts]}); not forgotten")
             if self.read_manifest(data_id, ts) is None:
                 raise UsageError(f"backup {data_id}/{ts} is not a complete backup in {self.location()}; "
                                  f"incomplete ones are removed by cleanup")

@@ -546,3 +546,24 @@ def test_two_names_for_one_object_fail_the_backup_in_one_line(tmp_path: Path) ->
     dm = manager(tmp_path, src)
     with pytest.raises(DataManagerError, match=r"have one mirror name 'a-\\\\xff'"):
         dm.backup("exp")
+
+
+def test_a_held_backup_is_not_forgotten(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    cfg = config(tmp_path, src)
+    cfg["datasets"]["exp"]["retention"] = {"keep_last": 1}
+    dm = DataManager.from_dict(cfg)
+    for _ in range(3):
+        dm.backup("exp")
+    stamps = [b.timestamp for b in dm.repository("vault").backups("exp")]
+    dm.hold("exp", stamps[0], "audit")
+    assert "audit" in dm.holds("exp")[stamps[0]]
+    dm.forget("exp")
+    assert [b.timestamp for b in dm.repository("vault").backups("exp")] == [stamps[0], stamps[2]]
+    with pytest.raises(DataManagerError, match="is held"):
+        dm.repository("vault").forget("exp", [stamps[0]])
+    dm.unhold("exp", stamps[0])
+    dm.forget("exp")
+    assert [b.timestamp for b in dm.repository("vault").backups("exp")] == [stamps[2]]

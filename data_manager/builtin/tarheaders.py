@@ -33,6 +33,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _MAX_ID = 0o7777777
 _MAX_SIZE = 0o77777777777
 _ADLER_MOD = 65521
+_MAX_PAX = 1 << 20  # a pax header is read whole: a crafted size must not make it hold a volume in memory
 
 
 def _byte_sum(data: bytes) -> int:
@@ -221,6 +222,8 @@ class TarReader:
             if size_n < 0:
                 raise TarFormatError("negative member size")
             if kind == PAX:
+                if size_n > _MAX_PAX:
+                    raise TarFormatError(f"a pax extended header of {size_n} bytes")
                 padded = size_n + (-size_n % BLOCK)
                 body = self._take(padded)
                 if len(body) < padded:

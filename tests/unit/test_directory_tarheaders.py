@@ -234,3 +234,21 @@ def test_edge_entries_round_trip_and_the_volumes_are_tar(tmp_path: Path) -> None
     setuid = os.fsencode("setuid")
     assert after.pop(setuid)[1] == before.pop(setuid)[1] & ~0o4000  # setuid dropped on restore
     assert after == before
+
+
+def test_a_huge_pax_header_is_refused_before_it_is_read() -> None:
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, 1 << 30
+    data = info.tobuf(tarfile.USTAR_FORMAT) + bytes(4096)
+    with pytest.raises(TarFormatError, match="pax extended header of"):
+        list(TarReader(io.BytesIO(data)))
+
+
+def test_a_huge_member_size_fails_at_the_end_of_the_data_not_in_memory() -> None:
+    info = tarfile.TarInfo("big")
+    info.size = 1 << 40
+    data = info.tobuf(tarfile.PAX_FORMAT) + b"x" * 1000
+    reader = TarReader(io.BytesIO(data), 256)
+    member = next(iter(reader))
+    assert member.size == 1 << 40
+    assert len(reader.data(1 << 20)) == 1000  # what there is, then the caller reports the shortfall

@@ -180,7 +180,7 @@ class DirectorySource(Source):
         index = sink.open(INDEX, compression="none")
         lines: list[str] = []  # files.jsonl, written some thousand lines at a time
         try:
-            root_fd = os.open(self.path, _DIR_FLAGS)
+            root_fd = os.open(self.path, _DIR_FLAGS & ~os.O_NOFOLLOW)  # a root that is a symlink is followed
         except OSError as exc:
             raise SourceError(f"source {self.name!r}: cannot read {self.path}: {exc.strerror}") from None
         try:

@@ -252,3 +252,24 @@ def test_a_huge_member_size_fails_at_the_end_of_the_data_not_in_memory() -> None
     member = next(iter(reader))
     assert member.size == 1 << 40
     assert len(reader.data(1 << 20)) == 1000  # what there is, then the caller reports the shortfall
+
+
+def test_a_source_path_that_is_a_symlink_is_followed(tmp_path: Path) -> None:
+    """The walk opens directories with O_NOFOLLOW below the root, not the root itself."""
+    from data_manager.api import DataManager
+    from tests.helpers import snapshot
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.txt").write_text("a")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    dm = DataManager.from_dict({
+        "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
+        "datasets": {"d": {"sources": [{"name": "raw", "type": "directory", "path": str(link)}]}},
+    })
+    before = snapshot(real)
+    dm.backup("d")
+    (real / "a.txt").unlink()
+    dm.restore("d")
+    assert link.is_symlink() and snapshot(real) == before

@@ -263,7 +263,10 @@ class DirectorySource(Source):
             if size >= _SMALL:
                 volume, offset, digest = self._pack_large(fd, rel, st, packed, stored, buf, changed)
             else:
-                data = os.read(fd, size + 1)
+                try:
+                    data = os.read(fd, size + 1)
+                except OSError as exc:  # e.g. replaced by a directory since the walk
+                    raise SourceError(f"source {self.name!r}: cannot read {self.path / rel}: {exc.strerror}") from None
                 head = _header(rel, perm, st, REG, size)
                 volume, offset = packed.start()
                 offset += len(head)

@@ -27,6 +27,23 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "t
 
 
 @pytest.fixture
+def reachable_python() -> Iterator[None]:
+    """Let ``nobody`` run this environment's Python: tox makes ``.tox`` 0700, so directories above
+    ``sys.prefix`` that others cannot traverse get o+x (search, not listing) for the test, and lose it after."""
+    changed = []
+    for d in reversed(Path(sys.prefix).resolve().parents):
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod(mode | 0o001)
+            changed.append((d, mode))
+    try:
+        yield
+    finally:
+        for d, mode in reversed(changed):
+            d.chmod(mode)
+
+
+@pytest.fixture
 def world() -> Iterator[Path]:
     """A directory every user may enter (pytest's tmp_path is private to root)."""
     base = Path(tempfile.mkdtemp(prefix="dm-shared-"))
@@ -53,9 +70,9 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs_root
-def test_an_append_user_adds_and_reads_but_cannot_remove_the_admins_objects(world: Path) -> None:
+def test_an_append_user_adds_and_reads_but_cannot_remove_the_admins_objects(world: Path, reachable_python: None) -> None:
     assert shutil.which("setpriv"), "setpriv (util-linux) is needed"
-    probe = as_nobody(sys.executable, "-c", "pass")
+    probe = as_nobody(sys.executable, "-c", "import data_manager.cli, pluggy, cryptography")
     assert probe.returncode == 0, f"user nobody cannot run {sys.executable}: {probe.stderr}"
     vault = world / "vault"
     vault.mkdir(mode=0o3770)

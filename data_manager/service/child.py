@@ -4,8 +4,7 @@ Asks the kernel to send SIGTERM when the thread that started it ends (``PR_SET_P
 died, even by ``kill -9``), exits at once if the service is already gone, then runs the ``data-manager``
 command with ARGS. The command turns SIGTERM into Ctrl-C, so the job releases the dataset and its lock
 and exits 130; the next service marks the job interrupted and runs it again with ``--resume``.
-Done here, after exec, rather than in a ``preexec_fn`` (unsafe in a process with threads). The job also
-lowers its CPU priority (``job_nice``, from the environment): backups are batch work, the API is not.
+Done here, after exec, rather than in a ``preexec_fn`` (unsafe in a process with threads).
 """
 
 from __future__ import annotations
@@ -25,9 +24,6 @@ def main() -> None:
         sys.exit(f"data-manager: error: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
     if os.getppid() != parent:  # the service died before the signal was armed
         sys.exit(130)
-    nice = os.environ.pop("DATA_MANAGER_SERVICE_NICE", "0")
-    if nice.isdigit() and int(nice) > 0:
-        os.nice(int(nice))
     from data_manager.cli import main as cli
 
     cli(args=sys.argv[2:], prog_name="data-manager")

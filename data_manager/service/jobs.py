@@ -51,7 +51,6 @@ from .store import CANCELLED, DONE, FAILED, PENDING, RUNNING, Store
 log = logging.getLogger(__name__)
 
 JOB_ENV = "DATA_MANAGER_SERVICE_JOB"
-NICE_ENV = "DATA_MANAGER_SERVICE_NICE"  # the child lowers its CPU priority by this much (job_nice)
 PROGRESS_EVERY = 1.0  # seconds between two job.progress events of one job
 ADOPT_WAIT = 30.0  # how long a restarted service waits for a dead service's child to finish stopping
 WINDOW_GRACE = 60.0  # how long a backup stopped at its window's end has to release its lock before SIGKILL
@@ -244,7 +243,7 @@ class Launcher:
                  job["data_id"], iso(opens))
 
     def _spawn(self, job: dict[str, Any], resume: bool, window_end: datetime | None = None) -> None:
-        env = {**os.environ, JOB_ENV: job["id"], NICE_ENV: str(self.settings.job_nice), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, JOB_ENV: job["id"], "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen(self.command(job, resume), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, start_new_session=True)

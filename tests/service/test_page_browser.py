@@ -98,6 +98,14 @@ def severe_console_errors(driver: WebDriver) -> list[str]:
             if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
 
 
+def slow_config(tmp_path: Path, tokens: bool = False) -> Path:
+    """The conftest's config with source ``b`` grown to 8 MiB at 1 MiB/s: the backup runs about 8 s, long
+    enough for the page to show progress also on a loaded machine (3 MiB once ended before it did)."""
+    config = write_config(tmp_path, slow_mib=1, tokens=tokens)
+    (tmp_path / "data" / "d1" / "b" / "file.bin").write_bytes(os.urandom(8 << 20))
+    return config
+
+
 def live_backup(driver: WebDriver, client: httpx.Client, base_url: str, tmp_path: Path, prefix: str) -> None:
     """Load ``/`` (or stay on it), post a backup, and follow it in the page: running with progress, then
     gone from the running table and the dataset's newest backup updated, with no reload."""
@@ -121,7 +129,7 @@ def live_backup(driver: WebDriver, client: httpx.Client, base_url: str, tmp_path
 
     def progress_or_end(d: WebDriver) -> str | None:
         """The progress text once ``job.progress`` events show bytes read, or "finished" if the job ended
-        first (the first event says 0 bytes; the backup of 3 MiB at 1 MiB/s gives a few more)."""
+        first (the first event says 0 bytes; the backup of 8 MiB at 1 MiB/s gives a few more)."""
         if cell(d, row, 3) is None:
             return "finished"
         text = cell(d, row, 4) or ""
@@ -129,7 +137,7 @@ def live_backup(driver: WebDriver, client: httpx.Client, base_url: str, tmp_path
 
     progress = wait(driver, f"progress of job {job_id}", progress_or_end)
     screenshot(driver, tmp_path, f"{prefix}-running")
-    assert progress != "finished", "the 3 s backup ended before the page showed any progress"
+    assert progress != "finished", "the 8 s backup ended before the page showed any progress"
 
     job = wait_job(client, job_id, timeout=60)
     assert job["state"] == "done", job
@@ -146,7 +154,7 @@ def live_backup(driver: WebDriver, client: httpx.Client, base_url: str, tmp_path
 
 def test_page_follows_a_backup_live(tmp_path: Path, serve_factory: Any, browser: WebDriver) -> None:
     """No tokens on loopback (allowed): the page and its events are open."""
-    config = write_config(tmp_path, slow_mib=1)  # 3 MiB at 1 MiB/s: the backup runs a few seconds
+    config = slow_config(tmp_path)
     server = serve_factory(config).start()
     with httpx.Client(base_url=server.url, timeout=10) as client:
         live_backup(browser, client, server.url, tmp_path, "page")
@@ -156,7 +164,7 @@ def test_page_follows_a_backup_live(tmp_path: Path, serve_factory: Any, browser:
 def test_page_with_tokens_after_login(tmp_path: Path, serve_factory: Any, browser: WebDriver) -> None:
     """With tokens, ``/`` sends the browser to ``/login``; the read token given there is kept as a cookie,
     which also authorises the page's ``EventSource`` (a browser cannot send an Authorization header)."""
-    config = write_config(tmp_path, slow_mib=1, tokens=True)
+    config = slow_config(tmp_path, tokens=True)
     server = serve_factory(config, env=token_env()).start()
     browser.get(server.url + "/")
     assert browser.current_url == server.url + "/login"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import queue
 import struct
 import threading
 import time
@@ -62,7 +63,8 @@ SKELETON_SUFFIX = ".tarsplit"
 DEFAULT_DELETE_AFTER = 7 * 86400.0
 SOURCE_TYPES = ("directory",)  # the sources whose artifacts are tar volumes of files
 BUFFER = 1 << 20  # files up to this size are held in memory until their digest says whether to upload
-UPLOADERS = 4  # threads uploading those (each object's latency overlaps: a PUT, an fsync); 2x as many queued
+UPLOADERS = 4  # upload threads (each object's latency overlaps: a PUT, an fsync); 2x as many objects queued
+IN_FLIGHT = 32 << 20  # bytes of larger files queued for the upload threads, at most (flat memory)
 JOURNAL_EVERY = 1000  # files, or
 JOURNAL_SECONDS = 30.0
 _HEX = set("0123456789abcdef")
@@ -158,8 +160,8 @@ class _TarArtifact(ArtifactStreamBase):
         self._split = TarSplitter(self)
         self._member: Member | None = None
         self._hash: Any = None
-        self._buf: bytearray | None = None
-        self._writer: ObjectWriter | None = None
+        self._buf: list[memoryview] | None = None  # a small file's blocks, until its digest is known
+        self._stream: _Stream | None = None
         self._reused: str | None = None
         self._files = 0
         self._done = False
@@ -187,20 +189,30 @@ class _TarArtifact(ArtifactStreamBase):
         except ValueError as exc:
             raise DataManagerError(f"artifact {self.name}: {exc}") from None
         self._member = member
+        self._stream = None
+        # Unchanged by size and mtime (never with checksum): the bytes that follow, if the source sends them
+        # (it does for small files, which it reads whole before any engine can say), are neither hashed nor
+        # kept; the mirror's digest stands for them, as for a file the source did not read.
+        self._reused = self._sink.unchanged(member)
+        if self._reused is not None:
+            self._hash = self._buf = None
+            return
         self._hash = blake3()
-        self._buf = bytearray() if member.size <= BUFFER else None
-        self._writer = None
-        self._reused = None
+        self._buf = [] if member.size <= BUFFER else None
 
     def file_data(self, view: memoryview) -> None:
-        self._hash.update(view)
-        if self._buf is not None:
-            self._buf += view
+        if self._reused is not None:
             return
-        if self._writer is None:
+        self._hash.update(view)
+        if not isinstance(view.obj, bytes):  # a buffer the source may reuse: copied; bytes are kept as they are
+            view = memoryview(bytes(view))
+        if self._buf is not None:
+            self._buf.append(view)
+            return
+        if self._stream is None:
             assert self._member is not None
-            self._writer = self._sink.open_mirror(self._member.name)
-        self._writer.write(view)
+            self._stream = self._sink.stream(self._member.name)
+        self._stream.write(view)
 
     def file_end(self) -> None:
         m = self._member
@@ -214,15 +226,16 @@ class _TarArtifact(ArtifactStreamBase):
             same = known is not None and known["blake3"] == digest and known["size"] == m.size
             if self._buf is not None:
                 if not same:
-                    self._sink.upload(m.name, bytes(self._buf), _entry(m, digest))
+                    parts = self._buf
+                    self._sink.upload(m.name, parts[0] if len(parts) == 1 else b"".join(parts), _entry(m, digest))
                     uploaded = queued = True
-            elif self._writer is not None:
-                writer, self._writer = self._writer, None
+            elif self._stream is not None:
+                stream, self._stream = self._stream, None
                 if same:
-                    writer.abort()  # the object holds these bytes already
+                    stream.end(None)  # the object holds these bytes already: the upload is abandoned
                 else:
-                    writer.commit()
-                    uploaded = True
+                    stream.end(_entry(m, digest))
+                    uploaded = queued = True
         self._buf = None
         self._skeleton.file(m.name, m.size, digest)
         self._files += 1
@@ -288,9 +301,11 @@ class _TarArtifact(ArtifactStreamBase):
         if self._done:
             return
         self._done = True
-        for w in (self._writer, self._skel_writer):
-            if w is not None:
-                w.abort()
+        if self._stream is not None:
+            self._stream.end(None)
+            self._stream = None
+        if self._skel_writer is not None:
+            self._skel_writer.abort()
         try:
             self._sink.wait_uploads()
         except BaseException as exc:  # the upload that failed: this abort's cause, or found by it
@@ -359,6 +374,83 @@ class _PlainArtifact(ArtifactStreamBase):
         super().close()
 
 
+class _Budget:
+    """At most ``limit`` bytes handed to upload threads and not written yet (one block more than the limit
+    is let through when nothing is in flight, so a block larger than the limit cannot wait forever)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            while self._used and self._used + n > self._limit:
+                self._cond.wait()
+            self._used += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self._used -= n
+            self._cond.notify_all()
+
+
+_END = object()
+
+
+class _Stream:
+    """A larger file's bytes on their way to its mirror object, written by an upload thread while the source
+    reads on: :meth:`write` queues a copy of each block (within the sink's byte budget), :meth:`end` says
+    whether to commit (with the manifest entry, journaled once committed) or abandon the object."""
+
+    def __init__(self, sink: SyncSourceSink, writer: ObjectWriter) -> None:
+        self._sink = sink
+        self._writer = writer
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ended = False
+
+    def write(self, view: memoryview) -> None:
+        """Queue a block (a view of immutable bytes: kept, not copied)."""
+        self._sink.raise_failed()  # an upload failed: stop reading now, not at the volume's end
+        self._sink.budget.take(view.nbytes)
+        self._queue.put(view)
+
+    def end(self, entry: dict[str, Any] | None) -> None:
+        """Commit the object once every block is written (``entry``), or abort it (None). Idempotent."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put((_END, entry))
+
+    def pump(self) -> None:
+        """On an upload thread: write the blocks as they come, then commit or abort. After a failure the
+        blocks are still taken off the queue (the budget freed), so the source never waits on a dead upload."""
+        failure: BaseException | None = None
+        while True:
+            item = self._queue.get()
+            if isinstance(item, tuple):
+                entry = item[1]
+                break
+            try:
+                if failure is None:
+                    self._writer.write(item)
+            except BaseException as exc:
+                failure = exc
+                self._sink.failed(exc)
+            finally:
+                self._sink.budget.give(item.nbytes)
+        if failure is not None or entry is None:
+            self._writer.abort()
+            if failure is not None:
+                raise failure
+            return
+        try:
+            self._writer.commit()
+        except BaseException:
+            self._writer.abort()
+            raise
+        self._sink.journaled(entry)
+
+
 class SyncSourceSink(SourceSink):
     """One directory source mirrored below ``DATA_ID/mirror/SOURCE/``."""
 
@@ -384,6 +476,7 @@ class SyncSourceSink(SourceSink):
         self._journal_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(2 * UPLOADERS)
+        self.budget = _Budget(IN_FLIGHT)
         self._inflight: set[Future[None]] = set()
         self._failed: BaseException | None = None
         self._journal_at = time.monotonic()
@@ -442,16 +535,27 @@ class SyncSourceSink(SourceSink):
                 self.storage.delete(self.key(p))
                 self.stats["removed_early"] += 1
 
-    def upload(self, path: str, data: bytes, entry: dict[str, Any]) -> None:
+    def upload(self, path: str, data: bytes | memoryview, entry: dict[str, Any]) -> None:
         """Store a small file's object on an upload thread (at most ``2 * UPLOADERS`` waiting); journaled once
         committed. The first failure is raised by the next call, or by :meth:`wait_uploads`."""
-        self._raise_failed()
+        self.raise_failed()
         writer = self.open_mirror(path)  # names checked and the way cleared here, in order
+        self._submit(self._put, writer, writer, data, entry)
+
+    def stream(self, path: str) -> _Stream:
+        """A larger file's object, written on an upload thread as its blocks come (see :class:`_Stream`)."""
+        self.raise_failed()
+        writer = self.open_mirror(path)
+        stream = _Stream(self, writer)
+        self._submit(stream.pump, writer)
+        return stream
+
+    def _submit(self, job: Callable[..., None], writer: ObjectWriter, *args: Any) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(UPLOADERS, thread_name_prefix="dm-sync-upload")
         self._slots.acquire()
         try:
-            future = self._pool.submit(self._put, writer, data, entry)
+            future = self._pool.submit(job, *args)
         except BaseException:
             self._slots.release()
             writer.abort()
@@ -460,15 +564,25 @@ class SyncSourceSink(SourceSink):
             self._inflight.add(future)
         future.add_done_callback(self._uploaded)
 
-    def _put(self, writer: ObjectWriter, data: bytes, entry: dict[str, Any]) -> None:
+    def _put(self, writer: ObjectWriter, data: bytes | memoryview, entry: dict[str, Any]) -> None:
         try:
             writer.write(data)
             writer.commit()
         except BaseException:
             writer.abort()
             raise
+        self.journaled(entry)
+
+    def journaled(self, entry: dict[str, Any]) -> None:
+        """``entry``'s object is committed: the next journal lists it."""
         with self._journal_lock:
             self._journal.append(entry)
+
+    def failed(self, exc: BaseException) -> None:
+        """An upload failed: the next call of the source's thread raises it."""
+        with self._journal_lock:
+            if self._failed is None:
+                self._failed = exc
 
     def _uploaded(self, future: Future[None]) -> None:
         self._slots.release()
@@ -478,7 +592,8 @@ class SyncSourceSink(SourceSink):
             if exc is not None and self._failed is None:
                 self._failed = exc
 
-    def _raise_failed(self) -> None:
+    def raise_failed(self) -> None:
+        """Raise the first upload failure, if any (called by the source's thread)."""
         if self._failed is not None:
             raise self._failed
 
@@ -491,7 +606,7 @@ class SyncSourceSink(SourceSink):
             exc = None if future.cancelled() else future.exception()
             if exc is not None:
                 raise exc
-        self._raise_failed()  # those that ended (and were called back) before the snapshot
+        self.raise_failed()  # those that ended (and were called back) before the snapshot
 
     def file_done(self, m: Member, digest: str, uploaded: bool, journal: bool = True) -> None:
         """``m`` is in the mirror (``uploaded``: by this run; ``journal``: committed already, else

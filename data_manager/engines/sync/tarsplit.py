@@ -19,14 +19,16 @@ Names are parsed as the directory source writes them: POSIX pax (``path``, ``lin
 
 from __future__ import annotations
 
-import json
 import struct
 import tarfile
 from dataclasses import dataclass
 from typing import Any
 
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+
 from blake3 import blake3
 
+from ...builtin.tarheaders import PAX_MTIME_BLOCK
 from ...errors import DataManagerError
 
 BLOCK = 512
@@ -35,6 +37,7 @@ LITERAL_MAX = 1 << 20  # an L record holds at most this much (the reader refuses
 FILE_RECORD_MAX = 64 << 10
 
 _HEADER, _META, _DATA, _SKIP, _END = range(5)
+_json_str = encode_basestring_ascii  # json.dumps(ensure_ascii=True) of a str, in C
 
 
 @dataclass
@@ -205,6 +208,13 @@ class TarSplitter:
         if block == ZERO:
             self._state = _END
             return
+        if block == PAX_MTIME_BLOCK:  # the directory source's pax header of one 30-byte mtime record: known
+            self._meta_kind = "x"
+            self._meta.clear()
+            self._left = BLOCK
+            self._meta_size = 30
+            self._state = _META
+            return
         info: Any = _ustar(block)
         if info is None:  # not plain POSIX ustar with octal fields: tarfile's general (slower) parser
             try:
@@ -268,7 +278,10 @@ class TarSplitter:
         kind = self._meta_kind
         self._state = _HEADER
         if kind == "x":
-            self._pax = parse_pax(data)
+            if len(data) == 30 and data.startswith(b"30 mtime=") and data[29] == 0x0A:  # the usual one record
+                self._pax = {"mtime": data[9:29].decode("ascii")}
+            else:
+                self._pax = parse_pax(data)
         elif kind == "L":
             self._longname = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == "K":
@@ -291,13 +304,22 @@ class Skeleton:
         self._write = write
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._lit = bytearray()
+        self._raw = bytearray()  # records not compressed yet: handed to zstd about LITERAL_MAX at a time
         self.tree = blake3()
         self.size = 0  # bytes of the volume described so far
 
     def _out(self, data: bytes) -> None:
-        out = self._z.compress(data)
-        if out:
-            self._write(out)
+        # One compress() call per record was 18,000 calls per 9,000 files: batching them costs one buffer.
+        self._raw += data
+        if len(self._raw) >= LITERAL_MAX:
+            self._compress()
+
+    def _compress(self) -> None:
+        if self._raw:
+            out = self._z.compress(bytes(self._raw))
+            self._raw.clear()
+            if out:
+                self._write(out)
 
     def literal(self, data: bytes) -> None:
         self._lit += data
@@ -315,7 +337,8 @@ class Skeleton:
 
     def file(self, path: str, size: int, digest: str) -> None:
         self.flush()
-        doc = json.dumps({"path": path, "size": size, "blake3": digest}, ensure_ascii=True).encode()
+        # What json.dumps(ensure_ascii=True) writes, without its per-call overhead (a record per file).
+        doc = f'{{"path": {_json_str(path)}, "size": {size}, "blake3": "{digest}"}}'.encode()
         self._out(b"F" + struct.pack("<I", len(doc)) + doc)
         self.tree.update(b"F" + struct.pack("<Q", size) + bytes.fromhex(digest))
         self.size += size
@@ -323,6 +346,7 @@ class Skeleton:
     def finish(self) -> None:
         self.flush()
         self._out(b"E")
+        self._compress()
         out = self._z.flush()
         if out:
             self._write(out)

@@ -269,14 +269,15 @@ class DataManager:
         return holds(self, data_id)
 
     def prune(self, targets: list[str] | tuple[str, ...] | None = None, *, dry_run: bool = False,
-              delete_delay: float = 86400.0) -> list[dict[str, Any]]:
+              delete_delay: float = 86400.0, max_unused: float | None = None) -> list[dict[str, Any]]:
         """Reclaim the space forgotten backups left in the storages ``targets`` (storage names, or datasets
         for their storage; none: every storage): a sweep of what an earlier run marked, once
         ``delete_delay`` seconds passed, then a new mark (:mod:`data_manager.operations.prune`). One report
-        per storage (phases with packs and bytes freed or rewritten); admin keys only, unless ``dry_run``."""
+        per storage (phases with packs and bytes freed or rewritten); admin keys only, unless ``dry_run``.
+        ``max_unused``: the share of the repository that may stay unused (None: the engine's default)."""
         from .operations.prune import prune
 
-        return prune(self, targets, dry_run=dry_run, delete_delay=delete_delay)
+        return prune(self, targets, dry_run=dry_run, delete_delay=delete_delay, max_unused=max_unused)
 
     def list_backups(self, data_id: str | None = None) -> list[BackupInfo]:
         """Backups of one dataset, or of every dataset, found in the configured storages; oldest first, each

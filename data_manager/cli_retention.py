@@ -56,6 +56,34 @@ def _duration(text: str | None, option: str) -> float | None:
     return seconds
 
 
+def _share(text: str | None, option: str) -> float | None:
+    """A percentage from the command line (``unlimited``: 100%); None when absent."""
+    from .units import parse_percent
+
+    if text is None:
+        return None
+    if text.strip().lower() == "unlimited":
+        return 1.0
+    share = parse_percent(text)
+    if share is None:
+        raise UsageError(f"{option} {text!r}: expected a percentage like 5% or 0%, or unlimited")
+    return share
+
+
+def _print_prune(reports: list[dict[str, Any]], dry_run: bool) -> None:
+    for r in reports:
+        click.echo(f"{r['storage']} ({r['location']}), {r['engine']}{': dry run, nothing changed' if dry_run else ''}")
+        for line in r.get("describe", []):
+            click.echo(f"  {line}")
+        for note in r.get("notes", []):
+            click.echo(f"note: {r['storage']}: {note}", err=True)
+
+
+_MAX_UNUSED_HELP = ("Rewrite partly unused packs only until at most this share of the repository stays unused "
+                    "(default 5%, as restic; 0%: free every unused byte; unlimited: delete only wholly unused "
+                    "packs, copy nothing).")
+
+
 def _table(decisions: list[Decision]) -> None:
     rows = [("TIMESTAMP", "ACTION", "REASONS")] + [(d.timestamp, d.action, ", ".join(d.reasons)) for d in decisions]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
@@ -88,9 +116,13 @@ def _policy_options(fn: Any) -> Any:
 @click.argument("data_id")
 @_policy_options
 @click.option("--dry-run", is_flag=True, help="Show every backup with keep or remove and why; change nothing.")
+@click.option("--prune", "then_prune", is_flag=True,
+              help="Then run prune on the dataset's storage in the same process (as restic's forget --prune; "
+                   "a dedup storage frees the space at a later prune, after its delete delay).")
 @click.option("--wait", "wait", metavar="SECONDS", help="If another job holds the dataset's lock, wait this long.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def forget(data_id: str, dry_run: bool, wait: str | None, as_json: bool, **policy: str | None) -> None:
+def forget(data_id: str, dry_run: bool, then_prune: bool, wait: str | None, as_json: bool,
+           **policy: str | None) -> None:
     """Remove the complete backups of DATA_ID that its retention policy does not keep.
 
     The policy is [datasets.DATA_ID.retention] in the config; options override its keys (0 turns one
@@ -104,9 +136,11 @@ def forget(data_id: str, dry_run: bool, wait: str | None, as_json: bool, **polic
         overrides[key] = _count(policy.get(key), option)
     overrides["keep_within"] = _duration(policy.get("keep_within"), "--keep-within")
     overrides["ttl"] = _duration(policy.get("ttl"), "--ttl")
-    result = _ctx().dm.forget(data_id, dry_run=dry_run, overrides=overrides, wait=_wait(wait))
+    dm = _ctx().dm
+    result = dm.forget(data_id, dry_run=dry_run, overrides=overrides, wait=_wait(wait))
+    pruned = dm.prune([result.storage], dry_run=dry_run) if then_prune else None
     if as_json:
-        _emit(result.to_json())
+        _emit(result.to_json() | ({"prune": pruned} if pruned is not None else {}))
         return
     click.echo(f"{data_id} in {result.storage} ({result.location}): {result.policy.describe()}")
     if result.decisions:
@@ -120,6 +154,8 @@ def forget(data_id: str, dry_run: bool, wait: str | None, as_json: bool, **polic
     else:
         job = f" (job {result.job_id})" if result.job_id else ""
         click.echo(f"{data_id}: {kept} kept, {len(result.removed)} removed{job}")
+    if pruned is not None:
+        _print_prune(pruned, dry_run)
 
 
 @click.command(name="hold")
@@ -176,8 +212,10 @@ def holds(data_id: str, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what each phase would free or rewrite; change nothing.")
 @click.option("--delete-delay", "delete_delay", metavar="DURATION",
               help="How long after the mark the sweep may delete (default 24h; 0: at the next run).")
+@click.option("--max-unused", "max_unused", metavar="PERCENT", help=_MAX_UNUSED_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one report per storage as JSON.")
-def prune(targets: tuple[str, ...], dry_run: bool, delete_delay: str | None, as_json: bool) -> None:
+def prune(targets: tuple[str, ...], dry_run: bool, delete_delay: str | None, max_unused: str | None,
+          as_json: bool) -> None:
     """Reclaim the space that forgotten backups left in STORAGEs (or DATA_IDs' storages; default: every storage).
 
     Two phases, each run doing what is due: sweep (delete or rewrite the packs an earlier run marked, once
@@ -186,13 +224,9 @@ def prune(targets: tuple[str, ...], dry_run: bool, delete_delay: str | None, as_
     only. A worm storage has nothing to prune: forget frees its space.
     """
     delay = _duration(delete_delay, "--delete-delay")
-    reports = _ctx().dm.prune(list(targets), dry_run=dry_run, delete_delay=86400.0 if delay is None else delay)
+    reports = _ctx().dm.prune(list(targets), dry_run=dry_run, delete_delay=86400.0 if delay is None else delay,
+                              max_unused=_share(max_unused, "--max-unused"))
     if as_json:
         _emit(reports)
         return
-    for r in reports:
-        click.echo(f"{r['storage']} ({r['location']}), {r['engine']}{': dry run, nothing changed' if dry_run else ''}")
-        for line in r.get("describe", []):
-            click.echo(f"  {line}")
-        for note in r.get("notes", []):
-            click.echo(f"note: {r['storage']}: {note}", err=True)
+    _print_prune(reports, dry_run)

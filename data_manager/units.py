@@ -12,6 +12,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 SIZE_HINT = "a size like 128MiB or a number of bytes"
 DURATION_HINT = "a duration like 90s, 30m, 6h or 2d"
@@ -39,6 +40,14 @@ def parse_duration(value: Any) -> float | None:
         if m and float(m.group(1)) > 0:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     return None
+
+
+def parse_percent(value: Any) -> float | None:
+    """``"5%"`` -> 0.05, ``"0.5%"`` -> 0.005; None if ``value`` is not a percentage from 0% to 100%."""
+    m = _PERCENT.match(value) if isinstance(value, str) else None
+    if m is None or float(m.group(1)) > 100:
+        return None
+    return float(m.group(1)) / 100
 
 
 def human_size(n: int | None) -> str:

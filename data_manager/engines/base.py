@@ -353,11 +353,13 @@ class RepositoryEngine(ABC):
         under the dataset's lock. Space may be freed later (``prune``)."""
         raise UsageError(f"storage {self.storage.name!r} ({self.kind} engine) cannot forget backups")
 
-    def prune(self, *, dry_run: bool, delete_delay: float, progress: Progress | None = None) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, delete_delay: float, progress: Progress | None = None,
+              max_unused: float | None = None) -> dict[str, Any]:
         """``prune``: reclaim the space of forgotten backups that :meth:`forget` left behind (an engine that
         shares data between backups cannot free it at forget), admin keys only, never deleting what a
         complete backup, or a backup being written, uses; ``delete_delay`` seconds must pass between deciding
-        what is unused and deleting it; ``dry_run`` changes nothing. What it did or would do, as a JSON
+        what is unused and deleting it; ``dry_run`` changes nothing. ``max_unused`` (a fraction of the
+        repository, None: the engine's default) is how much unused space may stay in order to copy less. What it did or would do, as a JSON
         object: ``needed``, ``phases`` (each with packs and bytes freed or rewritten), ``notes``. This
         default: nothing to do (``worm`` frees the space at forget)."""
         return {"storage": self.storage.name, "location": self.location(), "engine": self.kind, "needed": False,

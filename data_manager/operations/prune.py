@@ -49,14 +49,18 @@ def storages_of(dm: DataManager, names: list[str] | tuple[str, ...] | None) -> l
 
 
 def prune(dm: DataManager, names: list[str] | tuple[str, ...] | None = None, *, dry_run: bool = False,
-          delete_delay: float = DEFAULT_DELETE_DELAY, progress: Any = None) -> list[dict[str, Any]]:
+          delete_delay: float = DEFAULT_DELETE_DELAY, progress: Any = None,
+          max_unused: float | None = None) -> list[dict[str, Any]]:
     """Prune each storage of ``names`` (storages or datasets; none: every storage), one after the other;
     what each did (or, with ``dry_run``, would do). The first failure stops the run."""
     if delete_delay < 0:
         raise UsageError(f"--delete-delay: must be 0 or more, not {delete_delay}")
+    if max_unused is not None and not 0 <= max_unused <= 1:
+        raise UsageError(f"--max-unused: must be between 0% and 100%, not {max_unused:.0%}")
     out = []
     for storage in storages_of(dm, names):
-        result = dm.repository(storage).prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress)
+        result = dm.repository(storage).prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress,
+                                                 max_unused=max_unused)
         for line in result.get("describe", []):
             log.info("prune %s: %s", storage, line)
         out.append(result)

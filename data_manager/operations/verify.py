@@ -8,7 +8,6 @@ fraction of the cost of a full read each time. What :class:`VerifyResult` report
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +17,14 @@ from ..errors import DataManagerError, UsageError, error_code
 from ..engines.base import RepositoryEngine
 from ..engines.records import ArtifactRecord, BackupInfo
 from ..scrub import scrub
-
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+from ..units import parse_percent
 
 
 def parse_sample(text: str, option: str = "--sample") -> float:
     """``"5%"`` -> 0.05 (more than 0, at most 100%); errors name ``option``."""
-    m = _PERCENT.match(text)
-    if m and 0 < float(m.group(1)) <= 100:
-        return float(m.group(1)) / 100
+    share = parse_percent(text)
+    if share:
+        return share
     raise UsageError(f"{option} {text!r}: expected a percentage of the stored data, like 5% or 0.5%")
 
 

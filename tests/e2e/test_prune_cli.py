@@ -134,3 +134,37 @@ def test_prune_usage_errors(setup) -> None:
     assert "--delete-delay" in r.stderr
     plain = ok(cli("prune", "plain", config=config, env=env)).stdout
     assert "nothing to prune" in plain
+
+
+def test_forget_prune_marks_in_the_same_run_and_max_unused_is_checked(setup, tmp_path: Path) -> None:
+    config, vault, env, raw = setup
+    ok(cli("repo", "init", "vault", config=config, env=env))
+    for i in range(2):
+        for old in raw.glob("unique-*"):
+            old.unlink()
+        (raw / f"unique-{i}.bin").write_bytes(os.urandom(1 << 20))
+        ok(cli("backup", "exp42", config=config, env=env))
+    kept = snapshot(raw)
+
+    for bad in ("5", "-1%", "101%", "lots"):
+        r = ok(cli("prune", "vault", "--max-unused", bad, config=config, env=env), 2)
+        assert "--max-unused" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (vault / "prune").exists()
+
+    done = json.loads(ok(cli("forget", "exp42", "--keep-last", "1", "--prune", "--json", config=config,
+                             env=env)).stdout)
+    assert len(done["removed"]) == 1
+    (mark,) = done["prune"][0]["phases"]
+    assert mark["phase"] == "mark" and mark["status"] == "done" and mark["tombstones"] == 1
+    swept = json.loads(ok(cli("prune", "vault", "--delete-delay", "0", "--max-unused", "0%", "--json",
+                              config=config, env=env)).stdout)
+    assert [p["status"] for p in swept[0]["phases"]][0] == "done"  # then a mark at 0% (if anything is left)
+    ok(cli("prune", "vault", "--delete-delay", "0", "--max-unused", "0%", config=config, env=env))
+    again = json.loads(ok(cli("prune", "vault", "--max-unused", "0%", "--dry-run", "--json", config=config,
+                              env=env)).stdout)
+    assert again[0]["phases"][-1]["status"] == "nothing to do", again  # 0%: every unused byte was freed
+    text = ok(cli("forget", "exp42", "--keep-last", "1", "--prune", config=config, env=env)).stdout
+    assert "0 removed" in text and "vault (" in text
+    target = tmp_path / "restored"
+    ok(cli("restore", "latest", "exp42", "--yes", "--set", f"raw.path={target}", config=config, env=env))
+    assert snapshot(target) == kept

@@ -974,9 +974,11 @@ class DedupEngine(RepositoryEngine):
         """A signed tombstone per backup (admin keys only); ``prune`` frees the space later."""
         return self.retention().forget(data_id, timestamps)
 
-    def prune(self, *, dry_run: bool, delete_delay: float, progress: Progress | None = None) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, delete_delay: float, progress: Progress | None = None,
+              max_unused: float | None = None) -> dict[str, Any]:
         """Sweep the pending plan once ``delete_delay`` passed, then mark (admin keys only)."""
-        return self.retention().prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress)
+        return self.retention().prune(dry_run=dry_run, delete_delay=delete_delay, progress=progress,
+                                      max_unused=max_unused)
 
     def retention_times(self, data_id: str) -> dict[str, Any]:
         """The storage's time for backups written by non-admin keys whose TIMESTAMP is implausible (the

@@ -93,8 +93,9 @@ ID_SIZE = 32
 DEFAULT_DELETE_DELAY = 86400.0
 #: a heartbeat older than this is a backup killed or paused: it no longer holds a sweep back
 WRITER_STALE_SECONDS = 600.0
-#: a partly dead pack is rewritten only when at least this share of its bytes is dead
-REPACK_UNUSED = 0.10
+#: partly dead packs are rewritten (deadest first) until the unused bytes left are at most this share of the
+#: repository (restic's --max-unused default)
+DEFAULT_MAX_UNUSED = 0.05
 #: a TIMESTAMP claimed by a non-admin key is believed when the storage wrote its pointer no more than this
 #: after (a backup's duration: the default job time limit), nor more than SKEW before (clocks). A longer
 #: backup only counts at its commit time; a forger can claim no more than this into the past.
@@ -797,7 +798,8 @@ class DedupRetention:
 
     # ---- prune
 
-    def prune(self, *, dry_run: bool, delete_delay: float, progress: Any = None) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, delete_delay: float, progress: Any = None,
+              max_unused: float | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
         engine = self.engine
         if dry_run:
@@ -818,13 +820,15 @@ class DedupRetention:
         if still:
             phases.append(Phase("mark", "skipped", reason=f"plan {still[-1].name} is not swept yet"))
         else:
-            phases.append(self._mark(plans, dry_run, delete_delay, notes))
+            phases.append(self._mark(plans, dry_run, delete_delay, notes,
+                                     DEFAULT_MAX_UNUSED if max_unused is None else max_unused))
         return {"storage": self.storage.name, "location": engine.location(), "engine": engine.kind,
                 "needed": True, "dry_run": dry_run, "delete_delay": delete_delay,
                 "phases": [p.to_json() for p in phases], "describe": [p.describe() for p in phases],
                 "notes": notes, "seconds": round(time.monotonic() - t0, 3)}
 
-    def _mark(self, plans: list[Plan], dry_run: bool, delete_delay: float, notes: list[str]) -> Phase:
+    def _mark(self, plans: list[Plan], dry_run: bool, delete_delay: float, notes: list[str],
+              max_unused: float) -> Phase:
         t0 = time.monotonic()
         engine = self.engine
         phase = Phase("mark", "would mark" if dry_run else "done")
@@ -847,6 +851,8 @@ class DedupRetention:
             seen: set[bytes] = set()
             doomed: list[dict[str, Any]] = []
             candidates: list[tuple[bytes, list[BlobEntry]]] = []
+            partial: list[tuple[PackRecord, list[BlobEntry], int, int]] = []
+            used = 0  # bytes of the packs that stay, live blobs only
             for _, records in index:
                 for rec in records:
                     if rec.pack_id in seen or rec.pack_id not in existing:
@@ -854,20 +860,27 @@ class DedupRetention:
                     seen.add(rec.pack_id)
                     hs = parse_pack_header(rec.header, "index").sealed_header_size
                     gone = [e for e in rec.entries if e.id not in live]
+                    if not gone or rec.pack_id in snap_packs:
+                        kept.add_many(e.id for e in rec.entries)
+                        used += rec.size
+                        continue
                     live_bytes = sum(hs + e.stored for e in rec.entries if e.id in live)
                     dead_bytes = sum(hs + e.stored for e in gone)
-                    action = None
-                    if gone and rec.pack_id not in snap_packs:
-                        if not live_bytes:
-                            action = "delete"
-                        elif dead_bytes >= REPACK_UNUSED * rec.size:
-                            action = "repack"
-                    if action is None:
-                        kept.add_many(e.id for e in rec.entries)
+                    if live_bytes:
+                        partial.append((rec, gone, live_bytes, dead_bytes))
+                        used += live_bytes
                         continue
-                    doomed.append({"pack": rec.pack_id.hex(), "kind": rec.kind, "size": rec.size, "action": action,
-                                   "live": live_bytes, "dead": dead_bytes, "orphan": False})
+                    doomed.append({"pack": rec.pack_id.hex(), "kind": rec.kind, "size": rec.size,
+                                   "action": "delete", "live": 0, "dead": dead_bytes, "orphan": False})
                     candidates.append((rec.pack_id, gone))
+            repack = choose_repacks([(rec.size, dead) for rec, _, _, dead in partial], used, max_unused)
+            for i, (rec, gone, live_bytes, dead_bytes) in enumerate(partial):
+                if i not in repack:
+                    kept.add_many(e.id for e in rec.entries)
+                    continue
+                doomed.append({"pack": rec.pack_id.hex(), "kind": rec.kind, "size": rec.size, "action": "repack",
+                               "live": live_bytes, "dead": dead_bytes, "orphan": False})
+                candidates.append((rec.pack_id, gone))
             for pid, (key, kind, size) in sorted(existing.items()):  # packs in no index: killed backups' leftovers
                 if pid in seen:
                     continue
@@ -1144,6 +1157,22 @@ class DedupRetention:
 
     def guard(self, writer: DedupBackupWriter) -> BackupGuard:
         return BackupGuard(self, writer)
+
+
+def choose_repacks(packs: list[tuple[int, int]], used: int, max_unused: float) -> set[int]:
+    """Which partly dead packs (``(size, dead bytes)`` each) to rewrite: the deadest share first, only until
+    the dead bytes left are at most ``max_unused`` of the repository's (``used`` bytes live, so at most
+    ``max_unused / (1 - max_unused) * used``), as restic's ``--max-unused``. Rewriting a pack 90% live to free
+    its last 10% copies nine bytes per byte freed: those are left for later, when more of them died."""
+    unused = sum(dead for _, dead in packs)
+    allowed = max_unused / (1 - max_unused) * used if max_unused < 1 else float("inf")
+    chosen: set[int] = set()
+    for i in sorted(range(len(packs)), key=lambda i: packs[i][1] / max(1, packs[i][0]), reverse=True):
+        if unused <= allowed:
+            break
+        chosen.add(i)
+        unused -= packs[i][1]
+    return chosen
 
 
 def _delay(seconds: float) -> str:

@@ -150,6 +150,41 @@ def test_forget_writes_a_signed_tombstone_and_prune_frees_the_space(tmp_path: Pa
     assert phase(prune(fresh), "mark")["status"] == "nothing to do"
 
 
+def test_max_unused_rewrites_the_deadest_packs_only_until_little_stays_unused(tmp_path: Path) -> None:
+    engine, data, stamps = three_backups(tmp_path)
+    engine.forget("d", stamps[:2])
+
+    def mark(max_unused: float | None) -> dict[str, Any]:
+        return phase(engine.prune(dry_run=True, delete_delay=0, max_unused=max_unused), "mark")
+
+    every, none, default = mark(0.0), mark(1.0), mark(None)
+    assert every["packs_repacked"] >= 1 and every["bytes_freed_by_repack"] > 0
+    assert none["packs_repacked"] == 0 and none["bytes_rewritten"] == 0  # wholly dead packs only
+    assert none["packs_deleted"] == every["packs_deleted"] == default["packs_deleted"] >= 1
+    assert none["packs_repacked"] <= default["packs_repacked"] <= every["packs_repacked"]
+
+    swept = phase(prune(engine, delay=0) and prune(engine, delay=0), "sweep")
+    assert swept["status"] == "done"
+    left = mark(0.0)  # what a prune that freed every unused byte would still free now
+    used = size_of(tmp_path / "repo" / "packs") - left["bytes_deleted"] - left["bytes_freed_by_repack"]
+    assert left["bytes_freed_by_repack"] <= dr.DEFAULT_MAX_UNUSED / (1 - dr.DEFAULT_MAX_UNUSED) * used + 1
+    assert restore_at(reopen(engine, tmp_path, "cache-after"), "d", stamps[2]) == data["new"]
+    with pytest.raises(UsageError, match="--max-unused"):
+        from data_manager.operations.prune import prune as prune_op
+
+        prune_op(type("DM", (), {})(), [], max_unused=1.5)  # type: ignore[arg-type]
+
+
+def test_choose_repacks_takes_the_deadest_packs_until_the_unused_share_is_within_the_limit() -> None:
+    packs = [(100, 10), (100, 90), (100, 50), (100, 1)]  # (size, dead bytes); 151 dead in all
+    assert dr.choose_repacks(packs, used=1000, max_unused=0.0) == {0, 1, 2, 3}
+    assert dr.choose_repacks(packs, used=1000, max_unused=1.0) == set()
+    assert dr.choose_repacks(packs, used=1000, max_unused=0.05) == {1, 2}  # 11 left <= 52.6 allowed; 61 > 52.6
+    assert dr.choose_repacks(packs, used=10_000, max_unused=0.05) == set()  # 151 <= 526
+    assert dr.choose_repacks(packs, used=1000, max_unused=0.10) == {1}  # 61 <= 111
+    assert dr.choose_repacks([], used=0, max_unused=0.0) == set()
+
+
 def test_only_an_admin_key_forgets_prunes_and_releases_holds(tmp_path: Path) -> None:
     engine, data, stamps = three_backups(tmp_path)
     append = role_engine(engine, tmp_path, "append", "app")

@@ -52,7 +52,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from common import RESULTS, Measurement, dm_command, run
+from common import RESULTS, Measurement, dm_command, precompile, run
 
 BASELINE = "restic"
 PHASES = ("backup 1 (first)", "backup 2 (unchanged)", "backup 3 (1% edited)", "restore latest", "check",
@@ -531,6 +531,7 @@ def export_code(rev: str, base: Path) -> tuple[str, str]:
     """The directory to run data-manager from, and what it is: ``rev``'s data_manager/ exported into a
     temp dir, or the working tree for ``checkout``."""
     if rev == "checkout":
+        precompile(TOP / "data_manager")
         dirty = subprocess.run(["git", "-C", str(TOP), "status", "--porcelain", "--", "data_manager"],
                                capture_output=True, text=True).stdout.splitlines()
         head = version(["git", "-C", str(TOP), "rev-parse", "--short", "HEAD"])
@@ -541,6 +542,7 @@ def export_code(rev: str, base: Path) -> tuple[str, str]:
         raise SystemExit(f"--code {rev}: no such commit")
     out = Path(tempfile.mkdtemp(prefix=f"dm-bench-dedup-code-{commit}-", dir=base))
     subprocess.run(f"git -C {TOP} archive {commit} data_manager | tar -x -C {out}", shell=True, check=True)
+    precompile(out)
     return str(out), f"commit {commit} ({version(['git', '-C', str(TOP), 'log', '-1', '--format=%ci %s', commit])[:100]})"
 
 

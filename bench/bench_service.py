@@ -57,7 +57,7 @@ from typing import Any
 
 import httpx
 
-from common import RESULTS
+from common import RESULTS, precompile
 
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
@@ -464,6 +464,7 @@ def export_code(rev: str, base: Path) -> tuple[str, str]:
         return subprocess.run(["git", "-C", str(TOP), *a], capture_output=True, text=True).stdout.strip()
 
     if rev == "checkout":
+        precompile(TOP / "data_manager")
         dirty = git("status", "--porcelain", "--", "data_manager").splitlines()
         return str(TOP), f"working tree at {git('rev-parse', '--short', 'HEAD')}" + (
             f" (+{len(dirty)} uncommitted files under data_manager/)" if dirty else "")
@@ -473,6 +474,7 @@ def export_code(rev: str, base: Path) -> tuple[str, str]:
     out = base / f"code-{commit}"
     out.mkdir()
     subprocess.run(f"git -C {TOP} archive {commit} data_manager | tar -x -C {out}", shell=True, check=True)
+    precompile(out)
     return str(out), f"commit {commit} ({git('log', '-1', '--format=%ci %s', commit)[:90]})"
 
 

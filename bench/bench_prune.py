@@ -20,9 +20,9 @@ Both contenders back up the same tree on the same day:
 
 Then, timed (wall, CPU of the process tree, peak RSS, via common.run and GNU time), on the real clock:
 
-- data-manager: ``forget bench --keep-daily 7 --keep-weekly 4``, ``prune vault`` (the mark) and ``prune
-  vault --delete-delay 0s`` (the sweep), each its own process; reported one by one, as prune (mark +
-  sweep) and as the whole (forget + mark + sweep).
+- data-manager: ``forget bench --keep-daily 7 --keep-weekly 4 --prune`` (the forget and the mark, in one
+  process) and ``prune vault --delete-delay 0s`` (the sweep, as the next day's run would); reported one by
+  one and as the whole.
 - restic: ``forget --keep-daily 7 --keep-weekly 4 --prune`` (its defaults: ``--max-unused 5%``).
 
 The fair comparison is the whole against restic's one command (both forget and prune); the issue's
@@ -230,9 +230,8 @@ class DataManager:
         return ["faketime", "-f", f"@{day} 12:00:00", *self.dm("backup", "bench")]
 
     def prune(self) -> list[tuple[str, list[str]]]:
-        return [("dm forget", self.dm("forget", "bench", "--keep-daily", str(KEEP_DAILY),
-                                      "--keep-weekly", str(KEEP_WEEKLY), "--json")),
-                ("dm prune: mark", self.dm("prune", "vault", "--json")),
+        return [("dm forget --prune: mark", self.dm("forget", "bench", "--keep-daily", str(KEEP_DAILY),
+                                                    "--keep-weekly", str(KEEP_WEEKLY), "--prune", "--json")),
                 ("dm prune: sweep", self.dm("prune", "vault", "--delete-delay", "0s", "--json"))]
 
     def days(self) -> list[str]:
@@ -352,12 +351,8 @@ def main() -> None:
         sizes[c.name]["cache_after"] = du(c.cache)
         rows += measured
         if c is dm:
-            mark, sweep = measured[1], measured[2]
-            rows.append(Measurement("dm prune (mark + sweep)", mark.seconds + sweep.seconds,
-                                    max(mark.peak_rss_mb, sweep.peak_rss_mb), mark.bytes,
-                                    mark.cpu_seconds + sweep.cpu_seconds))
             rows.append(Measurement("dm forget + prune (all)", sum(x.seconds for x in measured),
-                                    max(x.peak_rss_mb for x in measured), mark.bytes,
+                                    max(x.peak_rss_mb for x in measured), measured[0].bytes,
                                     sum(x.cpu_seconds for x in measured)))
     check_phase_statuses(phases)
 
@@ -387,7 +382,6 @@ def main() -> None:
              f"backups of {history.total / 1e6:.0f} MB ({size_now / 1e6:.0f} MB at the end); MB/s = repository MB "
              f"before prune per second")
     fair = next(r for r in rows if r.name == "dm forget + prune (all)")
-    prune_only = next(r for r in rows if r.name == "dm prune (mark + sweep)")
     base_row = next(r for r in rows if r.name == BASELINE)
     print(f"\n{'repository':<24}{'before MB':>11}{'after MB':>10}{'freed MB':>10}{'after x restic':>16}"
           f"{'backups s':>11}{'backup CPU s':>14}{'backup RSS MB':>15}")
@@ -406,7 +400,6 @@ def main() -> None:
 
     print()
     target("forget + prune wall time <= restic forget --prune", fair.seconds, base_row.seconds, "s")
-    target("prune alone (mark + sweep) wall time <= restic forget --prune", prune_only.seconds, base_row.seconds, "s")
     target("peak RSS <= restic's", fair.peak_rss_mb, base_row.peak_rss_mb, "MB")
     target("repository after prune <= restic's", sizes["dm dedup"]["after"] / 1e6, sizes["restic"]["after"] / 1e6, "MB")
     same = kept["dm dedup"] == kept["restic"]
@@ -428,7 +421,7 @@ def main() -> None:
         "settings": {"size": args.size, "days": args.days, "files_at_end": len(history.files()),
                      "dataset_bytes_start": history.total, "dataset_bytes_end": size_now,
                      "restic": "repository version 2, --compression auto, forget --prune defaults (--max-unused 5%)",
-                     "dm dedup": "engine dedup, defaults; forget, prune (mark), prune --delete-delay 0s (sweep)"},
+                     "dm dedup": "engine dedup, defaults; forget --prune (forget, mark), prune --delete-delay 0s (sweep)"},
         "daily_changes": {"mean_bytes_written": sum(x["bytes_written"] for x in changes) / max(1, len(changes)),
                           "per_day": changes},
         "repository_bytes": sizes, "backups": {"seconds": backup_seconds, "cpu_seconds": backup_cpu,
@@ -453,7 +446,7 @@ def main() -> None:
 def check_phase_statuses(phases: dict[str, Any]) -> None:
     """The mark must have marked and the sweep swept: else the figures measure nothing."""
     try:
-        mark = phases["dm prune: mark"][0]["phases"]
+        mark = phases["dm forget --prune: mark"]["prune"][0]["phases"]
         sweep = phases["dm prune: sweep"][0]["phases"]
     except (KeyError, IndexError, TypeError):
         note("prune --json printed no phases: could not check that mark and sweep did their work")

@@ -16,6 +16,10 @@ timed (wall, CPU of the process tree, peak RSS):
 3. 1% changed: files holding ~1% of the bytes rewritten, as many new files created, as many deleted; both
    again. This is the issue's figure: target ≤ rclone's time, flat memory.
 
+Phases 2 and 3 also time the floor: a backup of an empty directory to a sync storage of its own (what
+every backup costs whatever the tree: interpreter, imports, config, state database, the lock's settle time,
+metadata). data-manager's bytecode is compiled first, as ``pip install`` does (``common.precompile``).
+
 rclone runs with its defaults (size + modification time decide what is copied, 4 transfers, 8 checkers).
 data-manager runs from a ``git archive`` of ``--code`` (default HEAD) on PYTHONPATH, so edits others make in
 this checkout during the run do not mix in (``--code checkout``: the working tree as it is); it runs in the
@@ -37,7 +41,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from common import RESULTS, Measurement, dm_command, run
+from common import RESULTS, Measurement, dm_command, precompile, run
 
 SEED = 23
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +117,9 @@ def main() -> None:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", args.code], check=True, capture_output=True)
             subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
+            precompile(code)
+        else:
+            precompile(REPO / "data_manager")
         src = tmp / "src"
         print(f"making a {args.mb} MB tree in {src} ...", file=sys.stderr, flush=True)
         files, nbytes = make_tree(src, args.mb, rng)
@@ -131,7 +138,14 @@ name = "tree"
 type = "directory"
 path = "{src}"
 """)
+        empty = tmp / "empty"
+        empty.mkdir()
+        (tmp / "floor.toml").write_text(config.read_text().replace(f'"{src}"', f'"{empty}"')
+                                        .replace(f'"{tmp / "vault"}"', f'"{tmp / "vault-floor"}"'))
         dm = [*dm_command(), "--config", str(config), "backup", "bench"]
+        # What any backup costs whatever the tree (interpreter, imports, config, state database, the lock's
+        # settle time, metadata): an empty directory mirrored, after a first time.
+        floor = [*dm_command(), "--config", str(tmp / "floor.toml"), "backup", "bench"]
         rclone = ["rclone", "sync", str(src), str(tmp / "rclone"), "--config", "/dev/null"]
         for p in src.rglob("*"):  # warm the page cache: both sides read a cached tree
             if p.is_file():
@@ -143,6 +157,10 @@ path = "{src}"
                 print(f"changed {changed / 1e6:.1f} MB", file=sys.stderr, flush=True)
             rows = [run("rclone sync", rclone, nbytes=nbytes),
                     run("data-manager backup (sync)", dm, nbytes=nbytes, env=env, cwd=str(tmp))]
+            if phase != "first mirror":
+                rows.append(run("data-manager, empty tree (floor)", floor, env=env, cwd=str(tmp)))
+            else:
+                run("data-manager, empty tree (first)", floor, env=env, cwd=str(tmp))
             phases[phase] = rows
             base = rows[0]
             print(f"\n{phase}: {files} files, {nbytes / 1e6:.0f} MB")

@@ -75,6 +75,46 @@ def ustar_header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: i
                      bytes(100 - len(linkname)), _MAGIC, _TAIL))
 
 
+MEMBER_DATA_AT = 3 * BLOCK  # where a file's data starts in what FileMembers.build returns
+_PAX_RECORD_PAD = bytes(BLOCK - 30)
+# A regular file's header after its checksum field when it has no link name, uname, gname or device.
+_REG_TAIL = REG + bytes(100) + _MAGIC + _TAIL
+_REG_SUM = _CONSTANT_SUM + REG[0]
+
+
+class FileMembers:
+    """Whole tar members (pax mtime header, ustar header, data, padding) for small regular files: the bytes
+    ``PAX_MTIME_BLOCK``, the 30-byte mtime record and :func:`ustar_header` give, built with one format and
+    one join per file. The mode, uid and gid fields and their byte sum are cached: a tree has few of them.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+
+    def build(self, path: str, mode: int, uid: int, gid: int, mtime_ns: int, data: bytes) -> bytes | None:
+        """The member of a file of ``len(data)`` bytes, its data at :data:`MEMBER_DATA_AT`; None where this
+        form cannot hold it (a path that is not ASCII or longer than 100 bytes, an mtime before 2001 or
+        past ustar's 11 octal digits (2242), an id out of range): the caller then builds it field by field."""
+        sec, ns = divmod(mtime_ns, 1_000_000_000)
+        if len(path) > 100 or not path.isascii() or not 1_000_000_000 <= sec <= _MAX_SIZE:
+            return None
+        key = (mode, uid, gid)
+        ids = self._ids.get(key)
+        if ids is None:
+            if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID):
+                return None
+            field = b"%07o\0%07o\0%07o\0" % (mode & 0o7777, uid, gid)
+            ids = self._ids[key] = (field, _byte_sum(field))
+        name = path.encode("ascii")
+        size = len(data)
+        numbers = b"%011o\0%011o\0" % (size, sec)
+        # An ASCII name and these numbers sum to less than 65521: the Adler-32 half is exact.
+        chksum = _REG_SUM + ids[1] + _byte_sum(name + numbers)
+        return b"".join((PAX_MTIME_BLOCK, b"30 mtime=%d.%09d\n" % (sec, ns), _PAX_RECORD_PAD, name,
+                         _ZERO_BLOCK[len(name) : 100], ids[0], numbers, b"%06o\0 " % chksum, _REG_TAIL, data,
+                         _ZERO_BLOCK[: -size % BLOCK]))
+
+
 def _checksum_ok(header: bytes, field: bytes) -> bool:
     """tarfile's test: the stored checksum is the sum of the header's bytes, the field counted as spaces,
     as unsigned or (some old tars) signed chars. The unsigned sum is tested modulo 65521 (Adler-32's

@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from collections.abc import Callable, Collection, Iterator, Mapping
 from itertools import chain
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, BinaryIO
 
 from blake3 import blake3
@@ -68,6 +69,7 @@ IN_FLIGHT = 32 << 20  # bytes of larger files queued for the upload threads, at 
 JOURNAL_EVERY = 1000  # files, or
 JOURNAL_SECONDS = 30.0
 _HEX = set("0123456789abcdef")
+_json_str = encode_basestring_ascii  # json.dumps(ensure_ascii=True) of a str, in C
 
 
 def _is_digest(value: Any) -> bool:
@@ -101,15 +103,36 @@ def read_entries(storage: Storage, key: str) -> dict[str, dict[str, Any]]:
         f = storage.open_read(key)
     except NotFoundError:
         return out
+    n = 0
     with f:
-        for n, line in enumerate(_lines(f), 1):
-            try:
-                doc = json.loads(line)
+        for lines in _batches(_lines(f), 1024):
+            try:  # a thousand lines parsed in one call (a third of the time of one call per line)
+                docs = json.loads(b"[" + b",".join(lines) + b"]")
             except ValueError:
-                raise CorruptBackupError(f"{key}: line {n} is not JSON") from None
-            entry = check_entry(doc, f"{key}: line {n}")
-            out[entry["path"]] = entry
+                docs = None
+            if not isinstance(docs, list) or len(docs) != len(lines):  # which line is bad
+                docs = []
+                for i, line in enumerate(lines, n + 1):
+                    try:
+                        docs.append(json.loads(line))
+                    except ValueError:
+                        raise CorruptBackupError(f"{key}: line {i} is not JSON") from None
+            for doc in docs:
+                n += 1
+                entry = check_entry(doc, f"{key}: line {n}")
+                out[entry["path"]] = entry
     return out
+
+
+def _batches(items: Iterator[bytes], n: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _lines(f: BinaryIO) -> Iterator[bytes]:
@@ -123,12 +146,25 @@ def _lines(f: BinaryIO) -> Iterator[bytes]:
         yield rest
 
 
+_KEYS = ("path", "size", "mtime_ns", "mode", "blake3")
+
+
+def _line(e: dict[str, Any]) -> bytes:
+    """``e`` as one JSON line, as ``json.dumps(e, ensure_ascii=True, separators=(",", ":"))`` writes it; an
+    entry of the usual keys formatted directly (3x faster: a line per file of the tree)."""
+    if tuple(e) == _KEYS and type(e["size"]) is int and type(e["mtime_ns"]) is int and type(e["mode"]) is int:
+        return (f'{{"path":{_json_str(e["path"])},"size":{e["size"]},"mtime_ns":{e["mtime_ns"]},'
+                f'"mode":{e["mode"]},"blake3":{_json_str(e["blake3"])}}}\n').encode()
+    return (json.dumps(e, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+
+
 def write_entries(storage: Storage, key: str, entries: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
+    """JSON lines of file entries to ``key``, written about CHUNK bytes at a time."""
     with storage.open_write(key) as w:
         lines: list[bytes] = []
         size = 0
         for e in entries:
-            line = (json.dumps(e, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+            line = _line(e)
             lines.append(line)
             size += len(line)
             if size >= CHUNK:
@@ -464,9 +500,16 @@ class SyncSourceSink(SourceSink):
         self.overlay = backup.journal(record.name)  # what interrupted runs of this backup uploaded
         # What the mirror really holds (one listing): an object someone deleted or replaced with another size
         # is uploaded again, whatever the manifest says.
-        self.present: dict[str, int | None] = (
-            {key: entry.size for key, entry in self.storage.walk(self.mirror)}
-            if self.prev_files or self.overlay else {})
+        # The listing runs on a thread while the source starts its walk (a storage's LIST requests, or a
+        # filesystem's stat calls, wait on I/O); the first file that needs it waits for it.
+        self._present: dict[str, int | None] | None = None
+        self._listing: Future[dict[str, int | None]] | None = None
+        if self.prev_files or self.overlay:
+            lister = ThreadPoolExecutor(1, thread_name_prefix="dm-sync-list")
+            self._listing = lister.submit(lambda: {key: entry.size for key, entry in self.storage.walk(self.mirror)})
+            lister.shutdown(wait=False)
+        else:
+            self._present = {}
         self.files: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}
         self._prev_dirs: set[str] | None = None
@@ -490,8 +533,15 @@ class SyncSourceSink(SourceSink):
         e = self.overlay.get(path) or self.prev_files.get(path)
         if e is None:
             return None
-        size = self.present.get(self.key(path), -1)
+        size = self.present().get(self.key(path), -1)
         return e if size is None or size == e["size"] else None
+
+    def present(self) -> dict[str, int | None]:
+        """Mirror key -> size of every object the mirror holds (one listing per backup)."""
+        if self._present is None:
+            assert self._listing is not None
+            self._present = self._listing.result()
+        return self._present
 
     def unchanged(self, m: Member) -> str | None:
         """The digest of ``m`` as the mirror holds it, if size and mtime say it is unchanged (never with

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import tarfile
 import zlib
+from zlib import adler32
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -109,7 +110,7 @@ class FileMembers:
         size = len(data)
         numbers = b"%011o\0%011o\0" % (size, sec)
         # An ASCII name and these numbers sum to less than 65521: the Adler-32 half is exact.
-        chksum = _REG_SUM + ids[1] + _byte_sum(name + numbers)
+        chksum = _REG_SUM - 1 + ids[1] + (adler32(name + numbers) & 0xFFFF)  # _byte_sum, inline
         return b"".join((PAX_MTIME_BLOCK, b"30 mtime=%d.%09d\n" % (sec, ns), _PAX_RECORD_PAD, name,
                          _ZERO_BLOCK[len(name) : 100], ids[0], numbers, b"%06o\0 " % chksum, _REG_TAIL, data,
                          _ZERO_BLOCK[: -size % BLOCK]))

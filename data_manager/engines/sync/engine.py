@@ -64,7 +64,7 @@ SKELETON_SUFFIX = ".tarsplit"
 DEFAULT_DELETE_AFTER = 7 * 86400.0
 SOURCE_TYPES = ("directory",)  # the sources whose artifacts are tar volumes of files
 BUFFER = 1 << 20  # files up to this size are held in memory until their digest says whether to upload
-UPLOADERS = 4  # upload threads (each object's latency overlaps: a PUT, an fsync); 2x as many objects queued
+UPLOADERS = 8  # upload threads: each object's latency (a PUT, an fsync) overlaps; 2x as many objects queued
 IN_FLIGHT = 32 << 20  # bytes of larger files queued for the upload threads, at most (flat memory)
 JOURNAL_EVERY = 1000  # files, or
 JOURNAL_SECONDS = 30.0
@@ -298,7 +298,7 @@ class _TarArtifact(ArtifactStreamBase):
         m = self._split.member
         if m is None or self._split.data_started or size != m.size + (-m.size % BLOCK):
             return None
-        digest = self._sink.unchanged(m)
+        digest = self._reused if m is self._member else self._sink.unchanged(m)  # asked at file_start already
         if digest is None:
             return None
         self._reused = digest

@@ -31,6 +31,8 @@ def mirror_name(path: str) -> str:
     """The object name of file ``path`` below ``mirror/SOURCE/``: the path itself when it is UTF-8, else its
     undecodable bytes written ``\\xNN`` (object stores take UTF-8 keys only; the manifest keeps the real
     name, which restore uses)."""
+    if path.isascii():  # most names: nothing to escape
+        return path
     raw = path.encode("utf-8", "surrogateescape")
     try:
         return raw.decode("utf-8")

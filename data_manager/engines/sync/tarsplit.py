@@ -159,6 +159,16 @@ class TarSplitter:
         while view:
             state = self._state
             if state == _HEADER:
+                if (not self._hdr and len(view) >= 3 * BLOCK and view[:BLOCK] == PAX_MTIME_BLOCK
+                        and view[BLOCK : BLOCK + 9] == b"30 mtime=" and view[BLOCK + 29] == 0x0A):
+                    # The directory source's usual member start, whole in this block: its pax mtime header,
+                    # record and ustar header taken in one step (one literal, no state changes between).
+                    self._h.literal(bytes(view[: 3 * BLOCK]))
+                    self._pax = {"mtime": str(view[BLOCK + 9 : BLOCK + 29], "ascii")}
+                    block = bytes(view[2 * BLOCK : 3 * BLOCK])
+                    view = view[3 * BLOCK :]
+                    self._header(block)
+                    continue
                 take = min(BLOCK - len(self._hdr), len(view))
                 self._hdr += view[:take]
                 view = view[take:]

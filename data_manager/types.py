@@ -226,6 +226,13 @@ class ArtifactSink(Protocol):
 
     source_name: str
 
+    #: True when the engine stores artifacts as deduplicated chunks, encrypted (``dedup``):
+    #: :meth:`ArtifactWriter.cut` ends a chunk, so a source may cut between small items too (in groups, so
+    #: that one changed item changes one chunk, not every chunk of the thousand items around it), and nobody
+    #: reads an artifact in the storage directly (an index a source keeps plain for people elsewhere may as
+    #: well be compressed). False (``worm``, ``sync``): cuts change nothing; artifacts may be read as files.
+    chunked: bool
+
     def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
         """Start the artifact ``name`` (a relative path like ``"schema.sql"`` or ``"tables/t1.copy"``).
 

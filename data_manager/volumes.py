@@ -73,6 +73,7 @@ class Volumes:
         self.offset = 0
         self.names: list[str] = []
         self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
+        self.chunked = bool(getattr(sink, "chunked", False))  # see ArtifactSink.chunked (a test double may lack it)
 
     def start(self) -> tuple[str, int]:
         """The volume and offset the next bytes go to (opening a volume if none is open)."""

@@ -76,6 +76,8 @@ class SourceSink:
     subclasses it and implements :meth:`open_artifact` and :meth:`store_record`.
     """
 
+    chunked = False  # see ArtifactSink.chunked
+
     def __init__(self, record: SourceRecord, progress: Progress | None) -> None:
         self.record = record
         self.source_name = record.name

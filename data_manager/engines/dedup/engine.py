@@ -647,6 +647,8 @@ class DedupArtifactWriter(ArtifactStreamBase):
 class DedupSourceSink(SourceSink):
     """One source's sink in a ``dedup`` backup. ``cut()`` is passed to every artifact it has open."""
 
+    chunked = True
+
     def __init__(self, writer: DedupBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)
         self.store = writer.store

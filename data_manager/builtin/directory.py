@@ -396,7 +396,8 @@ class _Walk:
         self.source = source
         self.packed = _TarVolumes(sink, "zstd", source.volume_size, names)
         self.stored = _TarVolumes(sink, "none", source.volume_size, names)
-        self.index = sink.open(INDEX, compression="none")
+        # Plain where people may read it as a file (worm); a chunking engine stores it encrypted anyway.
+        self.index = sink.open(INDEX, compression="zstd" if getattr(sink, "chunked", False) else "none")
         self.lines: list[str] = []  # files.jsonl, written some thousand lines at a time
         self.buf = bytearray(CHUNK)
         self.members = FileMembers()
@@ -462,6 +463,10 @@ class _Walk:
                     else:
                         at = MEMBER_DATA_AT
                     offset = packed.member(member, at)
+                    if packed.chunked and digest[-1] == "0":
+                        # groups of ~16 small files for a chunking engine, ended after a file whose digest
+                        # ends in 0: one edited file changes its group's chunk, not the ~1,000 files' around it
+                        packed.cut()
                     append(f'{{"path": {_json_str(path)}, "mode": {perm}, "mtime_ns": {mtime_ns}, "type": "file", '
                            f'"size": {size}, "blake3": "{digest}", "volume": "{packed.name}", "offset": {offset}}}\n')
             elif kind == stat.S_IFDIR:

@@ -533,7 +533,8 @@ class SyncSourceSink(SourceSink):
         e = self.overlay.get(path) or self.prev_files.get(path)
         if e is None:
             return None
-        size = self.present().get(self.key(path), -1)
+        present = self._present if self._present is not None else self.present()
+        size = present.get(f"{self.mirror}/{mirror_name(path)}", -1)
         return e if size is None or size == e["size"] else None
 
     def present(self) -> dict[str, int | None]:

@@ -315,7 +315,8 @@ class Skeleton:
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._lit = bytearray()
         self._raw = bytearray()  # records not compressed yet: handed to zstd about LITERAL_MAX at a time
-        self.tree = blake3()
+        self.tree = blake3()  # read it after finish()
+        self._hashing = bytearray()
         self.size = 0  # bytes of the volume described so far
 
     def _out(self, data: bytes) -> None:
@@ -337,24 +338,34 @@ class Skeleton:
         if len(self._lit) >= LITERAL_MAX:
             self.flush()
 
+    def _digest(self, data: bytes | bytearray) -> None:
+        # The digest input is a concatenation: gathered and hashed about LITERAL_MAX at a time (the same
+        # digest as one update per piece, a few calls per file fewer).
+        self._hashing += data
+        if len(self._hashing) >= LITERAL_MAX:
+            self.tree.update(self._hashing)
+            self._hashing.clear()
+
     def flush(self) -> None:
-        if self._lit:
-            data = bytes(self._lit)
-            self._lit.clear()
-            self._out(b"L" + struct.pack("<I", len(data)) + data)
-            self.tree.update(b"L" + struct.pack("<Q", len(data)))
-            self.tree.update(data)
+        lit = self._lit
+        if lit:
+            n = len(lit)
+            self._out(b"L%b%b" % (struct.pack("<I", n), lit))
+            self._digest(b"L%b%b" % (struct.pack("<Q", n), lit))
+            lit.clear()
 
     def file(self, path: str, size: int, digest: str) -> None:
         self.flush()
         # What json.dumps(ensure_ascii=True) writes, without its per-call overhead (a record per file).
         doc = f'{{"path": {_json_str(path)}, "size": {size}, "blake3": "{digest}"}}'.encode()
-        self._out(b"F" + struct.pack("<I", len(doc)) + doc)
-        self.tree.update(b"F" + struct.pack("<Q", size) + bytes.fromhex(digest))
+        self._out(b"F%b%b" % (struct.pack("<I", len(doc)), doc))
+        self._digest(b"F%b%b" % (struct.pack("<Q", size), bytes.fromhex(digest)))
         self.size += size
 
     def finish(self) -> None:
         self.flush()
+        self.tree.update(self._hashing)
+        self._hashing.clear()
         self._out(b"E")
         self._compress()
         out = self._z.flush()

@@ -132,16 +132,18 @@ def _prefix(data_id: str) -> str:
     return f"{data_id}/{LOCK_DIR}"
 
 
-def released_locks(storage: Storage, data_id: str) -> list[str]:
-    """Keys of lock objects released by overwriting (:data:`RELEASED`): leftovers for a deleter to remove."""
-    return [f"{_prefix(data_id)}/{e.name}" for e in storage.list(_prefix(data_id))
+def released_locks(storage: Storage, data_id: str, entries: list[Any] | None = None) -> list[str]:
+    """Keys of lock objects released by overwriting (:data:`RELEASED`): leftovers for a deleter to remove.
+    ``entries``: the lock prefix's listing, if the caller has it already."""
+    listed = storage.list(_prefix(data_id)) if entries is None else entries
+    return [f"{_prefix(data_id)}/{e.name}" for e in listed
             if not e.is_dir and e.name.endswith(".json") and e.size == len(RELEASED)]
 
 
-def remove_released(storage: Storage, data_id: str) -> int:
+def remove_released(storage: Storage, data_id: str, entries: list[Any] | None = None) -> int:
     """Delete released leftovers, if these credentials may; how many went."""
     n = 0
-    for key in released_locks(storage, data_id):
+    for key in released_locks(storage, data_id, entries):
         try:
             storage.delete(key)
             n += 1
@@ -150,11 +152,11 @@ def remove_released(storage: Storage, data_id: str) -> int:
     return n
 
 
-def list_locks(storage: Storage, data_id: str) -> list[LockInfo]:
+def list_locks(storage: Storage, data_id: str, entries: list[Any] | None = None) -> list[LockInfo]:
     """Every lock object of ``data_id`` that holds or waits for the lock, oldest first (released ones,
-    :data:`RELEASED`, are skipped by their size)."""
+    :data:`RELEASED`, are skipped by their size). ``entries``: the lock prefix's listing, if at hand."""
     out = []
-    for entry in storage.list(_prefix(data_id)):
+    for entry in storage.list(_prefix(data_id)) if entries is None else entries:
         if entry.is_dir or not entry.name.endswith(".json") or entry.size == len(RELEASED):
             continue
         key = f"{_prefix(data_id)}/{entry.name}"
@@ -244,10 +246,11 @@ class DatasetLock:
 
     def _blocker(self) -> LockInfo | None:
         """The lock that wins over ours, or None if ours is the oldest."""
-        locks = list_locks(self.storage, self.data_id)
+        entries = list(self.storage.list(_prefix(self.data_id)))  # one listing for both uses below
+        locks = list_locks(self.storage, self.data_id, entries)
         if not self._cleaned:
             self._cleaned = True
-            remove_released(self.storage, self.data_id)
+            remove_released(self.storage, self.data_id, entries)
         for lock in locks:
             if lock.job_id != self.job_id and lock.process_gone():
                 log.warning("%s: removing the lock of %s: that process is gone", self.data_id, lock.owner())

@@ -60,6 +60,7 @@ def test_lock_race_one_winner_per_round(storage: FilesystemStorage) -> None:
         barrier = threading.Barrier(5)
         winners: list[int] = []
         errors: list[BaseException] = []
+        refused: list[int] = []
 
         def contend(i: int) -> None:
             contender = lock(storage, f"r{rnd}j{i}")
@@ -67,12 +68,15 @@ def test_lock_race_one_winner_per_round(storage: FilesystemStorage) -> None:
             try:
                 contender.acquire()
             except RefusedError:
+                refused.append(i)
                 return
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 return
             winners.append(i)
-            time.sleep(0.15)  # hold it while the losers decide
+            deadline = time.monotonic() + 30  # hold it until every loser decided (a loaded machine is slow)
+            while len(refused) + len(winners) + len(errors) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
             contender.release()
 
         threads = [threading.Thread(target=contend, args=(i,)) for i in range(5)]

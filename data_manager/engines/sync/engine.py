@@ -66,6 +66,7 @@ SOURCE_TYPES = ("directory",)  # the sources whose artifacts are tar volumes of 
 BUFFER = 1 << 20  # files up to this size are held in memory until their digest says whether to upload
 UPLOADERS = 8  # upload threads: each object's latency (a PUT, an fsync) overlaps; 2x as many objects queued
 IN_FLIGHT = 32 << 20  # bytes of larger files queued for the upload threads, at most (flat memory)
+STREAMS = 4  # larger files being uploaded at once, at most (a storage's writer may hold a part of each: S3 16 MiB)
 JOURNAL_EVERY = 1000  # files, or
 JOURNAL_SECONDS = 30.0
 _HEX = set("0123456789abcdef")
@@ -520,6 +521,7 @@ class SyncSourceSink(SourceSink):
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(2 * UPLOADERS)
         self.budget = _Budget(IN_FLIGHT)
+        self._streams = threading.BoundedSemaphore(STREAMS)
         self._inflight: set[Future[None]] = set()
         self._failed: BaseException | None = None
         self._journal_at = time.monotonic()
@@ -596,15 +598,34 @@ class SyncSourceSink(SourceSink):
     def stream(self, path: str) -> _Stream:
         """A larger file's object, written on an upload thread as its blocks come (see :class:`_Stream`)."""
         self.raise_failed()
-        writer = self.open_mirror(path)
+        self._streams.acquire()
+        try:
+            writer = self.open_mirror(path)
+        except BaseException:
+            self._streams.release()
+            raise
         stream = _Stream(self, writer)
-        self._submit(stream.pump, writer)
+        try:
+            self._submit(self._pump, writer, stream)
+        except BaseException:
+            self._streams.release()
+            raise
         return stream
+
+    def _pump(self, stream: _Stream) -> None:
+        try:
+            stream.pump()
+        finally:
+            self._streams.release()
 
     def _submit(self, job: Callable[..., None], writer: ObjectWriter, *args: Any) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(UPLOADERS, thread_name_prefix="dm-sync-upload")
-        self._slots.acquire()
+        try:
+            self._slots.acquire()
+        except BaseException:
+            writer.abort()
+            raise
         try:
             future = self._pool.submit(job, *args)
         except BaseException:

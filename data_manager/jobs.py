@@ -266,6 +266,11 @@ class StateDB:
     def _db(self) -> Any:
         return state_transaction(self.path, None if self._ready else self._prepare)
 
+    def _read(self) -> Any:
+        """A deferred transaction for reads: readers share the database while job processes write (an
+        ``IMMEDIATE`` one queued every read behind every progress update: the service's API latency)."""
+        return state_transaction(self.path, None if self._ready else self._prepare, immediate=False)
+
     # -- writing
 
     def create_job(self, kind: str, data_id: str, sources: list[tuple[str, str]], job_id: str | None = None) -> Job:
@@ -361,7 +366,7 @@ class StateDB:
     def job(self, job_id: str) -> Job | None:
         if not self.path.exists():
             return None
-        with self._db() as con:
+        with self._read() as con:
             found = self._jobs(con, "WHERE id = ?", (job_id,), 1)
         return found[0] if found else None
 
@@ -375,7 +380,7 @@ class StateDB:
         if running is not None:
             clauses.append(("" if running else "NOT ") + "state IN ('pending', 'running')")
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        with self._db() as con:
+        with self._read() as con:
             return self._jobs(con, where, tuple(args), limit)
 
     def record_verify(self, location: str, data_id: str, timestamp: str, sample: float | None = None) -> None:
@@ -391,7 +396,7 @@ class StateDB:
         """TIMESTAMP -> (time of its last successful verify, sample fraction or None) for one dataset."""
         if not self.path.exists():
             return {}
-        with self._db() as con:
+        with self._read() as con:
             rows = con.execute(
                 "SELECT timestamp, verified_at, sample FROM verifies WHERE location = ? AND data_id = ?", (location, data_id)
             ).fetchall()
@@ -400,7 +405,7 @@ class StateDB:
     def unavailable(self) -> list[Availability]:
         if not self.path.exists():
             return []
-        with self._db() as con:
+        with self._read() as con:
             return [Availability(**dict(r)) for r in con.execute("SELECT * FROM availability ORDER BY data_id")]
 
 

@@ -114,7 +114,8 @@ def create_app(service: Service) -> FastAPI:
     # ------------------------------------------------------------------ auth
 
     def require(scope: str) -> Any:
-        def check(request: Request,
+        # async: no I/O here, and a sync dependency costs every request a hop to the thread pool and back
+        async def check(request: Request,
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> str | None:
             if not service.tokens.enabled:
                 return None

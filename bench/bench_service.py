@@ -13,7 +13,7 @@ Three phases, each against a real ``serve`` process on a free loopback port, on 
 1. **Latency under load**: ``--backups`` datasets of ``--size`` each (random and text blocks alternating,
    so compression has work to do) are backed up at once (``max_jobs`` = N); a feeder posts a new backup
    of a dataset as soon as its previous one ends, so N backups run for the whole measurement. ``--clients``
-   threads poll ``GET /v1/jobs/{id}`` of the dataset's current job, each waiting ``--interval`` between its
+   processes poll ``GET /v1/jobs/{id}`` of the dataset's current job, each waiting ``--interval`` between its
    requests, for ``--seconds``. Targets: p50 <= 30 ms, p99 <= 150 ms, 0 errors. Then the backups are
    cancelled and the same polling runs ``--baseline-seconds`` more with none running, for comparison.
 2. **Idle RSS**: a service with ``--datasets`` datasets configured (each a directory source and a daily
@@ -25,8 +25,9 @@ Three phases, each against a real ``serve`` process on a free loopback port, on 
    growth over the whole run, target < 10 MB; a second half that grows as much as the first is a leak.
 
 RSS is the serve process's own (``VmRSS`` in /proc, job children not counted: they are the CLI's), in MB
-of 10^6 bytes. Latencies are measured in this process (httpx, one client per thread), so they include the
-client's own time under the GIL: the server alone is faster than the figures. On a shared machine (2 CPUs
+of 10^6 bytes. Latencies are measured by the clients, one process each with its own httpx client (as 20
+real clients are: 20 threads under one GIL measured their own queueing too), so they include the client's
+own time: the server alone is faster than the figures. On a shared machine (2 CPUs
 here, others running tests) the load phase competes with whatever else runs: the load average is printed
 with the results.
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -196,6 +198,53 @@ class Load:
     running_samples: list[int] = field(default_factory=list)
 
 
+def poll_process(url: str, poll: str, data_id: str, current: Any, seconds: float, interval: float,
+                 out: Any) -> None:
+    """One client, in a process of its own (as 20 real clients are): ``GET poll`` of the dataset's current
+    job every ``interval`` for ``seconds``; its latencies (ms) and errors go to ``out``. Threads in this
+    process would measure each other: 20 httpx clients under one GIL add their own queueing to the tail."""
+    mine: list[float] = []
+    errors: list[str] = []
+    end = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=10) as c:
+        while time.monotonic() < end:
+            path = poll.format(id=current[data_id])
+            t = time.perf_counter()
+            try:
+                r = c.get(path)
+                ms = (time.perf_counter() - t) * 1000
+                body = r.json() if r.status_code == 200 else {}
+                if r.status_code != 200 or "status" not in body and "state" not in body:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    mine.append(ms)
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            if interval:
+                time.sleep(interval)
+    out.put((mine, errors))
+
+
+def run_pollers(url: str, args: argparse.Namespace, current: Any, seconds: float) -> tuple[list[float], list[str]]:
+    """``args.clients`` poller processes for ``seconds``; all their latencies and errors."""
+    ctx = multiprocessing.get_context("fork")  # a spawned child would import common.py and wait for its lock
+    out = ctx.Queue()
+    procs = [ctx.Process(target=poll_process, args=(url, args.poll, f"b{k % args.backups}", current, seconds,
+                                                    args.interval, out), daemon=True)
+             for k in range(args.clients)]
+    for pr in procs:
+        pr.start()
+    latencies: list[float] = []
+    errors: list[str] = []
+    for _ in procs:
+        mine, errs = out.get(timeout=seconds + 120)
+        latencies += mine
+        errors += errs
+    for pr in procs:
+        pr.join(10)
+    return latencies, errors
+
+
 def latency_under_load(work: Path, code: str, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(19)
     size = args.size_bytes
@@ -208,7 +257,8 @@ def latency_under_load(work: Path, code: str, args: argparse.Namespace) -> dict[
     config = config_text(work / "load", datasets, max_jobs=args.backups)
     serve = Serve(config, code).start()
     load = Load()
-    current: dict[str, str] = {}
+    manager = multiprocessing.get_context("fork").Manager()  # the current job of each dataset, for the pollers
+    current: Any = manager.dict()
     stop = threading.Event()
     lock = threading.Lock()
     try:
@@ -246,37 +296,14 @@ def latency_under_load(work: Path, code: str, args: argparse.Namespace) -> dict[
                         load.running_samples.append(running)
                         stop.wait(0.5)
 
-            def client(k: int, stop: threading.Event = stop, into: list[float] = load.latencies_ms) -> None:
-                data_id = f"b{k % args.backups}"
-                mine: list[float] = []
-                with httpx.Client(base_url=serve.url, timeout=10) as c:
-                    while not stop.is_set():
-                        t = time.perf_counter()
-                        try:
-                            r = c.get(args.poll.format(id=current[data_id]))
-                            ms = (time.perf_counter() - t) * 1000
-                            if r.status_code != 200 or "status" not in r.json() and "state" not in r.json():
-                                with lock:
-                                    load.errors.append(f"{r.status_code} {r.text[:200]}")
-                            else:
-                                mine.append(ms)
-                        except httpx.HTTPError as exc:
-                            with lock:
-                                load.errors.append(f"{type(exc).__name__}: {exc}")
-                        if args.interval:
-                            stop.wait(args.interval)
-                with lock:
-                    into.extend(mine)
-
             cpu0, wall0 = serve.cpu_seconds(), time.perf_counter()
-            threads = [threading.Thread(target=feeder, daemon=True)]
-            threads += [threading.Thread(target=client, args=(k,), daemon=True) for k in range(args.clients)]
-            for t in threads:
-                t.start()
-            stop.wait(args.seconds)
+            feeding = threading.Thread(target=feeder, daemon=True)
+            feeding.start()
+            lat, errs = run_pollers(serve.url, args, current, args.seconds)
+            load.latencies_ms += lat
+            load.errors += errs
             stop.set()
-            for t in threads:
-                t.join(60)
+            feeding.join(60)
             wall = time.perf_counter() - wall0
             cpu = serve.cpu_seconds() - cpu0
             peak = serve.peak_rss()
@@ -291,17 +318,11 @@ def latency_under_load(work: Path, code: str, args: argparse.Namespace) -> dict[
                 time.sleep(0.5)
             quiet: list[float] = []
             if args.baseline_seconds:
-                stop_quiet = threading.Event()
-                threads = [threading.Thread(target=client, args=(k, stop_quiet, quiet), daemon=True)
-                           for k in range(args.clients)]
-                for t in threads:
-                    t.start()
-                stop_quiet.wait(args.baseline_seconds)
-                stop_quiet.set()
-                for t in threads:
-                    t.join(60)
+                quiet, errs = run_pollers(serve.url, args, current, args.baseline_seconds)
+                load.errors += errs
     finally:
         code_ = serve.stop()
+        manager.shutdown()
     lat = load.latencies_ms
     return {
         "poll": args.poll, "backups": args.backups, "size_bytes": size, "clients": args.clients,
@@ -520,7 +541,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backups", type=int, default=4, help="backups running at once (default 4)")
     ap.add_argument("--size", default="256MiB", help="each backup's dataset (default 256MiB; the issue: 1GiB)")
-    ap.add_argument("--clients", type=int, default=20, help="polling threads (default 20)")
+    ap.add_argument("--clients", type=int, default=20, help="polling clients, one process each (default 20)")
     ap.add_argument("--seconds", type=float, default=60, help="how long they poll (default 60)")
     ap.add_argument("--interval", type=float, default=0.1,
                     help="seconds between one client's requests (default 0.1: 20 clients make up to 200 req/s)")

@@ -153,14 +153,16 @@ class _Ahead:
     request's round trip and the server's time to first byte (2-3 ms a range on loopback, 64 of them a GiB
     at 16 MiB) overlap with reading the body before it. At most one range is ahead; its answer, or the
     error its request raised, goes to that range as if asked then (retried and checked the same way);
-    one never taken is closed once it arrives."""
+    one never taken is closed once it arrives. After one such error nothing more is asked ahead: a server
+    that allows one connection at a time (a 429 for the second) is then asked one range at a time."""
 
     def __init__(self, request: Callable[[int, int], Any]) -> None:
         self._request = request
         self._asked: _Asked | None = None
+        self.enabled = True
 
     def ask(self, start: int, end: int) -> None:
-        if self._asked is not None:
+        if self._asked is not None or not self.enabled:
             return
         asked = self._asked = _Asked(start, end)
 
@@ -188,7 +190,10 @@ class _Ahead:
         self._asked = None
         asked.done.wait()
         if asked.error is not None:
+            self.enabled = False
             raise asked.error
+        if asked.resp.status not in (200, 206):  # a 429 or 503 for the second connection, or a 412
+            self.enabled = False
         return asked.resp
 
     def drop(self) -> None:

@@ -198,6 +198,20 @@ def test_a_client_error_is_not_retried(tmp_path: Path, export_server: Any) -> No
     assert len(export_server.gets()) == 1
 
 
+def test_a_server_refusing_a_second_connection_is_asked_one_range_at_a_time(tmp_path: Path,
+                                                                             export_server: Any) -> None:
+    export_server.statuses = [(None, None), (429, "0")]  # the range asked ahead: "too many requests"
+    export_server.slow = 0.002  # 8 KiB pieces: a range of 256 KiB takes at least 64 ms to send
+    dm = manager(tmp_path, export_server.url)
+    dm.backup("site42")
+    assert stored(tmp_path, dm)[0] == export_server.data
+    gets = export_server.gets()
+    assert len(gets) == -(-len(export_server.data) // (256 * KiB)) + 1  # that range once more
+    # after the 429 each range is asked for once the one before is through, not while it is read
+    later = [g.at for g in gets[2:]]
+    assert all(b - a > 0.05 for a, b in zip(later, later[1:]))
+
+
 def test_a_dropped_connection_resumes_from_the_last_byte(tmp_path: Path, export_server: Any) -> None:
     export_server.drops = [None, 100_000, 5]  # the second range breaks twice, at 100 000 and 5 more bytes in
     dm = manager(tmp_path, export_server.url)

@@ -11,7 +11,9 @@ times, each reported by its median run:
 * ``curl -o FILE URL; sync -f FILE``: the same made durable, for reference (data-manager fsyncs);
 * ``data-manager backup``: the ``http`` source (ranged GETs of ``--chunk-size``) into a filesystem storage,
   BLAKE3 of the artifact, metadata, fsync;
-* the same with the server sending ``Repr-Digest: sha-256`` that the source checks (one more hash).
+* the same with the server sending ``Repr-Digest: sha-256`` that the source checks (one more hash);
+* ``data-manager backup`` of a 1 KiB export from the same server: the fixed cost of any backup (interpreter,
+  imports, config, the dataset lock and its settle time, metadata), which the per-byte work adds to.
 
 Everything (the served file, curl's output, the backups) lives in a temp dir under ``--dir``: on a disk,
 data-manager's fsync is part of its time (compare with the ``sync -f`` row); on a tmpfs (``/dev/shm``) only
@@ -36,6 +38,7 @@ from typing import Any
 from common import dm_command, medians, report, run
 
 MiB = 1 << 20
+KIB = 1 << 10
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -52,7 +55,7 @@ def make_export(path: Path, size_mb: int) -> int:
 
 def serve(path: Path, digest: str) -> ThreadingHTTPServer:
     """Serve ``path`` at /export (and /export-digest with a Repr-Digest header), with ranges, in a thread."""
-    size = path.stat().st_size
+    full = path.stat().st_size
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -64,6 +67,7 @@ def serve(path: Path, digest: str) -> ThreadingHTTPServer:
             self.do_GET(body=False)
 
         def do_GET(self, body: bool = True) -> None:
+            size = KIB if self.path.startswith("/small") else full
             start, end, status = 0, size - 1, 200
             m = _RANGE.match(self.headers.get("Range", ""))
             if m:
@@ -122,6 +126,8 @@ def main() -> None:
             f'url = "{base}/export"\nchunk_size = "{args.chunk_size}"\nchecksum_header = "none"\n'
             f'[datasets.checked]\n[[datasets.checked.sources]]\nname = "db"\ntype = "http"\n'
             f'url = "{base}/export-digest"\nchunk_size = "{args.chunk_size}"\nchecksum_header = "Repr-Digest"\n'
+            f'[datasets.small]\n[[datasets.small.sources]]\nname = "db"\ntype = "http"\n'
+            f'url = "{base}/small"\nchecksum_header = "none"\n'
         )
         env = {"DATA_MANAGER_STATE": str(work / "state.db")}
         dm = [*dm_command(), "--config", str(config)]
@@ -134,11 +140,12 @@ def main() -> None:
                 ("curl -o; sync -f", f"curl -sS -o {out} {base}/export && sync -f {out}", True),
                 ("data-manager backup", [*dm, "-q", "backup", "export"], False),
                 ("data-manager backup, sha-256 checked", [*dm, "-q", "backup", "checked"], False),
+                ("data-manager backup, 1 KiB export", [*dm, "-q", "backup", "small"], False),
             ):
                 shutil.rmtree(work / "backups", ignore_errors=True)
                 out.unlink(missing_ok=True)
                 os.sync()  # each contender starts with no dirty pages of the one before
-                m = run(name, cmd, shell=shell, env=env, nbytes=nbytes)
+                m = run(name, cmd, shell=shell, env=env, nbytes=KIB if "1 KiB" in name else nbytes)
                 print(f"round {i + 1}: {name}: {m.seconds:.2f} s, CPU {m.cpu_seconds:.2f} s, "
                       f"peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
                 row.append(m)

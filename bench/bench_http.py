@@ -1,6 +1,6 @@
 """The http source against ``curl -o``: one export served by a local server, downloaded by both in the same run.
 
-    python bench/bench_http.py [--size-mb 1024] [--rounds 3] [--chunk-size 16MiB] [--dir /var/tmp] [--keep]
+    python bench/bench_http.py [--size-mb 1024] [--rounds 3] [--chunk-size 16MiB] [--dir /var/tmp] [--keep] [--old DIR]
 
 A file of ``--size-mb`` MiB (a random 64 MiB block repeated: incompressible, as an export's zip is) is served
 by a small threaded server of the standard library that answers ``Range`` requests with ``os.sendfile``
@@ -14,6 +14,9 @@ times, each reported by its median run:
 * the same with the server sending ``Repr-Digest: sha-256`` that the source checks (one more hash);
 * ``data-manager backup`` of a 1 KiB export from the same server: the fixed cost of any backup (interpreter,
   imports, config, the dataset lock and its settle time, metadata), which the per-byte work adds to.
+
+``--old DIR`` adds the two 1 GiB data-manager rows again with the http plugin of another checkout
+(``git worktree add /tmp/http-old COMMIT``; DIR is that checkout), in the same rounds: before and after.
 
 Everything (the served file, curl's output, the backups) lives in a temp dir under ``--dir``: on a disk,
 data-manager's fsync is part of its time (compare with the ``sync -f`` row); on a tmpfs (``/dev/shm``) only
@@ -108,6 +111,7 @@ def main() -> None:
     ap.add_argument("--chunk-size", default="16MiB")
     ap.add_argument("--dir", default="/var/tmp", help="where the temp dir goes (default /var/tmp)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--old", type=Path, help="another checkout whose http plugin runs as more contenders")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dm-bench-http-", dir=args.dir))
     try:
@@ -131,21 +135,31 @@ def main() -> None:
         )
         env = {"DATA_MANAGER_STATE": str(work / "state.db")}
         dm = [*dm_command(), "--config", str(config)]
+        old_env = dict(env)
+        if args.old:
+            plugin = args.old.resolve() / "plugins" / "data-manager-http"
+            old_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin), os.environ.get("PYTHONPATH")]))
         out = work / "curl.out"
         rounds = []
         for i in range(args.rounds):
             row = []
-            for name, cmd, shell in (
-                ("curl -o", ["curl", "-sS", "-o", str(out), f"{base}/export"], False),
-                ("curl -o; sync -f", f"curl -sS -o {out} {base}/export && sync -f {out}", True),
-                ("data-manager backup", [*dm, "-q", "backup", "export"], False),
-                ("data-manager backup, sha-256 checked", [*dm, "-q", "backup", "checked"], False),
-                ("data-manager backup, 1 KiB export", [*dm, "-q", "backup", "small"], False),
-            ):
+            contenders = [
+                ("curl -o", ["curl", "-sS", "-o", str(out), f"{base}/export"], False, env),
+                ("curl -o; sync -f", f"curl -sS -o {out} {base}/export && sync -f {out}", True, env),
+                ("data-manager backup", [*dm, "-q", "backup", "export"], False, env),
+                ("data-manager backup, sha-256 checked", [*dm, "-q", "backup", "checked"], False, env),
+                ("data-manager backup, 1 KiB export", [*dm, "-q", "backup", "small"], False, env),
+            ]
+            if args.old:
+                contenders += [
+                    ("old plugin: data-manager backup", [*dm, "-q", "backup", "export"], False, old_env),
+                    ("old plugin: sha-256 checked", [*dm, "-q", "backup", "checked"], False, old_env),
+                ]
+            for name, cmd, shell, cmd_env in contenders:
                 shutil.rmtree(work / "backups", ignore_errors=True)
                 out.unlink(missing_ok=True)
                 os.sync()  # each contender starts with no dirty pages of the one before
-                m = run(name, cmd, shell=shell, env=env, nbytes=KIB if "1 KiB" in name else nbytes)
+                m = run(name, cmd, shell=shell, env=cmd_env, nbytes=KIB if "1 KiB" in name else nbytes)
                 print(f"round {i + 1}: {name}: {m.seconds:.2f} s, CPU {m.cpu_seconds:.2f} s, "
                       f"peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
                 row.append(m)

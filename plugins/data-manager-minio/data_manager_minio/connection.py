@@ -1,13 +1,11 @@
-"""Talking to an S3 server: connection settings, the boto3 client, retries, one-line errors.
+"""Talking to an S3 server: connection settings, the one client (boto3), retries, one-line errors.
 
 Shared by the ``minio`` source and the ``s3`` storage. Every request goes through boto3's public API
-(listings, GETs, PUTs, the multipart calls, deletes), except the ``minio`` source's listing and
-small-object GETs, which go over libcurl first (:mod:`.listing`, :mod:`.fetch`: a fraction of boto3's CPU
-per request) with the same :class:`ConnectionSettings` and :meth:`Connection.region`. boto3 is imported
-when a source or storage first talks to a server. boto3's own retries are switched off (it would retry
-invisibly, with its own backoff); :meth:`Connection.call` retries transient failures (timeouts, broken
-connections, 5xx, throttling) through :mod:`data_manager.retry`, and turns everything else into one clear
-line without secrets. Why boto3 and not obstore or the minio SDK: docs/storages/s3.md.
+(listings, GETs, PUTs, the multipart calls, deletes); boto3 is imported when a source or storage first talks
+to a server. boto3's own retries are switched off (it would retry invisibly, with its own backoff);
+:meth:`Connection.call` retries transient failures (timeouts, broken connections, 5xx, throttling) through
+:mod:`data_manager.retry`, and turns everything else into one clear line without secrets. Why boto3 and not
+obstore or the minio SDK: docs/storages/s3.md.
 """
 
 from __future__ import annotations
@@ -96,7 +94,7 @@ class ConnectionSettings:
 
     @staticmethod
     def ca_file() -> str:
-        """The CA bundle both clients trust over https (boto3 and libcurl): $SSL_CERT_FILE, else certifi's."""
+        """The CA bundle the client trusts over https: $SSL_CERT_FILE, else certifi's."""
         import os
 
         import certifi

@@ -1,11 +1,9 @@
 """Source ``minio``: the objects of a bucket (or of a prefix in it), from MinIO or any S3 server.
 
-Backup lists the objects (recursively, paginated, over libcurl by :mod:`.listing`; boto3 lists what that
-could not, and resumes a broken listing after its last key). Objects up to ``small_size`` are fetched
-whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`: boto3 costs 1-1.5 ms of Python per GET, libcurl
-0.25 ms); larger ones (and any small one the fast path hands back) go to ``parallel`` worker threads, which
-read them through boto3 (:mod:`.connection`), 1 MiB at a time and in ranges of ``range_size``
-(:mod:`.download`). Each fetching thread writes volumes of its own: plain concatenations of object
+Backup lists the objects (recursively, paginated by :mod:`.listing`; a broken listing resumes after its last
+key) and hands them to ``parallel`` worker threads: objects up to ``small_size`` are fetched whole in one
+GET, larger ones streamed 1 MiB at a time and in ranges of ``range_size`` (:mod:`.download`). Every
+request is boto3's (:mod:`.connection`). Each worker writes volumes of its own: plain concatenations of object
 bytes, one stream compressed with zstd and one stored as is (:func:`~data_manager.volumes.incompressible`),
 rolling over at ``volume_size``; an object of half that or more has a volume to itself. ``objects.jsonl``
 lists every object: its key relative to the prefix, size, ETag, last-modified, content type and other
@@ -29,7 +27,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blake3 import blake3
 
@@ -43,10 +41,6 @@ from .download import ObjectChanged, ObjectGone, ObjectReader
 from .listing import Listed, pages
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
 from .storage import bucket_exists, check_bucket, delete_keys, normalize_prefix
-
-if TYPE_CHECKING:
-    from .fetch import SmallObjects
-    from .listing import Lister
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +140,7 @@ class MinioSource(Source):
         self.parallel = settings.get_int("parallel", 8, minimum=1)
         self.volume_size = settings.get_size("volume_size", 128 << 20)
         self.range_size = settings.get_size("range_size", 64 << 20, minimum=CHUNK)
-        # Fetched whole, in memory: parallel x small_size bytes at most. 0: every object streamed through boto3.
+        # Fetched whole, in one GET, in memory: parallel x small_size bytes at most. 0: every object streamed.
         self.small_size = min(settings.get_size("small_size", 1 << 20, minimum=0), self.range_size)
         self.part_size = settings.get_size("part_size", DEFAULT_PART, minimum=MIN_PART)
         self.delete_extra = settings.get_bool("delete_extra", False)
@@ -154,7 +148,6 @@ class MinioSource(Source):
         self.check_etag = settings.get_bool("check_etag", True)
         self.conn = Connection(self.cs, f"source {name!r} ({self.describe()})", SourceError, 2 * self.parallel + 4,
                                bucket=self.bucket)
-        self._curl: bool | None = None
 
     def describe(self) -> str:
         return self.cs.url(self.bucket, self.prefix)
@@ -169,17 +162,9 @@ class MinioSource(Source):
         check_bucket(self.conn, self.bucket, self.prefix, SourceError)
 
     def _objects(self, prefix: str) -> Iterator[Listed]:
-        """Every object below ``prefix`` (current versions), paginated: over libcurl where it loads
-        (:class:`~.listing.Lister`), then through boto3 from the last key that got, which also resumes a
-        listing broken by a transient failure after its last key."""
+        """Every object below ``prefix`` (current versions), paginated; a listing broken by a transient
+        failure resumes after the last key it gave."""
         start_after: str | None = None
-        lister = self._lister()
-        if lister is not None:
-            for obj in lister.objects(prefix):
-                start_after = obj.object_name
-                yield obj
-            if lister.complete:
-                return
         attempt = 0
         while True:
             try:
@@ -200,50 +185,19 @@ class MinioSource(Source):
 
     # ------------------------------------------------------------------ backup
 
-    def _libcurl(self) -> bool:
-        """Can pycurl be loaded here (for :mod:`.fetch` and :mod:`.listing`)? Imported on first use, not at
-        registration: every CLI command registers plugins. Where it cannot, boto3 does all the work."""
-        if self._curl is None:
-            try:
-                import pycurl  # noqa: F401
-            except ImportError as exc:
-                log.info("source %s: libcurl (pycurl) cannot be loaded here (%s); boto3 lists and fetches every "
-                         "object", self.name, exc)
-                self._curl = False
-            else:
-                self._curl = True
-        return self._curl
-
-    def _lister(self) -> Lister | None:
-        if not self._libcurl():
-            return None
-        from .listing import Lister
-
-        return Lister(self.cs, self.bucket, self.conn.region())
-
-    def _small_objects(self) -> SmallObjects | None:
-        """The libcurl fetcher of small objects (None: every object goes through boto3)."""
-        if not self.small_size or not self._libcurl():
-            return None
-        from .fetch import SmallObjects
-
-        return SmallObjects(self.cs, self.bucket, self.conn.region(), self.parallel, self.small_size)
-
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
         lock = threading.Lock()
         names = numbering("vol-{:06d}")
         todo: queue.Queue[tuple[int, Listed] | None] = queue.Queue(self.parallel * 16)
-        small: queue.Queue[tuple[int, Listed] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
-        fetcher = self._small_objects()
-        # One (compressed, stored) pair of volumes per fetching thread: the boto3 workers, then the fetcher.
+        # One (compressed, stored) pair of volumes per worker.
         volumes = [
             (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
-            for _ in range(self.parallel + 1)
+            for _ in range(self.parallel)
         ]
 
         def write_entry(entry: dict[str, Any]) -> None:
@@ -264,7 +218,7 @@ class MinioSource(Source):
                     continue
                 if item is None:
                     return
-                if self.small_size and item[1].size <= self.small_size:  # handed back by the fetcher
+                if self.small_size and item[1].size <= self.small_size:
                     entry = self._fetch_small(item, packed, stored, stop)
                 else:
                     entry = self._copy(item[0], item[1], packed, stored, stop)
@@ -274,17 +228,8 @@ class MinioSource(Source):
                 else:
                     write_entry(entry)
 
-        def fetch(packed: Volumes, stored: Volumes) -> None:
-            assert fetcher is not None
-            fetcher.run(
-                small,
-                lambda item, headers, body: write_entry(self._store(*item, headers, body, packed, stored)),
-                lambda item: put_unless_stopped(todo, item, stop),
-                stop,
-            )
-
         def thread(fill: Callable[[Volumes, Volumes], None], packed: Volumes, stored: Volumes) -> None:
-            """A fetching thread: ``fill`` its volumes, then close them; its first error stops every thread."""
+            """A worker: ``fill`` its volumes, then close them; its first error stops every thread."""
             try:
                 fill(packed, stored)
                 if not stop.is_set():
@@ -295,10 +240,8 @@ class MinioSource(Source):
                 stop.set()
 
         workers = [threading.Thread(target=thread, args=(work, *v), name=f"dm-minio-{i}", daemon=True)
-                   for i, v in enumerate(volumes[:-1])]
-        fetching = [threading.Thread(target=thread, args=(fetch, *volumes[-1]), name="dm-minio-small", daemon=True)
-                    ] if fetcher else []
-        for t in workers + fetching:
+                   for i, v in enumerate(volumes)]
+        for t in workers:
             t.start()
         try:
             number = 0
@@ -310,11 +253,8 @@ class MinioSource(Source):
                     stats["unreadable"].append(rel)  # some S3 servers allow such keys; HTTP clients drop them
                     continue
                 number += 1
-                if not put_unless_stopped(small if fetcher and obj.size <= self.small_size else todo, (number, obj), stop):
+                if not put_unless_stopped(todo, (number, obj), stop):
                     break
-            if fetching:
-                put_unless_stopped(small, None, stop)
-                fetching[0].join()  # its hand-backs go to the workers' queue, so it ends first
             for _ in workers:
                 put_unless_stopped(todo, None, stop)
             for t in workers:
@@ -324,16 +264,13 @@ class MinioSource(Source):
             index.close()
         except BaseException:
             stop.set()
-            for t in workers + fetching:
+            for t in workers:
                 t.join()
             for packed, stored in volumes:
                 packed.abort()
                 stored.abort()
             index.abort()
             raise
-        if fetcher is not None:
-            log.debug("source %s: %d small objects fetched over libcurl, %d handed to boto3",
-                      self.name, fetcher.fetched, fetcher.handed_back)
         if stats["changed"]:
             log.warning("source %s: %d objects changed while being read, not backed up: %s",
                         self.name, len(stats["changed"]), stats["changed"][:5])
@@ -374,9 +311,8 @@ class MinioSource(Source):
 
     def _fetch_small(self, item: tuple[int, Listed], packed: Volumes, stored: Volumes,
                      stop: threading.Event) -> dict[str, Any] | None:
-        """A small object fetched whole through boto3, in one GET (one the libcurl fetcher handed back, or all
-        where pycurl cannot load), into a volume; its index line (None: deleted since the listing). Grown past
-        ``small_size`` since the listing, it is streamed as a large one."""
+        """A small object fetched whole, in one GET, into a volume; its index line (None: deleted since the
+        listing). Grown past ``small_size`` since the listing, it is streamed as a large one."""
         number, obj = item
         key = obj.object_name
 
@@ -404,7 +340,7 @@ class MinioSource(Source):
 
     def _store(self, number: int, obj: Listed, headers: dict[str, str], body: bytes, packed: Volumes,
                stored: Volumes) -> dict[str, Any]:
-        """A small object fetched whole (by :mod:`.fetch` or :meth:`_fetch_small`) into a volume; its index line."""
+        """A small object fetched whole into a volume; its index line."""
         size = len(body)
         incompressible_ = size >= SAMPLE and incompressible(obj.object_name, body, headers.get("content-type", ""))
         volume = stored if incompressible_ else packed

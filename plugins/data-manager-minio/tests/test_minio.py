@@ -337,14 +337,6 @@ AWKWARD_KEYS = ["a+b=c&d!'()*@$,;:.txt", "percent%20x", "q?mark#hash", "[bracket
                 "tab\tkey", "back\\slash", "emoji 😀", "tilde~"]
 
 
-def _fetch_counts(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
-    import re
-
-    m = re.search(r"(\d+) small objects fetched over libcurl, (\d+) handed", caplog.text)
-    assert m, "the backup did not report its small-object fetches"
-    return int(m[1]), int(m[2])
-
-
 def _index(dm: DataManager, backup: bool = False) -> dict[str, dict[str, Any]]:
     """The latest backup's index lines by key, without where the bytes went (volume, offset, number)."""
     if backup:
@@ -355,22 +347,17 @@ def _index(dm: DataManager, backup: bool = False) -> dict[str, dict[str, Any]]:
     return {e["key"]: {k: v for k, v in e.items() if k not in ("n", "volume", "offset")} for e in entries}
 
 
-def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_manager_minio.source import MinioSource
-
+def test_small_objects_fetched_whole_as_streamed_ones(bucket: Bucket, tmp_path: Path) -> None:
+    """Whole GETs (small_size) and streamed range GETs give every object the same index line, awkward keys too."""
     objects = fill(bucket)
     for key in AWKWARD_KEYS:
         bucket.put(key, key.encode() * 3, metadata={"Key-Length": str(len(key))})
         objects[key] = key.encode() * 3
     dm = dm_for(bucket, tmp_path)
-    with caplog.at_level("DEBUG", logger="data_manager_minio"):
-        dm.backup("d")
-    assert _fetch_counts(caplog) == (len(objects) - 1, 0)  # all but the 11 MiB object, none handed back
-    assert "listing over libcurl stopped" not in caplog.text
-    # Listed and fetched by boto3 alone, every object gets the same index line: ETag, times, headers...
-    monkeypatch.setattr(MinioSource, "_lister", lambda self: None)
-    assert _index(dm) == _index(dm_for(bucket, tmp_path / "sdk", small_size=0), backup=True)
+    whole = _index(dm, backup=True)
+    assert set(whole) == set(objects)
+    assert whole == _index(dm_for(bucket, tmp_path / "streamed", small_size=0), backup=True)
+    assert whole["meta.json"]["metadata"] == {"experiment": "exp42", "operator": "ada"}
     other = bucket.other()
     dm.restore("d", "latest", overrides={"b": {"bucket": other}})
     for key, data in objects.items():
@@ -378,112 +365,20 @@ def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, capl
     assert bucket.client.stat_object(other, "tilde~").metadata["x-amz-meta-key-length"] == "6"
 
 
-def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from data_manager_minio import listing
-
-    real, listed = listing.parse_page, []
-
-    def parse_page(body: bytes) -> Any:
-        objects, token = real(body)
-        listed.extend(o.object_name for o in objects)
-        return objects, token
-
-    monkeypatch.setattr(listing, "parse_page", parse_page)
+def test_listing_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path) -> None:
     prefix = "dir +é&=x;%20/"
     for key in AWKWARD_KEYS + ["plain"]:
         bucket.put(prefix + key, key.encode())
     bucket.put("dir +é&=y/outside", b"not below the prefix")
     dm = dm_for(bucket, tmp_path, prefix=prefix)
-    with caplog.at_level("INFO", logger="data_manager_minio"):
-        dm.backup("d")
-    assert "listing over libcurl stopped" not in caplog.text
-    assert sorted(listed) == sorted(prefix + k for k in AWKWARD_KEYS + ["plain"])  # all listed over libcurl
+    dm.backup("d")
     assert set(_index(dm)) == set(AWKWARD_KEYS + ["plain"])
-
-
-def test_listing_over_libcurl_that_breaks_is_finished_by_boto3(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A page refused half-way (here the third): boto3 lists the rest after the last key, none twice or lost."""
-    from data_manager_minio import listing
-
-    objects = fill(bucket)
-    real, pages = listing.parse_page, []
-
-    def parse_page(body: bytes) -> Any:
-        pages.append(body)
-        if len(pages) == 3:
-            raise ValueError("HTTP 503")
-        return real(body)
-
-    monkeypatch.setattr(listing, "PAGE", 7)
-    monkeypatch.setattr(listing, "parse_page", parse_page)
-    dm = dm_for(bucket, tmp_path)
-    with caplog.at_level("INFO", logger="data_manager_minio"):
-        dm.backup("d")
-    assert "listing over libcurl stopped (HTTP 503); boto3 lists the rest" in caplog.text
-    assert len(pages) == 3
-    info = dm.list_backups("d")[-1]
-    with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
-        keys = [json.loads(line)["key"] for line in f.read().splitlines()]
-    assert sorted(keys) == sorted(objects)
-
-
-def test_small_objects_handed_back_to_boto3(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """libcurl signing with a wrong secret: every GET refused, and every object still backed up (by boto3)."""
-    import dataclasses
-
-    from data_manager_minio import fetch
-
-    objects = fill(bucket)
-    real = fetch.SmallObjects.__init__
-
-    def init(self: Any, cs: Any, *args: Any) -> None:
-        real(self, dataclasses.replace(cs, secret_key="not-the-secret"), *args)
-
-    monkeypatch.setattr(fetch.SmallObjects, "__init__", init)
-    dm = dm_for(bucket, tmp_path)
-    with caplog.at_level("DEBUG", logger="data_manager_minio"):
-        dm.backup("d")
-    assert _fetch_counts(caplog) == (0, len(objects) - 1)
-    assert "in a row failed (HTTP 403)" in caplog.text and "not-the-secret" not in caplog.text
-    other = bucket.other()
-    dm.restore("d", "latest", overrides={"b": {"bucket": other}})
-    assert bucket.keys(other) == set(objects)
-    assert all(bucket.get(key, other) == data for key, data in objects.items())
-
-
-def test_small_object_fetcher_hands_back_what_it_cannot_take(bucket: Bucket) -> None:
-    """Grown past the limit since the listing, or deleted: handed back to boto3's path, never buffered or lost."""
-    import queue
-    import threading
-    from types import SimpleNamespace
-
-    from data_manager.types import Settings
-    from data_manager_minio.connection import ConnectionSettings
-    from data_manager_minio.fetch import SmallObjects
-
-    bucket.put("fits", b"x" * 100)
-    bucket.put("grew", b"y" * 5000)
-    todo: queue.Queue[Any] = queue.Queue()
-    for n, key in enumerate(["fits", "grew", "deleted"]):
-        todo.put((n, SimpleNamespace(object_name=key)))
-    todo.put(None)
-    got: dict[str, bytes] = {}
-    back: list[str] = []
-    cs = ConnectionSettings.read(Settings(bucket.conn))
-    fetcher = SmallObjects(cs, bucket.name, "us-east-1", 2, max_size=1000)
-    fetcher.run(todo, lambda item, headers, body: got.update({item[1].object_name: bytes(body)}),
-                lambda item: back.append(item[1].object_name) or True, threading.Event())
-    assert got == {"fits": b"x" * 100} and sorted(back) == ["deleted", "grew"]
-    assert (fetcher.fetched, fetcher.handed_back) == (1, 2)
 
 
 def test_listing_that_breaks_resumes_after_the_last_key(bucket: Bucket, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3's listing broken after its second page (of 7 keys) resumes after the last key: none twice or lost."""
+    """A listing broken after its second page (of 7 keys) resumes after the last key: none twice or lost."""
     from botocore.exceptions import ConnectionClosedError
 
     from data_manager_minio import listing, source
@@ -500,7 +395,6 @@ def test_listing_that_breaks_resumes_after_the_last_key(bucket: Bucket, tmp_path
 
     monkeypatch.setattr(listing, "PAGE", 7)
     monkeypatch.setattr(source, "pages", pages)
-    monkeypatch.setattr(source.MinioSource, "_lister", lambda self: None)  # boto3 lists
     monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
     dm = dm_for(bucket, tmp_path)
     with caplog.at_level("WARNING", logger="data_manager_minio"):
@@ -519,8 +413,7 @@ def _lines(dm: DataManager) -> list[str]:
 
 def test_small_object_grown_or_deleted_since_the_listing(bucket: Bucket, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Grown past small_size since the listing: handed back by libcurl, then streamed by boto3, never cut at the
-    listed size; deleted: reported."""
+    """Grown past small_size since the listing: streamed whole, never cut at the listed size; deleted: reported."""
     import dataclasses
 
     from blake3 import blake3
@@ -538,7 +431,6 @@ def test_small_object_grown_or_deleted_since_the_listing(bucket: Bucket, tmp_pat
                 listing.Listed("deleted", 10)]
 
     monkeypatch.setattr(source, "pages", pages)
-    monkeypatch.setattr(source.MinioSource, "_lister", lambda self: None)  # boto3 lists; libcurl hands both back
     dm = dm_for(bucket, tmp_path, small_size="1KiB")
     dm.backup("d")
     index = _index(dm)

@@ -27,25 +27,14 @@ def test_registered_lazily() -> None:
 
     out = subprocess.run(
         [sys.executable, "-c", "import sys, data_manager_minio.source, data_manager_minio.storage; "
-                               "print('boto3' in sys.modules, 'botocore' in sys.modules, 'pycurl' in sys.modules)"],
+                               "print('boto3' in sys.modules, 'botocore' in sys.modules)"],
         capture_output=True, text=True, check=True,
     )
-    assert out.stdout.strip() == "False False False"
+    assert out.stdout.strip() == "False False"
 
 
-def test_without_pycurl_boto3_lists_and_fetches(monkeypatch: pytest.MonkeyPatch,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setitem(sys.modules, "pycurl", None)  # import pycurl -> ImportError
-    monkeypatch.delitem(sys.modules, "data_manager_minio.fetch", raising=False)
-    with caplog.at_level("INFO"):
-        source = MinioSource("b", _settings())
-        assert source._small_objects() is None and source._lister() is None
-    assert caplog.text.count("libcurl (pycurl) cannot be loaded here") == 1
-
-
-def test_no_minio_sdk() -> None:
-    """boto3 makes every request but the libcurl fast paths of the source: the minio SDK is neither imported
-    nor required (nor urllib3 used directly)."""
+def test_one_client_only() -> None:
+    """boto3 is the plugin's one HTTP client: neither the minio SDK nor pycurl is imported or required."""
     import ast
     import configparser
     import re
@@ -60,12 +49,12 @@ def test_no_minio_sdk() -> None:
                 names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.add(node.module.split(".")[0])
-    assert not names & {"minio", "urllib3", "obstore"}, names
+    assert not names & {"minio", "pycurl", "urllib3", "obstore"}, names
     setup = configparser.ConfigParser()
     setup.read(Path(__file__).parents[1] / "setup.cfg")
     required = {re.split(r"[<>=!~ ]", line.strip())[0] for line in setup["options"]["install_requires"].splitlines()
                 if line.strip()}
-    assert required == {"data-manager", "boto3", "blake3", "pycurl"}, required
+    assert required == {"data-manager", "boto3", "blake3"}, required
 
 
 @pytest.mark.parametrize(
@@ -213,89 +202,9 @@ def test_object_digest_blake3_and_older_sha256() -> None:
         object_digest({"key": "k"})
 
 
-def test_small_object_headers() -> None:
-    from data_manager_minio.fetch import parse_headers
-
-    lines = [b"HTTP/1.1 200 OK\r\n", b"Content-Type: text/plain\r\n", b"ETag: \"abc\"\r\n",
-             b"X-Amz-Meta-Owner: J\xf6rg\r\n", b"Content-Length: 5\r\n", b"\r\n"]
-    assert parse_headers(lines) == {"content-type": "text/plain", "etag": '"abc"', "x-amz-meta-owner": "Jörg",
-                                    "content-length": "5"}  # ISO-8859-1, as http.client decodes headers
-    assert parse_headers([b"HTTP/1.1 100 Continue\r\n", b"\r\n", *lines])["etag"] == '"abc"'  # the last answer counts
-    assert parse_headers([b"HTTP/1.1 206 Partial Content\r\n", b"ETag: \"abc\"\r\n"]) is None
-    assert parse_headers([b"HTTP/1.1 503 Slow Down\r\n"]) is None
-    assert parse_headers([]) is None
-
-
 def test_small_size_is_capped_by_range_size() -> None:
     assert MinioSource("b", _settings()).small_size == 1 << 20
     assert MinioSource("b", _settings(small_size="8MiB", range_size="2MiB")).small_size == 2 << 20
     assert MinioSource("b", _settings(small_size=0)).small_size == 0
     with pytest.raises(ConfigError, match="small_size"):
         MinioSource("b", _settings(small_size="lots"))
-
-
-def test_small_objects_without_sigv4_all_handed_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A libcurl that cannot sign (pycurl built on libcurl < 7.75): every object goes to boto3."""
-    import queue
-    import threading
-    from types import SimpleNamespace
-
-    import pycurl
-
-    from data_manager_minio.fetch import SmallObjects
-
-    def no_sigv4(self: SmallObjects) -> None:
-        raise pycurl.error(48, "An unknown option was passed in to libcurl")
-
-    monkeypatch.setattr(SmallObjects, "_handle", no_sigv4)
-    todo: queue.Queue[object] = queue.Queue()
-    for n in range(3):
-        todo.put((n, SimpleNamespace(object_name=f"k{n}")))
-    todo.put(None)
-    back: list[int] = []
-    fetcher = SmallObjects(ConnectionSettings.read(_settings()), "b", "us-east-1", 4, max_size=1 << 20)
-    fetcher.run(todo, lambda *a: pytest.fail("nothing can be fetched"), lambda item: back.append(item[0]) or True,
-                threading.Event())
-    assert back == [0, 1, 2] and (fetcher.fetched, fetcher.handed_back) == (0, 3)
-
-
-LISTING = """<?xml version="1.0" encoding="UTF-8"?>
-<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>a%20b/</Prefix>
-<KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><Delimiter></Delimiter><IsTruncated>{truncated}</IsTruncated>
-<EncodingType>url</EncodingType>{token}
-<Contents><Key>a%20b/x%2By+z%C3%A9</Key><LastModified>2026-11-23T07:29:00.123Z</LastModified>
-<ETag>&quot;0123abcd&quot;</ETag><Size>42</Size><StorageClass>STANDARD</StorageClass></Contents>
-<Contents><Key>a%20b/empty</Key><LastModified>2026-11-23T07:29:01Z</LastModified><ETag>"ff-2"</ETag>
-<Size>0</Size><Owner><ID>o</ID></Owner></Contents></ListBucketResult>"""
-
-
-def test_listing_page_parsed() -> None:
-    """As boto3's listing gives them (tests/test_minio.py compares both paths' index lines on a real bucket)."""
-    from datetime import datetime, timezone
-
-    from data_manager_minio.listing import Listed, parse_page
-
-    body = LISTING.format(truncated="true", token="<NextContinuationToken>t/1=</NextContinuationToken>").encode()
-    objects, token = parse_page(body)
-    assert token == "t/1="
-    assert objects == [
-        Listed("a b/x+y z\u00e9", 42, "0123abcd", datetime(2026, 11, 23, 7, 29, 0, 123000, tzinfo=timezone.utc),
-               "STANDARD"),
-        Listed("a b/empty", 0, "ff-2", datetime(2026, 11, 23, 7, 29, 1, tzinfo=timezone.utc), None),
-    ]
-    assert parse_page(LISTING.format(truncated="false", token="").encode())[1] is None
-
-
-@pytest.mark.parametrize("body", [
-    LISTING.format(truncated="true", token=""),  # truncated, but no way on: boto3 must take over
-    '<?xml version="1.0"?><Error><Code>SlowDown</Code></Error>',
-    "<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>",  # no key
-    "not xml at all",
-])
-def test_listing_page_that_cannot_be_used(body: str) -> None:
-    import xml.etree.ElementTree as ET
-
-    from data_manager_minio.listing import parse_page
-
-    with pytest.raises((ValueError, KeyError, ET.ParseError)):
-        parse_page(body.encode())

@@ -1,16 +1,18 @@
-"""Talking to an S3 server: connection settings, the one client (boto3), retries, one-line errors.
+"""Talking to an S3 server: connection settings, the clients, retries, one-line errors.
 
-Shared by the ``minio`` source and the ``s3`` storage. Every request goes through boto3's public API
-(listings, GETs, PUTs, the multipart calls, deletes); boto3 is imported when a source or storage first talks
-to a server. boto3's own retries are switched off (it would retry invisibly, with its own backoff);
-:meth:`Connection.call` retries transient failures (timeouts, broken connections, 5xx, throttling) through
-:mod:`data_manager.retry`, and turns everything else into one clear line without secrets. Why boto3 and not
-obstore or the minio SDK: docs/storages/s3.md.
+Shared by the ``minio`` source and the ``s3`` storage. Reads, listings, single PUTs and deletes go through
+the minio SDK's public API; multipart uploads through boto3's public multipart calls (the minio SDK has
+none that lets us push parts and complete on ``commit``: see :mod:`.multipart`). Both clients' own HTTP
+retries are switched off (the minio pool retries any 5xx five times, invisibly, and not S3's
+``SlowDown``); :meth:`Connection.call` retries transient failures (timeouts, broken connections, 5xx,
+throttling) itself, with exponential backoff, and turns everything else into one clear line without
+secrets.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +96,7 @@ class ConnectionSettings:
 
     @staticmethod
     def ca_file() -> str:
-        """The CA bundle the client trusts over https: $SSL_CERT_FILE, else certifi's."""
+        """The CA bundle every client here trusts (the SDK's pool and libcurl alike): $SSL_CERT_FILE, else certifi's."""
         import os
 
         import certifi
@@ -102,54 +104,74 @@ class ConnectionSettings:
         return os.environ.get("SSL_CERT_FILE") or certifi.where()
 
 
+def _response_code(exc: BaseException) -> int:
+    """The HTTP status of the SDK's InvalidResponseError (a non-XML answer), from its public message."""
+    m = re.search(r"Response code: (\d+)", str(exc))
+    return int(m[1]) if m else 0
+
 
 def _client_error(exc: BaseException) -> tuple[str, int] | None:
-    """(S3 error code, HTTP status) of a boto3 ``ClientError``, else None. A HEAD answer has no body: its
-    code is then the status as text ("404")."""
-    if not _is_botocore(exc):
-        return None
-    from botocore.exceptions import ClientError  # modelled errors (NoSuchKey...) are subclasses
-
+    """(S3 error code, HTTP status) of a boto3 ``ClientError``, else None."""
     response = getattr(exc, "response", None)
-    if not isinstance(exc, ClientError) or not isinstance(response, dict):
+    if type(exc).__name__ != "ClientError" or not isinstance(response, dict):
         return None
     return str(response.get("Error", {}).get("Code") or ""), int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def _is_botocore(exc: BaseException) -> bool:
-    """Is ``exc`` boto3's (without importing botocore to find out)?"""
-    return type(exc).__module__.startswith("botocore")
-
-
 def is_transient(exc: BaseException) -> bool:
     """Would the same request, repeated a little later, probably succeed?"""
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        return exc.code in TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, ServerError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    if isinstance(exc, InvalidResponseError):
+        code = _response_code(exc)
+        return code >= 500 or code == 429
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return False
     if (error := _client_error(exc)) is not None:
         return error[0] in TRANSIENT_CODES or error[1] >= 500 or error[1] == 429
     if _is_botocore(exc):
         from botocore import exceptions as b
 
-        # Connection refused/reset/timed out, a body cut short (ResponseStreamingError, IncompleteReadError);
-        # never a TLS failure (a wrong setting does not heal by waiting).
-        return (isinstance(exc, (b.ConnectionError, b.HTTPClientError, b.IncompleteReadError))
-                and not isinstance(exc, b.SSLError))
-    return isinstance(exc, (ConnectionError, TimeoutError))
+        return isinstance(exc, (b.ConnectionError, b.HTTPClientError)) and not isinstance(exc, b.SSLError)
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def _is_botocore(exc: BaseException) -> bool:
+    """Is ``exc`` boto3's (without importing botocore where no multipart upload ever ran)?"""
+    return type(exc).__module__.startswith("botocore")
 
 
 def describe(exc: BaseException) -> str:
     """One line about what went wrong, without secrets (never the exception's own text with URLs and ids)."""
-    if (error := _client_error(exc)) is not None:
-        code, status = error
-        if code in CREDENTIAL_CODES or (code == "403" and status == 403):
-            return f"{CREDENTIAL_CODES.get(code, 'access denied')} (check access_key / secret_key and the bucket policy)"
-        details = exc.response.get("Error", {})  # type: ignore[attr-defined]
+    import urllib3
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    if isinstance(exc, S3Error):
+        code = exc.code or "error"
+        if code in CREDENTIAL_CODES:
+            return f"{CREDENTIAL_CODES[code]} (check access_key / secret_key and the bucket policy)"
         if code == "NoSuchBucket":
-            return f"bucket {details['BucketName']!r} does not exist" if details.get("BucketName") else "no such bucket"
-        if code in ("NoSuchKey", "404"):
+            return f"bucket {exc.bucket_name!r} does not exist" if exc.bucket_name else "no such bucket"
+        if code == "NoSuchKey":
             return "no such object"
-        if code.isdigit():
-            return f"server error (HTTP {status})" if status >= 500 else f"HTTP {status}"
-        message = str(details.get("Message") or "").splitlines()
-        return f"{code or f'HTTP {status}'}: {message[0] if message else ''}".rstrip(": ")
+        message = (exc.message or "").splitlines()[0] if exc.message else ""
+        return f"{code}: {message}".rstrip(": ")
+    if isinstance(exc, ServerError):
+        return f"server error (HTTP {exc.status_code})"
+    if isinstance(exc, InvalidResponseError):
+        return f"unexpected answer from the server (HTTP {_response_code(exc) or '?'}; is this an S3 endpoint?)"
+    if (error := _client_error(exc)) is not None:
+        code = error[0] or f"HTTP {error[1]}"
+        if code in CREDENTIAL_CODES:
+            return f"{CREDENTIAL_CODES[code]} (check access_key / secret_key and the bucket policy)"
+        message = str(exc.response.get("Error", {}).get("Message") or "").splitlines()  # type: ignore[attr-defined]
+        return f"{code}: {message[0] if message else ''}".rstrip(": ")
     if _is_botocore(exc):
         from botocore import exceptions as b
 
@@ -161,30 +183,38 @@ def describe(exc: BaseException) -> str:
             return "cannot connect (connection refused or host unreachable)"
         if isinstance(exc, b.ReadTimeoutError):
             return "the server stopped answering (read timed out)"
-        if isinstance(exc, (b.ConnectionClosedError, b.ResponseStreamingError, b.IncompleteReadError)):
+        if isinstance(exc, b.ConnectionClosedError):
             return "the connection broke"
-        if isinstance(exc, b.NoCredentialsError):
-            return "no credentials"
         return f"HTTP failure ({type(exc).__name__})"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "TLS handshake failed (is secure = true right for this endpoint?)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "cannot connect (connection refused or host unreachable)"
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return "cannot resolve the host name"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "the server stopped answering (read timed out)"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
         return "the connection broke"
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return f"HTTP failure ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}"
 
 
 def is_s3_code(exc: BaseException, *codes: str) -> bool:
-    """Is ``exc`` an S3 error answer with one of these codes (a HEAD's: its status, e.g. ``"404"``)?"""
+    """Is ``exc`` an S3 error answer (of either client) with one of these codes?"""
+    from minio.error import S3Error
+
+    if isinstance(exc, S3Error):
+        return exc.code in codes
     error = _client_error(exc)
     return error is not None and error[0] in codes
 
 
 class Connection:
-    """A lazily created boto3 S3 client plus the retry policy and the error type of one source or storage.
-
-    ``bucket``: the bucket this source or storage works in; without a ``region`` setting, requests are
-    signed for the region the server answers for it (GetBucketLocation), else for ``us-east-1``.
-    """
+    """A lazily created minio client plus the retry policy and the error type of one source or storage."""
 
     def __init__(
         self,
@@ -192,33 +222,54 @@ class Connection:
         label: str,
         error_class: type[DataManagerError],
         pool_size: int = 16,
-        bucket: str | None = None,
     ) -> None:
         self.cs = cs
         self.label = label
         self.error_class = error_class
         self._pool_size = pool_size
-        self._bucket = bucket
+        self._client: Any = None
+        self._http: Any = None
         self._s3: Any = None
-        self._region: str | None = None
         self._lock = threading.Lock()
 
     @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import urllib3
+        from minio import Minio
+
+        self._http = http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.cs.connect_timeout, read=self.cs.timeout),
+            maxsize=self._pool_size,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=self.cs.ca_file(),
+            retries=False,  # Connection.call retries, with backoff and a log line
+        )
+        return Minio(
+            self.cs.endpoint,
+            access_key=self.cs.access_key,
+            secret_key=self.cs.secret_key,
+            secure=self.cs.secure,
+            region=self.cs.region,
+            http_client=http,
+        )
+
+    @property
     def s3(self) -> Any:
-        """The boto3 S3 client (created, and boto3 imported, on first use)."""
+        """A boto3 S3 client for multipart uploads (created, and boto3 imported, on the first one)."""
         if self._s3 is None:
             with self._lock:
                 if self._s3 is None:
-                    client = self._make_s3(self.cs.region or "us-east-1")
-                    if self.cs.region is None and self._bucket:
-                        region = self._bucket_region(client, self._bucket)
-                        if region != "us-east-1":
-                            client.close()
-                            client = self._make_s3(region)
-                    self._s3 = client
+                    self._s3 = self._make_s3()
         return self._s3
 
-    def _make_s3(self, region: str) -> Any:
+    def _make_s3(self) -> Any:
         import boto3
         import botocore
         from botocore.config import Config
@@ -229,42 +280,30 @@ class Connection:
             read_timeout=self.cs.timeout,
             max_pool_connections=self._pool_size,
             retries={"total_max_attempts": 1},  # Connection.call retries, with backoff and a log line
-            s3={"addressing_style": "path"},  # any S3 server, any bucket name
+            s3={"addressing_style": "path"},  # as the minio SDK and libcurl address a bucket
             # Checksums only where we ask for them (multipart.py): the signed sha256 over http, CRC32 over https.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            proxies={},  # no proxy from the environment
+            proxies={},
             **({} if signed else {"signature_version": botocore.UNSIGNED}),
         )
-        self._region = region
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.cs.url("").rstrip("/"),
             aws_access_key_id=self.cs.access_key,
             aws_secret_access_key=self.cs.secret_key,
-            region_name=region,
+            region_name=self.cs.region or "us-east-1",
             verify=self.cs.ca_file() if self.cs.secure else False,
             config=config,
         )
 
-    def _bucket_region(self, client: Any, bucket: str) -> str:
-        """The bucket's region by S3's GetBucketLocation (signed for us-east-1, which AWS accepts for it from
-        any region); us-east-1 when it cannot be told (a missing bucket is reported by the request that
-        needs it, with its retries and its one line)."""
-        try:
-            region = client.get_bucket_location(Bucket=bucket).get("LocationConstraint") or ""
-        except Exception as exc:
-            if not self.known(exc):
-                raise
-            log.info("%s: the bucket's region is unknown (%s); requests are signed for us-east-1",
-                     self.label, describe(exc))
-            return "us-east-1"
-        return {"": "us-east-1", "EU": "eu-west-1"}.get(region, region)  # S3's two legacy spellings
+    def region(self, bucket: str) -> str:
+        """The region requests to ``bucket`` are signed for: the setting, else the server's GetBucketLocation."""
+        if self.cs.region:
+            return self.cs.region
+        from .listing import bucket_region
 
-    def region(self) -> str:
-        """The region requests are signed for: the setting, else the bucket's (asked once), else us-east-1."""
-        self.s3  # noqa: B018 (creating the client settles the region)
-        return self._region or "us-east-1"
+        return bucket_region(self.cs, bucket) or "us-east-1"  # a wrong guess only hands libcurl's work to the SDK
 
     def error(self, what: str, exc: BaseException | str) -> DataManagerError:
         detail = exc if isinstance(exc, str) else describe(exc)
@@ -302,15 +341,18 @@ class Connection:
 
     @staticmethod
     def known(exc: BaseException) -> bool:
-        """Is ``exc`` a server's answer or a network failure (not a bug here, which must never be hidden)?"""
-        if _is_botocore(exc):
-            return _client_error(exc) is not None or not _is_usage_error(exc)
-        return isinstance(exc, (ConnectionError, TimeoutError))
+        import urllib3
+        from minio.error import MinioException
+
+        return isinstance(exc, (MinioException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)) or (
+            _is_botocore(exc) and (_client_error(exc) is not None or not _is_usage_error(exc)))
 
     def close(self) -> None:
+        if self._http is not None:
+            self._http.clear()
         if self._s3 is not None:
             self._s3.close()
-        self._s3 = None
+        self._client = self._http = self._s3 = None
 
 
 def _is_usage_error(exc: BaseException) -> bool:

@@ -73,16 +73,12 @@ class ObjectReader(io.RawIOBase):
         if self._range_size is not None:
             stop = start + self._range_size if stop is None else min(stop, start + self._range_size)
         length = 0 if stop is None else stop - start
-        params = {"IfMatch": f'"{self.etag}"'} if self.etag else {}
+        headers = {"If-Match": f'"{self.etag}"'} if self.etag else None
         while True:
-            if length:
-                params["Range"] = f"bytes={start}-{start + length - 1}"
-            elif start:
-                params["Range"] = f"bytes={start}-"
-            else:
-                params.pop("Range", None)
             try:
-                answer = self._conn.s3.get_object(Bucket=self._bucket, Key=self._key, **params)
+                resp = self._conn.client.get_object(
+                    self._bucket, self._key, offset=start, length=length, request_headers=headers
+                )
                 break
             except Exception as exc:
                 if is_s3_code(exc, "NoSuchKey"):
@@ -96,20 +92,19 @@ class ObjectReader(io.RawIOBase):
                     continue
                 raise
         first = self.etag is None
-        body = answer["Body"]
-        headers = answer["ResponseMetadata"]["HTTPHeaders"]  # names lower-cased, values as sent
         try:
-            got = self._resp_length(headers, start)
+            got = self._resp_length(resp, start)
         except BaseException:
-            body.close()
+            resp.close()
+            resp.release_conn()
             raise
-        self._resp, self._resp_end = body, start + got
+        self._resp, self._resp_end = resp, start + got
         if first:
-            self.headers = dict(headers)
-            self.etag = (headers.get("etag") or "").strip('"') or None
+            self.headers = {k.lower(): v for k, v in resp.headers.items()}
+            self.etag = (resp.headers.get("ETag") or "").strip('"') or None
 
-    def _resp_length(self, headers: dict[str, str], start: int) -> int:
-        content_range = headers.get("content-range")
+    def _resp_length(self, resp: Any, start: int) -> int:
+        content_range = resp.headers.get("Content-Range")
         if content_range:
             m = _CONTENT_RANGE.match(content_range)
             if not m or int(m[1]) != start:
@@ -117,7 +112,7 @@ class ObjectReader(io.RawIOBase):
             if m[3] != "*":
                 self.size = int(m[3])
             return int(m[2]) - int(m[1]) + 1
-        length = int(headers.get("content-length", "0"))
+        length = int(resp.headers.get("Content-Length", "0"))
         if start == 0 and self.size is None:
             self.size = length
         return length
@@ -129,6 +124,7 @@ class ObjectReader(io.RawIOBase):
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()
+            resp.release_conn()
 
     # ------------------------------------------------------------------ file interface
 
@@ -148,7 +144,7 @@ class ObjectReader(io.RawIOBase):
                     return b""
                 self._open()
             try:
-                data = self._resp.read(n)  # stored bytes (boto3 decodes no Content-Encoding: gzip)
+                data = self._resp.read(n, decode_content=False)  # stored bytes, even if Content-Encoding: gzip
             except Exception as exc:
                 self._release()
                 if not self._conn.backoff(attempt, f"reading {self._label} at byte {self._pos}", exc):

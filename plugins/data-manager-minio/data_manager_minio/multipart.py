@@ -1,18 +1,23 @@
 """Writing one object to S3 as a stream: a multipart upload, checked part by part, completed at the end.
 
-Public APIs only: boto3's ``put_object`` and its multipart calls (``create_multipart_upload``,
-``upload_part``, ``complete_multipart_upload``, ``abort_multipart_upload``) are exactly the S3 requests, so
-bytes pushed by the repository layer become parts, and the object appears only on :meth:`commit`.
+Public APIs only. The minio SDK's public ``put_object`` pulls from a reader, decides on its own when the
+object is complete, cannot be told "complete only now", retries no part and checks no part's answer; the
+storage needs the opposite (bytes pushed by the repository layer, completion on ``commit``). boto3's public
+multipart calls (``create_multipart_upload``, ``upload_part``, ``complete_multipart_upload``,
+``abort_multipart_upload``) are exactly the S3 requests, so multipart uploads go through them. An object
+of one part is one ``PUT`` by the minio SDK's public ``put_object`` (a whole, known-length body: nothing to
+pull), which costs half boto3's CPU per request (1.3 ms against 2.9 ms measured), and a restore PUTs
+thousands of small objects. boto3 is imported on the first multipart upload only.
 
 :class:`ObjectUpload`:
 
 * holds at most two parts in memory: the one being filled and the one on its way to the server (uploaded
   by a helper thread, so the producer keeps working meanwhile);
-* every body is checked by the server: over plain http with credentials boto3 signs each body's sha256
-  (``x-amz-content-sha256``), which the server recomputes; otherwise (https: ``UNSIGNED-PAYLOAD``) each body
-  is sent with its CRC32 (``x-amz-checksum-crc32``, 1.2 GB/s against MD5's 0.5), which the server
-  recomputes, refuses on mismatch and answers back, and the answer is compared (``check_etag``); a failed
-  part is retried with backoff;
+* every body is checked by the server: over plain http with credentials both clients sign each body's
+  sha256 (``x-amz-content-sha256``), which the server recomputes; otherwise (https: ``UNSIGNED-PAYLOAD``)
+  each body is sent with its CRC32 (``x-amz-checksum-crc32``, 1.2 GB/s against MD5's 0.5), which the
+  server recomputes, refuses on mismatch and answers back, and the answer is compared (``check_etag``); a
+  failed part is retried with backoff;
 * an object smaller than one part is written with one ``PUT``; a bigger one becomes visible only when the
   multipart upload is completed in :meth:`commit`; :meth:`abort` (and any failure) aborts the upload, so
   nothing is left half-written;
@@ -23,6 +28,7 @@ bytes pushed by the repository layer become parts, and the object appears only o
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import zlib
 from email.utils import parsedate_to_datetime
@@ -49,9 +55,9 @@ def _b64(raw: bytes) -> str:
 
 
 def payload_signed(conn: Connection) -> bool:
-    """Does boto3 sign each body's sha256 (plain http with credentials), so the server checks it?
+    """Do the clients sign each body's sha256 (plain http with credentials), so the server checks it?
 
-    Over https it sends ``UNSIGNED-PAYLOAD``; without credentials nothing is signed.
+    Over https both send ``UNSIGNED-PAYLOAD``; without credentials nothing is signed.
     """
     return not conn.cs.secure and conn.cs.access_key is not None
 
@@ -87,6 +93,21 @@ def boto_params(headers: dict[str, str]) -> dict[str, Any]:
     if metadata:
         params["Metadata"] = metadata
     return params
+
+
+class _Once(io.RawIOBase):
+    """A reader of one buffer for ``put_object``, which reads ``length`` bytes: no copy but one ``bytes``."""
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__()
+        self._data: bytearray | None = data
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data, self._data = self._data, None
+        return bytes(data) if data else b""
 
 
 class ObjectUpload(ObjectWriter):
@@ -226,14 +247,22 @@ class ObjectUpload(ObjectWriter):
         data = self._take()
         crc = _b64(_crc32(data)) if self._use_crc else ""
         what = f"writing {self._label}"
-        params = boto_params(self._headers)
-        params.setdefault("ContentType", "application/octet-stream")
+        if any(h.lower() == "expires" for h in self._headers):  # the minio SDK sends it as user metadata
+            extra = {"ChecksumCRC32": crc} if crc else {}
+            answer = self._conn.call(what, lambda: self._conn.s3.put_object(
+                Bucket=self._bucket, Key=self._key, Body=data, **boto_params(self._headers), **extra))
+            self._verify(what, answer.get("ChecksumCRC32"), crc)
+            self.etag = _clean_etag(answer.get("ETag"))
+            return
+        headers = {k: v for k, v in self._headers.items() if k.lower() != "content-type"}
         if crc:
-            params["ChecksumCRC32"] = crc
-        answer = self._conn.call(what, lambda: self._conn.s3.put_object(
-            Bucket=self._bucket, Key=self._key, Body=data, **params))
-        self._verify(what, answer.get("ChecksumCRC32"), crc)
-        self.etag = _clean_etag(answer.get("ETag"))
+            headers["x-amz-checksum-crc32"] = crc
+        content_type = next((v for k, v in self._headers.items() if k.lower() == "content-type"), None)
+        result = self._conn.call(what, lambda: self._conn.client.put_object(
+            self._bucket, self._key, _Once(data), len(data), content_type=content_type or "application/octet-stream",
+            metadata=headers, part_size=max(len(data), MIN_PART)))  # one part: one PUT
+        self._verify(what, result.http_headers.get("x-amz-checksum-crc32"), crc)
+        self.etag = _clean_etag(result.etag)
 
     def _complete(self) -> None:
         parts = sorted(self._parts)
@@ -251,9 +280,9 @@ class ObjectUpload(ObjectWriter):
             except Exception as exc:
                 # A retried complete whose first attempt did succeed: the upload is gone, the object is there.
                 if is_s3_code(exc, "NoSuchUpload"):
-                    stat = self._conn.s3.head_object(Bucket=self._bucket, Key=self._key)
-                    if stat["ContentLength"] == self.size and _clean_etag(stat["ETag"]).endswith(f"-{len(parts)}"):
-                        return stat["ETag"]  # type: ignore[no-any-return]
+                    stat = self._conn.client.stat_object(self._bucket, self._key)
+                    if stat.size == self.size and _clean_etag(stat.etag).endswith(f"-{len(parts)}"):
+                        return stat.etag  # type: ignore[no-any-return]
                 raise
 
         etag = self._conn.call(what, once)

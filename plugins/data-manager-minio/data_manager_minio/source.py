@@ -1,9 +1,10 @@
 """Source ``minio``: the objects of a bucket (or of a prefix in it), from MinIO or any S3 server.
 
-Backup lists the objects (recursively, paginated by :mod:`.listing`; a broken listing resumes after its last
-key) and hands them to ``parallel`` worker threads: objects up to ``small_size`` are fetched whole in one
-GET, larger ones streamed 1 MiB at a time and in ranges of ``range_size`` (:mod:`.download`). Every
-request is boto3's (:mod:`.connection`). Each worker writes volumes of its own: plain concatenations of object
+Backup lists the objects (recursively, paginated, over libcurl by :mod:`.listing`; the SDK lists what that
+could not, and resumes a broken listing after its last key). Objects up to ``small_size`` are fetched
+whole, ``parallel`` at a time, over libcurl (:mod:`.fetch`); larger ones (and any small one the fast path
+hands back) go to ``parallel`` worker threads, which stream them through the SDK, 1 MiB at a time and in
+ranges of ``range_size``. Each fetching thread writes volumes of its own: plain concatenations of object
 bytes, one stream compressed with zstd and one stored as is (:func:`~data_manager.volumes.incompressible`),
 rolling over at ``volume_size``; an object of half that or more has a volume to itself. ``objects.jsonl``
 lists every object: its key relative to the prefix, size, ETag, last-modified, content type and other
@@ -27,7 +28,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
@@ -36,11 +37,14 @@ from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 from data_manager.volumes import SAMPLE, Volumes, incompressible, numbering
 
-from .connection import CONNECTION_KEYS, Connection, ConnectionSettings, is_s3_code
+from .connection import CONNECTION_KEYS, Connection, ConnectionSettings
 from .download import ObjectChanged, ObjectGone, ObjectReader
-from .listing import Listed, pages
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
-from .storage import bucket_exists, check_bucket, delete_keys, normalize_prefix
+from .storage import normalize_prefix
+
+if TYPE_CHECKING:
+    from .fetch import SmallObjects
+    from .listing import Lister
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +144,14 @@ class MinioSource(Source):
         self.parallel = settings.get_int("parallel", 8, minimum=1)
         self.volume_size = settings.get_size("volume_size", 128 << 20)
         self.range_size = settings.get_size("range_size", 64 << 20, minimum=CHUNK)
-        # Fetched whole, in one GET, in memory: parallel x small_size bytes at most. 0: every object streamed.
+        # Fetched whole, in memory: parallel x small_size bytes at most. 0 sends every object through the SDK.
         self.small_size = min(settings.get_size("small_size", 1 << 20, minimum=0), self.range_size)
         self.part_size = settings.get_size("part_size", DEFAULT_PART, minimum=MIN_PART)
         self.delete_extra = settings.get_bool("delete_extra", False)
         self.verify_first = settings.get_bool("verify_first", True)
         self.check_etag = settings.get_bool("check_etag", True)
-        self.conn = Connection(self.cs, f"source {name!r} ({self.describe()})", SourceError, 2 * self.parallel + 4,
-                               bucket=self.bucket)
+        self.conn = Connection(self.cs, f"source {name!r} ({self.describe()})", SourceError, 2 * self.parallel + 4)
+        self._curl: bool | None = None
 
     def describe(self) -> str:
         return self.cs.url(self.bucket, self.prefix)
@@ -159,20 +163,31 @@ class MinioSource(Source):
         return not any(fnmatch.fnmatchcase(rel, p) for p in self.exclude)
 
     def check(self) -> None:
-        check_bucket(self.conn, self.bucket, self.prefix, SourceError)
+        if not self.conn.call("checking the bucket", self.conn.client.bucket_exists, self.bucket):
+            raise SourceError(f"{self.conn.label}: bucket {self.bucket!r} does not exist")
+        self.conn.call("listing the bucket", lambda: next(iter(
+            self.conn.client.list_objects(self.bucket, prefix=self.prefix or None)), None))
 
-    def _objects(self, prefix: str) -> Iterator[Listed]:
-        """Every object below ``prefix`` (current versions), paginated; a listing broken by a transient
-        failure resumes after the last key it gave."""
+    def _objects(self, prefix: str) -> Iterator[Any]:
+        """Every object below ``prefix`` (current versions), paginated: over libcurl where it loads (:mod:`.listing`),
+        then through the SDK from the last key that got, which also resumes a broken listing after its last key."""
         start_after: str | None = None
+        lister = self._lister()
+        if lister is not None:
+            for obj in lister.objects(prefix):
+                start_after = obj.object_name
+                yield obj
+            if lister.complete:
+                return
         attempt = 0
         while True:
             try:
-                for page in pages(self.conn, self.bucket, prefix, start_after=start_after):
+                for obj in self.conn.client.list_objects(
+                    self.bucket, prefix=prefix or None, recursive=True, start_after=start_after
+                ):
                     attempt = 0
-                    for obj in page:
-                        start_after = obj.object_name
-                        yield obj
+                    start_after = obj.object_name
+                    yield obj
                 return
             except DataManagerError:
                 raise
@@ -185,19 +200,50 @@ class MinioSource(Source):
 
     # ------------------------------------------------------------------ backup
 
+    def _libcurl(self) -> bool:
+        """Can pycurl be loaded here (for :mod:`.fetch` and :mod:`.listing`)? Imported on first use, not at
+        registration: every CLI command registers plugins. Where it cannot, the SDK does all the work."""
+        if self._curl is None:
+            try:
+                import pycurl  # noqa: F401
+            except ImportError as exc:
+                log.info("source %s: libcurl (pycurl) cannot be loaded here (%s); the SDK lists and fetches every "
+                         "object", self.name, exc)
+                self._curl = False
+            else:
+                self._curl = True
+        return self._curl
+
+    def _lister(self) -> Lister | None:
+        if not self._libcurl():
+            return None
+        from .listing import Lister
+
+        return Lister(self.cs, self.bucket, self.conn.region(self.bucket))
+
+    def _small_objects(self) -> SmallObjects | None:
+        """The libcurl fetcher of small objects (None: every object goes through the SDK)."""
+        if not self.small_size or not self._libcurl():
+            return None
+        from .fetch import SmallObjects
+
+        return SmallObjects(self.cs, self.bucket, self.conn.region(self.bucket), self.parallel, self.small_size)
+
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
         lock = threading.Lock()
         names = numbering("vol-{:06d}")
-        todo: queue.Queue[tuple[int, Listed] | None] = queue.Queue(self.parallel * 16)
+        todo: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
+        small: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
         index = sink.open(INDEX, compression="auto")
-        # One (compressed, stored) pair of volumes per worker.
+        fetcher = self._small_objects()
+        # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
         volumes = [
             (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
-            for _ in range(self.parallel)
+            for _ in range(self.parallel + 1)
         ]
 
         def write_entry(entry: dict[str, Any]) -> None:
@@ -210,6 +256,9 @@ class MinioSource(Source):
                     stats["objects"] += 1
                     stats["bytes"] += entry["size"]
 
+        def put(q: queue.Queue[tuple[int, Any] | None], item: tuple[int, Any] | None) -> bool:
+            return put_unless_stopped(q, item, stop)
+
         def work(packed: Volumes, stored: Volumes) -> None:
             while not stop.is_set():
                 try:
@@ -218,18 +267,24 @@ class MinioSource(Source):
                     continue
                 if item is None:
                     return
-                if self.small_size and item[1].size <= self.small_size:
-                    entry = self._fetch_small(item, packed, stored, stop)
-                else:
-                    entry = self._copy(item[0], item[1], packed, stored, stop)
+                entry = self._copy(item[0], item[1], packed, stored, stop)
                 if entry is None:
                     with lock:
                         stats["vanished"].append(item[1].object_name[len(self.prefix):])
                 else:
                     write_entry(entry)
 
+        def fetch(packed: Volumes, stored: Volumes) -> None:
+            assert fetcher is not None
+            fetcher.run(
+                small,
+                lambda item, headers, body: write_entry(self._store(item, headers, body, packed, stored)),
+                lambda item: put(todo, item),
+                stop,
+            )
+
         def thread(fill: Callable[[Volumes, Volumes], None], packed: Volumes, stored: Volumes) -> None:
-            """A worker: ``fill`` its volumes, then close them; its first error stops every thread."""
+            """A fetching thread: ``fill`` its volumes, then close them; its first error stops every thread."""
             try:
                 fill(packed, stored)
                 if not stop.is_set():
@@ -240,8 +295,10 @@ class MinioSource(Source):
                 stop.set()
 
         workers = [threading.Thread(target=thread, args=(work, *v), name=f"dm-minio-{i}", daemon=True)
-                   for i, v in enumerate(volumes)]
-        for t in workers:
+                   for i, v in enumerate(volumes[:-1])]
+        fetching = [threading.Thread(target=thread, args=(fetch, *volumes[-1]), name="dm-minio-small", daemon=True)
+                    ] if fetcher else []
+        for t in workers + fetching:
             t.start()
         try:
             number = 0
@@ -250,13 +307,16 @@ class MinioSource(Source):
                 if not rel or not self.selected(rel):
                     continue
                 if {".", ".."} & set(obj.object_name.split("/")):
-                    stats["unreadable"].append(rel)  # some S3 servers allow such keys; HTTP clients drop them
+                    stats["unreadable"].append(rel)  # some S3 servers allow such keys; the minio SDK refuses them
                     continue
                 number += 1
-                if not put_unless_stopped(todo, (number, obj), stop):
+                if not put(small if fetcher and (obj.size or 0) <= self.small_size else todo, (number, obj)):
                     break
+            if fetching:
+                put(small, None)
+                fetching[0].join()  # its hand-backs go to the workers' queue, so it ends first
             for _ in workers:
-                put_unless_stopped(todo, None, stop)
+                put(todo, None)
             for t in workers:
                 t.join()
             if errors:
@@ -264,18 +324,21 @@ class MinioSource(Source):
             index.close()
         except BaseException:
             stop.set()
-            for t in workers:
+            for t in workers + fetching:
                 t.join()
             for packed, stored in volumes:
                 packed.abort()
                 stored.abort()
             index.abort()
             raise
+        if fetcher is not None:
+            log.debug("source %s: %d small objects fetched over libcurl, %d handed to the SDK path",
+                      self.name, fetcher.fetched, fetcher.handed_back)
         if stats["changed"]:
             log.warning("source %s: %d objects changed while being read, not backed up: %s",
                         self.name, len(stats["changed"]), stats["changed"][:5])
         if stats["unreadable"]:
-            log.warning("source %s: %d objects with '.' or '..' key segments cannot be read over HTTP, "
+            log.warning("source %s: %d objects with '.' or '..' key segments cannot be read with the minio SDK, "
                         "not backed up: %s", self.name, len(stats["unreadable"]), stats["unreadable"][:5])
         if stats["vanished"]:
             log.warning("source %s: %d objects deleted while the backup ran", self.name, len(stats["vanished"]))
@@ -309,38 +372,10 @@ class MinioSource(Source):
             "offset": offset,
         }
 
-    def _fetch_small(self, item: tuple[int, Listed], packed: Volumes, stored: Volumes,
-                     stop: threading.Event) -> dict[str, Any] | None:
-        """A small object fetched whole, in one GET, into a volume; its index line (None: deleted since the
-        listing). Grown past ``small_size`` since the listing, it is streamed as a large one."""
-        number, obj = item
-        key = obj.object_name
-
-        def get() -> tuple[dict[str, str], bytes] | None:
-            try:
-                answer = self.conn.s3.get_object(Bucket=self.bucket, Key=key)
-            except Exception as exc:
-                if is_s3_code(exc, "NoSuchKey"):
-                    return None
-                raise
-            headers = answer["ResponseMetadata"]["HTTPHeaders"]
-            if int(headers.get("content-length") or 0) > self.small_size:
-                answer["Body"].close()
-                return headers, b""
-            with closing(answer["Body"]) as body:
-                return headers, body.read()
-
-        got = self.conn.call(f"reading s3://{self.bucket}/{key}", get)
-        if got is None:
-            return None
-        headers, body = got
-        if int(headers.get("content-length") or 0) > self.small_size:  # grew since the listing
-            return self._copy(number, obj, packed, stored, stop)
-        return self._store(number, obj, headers, body, packed, stored)
-
-    def _store(self, number: int, obj: Listed, headers: dict[str, str], body: bytes, packed: Volumes,
+    def _store(self, item: tuple[int, Any], headers: dict[str, str], body: bytearray, packed: Volumes,
                stored: Volumes) -> dict[str, Any]:
-        """A small object fetched whole into a volume; its index line."""
+        """A small object fetched whole (by :mod:`.fetch`) into a volume; its index line."""
+        number, obj = item
         size = len(body)
         incompressible_ = size >= SAMPLE and incompressible(obj.object_name, body, headers.get("content-type", ""))
         volume = stored if incompressible_ else packed
@@ -351,7 +386,7 @@ class MinioSource(Source):
         return self._entry(number, obj, headers, etag, size, blake3(body).hexdigest(), name, offset)
 
     def _copy(self, number: int, obj: Any, packed: Volumes, stored: Volumes, stop: threading.Event) -> dict[str, Any] | None:
-        """An object streamed into a volume; its index line (None: deleted since the listing)."""
+        """An object streamed through the SDK into a volume; its index line (None: deleted since the listing)."""
         key = obj.object_name
         try:
             reader = ObjectReader(self.conn, self.bucket, key, range_size=self.range_size, label=f"s3://{self.bucket}/{key}")
@@ -431,6 +466,7 @@ class MinioSource(Source):
         return by_volume
 
     def restore(self, artifacts: ArtifactSet) -> None:
+        client = self.conn.client
         if self.verify_first:
             artifacts.verify()
         # the whole index is read and checked before anything is written, the bucket included
@@ -439,8 +475,8 @@ class MinioSource(Source):
         missing = set(by_volume) - set(volumes)
         if missing or not all(isinstance(v, str) for v in volumes):
             raise CorruptBackupError(f"{self.name}/{INDEX}: names volumes not in the backup: {sorted(missing)[:3]}")
-        if not bucket_exists(self.conn, self.bucket):
-            self._make_bucket()
+        if not self.conn.call("checking the bucket", client.bucket_exists, self.bucket):
+            self.conn.call(f"creating bucket {self.bucket!r}", client.make_bucket, self.bucket)
         stop = threading.Event()
         errors: list[BaseException] = []
         todo: queue.Queue[str] = queue.Queue()
@@ -533,16 +569,21 @@ class MinioSource(Source):
             upload.abort()
             raise
 
-    def _make_bucket(self) -> None:
-        region = self.conn.region()
-        where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        self.conn.call(f"creating bucket {self.bucket!r}", lambda: self.conn.s3.create_bucket(Bucket=self.bucket, **where))
-
     def _delete_extra(self, keep: set[str]) -> None:
+        from minio.deleteobjects import DeleteObject
+
         extra = [
             obj.object_name for obj in self._objects(self.prefix)
             if obj.object_name[len(self.prefix):] not in keep and self.selected(obj.object_name[len(self.prefix):])
         ]
-        delete_keys(self.conn, self.bucket, extra, "deleting objects not in the backup")
+        for i in range(0, len(extra), 1000):
+            batch = [DeleteObject(k) for k in extra[i : i + 1000]]
+
+            def remove(batch: list[DeleteObject] = batch) -> None:
+                failed = list(self.conn.client.remove_objects(self.bucket, batch))
+                if failed:
+                    raise SourceError(f"{self.conn.label}: cannot delete {failed[0].name}: {failed[0].code}")
+
+            self.conn.call("deleting objects not in the backup", remove)
         if extra:
             log.info("source %s: deleted %d objects not in the backup", self.name, len(extra))

@@ -2,21 +2,19 @@
 
 Writes are multipart uploads (see :mod:`.multipart`): checked part by part, invisible until completed,
 aborted on failure. Reads stream, from any offset (:mod:`.download`). ``list`` is a delimiter listing
-(``/``), paginated (:mod:`.listing`); unfinished uploads are never listed. Every request is boto3's
-(:mod:`.connection`).
+(``/``), paginated by the SDK; unfinished uploads are never listed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from data_manager.errors import DataManagerError, StorageError
+from data_manager.errors import StorageError
 from data_manager.types import Entry, ObjectWriter, Settings, Storage
 
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings, is_s3_code
 from .download import ObjectGone, ObjectReader
-from .listing import pages
 from .multipart import DEFAULT_PART, MIN_PART, ObjectUpload
 
 STORAGE_CLASSES = {"STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
@@ -42,7 +40,7 @@ class S3Storage(Storage):
             raise settings.error("storage_class", f"unknown storage class (known: {', '.join(sorted(STORAGE_CLASSES))})")
         self.storage_class = storage_class.upper() if storage_class else None
         self.check_etag = settings.get_bool("check_etag", True)
-        self.conn = Connection(self.cs, f"s3 storage {name!r} ({self.location()})", StorageError, bucket=self.bucket)
+        self.conn = Connection(self.cs, f"s3 storage {name!r} ({self.location()})", StorageError)
 
     def location(self) -> str:
         return self.cs.url(self.bucket, self.root)
@@ -62,7 +60,12 @@ class S3Storage(Storage):
     # ------------------------------------------------------------------ operations
 
     def check(self) -> None:
-        check_bucket(self.conn, self.bucket, self.root, StorageError)
+        exists = self.conn.call("checking the bucket", self.conn.client.bucket_exists, self.bucket)
+        if not exists:
+            raise StorageError(f"{self.conn.label}: bucket {self.bucket!r} does not exist")
+        # Listing proves the credentials may read, not only that the bucket exists.
+        self.conn.call("listing the bucket", lambda: next(iter(
+            self.conn.client.list_objects(self.bucket, prefix=self.root or None)), None))
 
     def open_write(self, key: str, *, storage_class: str | None = None) -> ObjectWriter:
         """Start writing ``key``; ``storage_class`` (e.g. ``"GLACIER"``) overrides the setting for this object."""
@@ -95,15 +98,14 @@ class S3Storage(Storage):
 
         def listing() -> list[Entry]:  # one page at a time would be lazier; a retry must restart anyway
             out = []
-            for page in pages(self.conn, self.bucket, base, delimiter="/"):
-                for obj in page:
-                    name = obj.object_name[len(base):]
-                    if obj.is_dir:
-                        name = name.rstrip("/")
-                        if name:
-                            out.append(Entry(name, True))
-                    elif name:
-                        out.append(Entry(name, False, obj.size, obj.last_modified))
+            for obj in self.conn.client.list_objects(self.bucket, prefix=base or None, recursive=False):
+                name = obj.object_name[len(base):]
+                if obj.is_dir:
+                    name = name.rstrip("/")
+                    if name:
+                        out.append(Entry(name, True))
+                elif name:
+                    out.append(Entry(name, False, obj.size, obj.last_modified))
             return out
 
         yield from self.conn.call(f"listing {base or '/'}", listing)
@@ -114,11 +116,10 @@ class S3Storage(Storage):
 
         def listing() -> list[tuple[str, Entry]]:
             out = []
-            for page in pages(self.conn, self.bucket, base):
-                for obj in page:
-                    key = obj.object_name[len(self.root):]
-                    if key and not key.endswith("/"):
-                        out.append((key, Entry(key.rsplit("/", 1)[-1], False, obj.size, obj.last_modified)))
+            for obj in self.conn.client.list_objects(self.bucket, prefix=base or None, recursive=True):
+                key = obj.object_name[len(self.root):]
+                if key and not key.endswith("/"):
+                    out.append((key, Entry(key.rsplit("/", 1)[-1], False, obj.size, obj.last_modified)))
             return out
 
         yield from self.conn.call(f"listing {base or '/'}", listing)
@@ -126,10 +127,10 @@ class S3Storage(Storage):
     def exists(self, key: str) -> bool:
         def stat() -> bool:
             try:
-                self.conn.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+                self.conn.client.stat_object(self.bucket, self._key(key))
                 return True
             except Exception as exc:
-                if is_s3_code(exc, "404", "NoSuchKey", "NotFound"):
+                if is_s3_code(exc, "NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                     return False
                 raise
 
@@ -137,60 +138,26 @@ class S3Storage(Storage):
 
     def storage_class_of(self, key: str) -> str:
         """The object's storage class (``STANDARD`` when the server does not say)."""
-        stat = self.conn.call(f"checking {key}", lambda: self.conn.s3.head_object(Bucket=self.bucket, Key=self._key(key)))
-        return stat.get("StorageClass") or "STANDARD"
+        stat = self.conn.call(f"checking {key}", self.conn.client.stat_object, self.bucket, self._key(key))
+        return (stat.metadata or {}).get("x-amz-storage-class") or stat.storage_class or "STANDARD"
 
     def delete(self, key: str) -> None:
-        self.conn.call(f"deleting {key}", lambda: self.conn.s3.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        self.conn.call(f"deleting {key}", self.conn.client.remove_object, self.bucket, self._key(key))
 
     def delete_tree(self, prefix: str) -> None:
         """Every object below ``prefix``, deleted 1000 per request."""
-        delete_keys(self.conn, self.bucket, [self.root + k for k, _ in self.walk(prefix)], f"deleting below {prefix}")
+        from minio.deleteobjects import DeleteObject
+
+        keys = [self.root + k for k, _ in self.walk(prefix)]
+        for i in range(0, len(keys), 1000):
+            batch = [DeleteObject(k) for k in keys[i : i + 1000]]
+
+            def remove(batch: list[DeleteObject] = batch) -> None:
+                errors = list(self.conn.client.remove_objects(self.bucket, batch))
+                if errors:
+                    raise StorageError(f"{self.conn.label}: cannot delete {errors[0].name}: {errors[0].code}")
+
+            self.conn.call(f"deleting below {prefix}", remove)
 
     def close(self) -> None:
         self.conn.close()
-
-
-def check_bucket(conn: Connection, bucket: str, prefix: str, error_class: type[DataManagerError]) -> None:
-    """The bucket exists and these credentials may list it (one ListObjectsV2 of one key: unlike a HEAD, its
-    error answer tells a wrong secret from a denied access)."""
-
-    def probe() -> bool:
-        try:
-            conn.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-            return True
-        except Exception as exc:
-            if is_s3_code(exc, "NoSuchBucket"):
-                return False
-            raise
-
-    if not conn.call("checking the bucket", probe):
-        raise error_class(f"{conn.label}: bucket {bucket!r} does not exist")
-
-
-def bucket_exists(conn: Connection, bucket: str) -> bool:
-    """Does ``bucket`` exist (HEAD: 404 is no)?"""
-
-    def head() -> bool:
-        try:
-            conn.s3.head_bucket(Bucket=bucket)
-            return True
-        except Exception as exc:
-            if is_s3_code(exc, "404", "NoSuchBucket", "NotFound"):
-                return False
-            raise
-
-    return conn.call("checking the bucket", head)
-
-
-def delete_keys(conn: Connection, bucket: str, keys: list[str], what: str) -> None:
-    """Delete ``keys`` of ``bucket``, 1000 per DeleteObjects request; the first key refused is an error."""
-    for i in range(0, len(keys), 1000):
-        batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
-
-        def remove(batch: dict[str, Any] = batch) -> None:
-            errors = conn.s3.delete_objects(Bucket=bucket, Delete=batch).get("Errors") or []
-            if errors:
-                raise conn.error(what, f"cannot delete {errors[0].get('Key')}: {errors[0].get('Code')}")
-
-        conn.call(what, remove)

@@ -20,6 +20,7 @@ from data_manager.types import Settings
 from data_manager_minio.storage import S3Storage
 
 pytestmark = pytest.mark.minio
+minio = pytest.importorskip("minio")
 
 MiB = 1 << 20
 
@@ -54,13 +55,13 @@ class Bucket:
         self.extra.append(name)
         return name
 
-    def uploads(self, bucket: str | None = None) -> list[Any]:
+    def uploads(self) -> list[Any]:
         """Unfinished multipart uploads (none may be left behind)."""
         import boto3
 
         s3 = boto3.client("s3", endpoint_url=f"http://{self.conn['endpoint']}", region_name="us-east-1",
                           aws_access_key_id=self.conn["access_key"], aws_secret_access_key=self.conn["secret_key"])
-        return s3.list_multipart_uploads(Bucket=bucket or self.name).get("Uploads", [])
+        return s3.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
 
     def cleanup(self) -> None:
         from tests.servers import remove_bucket
@@ -146,25 +147,27 @@ def test_checksum_answer_mismatch_fails_and_aborts(bucket: Bucket, monkeypatch: 
 
 
 def _damage_parts(s: S3Storage) -> None:
-    """Bodies of PutObject and UploadPart altered after they were signed (and checksummed): damaged on the way."""
+    """Bodies of UploadPart altered after they were signed (and checksummed): damaged on the way."""
 
     def damage(request: Any, **kwargs: Any) -> None:
         body = request.body
         if isinstance(body, (bytes, bytearray)) and body:
             request.body = bytes([body[0] ^ 1]) + bytes(body[1:])
 
-    for operation in ("PutObject", "UploadPart"):
-        s.conn.s3.meta.events.register(f"before-send.s3.{operation}", damage)
+    s.conn.s3.meta.events.register("before-send.s3.UploadPart", damage)
 
 
-def test_signed_payload_checked_by_server(bucket: Bucket) -> None:
+def test_signed_payload_checked_by_server(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over plain http no checksum is sent: the body's signed sha256 is what the server checks."""
+    import minio.api
+
     from data_manager_minio.multipart import payload_signed
 
     s = storage(bucket, part_size="5MiB")
     assert payload_signed(s.conn)
+    monkeypatch.setattr(minio.api, "sha256_hash", lambda body: hashlib.sha256(b"other bytes").hexdigest())
     _damage_parts(s)
-    for size in (MiB, 6 * MiB):  # one PUT, then a multipart upload
+    for size in (MiB, 6 * MiB):  # one PUT (the minio SDK), then a multipart upload (boto3)
         w = s.open_write("x/damaged.bin")
         with pytest.raises(StorageError, match="XAmzContentSHA256Mismatch"):
             w.write(os.urandom(size))
@@ -185,12 +188,11 @@ def test_crc32_sent_and_checked_where_unsigned(bucket: Bucket, monkeypatch: pyte
         with s.open_read(f"x/crc{size}.bin") as f:
             assert f.read() == data
     _damage_parts(s)
-    for size in (MiB, 6 * MiB):  # one PUT, then a multipart upload
-        w = s.open_write("x/damaged.bin")
-        with pytest.raises(StorageError, match="Mismatch"):
-            w.write(os.urandom(size))
-            w.commit()
-        w.abort()
+    w = s.open_write("x/damaged.bin")
+    with pytest.raises(StorageError, match="Mismatch"):
+        w.write(os.urandom(6 * MiB))
+        w.commit()
+    w.abort()
     assert bucket.uploads() == [] and not s.exists("x/damaged.bin")
 
 
@@ -211,8 +213,10 @@ def test_headers_of_a_write(bucket: Bucket) -> None:
 
 
 def test_failed_part_is_retried(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3
+
     monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
-    from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+    from botocore.exceptions import ConnectionClosedError
 
     s = storage(bucket, part_size="5MiB")
     s3 = s.conn.s3
@@ -222,7 +226,7 @@ def test_failed_part_is_retried(bucket: Bucket, monkeypatch: pytest.MonkeyPatch)
     def flaky(**k: Any) -> dict[str, Any]:
         if len(failures) < 2:
             failures.append(1)
-            raise ConnectionClosedError(endpoint_url="http://x") if failures[1:] else ReadTimeoutError(endpoint_url="x")
+            raise ConnectionClosedError(endpoint_url="http://x") if failures[1:] else urllib3.exceptions.ProtocolError("reset")
         return real(**k)
 
     monkeypatch.setattr(s3, "upload_part", flaky)
@@ -337,6 +341,14 @@ AWKWARD_KEYS = ["a+b=c&d!'()*@$,;:.txt", "percent%20x", "q?mark#hash", "[bracket
                 "tab\tkey", "back\\slash", "emoji 😀", "tilde~"]
 
 
+def _fetch_counts(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    import re
+
+    m = re.search(r"(\d+) small objects fetched over libcurl, (\d+) handed", caplog.text)
+    assert m, "the backup did not report its small-object fetches"
+    return int(m[1]), int(m[2])
+
+
 def _index(dm: DataManager, backup: bool = False) -> dict[str, dict[str, Any]]:
     """The latest backup's index lines by key, without where the bytes went (volume, offset, number)."""
     if backup:
@@ -347,17 +359,22 @@ def _index(dm: DataManager, backup: bool = False) -> dict[str, dict[str, Any]]:
     return {e["key"]: {k: v for k, v in e.items() if k not in ("n", "volume", "offset")} for e in entries}
 
 
-def test_small_objects_fetched_whole_as_streamed_ones(bucket: Bucket, tmp_path: Path) -> None:
-    """Whole GETs (small_size) and streamed range GETs give every object the same index line, awkward keys too."""
+def test_small_objects_fetched_over_libcurl(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager_minio.source import MinioSource
+
     objects = fill(bucket)
     for key in AWKWARD_KEYS:
         bucket.put(key, key.encode() * 3, metadata={"Key-Length": str(len(key))})
         objects[key] = key.encode() * 3
     dm = dm_for(bucket, tmp_path)
-    whole = _index(dm, backup=True)
-    assert set(whole) == set(objects)
-    assert whole == _index(dm_for(bucket, tmp_path / "streamed", small_size=0), backup=True)
-    assert whole["meta.json"]["metadata"] == {"experiment": "exp42", "operator": "ada"}
+    with caplog.at_level("DEBUG", logger="data_manager_minio"):
+        dm.backup("d")
+    assert _fetch_counts(caplog) == (len(objects) - 1, 0)  # all but the 11 MiB object, none handed back
+    assert "listing over libcurl stopped" not in caplog.text
+    # Listed and fetched by the SDK alone, every object gets the same index line: ETag, times, headers...
+    monkeypatch.setattr(MinioSource, "_lister", lambda self: None)
+    assert _index(dm) == _index(dm_for(bucket, tmp_path / "sdk", small_size=0), backup=True)
     other = bucket.other()
     dm.restore("d", "latest", overrides={"b": {"bucket": other}})
     for key, data in objects.items():
@@ -365,79 +382,106 @@ def test_small_objects_fetched_whole_as_streamed_ones(bucket: Bucket, tmp_path: 
     assert bucket.client.stat_object(other, "tilde~").metadata["x-amz-meta-key-length"] == "6"
 
 
-def test_listing_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path) -> None:
+def test_listing_over_libcurl_with_an_awkward_prefix(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager_minio import listing
+
+    real, listed = listing.parse_page, []
+
+    def parse_page(body: bytes) -> Any:
+        objects, token = real(body)
+        listed.extend(o.object_name for o in objects)
+        return objects, token
+
+    monkeypatch.setattr(listing, "parse_page", parse_page)
     prefix = "dir +é&=x;%20/"
     for key in AWKWARD_KEYS + ["plain"]:
         bucket.put(prefix + key, key.encode())
     bucket.put("dir +é&=y/outside", b"not below the prefix")
     dm = dm_for(bucket, tmp_path, prefix=prefix)
-    dm.backup("d")
+    with caplog.at_level("INFO", logger="data_manager_minio"):
+        dm.backup("d")
+    assert "listing over libcurl stopped" not in caplog.text
+    assert sorted(listed) == sorted(prefix + k for k in AWKWARD_KEYS + ["plain"])  # all listed over libcurl
     assert set(_index(dm)) == set(AWKWARD_KEYS + ["plain"])
 
 
-def test_listing_that_breaks_resumes_after_the_last_key(bucket: Bucket, tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A listing broken after its second page (of 7 keys) resumes after the last key: none twice or lost."""
-    from botocore.exceptions import ConnectionClosedError
-
-    from data_manager_minio import listing, source
+def test_listing_that_breaks_is_finished_by_the_sdk(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page refused half-way (here the third): the SDK lists the rest after the last key, none twice or lost."""
+    from data_manager_minio import listing
 
     objects = fill(bucket)
-    real, calls = listing.pages, []
+    real, pages = listing.parse_page, []
 
-    def pages(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs.get("start_after"))
-        for n, page in enumerate(real(*args, **kwargs)):
-            if len(calls) == 1 and n == 2:
-                raise ConnectionClosedError(endpoint_url="http://x")
-            yield page
+    def parse_page(body: bytes) -> Any:
+        pages.append(body)
+        if len(pages) == 3:
+            raise ValueError("HTTP 503")
+        return real(body)
 
     monkeypatch.setattr(listing, "PAGE", 7)
-    monkeypatch.setattr(source, "pages", pages)
-    monkeypatch.setattr("data_manager.retry.time.sleep", lambda s: None)
+    monkeypatch.setattr(listing, "parse_page", parse_page)
     dm = dm_for(bucket, tmp_path)
-    with caplog.at_level("WARNING", logger="data_manager_minio"):
+    with caplog.at_level("INFO", logger="data_manager_minio"):
         dm.backup("d")
-    assert "listing the bucket: the connection broke; retried" in caplog.text
-    assert calls[0] is None and calls[1] == sorted(objects)[13]  # resumed after the 14th key
-    keys = [json.loads(line)["key"] for line in _lines(dm)]
+    assert "listing over libcurl stopped (HTTP 503); the SDK lists the rest" in caplog.text
+    assert len(pages) == 3
+    info = dm.list_backups("d")[-1]
+    with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
+        keys = [json.loads(line)["key"] for line in f.read().splitlines()]
     assert sorted(keys) == sorted(objects)
 
 
-def _lines(dm: DataManager) -> list[str]:
-    info = dm.list_backups("d")[-1]
-    with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
-        return f.read().splitlines()  # type: ignore[no-any-return]
-
-
-def test_small_object_grown_or_deleted_since_the_listing(bucket: Bucket, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Grown past small_size since the listing: streamed whole, never cut at the listed size; deleted: reported."""
+def test_small_objects_handed_back_to_the_sdk(bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """libcurl signing with a wrong secret: every GET refused, and every object still backed up (by the SDK)."""
     import dataclasses
 
-    from blake3 import blake3
+    from data_manager_minio import fetch
 
-    from data_manager_minio import listing, source
+    objects = fill(bucket)
+    real = fetch.SmallObjects.__init__
 
-    grown = os.urandom(3 * MiB)
+    def init(self: Any, cs: Any, *args: Any) -> None:
+        real(self, dataclasses.replace(cs, secret_key="not-the-secret"), *args)
+
+    monkeypatch.setattr(fetch.SmallObjects, "__init__", init)
+    dm = dm_for(bucket, tmp_path)
+    with caplog.at_level("DEBUG", logger="data_manager_minio"):
+        dm.backup("d")
+    assert _fetch_counts(caplog) == (0, len(objects) - 1)
+    assert "in a row failed (HTTP 403)" in caplog.text and "not-the-secret" not in caplog.text
+    other = bucket.other()
+    dm.restore("d", "latest", overrides={"b": {"bucket": other}})
+    assert bucket.keys(other) == set(objects)
+    assert all(bucket.get(key, other) == data for key, data in objects.items())
+
+
+def test_small_object_fetcher_hands_back_what_it_cannot_take(bucket: Bucket) -> None:
+    """Grown past the limit since the listing, or deleted: handed back to the SDK path, never buffered or lost."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from data_manager.types import Settings
+    from data_manager_minio.connection import ConnectionSettings
+    from data_manager_minio.fetch import SmallObjects
+
     bucket.put("fits", b"x" * 100)
-    bucket.put("grew", grown)
-    real = listing.pages
-
-    def pages(*args: Any, **kwargs: Any) -> Any:  # the listing as it was before "grew" grew and "deleted" went
-        for page in real(*args, **kwargs):
-            yield [dataclasses.replace(o, size=100) if o.object_name == "grew" else o for o in page] + [
-                listing.Listed("deleted", 10)]
-
-    monkeypatch.setattr(source, "pages", pages)
-    dm = dm_for(bucket, tmp_path, small_size="1KiB")
-    dm.backup("d")
-    index = _index(dm)
-    assert set(index) == {"fits", "grew"}
-    assert index["grew"]["size"] == len(grown) and index["grew"]["blake3"] == blake3(grown).hexdigest()
-    info = dm.list_backups("d")[-1].manifest["sources"][0]["info"]
-    assert info["deleted_during_backup"] == ["deleted"] and info["objects"] == 2
+    bucket.put("grew", b"y" * 5000)
+    todo: queue.Queue[Any] = queue.Queue()
+    for n, key in enumerate(["fits", "grew", "deleted"]):
+        todo.put((n, SimpleNamespace(object_name=key)))
+    todo.put(None)
+    got: dict[str, bytes] = {}
+    back: list[str] = []
+    cs = ConnectionSettings.read(Settings(bucket.conn))
+    fetcher = SmallObjects(cs, bucket.name, "us-east-1", 2, max_size=1000)
+    fetcher.run(todo, lambda item, headers, body: got.update({item[1].object_name: bytes(body)}),
+                lambda item: back.append(item[1].object_name) or True, threading.Event())
+    assert got == {"fits": b"x" * 100} and sorted(back) == ["deleted", "grew"]
+    assert (fetcher.fetched, fetcher.handed_back) == (1, 2)
 
 
 def test_restore_in_place_keeps_or_deletes_extra(bucket: Bucket, tmp_path: Path) -> None:
@@ -473,7 +517,7 @@ def test_corrupt_backup_writes_no_damaged_object(bucket: Bucket, tmp_path: Path)
     with pytest.raises(CorruptBackupError, match="does not match its blake3"):  # checked per object before completing
         dm.restore("d", "latest", overrides={"b": {"bucket": other, "verify_first": False}})
     assert bucket.keys(other) == set()
-    assert bucket.uploads(other) == []
+    assert list(bucket.client._list_multipart_uploads(other).uploads) == []
 
 
 def test_missing_bucket_and_bad_credentials(bucket: Bucket, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 from .errors import ConfigError, DataManagerError, NotFoundError, RefusedError, StorageError
 from .jobs import parse_duration, pid_alive
 from .timestamps import iso
-from .types import Storage
+from .types import Entry, Storage
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _prefix(data_id: str) -> str:
     return f"{data_id}/{LOCK_DIR}"
 
 
-def released_locks(storage: Storage, data_id: str, entries: list[Any] | None = None) -> list[str]:
+def released_locks(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> list[str]:
     """Keys of lock objects released by overwriting (:data:`RELEASED`): leftovers for a deleter to remove.
     ``entries``: the lock prefix's listing, if the caller has it already."""
     listed = storage.list(_prefix(data_id)) if entries is None else entries
@@ -140,7 +140,7 @@ def released_locks(storage: Storage, data_id: str, entries: list[Any] | None = N
             if not e.is_dir and e.name.endswith(".json") and e.size == len(RELEASED)]
 
 
-def remove_released(storage: Storage, data_id: str, entries: list[Any] | None = None) -> int:
+def remove_released(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> int:
     """Delete released leftovers, if these credentials may; how many went."""
     n = 0
     for key in released_locks(storage, data_id, entries):
@@ -152,7 +152,7 @@ def remove_released(storage: Storage, data_id: str, entries: list[Any] | None = 
     return n
 
 
-def list_locks(storage: Storage, data_id: str, entries: list[Any] | None = None) -> list[LockInfo]:
+def list_locks(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> list[LockInfo]:
     """Every lock object of ``data_id`` that holds or waits for the lock, oldest first (released ones,
     :data:`RELEASED`, are skipped by their size). ``entries``: the lock prefix's listing, if at hand."""
     out = []

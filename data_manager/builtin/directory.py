@@ -397,7 +397,7 @@ class _Walk:
         self.packed = _TarVolumes(sink, "zstd", source.volume_size, names)
         self.stored = _TarVolumes(sink, "none", source.volume_size, names)
         # Plain where people may read it as a file (worm); a chunking engine stores it encrypted anyway.
-        self.index = sink.open(INDEX, compression="zstd" if getattr(sink, "chunked", False) else "none")
+        self.index = sink.open(INDEX, compression="zstd" if self.packed.chunked else "none")
         self.lines: list[str] = []  # files.jsonl, written some thousand lines at a time
         self.buf = bytearray(CHUNK)
         self.members = FileMembers()

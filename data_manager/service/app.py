@@ -116,7 +116,7 @@ def create_app(service: Service) -> FastAPI:
     def require(scope: str) -> Any:
         # async: no I/O here, and a sync dependency costs every request a hop to the thread pool and back
         async def check(request: Request,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> str | None:
+                        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> str | None:
             if not service.tokens.enabled:
                 return None
             token = creds.credentials if creds is not None else None

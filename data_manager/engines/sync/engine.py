@@ -536,7 +536,7 @@ class SyncSourceSink(SourceSink):
         if e is None:
             return None
         present = self._present if self._present is not None else self.present()
-        size = present.get(f"{self.mirror}/{mirror_name(path)}", -1)
+        size = present.get(self.key(path), -1)
         return e if size is None or size == e["size"] else None
 
     def present(self) -> dict[str, int | None]:

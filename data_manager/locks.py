@@ -3,10 +3,15 @@
 The storage contract has no atomic create-if-absent, so the scheme is one lock object per contender:
 
 1. write ``DATA_ID/.locks/JOB_ID.json`` (owner host, pid, job id, operation, created, expires);
-2. list ``DATA_ID/.locks/``: the oldest lock (earliest ``created``, ties broken by job id) wins;
-3. a winner waits a settle time (``[locks] settle``, at least 5x its own write+list time) and lists
-   again, so a contender whose write was still in flight is seen; if it is still the oldest, it holds the
-   lock. A loser deletes its object and fails with exit code 3 (or retries until ``--wait`` runs out).
+2. list ``DATA_ID/.locks/``. On a storage whose listings show every committed object
+   (``Storage.consistent_listing``: filesystem, S3, MinIO), a contender alone in the listing holds the
+   lock at once: anyone who writes later sees it. Otherwise the oldest lock (earliest ``created``, ties
+   broken by job id) may win, the others withdraw;
+3. that oldest waits a settle time (``[locks] settle``, at least 5x its own write+list time) and lists
+   again. With a consistent listing it holds the lock only if it is then alone (a younger one still there
+   may hold it, having listed before our write was visible); otherwise if it is still the oldest (a
+   contender whose write was in flight is seen by then). A loser deletes its object and fails with exit
+   code 3 (or retries, jittered, until ``--wait`` runs out).
 
 A holder rewrites its object every ``ttl / 3`` (heartbeat) with a new ``expires``, and a job reads its
 object back at every source boundary (:meth:`DatasetLock.verify`), so a lock broken under it (``lock break
@@ -19,7 +24,8 @@ Releasing needs no delete: credentials that may only write (an append-only clien
 ``s3:DeleteObject``) overwrite their lock object with :data:`RELEASED` instead, which every contender skips
 by its size alone (no read). Whoever may delete removes such leftovers when it next takes or breaks a lock.
 
-Clocks of the machines sharing a storage must agree to well within the settle time (NTP).
+Without a consistent listing, clocks of the machines sharing a storage must agree to well within the
+settle time (NTP).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -244,8 +251,8 @@ class DatasetLock:
             log.info("%s: released the lock %s by overwriting it (cannot delete: %s)", self.data_id, self.key, exc)
         self._written = False
 
-    def _blocker(self) -> LockInfo | None:
-        """The lock that wins over ours, or None if ours is the oldest."""
+    def _contenders(self) -> list[LockInfo]:
+        """The live lock objects, ours among them, oldest first."""
         entries = list(self.storage.list(_prefix(self.data_id)))  # one listing for both uses below
         locks = list_locks(self.storage, self.data_id, entries)
         if not self._cleaned:
@@ -268,8 +275,29 @@ class DatasetLock:
         locks = [lock for lock in locks if lock.job_id == self.job_id or not lock.process_gone()]
         if not any(lock.job_id == self.job_id for lock in locks):
             raise StorageError(f"{self.key}: the lock object just written is not listed by the storage")
-        first = locks[0]
-        return None if first.job_id == self.job_id else first
+        return locks
+
+    def _decide(self, t0: float) -> LockInfo | None:
+        """Whether we hold the lock once ours is written: None, or the lock we yield to.
+
+        With a consistent listing, a contender alone in it holds the lock at once: whoever writes after
+        that listing began will see ours. Seeing others, the oldest waits the settle time for the younger
+        ones (which saw it) to withdraw, and holds only if it is then alone; one still there may be a holder
+        that listed before our write was visible, so we withdraw. Without a consistent listing every
+        contender waits the settle time and the oldest wins (clocks must agree to well within it).
+        ``t0``: when our write began (the settle time is at least 5x our write+list time)."""
+        locks = self._contenders()
+        consistent = self.storage.consistent_listing
+        if consistent and len(locks) == 1:
+            return None
+        if locks[0].job_id != self.job_id:
+            return locks[0]
+        time.sleep(max(self.settings.settle, 5 * (time.monotonic() - t0)))
+        locks = self._contenders()
+        others = [lock for lock in locks if lock.job_id != self.job_id]
+        if consistent:
+            return others[0] if others else None
+        return None if locks[0].job_id == self.job_id else locks[0]
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lock, or raise :class:`RefusedError` naming its holder (after ``wait`` seconds of retries)."""
@@ -279,10 +307,7 @@ class DatasetLock:
             self._created = time.time()
             try:
                 self._write()
-                blocker = self._blocker()
-                if blocker is None:
-                    time.sleep(max(self.settings.settle, 5 * (time.monotonic() - t0)))
-                    blocker = self._blocker()
+                blocker = self._decide(t0)
                 if blocker is None:
                     break
                 self._delete()
@@ -296,7 +321,8 @@ class DatasetLock:
             if left <= 0:
                 raise RefusedError(self._refusal(blocker, wait))
             log.info("%s is locked by %s; waiting (%.0fs left)", self.data_id, blocker.owner(), left)
-            time.sleep(min(_POLL, left))
+            # jittered, so two contenders that withdrew together do not meet again
+            time.sleep(min(_POLL * random.uniform(0.5, 1.0), left))
         self._heartbeat = threading.Thread(target=self._beat, name="dm-lock-heartbeat", daemon=True)
         self._heartbeat.start()
 

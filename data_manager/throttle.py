@@ -195,6 +195,7 @@ class ThrottledStorage(Storage):
     def __init__(self, inner: Storage, upload: int | None = None, download: int | None = None) -> None:
         super().__init__(inner.name, inner.settings)
         self.inner = inner
+        self.consistent_listing = inner.consistent_listing
         self.upload = TokenBucket(upload) if upload else None
         self.download = TokenBucket(download) if download else None
 

@@ -405,6 +405,12 @@ class Storage(ABC):
     * import heavy client libraries inside methods, not at module import.
     """
 
+    #: True only when every ``list()`` shows every object whose writer committed before that listing
+    #: began, from any client (read-after-write consistent listings: a local filesystem, AWS S3 since 2020,
+    #: MinIO). Dataset locks then need no settle time when a contender finds itself alone. Leave it False
+    #: when a listing may lag a commit (Google Drive, an NFS client's attribute cache).
+    consistent_listing: bool = False
+
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.settings = settings

@@ -28,6 +28,8 @@ def normalize_prefix(prefix: str) -> str:
 
 
 class S3Storage(Storage):
+    consistent_listing = True  # AWS S3 (since December 2020) and MinIO list every committed object at once
+
     def __init__(self, name: str, settings: Settings) -> None:
         super().__init__(name, settings)
         settings.check_known(CONNECTION_KEYS | {"bucket", "prefix", "part_size", "storage_class", "check_etag"})

@@ -205,14 +205,17 @@ def poll_process(url: str, poll: str, data_id: str, current: Any, seconds: float
     process would measure each other: 20 httpx clients under one GIL add their own queueing to the tail."""
     mine: list[float] = []
     errors: list[str] = []
+    slow: list[tuple[float, float]] = []  # (wall clock at its start, ms) of each request over the p99 target
     end = time.monotonic() + seconds
     with httpx.Client(base_url=url, timeout=10) as c:
         while time.monotonic() < end:
             path = poll.format(id=current[data_id])
-            t = time.perf_counter()
+            t, wall = time.perf_counter(), time.time()
             try:
                 r = c.get(path)
                 ms = (time.perf_counter() - t) * 1000
+                if ms > TARGETS["p99_ms"]:
+                    slow.append((wall, ms))
                 body = r.json() if r.status_code == 200 else {}
                 if r.status_code != 200 or "status" not in body and "state" not in body:
                     errors.append(f"{r.status_code} {r.text[:200]}")
@@ -222,11 +225,23 @@ def poll_process(url: str, poll: str, data_id: str, current: Any, seconds: float
                 errors.append(f"{type(exc).__name__}: {exc}")
             if interval:
                 time.sleep(interval)
-    out.put((mine, errors))
+    out.put((mine, errors, slow))
+
+
+def stalls(slow: list[tuple[float, float]], t0: float) -> str:
+    """Requests over the p99 target by the second they started in: many clients slow in the same second
+    is a stall of the server (or the machine), not queueing."""
+    by_second: dict[int, list[float]] = {}
+    for wall, ms in slow:
+        by_second.setdefault(int(wall - t0), []).append(ms)
+    worst = sorted(by_second.items(), key=lambda kv: -len(kv[1]))[:8]
+    return ", ".join(f"{sec}s: {len(v)} (max {max(v):.0f} ms)" for sec, v in sorted(worst)) or "none"
 
 
 def run_pollers(url: str, args: argparse.Namespace, current: Any, seconds: float) -> tuple[list[float], list[str]]:
-    """``args.clients`` poller processes for ``seconds``; all their latencies and errors."""
+    """``args.clients`` poller processes for ``seconds``; all their latencies and errors. Prints when the
+    requests over the p99 target started (:func:`stalls`)."""
+    t0 = time.time()
     ctx = multiprocessing.get_context("fork")  # a spawned child would import common.py and wait for its lock
     out = ctx.Queue()
     procs = [ctx.Process(target=poll_process, args=(url, args.poll, f"b{k % args.backups}", current, seconds,
@@ -236,12 +251,16 @@ def run_pollers(url: str, args: argparse.Namespace, current: Any, seconds: float
         pr.start()
     latencies: list[float] = []
     errors: list[str] = []
+    slow: list[tuple[float, float]] = []
     for _ in procs:
-        mine, errs = out.get(timeout=seconds + 120)
+        mine, errs, late = out.get(timeout=seconds + 120)
         latencies += mine
         errors += errs
+        slow += late
     for pr in procs:
         pr.join(10)
+    print(f"  {len(slow)} of {len(latencies)} requests over {TARGETS['p99_ms']:g} ms, by second: "
+          f"{stalls(slow, t0)}", flush=True)
     return latencies, errors
 
 

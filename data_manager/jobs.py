@@ -248,6 +248,57 @@ def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] 
         con.close()
 
 
+class _Readers(threading.local):
+    """This thread's open read connections, by database path, with the file's (device, inode) they opened."""
+
+    def __init__(self) -> None:
+        self.cons: dict[str, tuple[tuple[int, int], sqlite3.Connection]] = {}
+
+
+_readers = _Readers()
+
+
+@contextmanager
+def state_read(path: Path) -> Iterator[sqlite3.Connection]:
+    """A deferred read transaction on this thread's connection to ``path``, kept open between reads.
+
+    Opening a connection costs more than the read (the file, then the schema parsed again at its first
+    statement): the service answers each ``GET /v1/jobs/{id}`` with three reads, many times a second. A kept
+    connection still sees every commit (SQLite checks the file at each ``BEGIN``); one to a file since
+    replaced (another inode at ``path``) is opened again. Errors as :func:`state_transaction`'s."""
+    key = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataManagerError(f"state database {path}: cannot open: {exc}") from None
+    ident = (st.st_dev, st.st_ino)
+    cached = _readers.cons.get(key)
+    if cached is not None and cached[0] != ident:
+        cached[1].close()
+        cached = None
+    if cached is None:
+        try:
+            con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise DataManagerError(f"state database {path}: cannot open: {exc}") from None
+        con.row_factory = sqlite3.Row
+        _readers.cons[key] = (ident, con)
+    else:
+        con = cached[1]
+    try:
+        con.execute("BEGIN")
+        yield con
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _readers.cons.pop(key, None)
+        con.close()  # rolls back; the next read opens afresh
+        raise DataManagerError(f"state database {path}: {exc}") from None
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
 class StateDB:
     """The local state database. Every method opens, uses and closes one connection."""
 
@@ -268,8 +319,11 @@ class StateDB:
 
     def _read(self) -> Any:
         """A deferred transaction for reads: readers share the database while job processes write (an
-        ``IMMEDIATE`` one queued every read behind every progress update: the service's API latency)."""
-        return state_transaction(self.path, None if self._ready else self._prepare, immediate=False)
+        ``IMMEDIATE`` one queued every read behind every progress update: the service's API latency), on
+        this thread's kept connection once the schema is known to be there (:func:`state_read`)."""
+        if self._ready:
+            return state_read(self.path)
+        return state_transaction(self.path, self._prepare, immediate=False)
 
     # -- writing
 

@@ -252,6 +252,14 @@ class Launcher:
                                   error_code="failed", exit_code=ExitCode.FAILED)
             self.bus.publish("job.failed", job_id=job["id"], data_id=job["data_id"], error=f"cannot start: {exc}")
             return
+        if self.settings.job_nice:
+            # Backups are throughput work: behind the API's requests for the CPU (it answers in milliseconds
+            # even while 4 jobs hash and compress on 2 cores). Set before the child has imported its modules,
+            # so every process it starts (pg_dump, ...) inherits it.
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.settings.job_nice)
+            except OSError as exc:  # it may already be gone; its exit is handled as any other
+                log.debug("job %s: cannot lower its priority: %s", job["id"], exc)
         n = self.store.start_attempt(job["id"], proc.pid, resume, iso(now_utc()))
         run = Run(job, n, resume, proc, time.monotonic(), window_end=window_end)
         assert proc.stdout is not None and proc.stderr is not None

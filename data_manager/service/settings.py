@@ -5,6 +5,7 @@
 host = "127.0.0.1"          # default; a non-loopback host needs at least one token
 port = 8080
 max_jobs = 2                # jobs running at once (each a child process)
+job_nice = 10               # jobs run at this nice level (0-19): the API stays responsive while they use the CPU
 retries = 2                 # a job that failed (exit 1) is retried this often, with --resume
 retry_backoff = "30s"       # doubled at each retry
 refused_retry = "5m"        # a refused job (exit 3: guard or lock) is tried again this much later ...
@@ -47,7 +48,7 @@ from .. import units
 from .windows import Windows, parse_windows
 
 SCOPES = ("read", "operate", "admin")
-SERVICE_KEYS = ("host", "port", "max_jobs", "retries", "retry_backoff", "refused_retry", "refused_retries",
+SERVICE_KEYS = ("host", "port", "max_jobs", "job_nice", "retries", "retry_backoff", "refused_retry", "refused_retries",
                 "keep_done", "keep_failed", "tokens")
 SCHEDULE_KEYS = ("cron", "timezone", "jitter", "ttl", "paused", "window")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -73,6 +74,7 @@ class ServiceSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_jobs: int = 2
+    job_nice: int = 10
     retries: int = 2
     retry_backoff: float = 30.0
     refused_retry: float = 300.0
@@ -148,6 +150,10 @@ def service_settings(data: Mapping[str, Any], file: str = "<config>") -> Service
         out.port = port
     if "max_jobs" in table:
         out.max_jobs = _count(table["max_jobs"], where, "max_jobs", 1)
+    if "job_nice" in table:
+        out.job_nice = _count(table["job_nice"], where, "job_nice")
+        if out.job_nice > 19:
+            raise ConfigError(f"{where}: key 'job_nice': must be 0 to 19, not {out.job_nice}", key="job_nice")
     for key in ("retries", "refused_retries"):
         if key in table:
             setattr(out, key, _count(table[key], where, key))

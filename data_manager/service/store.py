@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..jobs import new_job_id, state_transaction
+from ..jobs import new_job_id, state_read, state_transaction
 from ..scrub import scrub
 from ..timestamps import iso, now_utc
 
@@ -135,7 +135,9 @@ class Store:
         con = getattr(self._local, "con", None)
         if con is not None:
             return nullcontext(con)
-        return state_transaction(self.path, None if self._ready else self._prepare, immediate=False)
+        if self._ready:
+            return state_read(self.path)  # this thread's kept connection
+        return state_transaction(self.path, self._prepare, immediate=False)
 
     @contextmanager
     def batch(self) -> Iterator[None]:

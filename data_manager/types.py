@@ -246,6 +246,42 @@ class ArtifactSink(Protocol):
         """Record JSON-serialisable facts the restore will need (server version, file index name...)."""
         ...
 
+    # ---- continuing a source an interrupted run left half done (``backup --resume``)
+    #
+    # A source that writes its data as several artifacts (e.g. an export as parts) may adopt those an
+    # interrupted run of this same backup committed, instead of writing them again. What an engine must do:
+    # record each artifact durably as it commits it (a run may be killed at any byte); offer (:meth:`resumed`)
+    # only artifacts that run committed whole and that it still finds as recorded (object present, stored
+    # size equal), in commit order; make each readable (:meth:`open_resumed`, size and digest checked at EOF);
+    # delete, when the source finishes, every offered one that was not kept; treat an :meth:`open` of an
+    # offered name as replacing it. What it must never do: offer an artifact of another backup or source, or
+    # one a write cut short; keep an offered one in the record unless :meth:`keep` was called. An engine that
+    # cannot keep artifacts offers none (``{}``): the source then starts over.
+
+    def resumed(self) -> Mapping[str, int]:
+        """Resuming: the artifacts of this source an interrupted run of this backup committed and the engine
+        kept, name -> size (original bytes), in the order they were committed. ``{}`` when not resuming, when
+        the interrupted run committed none, or when the engine cannot keep them (the source starts over).
+        None of them is part of this backup unless :meth:`keep` adopts it."""
+        ...
+
+    def keep(self, name: str) -> None:
+        """Adopt the offered artifact ``name`` (one of :meth:`resumed`) into this run's record, after those
+        adopted or committed before it. Check it first (read it back with :meth:`open_resumed`) where a wrong
+        byte matters: the engine checked only that it is there with the size it had."""
+        ...
+
+    def open_resumed(self, name: str) -> BinaryIO:
+        """The original bytes of an offered or kept artifact; reading it to EOF checks its size and digest
+        against what the interrupted run recorded (:class:`~data_manager.errors.CorruptBackupError`)."""
+        ...
+
+    def discard(self, name: str) -> None:
+        """Remove an artifact this run committed or kept (a source that must start over, e.g. an export
+        that changed while it was read): it is no longer part of this backup, and its data is deleted
+        where the engine can (else left for ``prune``)."""
+        ...
+
 
 
 class ArtifactSet(Protocol):

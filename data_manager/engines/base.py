@@ -84,6 +84,9 @@ class SourceSink:
         self.progress = progress
         self._open: set[str] = set()
         self._lock = threading.Lock()
+        # Resuming: what an interrupted run committed and the engine offers (see offer()), name -> record
+        self._offered: dict[str, Any] = {}
+        self._kept: dict[str, Any] = {}
         self._start = time.monotonic()
         record.started_at = iso(now_utc())
 
@@ -94,6 +97,9 @@ class SourceSink:
             if name in self._open or any(a.name == name for a in self.record.artifacts):
                 raise ValueError(f"artifact {name!r} written twice by source {self.source_name!r}")
             self._open.add(name)
+            replaced = self._offered.pop(name, None)
+        if replaced is not None:  # an offered artifact written anew: the old one goes first
+            self.delete_artifact(replaced)
         return self.open_artifact(name, compression)
 
     def set_info(self, **info: Any) -> None:
@@ -113,12 +119,57 @@ class SourceSink:
         with self._lock:
             self._open.discard(name)
 
+    # ---- resuming: see ArtifactSink.resumed
+
+    def offer(self, records: Mapping[str, Any]) -> None:
+        """Called by the engine before the source runs: artifacts (name -> ArtifactRecord, in commit order)
+        an interrupted run committed and the engine checked; the source may :meth:`keep` them."""
+        self._offered = dict(records)
+
+    def resumed(self) -> Mapping[str, int]:
+        """See :meth:`~data_manager.types.ArtifactSink.resumed`."""
+        with self._lock:
+            return {name: rec.size for name, rec in self._offered.items()}
+
+    def keep(self, name: str) -> None:
+        """See :meth:`~data_manager.types.ArtifactSink.keep`."""
+        with self._lock:
+            rec = self._offered.pop(name, None)
+            if rec is None:
+                raise ValueError(f"artifact {name!r} of source {self.source_name!r} is not one an interrupted "
+                                 f"run left (plugin bug)")
+            self._kept[name] = rec
+            self.record.artifacts.append(rec)
+
+    def open_resumed(self, name: str) -> BinaryIO:
+        """See :meth:`~data_manager.types.ArtifactSink.open_resumed`."""
+        rec = self._offered.get(name) or self._kept.get(name)
+        if rec is None:
+            raise ValueError(f"artifact {name!r} of source {self.source_name!r} is not one an interrupted run "
+                             f"left (plugin bug)")
+        return self.read_resumed(rec)
+
+    def discard(self, name: str) -> None:
+        """See :meth:`~data_manager.types.ArtifactSink.discard`."""
+        with self._lock:
+            found = [a for a in self.record.artifacts if a.name == name]
+            if not found:
+                raise ValueError(f"artifact {name!r} of source {self.source_name!r} was not committed (plugin bug)")
+            self.record.artifacts.remove(found[0])
+            self._kept.pop(name, None)
+        self.delete_artifact(found[0])
+
     def finish(self) -> SourceRecord:
-        """The source is done: record it (so a resumed backup can keep it) and return its record."""
+        """The source is done: record it (so a resumed backup can keep it) and return its record. Offered
+        artifacts the source did not keep are deleted first."""
         if self._open:
             raise DataManagerError(
                 f"source {self.source_name!r} left artifacts open: {', '.join(sorted(self._open))} (plugin bug)"
             )
+        with self._lock:
+            unkept, self._offered = list(self._offered.values()), {}
+        for rec in unkept:
+            self.delete_artifact(rec)
         self.record.finished_at = iso(now_utc())
         self.record.duration_seconds = round(time.monotonic() - self._start, 3)
         self.store_record(self.record)
@@ -136,6 +187,15 @@ class SourceSink:
     def store_record(self, record: SourceRecord) -> None:
         """Persist the finished source's record where :meth:`BackupWriter.finished_source` finds it (or
         nowhere, for an engine that cannot resume)."""
+
+    def read_resumed(self, rec: Any) -> BinaryIO:
+        """The original bytes of an artifact an interrupted run committed (only engines that :meth:`offer`
+        any are asked); reading to EOF checks size and digest."""
+        raise NotImplementedError
+
+    def delete_artifact(self, rec: Any) -> None:
+        """Delete the data of a committed artifact no longer part of the backup (:meth:`discard`, an offered
+        one not kept). This default deletes nothing: data no backup refers to is left to ``prune``."""
 
 
 class BackupWriter(ABC):
@@ -166,6 +226,12 @@ class BackupWriter(ABC):
 
     def discard_source(self, name: str) -> None:
         """Resuming: forget whatever an interrupted run wrote for source ``name`` (it is done again)."""
+
+    def resume_source(self, name: str) -> None:
+        """Resuming: source ``name`` runs again; an engine that can keep what the interrupted run committed for
+        it offers those artifacts to the sink :meth:`source` makes next (:meth:`SourceSink.offer`) and
+        deletes the rest. This default keeps nothing: :meth:`discard_source`."""
+        self.discard_source(name)
 
     def discard_other_sources(self, keep: Collection[str]) -> list[str]:
         """Resuming: forget sources of the interrupted run that are not in ``keep``; their names."""

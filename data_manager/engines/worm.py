@@ -6,6 +6,8 @@ for data that does not compress), BLAKE3 of every artifact's original bytes, and
 A backup is complete when ``DATA_ID/TIMESTAMP/backup.json`` exists: it is written last, after every
 artifact is committed, and lists each artifact with its size and BLAKE3 digest. ``SOURCE/source.json`` is
 written when one source is done (so an interrupted backup can be resumed source by source).
+``SOURCE/.committed/ARTIFACT.json`` records one artifact as soon as it is committed, until its source is
+done: ``--resume`` offers those a source left half done may keep (see ``ArtifactSink.resumed``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..config import NAME_RE
 from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
 from ..timestamps import is_timestamp, now_utc
 from ..types import Compression, ObjectWriter, Storage
-from .base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink
+from .base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink, read_json_object
 from .records import (
     MANIFEST,
     SOURCE_MANIFEST,
@@ -34,6 +36,7 @@ from .records import (
     CheckReport,
     CopiedBackup,
     SourceRecord,
+    check_artifact_name,
     checked_sources,
 )
 from .streams import Prefetching, StoredArtifacts
@@ -48,6 +51,7 @@ FORMATS = ("data-manager-backup/1", FORMAT)
 ZSTD_LEVEL = 1
 _SAMPLE = 256 << 10
 _INCOMPRESSIBLE = 0.92  # stored ratio above which zstd is not worth it
+COMMITTED = ".committed"  # SOURCE/.committed/ARTIFACT.json: an artifact committed by a source not yet done
 
 
 # --------------------------------------------------------------------------- writing
@@ -236,6 +240,26 @@ class WormSourceSink(SourceSink):
     def __init__(self, backup: WormBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)
         self._backup = backup
+        self._prefix = f"{backup.prefix}/{record.name}"
+
+    def committed(self, rec: Any) -> None:
+        """Record the artifact durably beside its object before it counts, so ``--resume`` can offer it."""
+        write_json(self._backup.storage, f"{self._prefix}/{COMMITTED}/{rec.name}.json",
+                   {**rec.to_json(), "committed_ns": time.time_ns()})
+        super().committed(rec)
+
+    def read_resumed(self, rec: Any) -> BinaryIO:
+        key = f"{self._prefix}/{rec.stored_name}"
+        try:
+            raw = self._backup.storage.open_read(key)
+        except NotFoundError:
+            raise CorruptBackupError(f"{key}: missing from the storage") from None
+        return io.BufferedReader(VerifyingReader(raw, rec, key), CHUNK)
+
+    def delete_artifact(self, rec: Any) -> None:
+        # The record first: a record whose object is gone is never offered, an object without one is deleted.
+        self._backup.storage.delete(f"{self._prefix}/{COMMITTED}/{rec.name}.json")
+        self._backup.storage.delete(f"{self._prefix}/{rec.stored_name}")
 
     def open_artifact(self, name: str, compression: Compression) -> ArtifactStream:
         prefix = f"{self._backup.prefix}/{self.source_name}/"
@@ -245,6 +269,11 @@ class WormSourceSink(SourceSink):
 
     def store_record(self, record: SourceRecord) -> None:
         write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", record.to_json())
+        try:
+            self._backup.storage.delete_tree(f"{self._prefix}/{COMMITTED}")  # source.json says it all now
+        except DataManagerError as exc:  # credentials that may not delete (append-only): they stay, ignored
+            log.info("%s/%s: not deleted (%s); nothing reads it once source.json is written",
+                     self._prefix, COMMITTED, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
@@ -260,9 +289,62 @@ class WormBackupWriter(BackupWriter):
         super().__init__(data_id, timestamp, extra)
         self.storage = storage
         self.prefix = f"{data_id}/{timestamp}"
+        self._offers: dict[str, dict[str, ArtifactRecord]] = {}  # resume_source(): per source, what it may keep
+        self._offers_lock = threading.Lock()
 
     def source(self, record: SourceRecord, progress: Progress | None = None) -> WormSourceSink:
-        return WormSourceSink(self, record, progress)
+        sink = WormSourceSink(self, record, progress)
+        with self._offers_lock:
+            offered = self._offers.pop(record.name, {})
+        sink.offer(offered)
+        return sink
+
+    def resume_source(self, name: str) -> None:
+        """Offer what the interrupted run committed for source ``name`` (``.committed/`` records whose object
+        is there with the recorded stored size); delete everything else it wrote, half-written objects too."""
+        prefix = f"{self.prefix}/{name}"
+        listing = {key: entry.size for key, entry in self.storage.walk(prefix)}
+        committed = f"{prefix}/{COMMITTED}/"
+        found: list[tuple[int, ArtifactRecord]] = []
+        for key in sorted(k for k in listing if k.startswith(committed) and k.endswith(".json")):
+            rec, when = self._committed_record(key, key[len(committed):-len(".json")])
+            if rec is None:
+                continue
+            stored = listing.get(f"{prefix}/{rec.stored_name}", -1)
+            if stored == -1 or (stored is not None and stored != rec.stored_size):
+                log.warning("%s: %s, %s recorded: not kept", f"{prefix}/{rec.stored_name}",
+                         "missing" if stored == -1 else f"{stored} bytes stored", rec.stored_size)
+                continue
+            found.append((when, rec))
+        found.sort(key=lambda item: (item[0], item[1].name))
+        offered = {rec.name: rec for _, rec in found}
+        keep = {f"{prefix}/{r.stored_name}" for r in offered.values()} | {f"{committed}{n}.json" for n in offered}
+        for key in listing:
+            if key not in keep:
+                self.storage.delete(key)
+        self.storage.sweep_unfinished(prefix, 0, remove=True)  # the killed run's half-written objects
+        with self._offers_lock:
+            self._offers[name] = offered
+
+    def _committed_record(self, key: str, name: str) -> tuple[ArtifactRecord | None, int]:
+        """The artifact a ``.committed`` object records, checked like any metadata read back (None: not usable)."""
+        try:
+            with self.storage.open_read(key) as f:
+                doc = read_json_object(f, key, limit=1 << 20)
+            rec = ArtifactRecord.from_json(doc)
+            check_artifact_name(rec.name)
+            when = doc.get("committed_ns", 0)
+            if (rec.name != name or rec.compression not in ("zstd", "none") or rec.algorithm != "blake3"
+                    or not isinstance(rec.size, int) or not isinstance(rec.stored_size, int)
+                    or not isinstance(when, int)):
+                raise ValueError("does not match its name or is not a worm artifact")
+        except NotFoundError:
+            return None, 0
+        except (CorruptBackupError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("%s: unreadable (%s): not kept", key, why)
+            return None, 0
+        return rec, when
 
     def finished_source(self, name: str) -> SourceRecord | None:
         key = f"{self.prefix}/{name}/{SOURCE_MANIFEST}"

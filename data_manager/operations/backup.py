@@ -122,7 +122,7 @@ def backup(
                     ctx.rec.task_done(spec.name, done.size, "done by an earlier, interrupted run")
                     log.info("source %s: done by the interrupted run, kept", spec.name)
                     return
-                writer.discard_source(spec.name)
+                writer.resume_source(spec.name)  # what the interrupted run committed: kept or deleted
             ctx.rec.task_started(spec.name)
             try:
                 _, plugin = dm.registry.source_type(spec.type, spec.settings.where)

@@ -13,6 +13,11 @@ The first request is ``GET`` with ``Range: bytes=0-(chunk_size-1)``; its answer 
 
 The total (``Content-Range`` or ``Content-Length``) is checked against the bytes received, and a whole-export
 checksum the server gave (:mod:`.checksums`) against the bytes written; ``Content-MD5`` per answer.
+
+A ranged download is written as parts (:class:`.parts.Output`). Resuming a backup whose interrupted run
+committed some, the first request asks for the first byte they do not hold; when its answer is of the same
+export (:func:`.parts.version_name` of its ETag, Last-Modified and total), the parts are read back, checked
+and kept, and the download continues there; otherwise one warning says why, and it starts over.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ from typing import Any, TypeVar
 from data_manager import retry
 from data_manager.errors import DataManagerError, SourceError
 from data_manager.retry import Backoff
-from data_manager.types import ArtifactWriter
 
 from . import checksums
 from .client import BLOCK, Client, ShortBody, describe, is_transient, retry_hooks, status_error
+from .parts import Output, version_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +81,7 @@ class Result:
     checksum: checksums.Expected | None = None
     ranges: int = 0
     resumed: int = 0  # ranges continued after a broken connection
+    resumed_bytes: int = 0  # bytes an interrupted run of this backup had committed, kept (--resume)
     restarts: int = 0  # downloads begun again (a streamed one that broke, an export that changed)
     notes: list[str] = field(default_factory=list)
 
@@ -259,9 +265,9 @@ class Download:
 
     # ------------------------------------------------------------------ the whole download
 
-    def run(self, open_writer: Callable[[], ArtifactWriter]) -> tuple[Result, str]:
-        """Download into a writer from ``open_writer()``, closed (committed) once every byte is checked.
-        Returns what was learnt and the writer's digest; raises :class:`SourceError` (the writer aborted).
+    def run(self, output: Output) -> Result:
+        """Download into ``output``, committed once every byte is checked. Returns what was learnt; raises
+        :class:`SourceError` (what is open aborted; committed parts stay for ``--resume``).
 
         A streamed download that broke (:class:`Restart`) is started again per the retry policy; an export
         that changed is started again :data:`CHANGES_TOLERATED` times."""
@@ -273,10 +279,11 @@ class Download:
 
         while True:
             try:
-                result, digest = self._retried(
-                    lambda: self._once(open_writer), lambda: "download broke, starting again", lambda: "download",
+                result = self._retried(
+                    lambda: self._once(output), lambda: "download broke, starting again", lambda: "download",
                     allowed=lambda exc: isinstance(exc, Restart) and is_transient(exc.cause), retried=counted)
             except ExportChanged as exc:
+                output.discard()  # never two versions spliced: its parts go too
                 changes += 1
                 if changes > CHANGES_TOLERATED:
                     raise self.fail("the export changed while it was downloaded, again", str(exc)) from None
@@ -284,18 +291,18 @@ class Download:
                 restarts += 1
                 continue
             result.restarts = restarts
-            return result, digest
+            return result
 
-    def _once(self, open_writer: Callable[[], ArtifactWriter]) -> tuple[Result, str]:
-        """One download from the first byte into a new artifact, committed, or aborted on any failure."""
-        writer = open_writer()
+    def _once(self, output: Output) -> Result:
+        """One download (from the first byte, or where the interrupted run's parts end), committed, or
+        what is open aborted on any failure."""
         try:
-            result = self._attempt(writer)
+            result = self._attempt(output)
         except BaseException:
-            writer.abort()
+            output.abort()
             raise
-        writer.close()
-        return result, writer.digest
+        output.commit()
+        return result
 
     def _get(self, headers: dict[str, str], expected: tuple[int, ...], what: str) -> Any:
         """The answer to a GET (status in ``expected``), retried per the policy; one line when it gives up."""
@@ -307,16 +314,46 @@ class Download:
 
         return self._retried(once, lambda: what, lambda: "GET")
 
-    def _first(self) -> Any:
+    def _first(self, start: int = 0) -> Any:
         """The answer to the first request: a GET of the first range (200 when the server ignores it)."""
-        return self._get({"Range": f"bytes=0-{self.chunk_size - 1}"}, (200, 206, 416), "first request")
+        return self._get({"Range": f"bytes={start}-{start + self.chunk_size - 1}"}, (200, 206, 416), "first request")
 
     def _plain(self) -> Any:
         """The answer to a GET of the whole export."""
         return self._get({}, (200,), "GET")
 
-    def _attempt(self, writer: ArtifactWriter) -> Result:
-        resp = self._first()
+    def _resumable(self, resp: Any, output: Output, start: int) -> tuple[Any, int]:
+        """The answer to a resumed first request (asked at ``start``, where the kept parts end): it and
+        ``start`` when it is a range of the same export; else one warning, and the answer to begin with
+        from byte 0 (a ``200`` already is)."""
+        headers = _headers(resp)
+        why = f"the server answered HTTP {resp.status}"
+        if resp.status == 206:
+            cr = _content_range(headers.get("content-range"))
+            if cr is None or cr[0] != start or cr[2] is None:
+                why = f"unexpected Content-Range {headers.get('content-range')!r}"
+            else:
+                version = version_name(headers.get("etag"), headers.get("last-modified"), cr[2])
+                if version is None:
+                    why = "the server sends no ETag or Last-Modified (a change could not be told)"
+                elif version != output.resume_version:
+                    why = "the export changed since (another ETag, Last-Modified or size)"
+                else:
+                    return resp, start
+        elif resp.status == 200:
+            why = "the server no longer answers byte ranges"
+        log.warning("%s: not continuing the interrupted run's %d bytes: %s; starting over", self.where, start, why)
+        output.forget()
+        if resp.status == 200:
+            return resp, 0
+        _discard(resp)
+        return self._first(), 0
+
+    def _attempt(self, output: Output) -> Result:
+        start = output.resume_at
+        resp = self._first(start)
+        if start:
+            resp, start = self._resumable(resp, output, start)
         headers = _headers(resp)
         result = Result(etag=headers.get("etag"), last_modified=headers.get("last-modified"),
                         content_type=headers.get("content-type"))
@@ -326,14 +363,28 @@ class Download:
         if result.checksum is None and self.mode in ("repr-digest", "digest", "etag"):  # required, and missing
             _discard(resp)
             raise self.fail("checksum_header", f"the server sent no usable {self.mode} header")
-        hasher = _Hashing(result.checksum.hasher()) if result.checksum is not None else None
+        checksum = result.checksum
+        hasher = _Hashing(checksum.hasher()) if checksum is not None else None
         try:
-            return self._body(resp, headers, result, writer, hasher)
+            if start:
+                total = _content_range(headers.get("content-range"))[2]  # type: ignore[index]  # checked
+                if hasher is not None:
+                    hasher.close()
+                # the kept parts read back (checked) and hashed for the server's checksum, in order
+                kept, hasher = output.adopt(lambda: _Hashing(checksum.hasher()) if checksum is not None else None)
+                result.ranged, result.resumed_bytes = True, kept
+                log.info("%s: kept the interrupted run's %d bytes (%d parts); continuing at byte %d",
+                         self.where, kept, len(output.parts), kept)
+                if kept < start:  # a damaged part: its bytes are asked for again
+                    _discard(resp)
+                    resp = None
+                return self._ranged(resp, total, result, output, hasher, kept)
+            return self._body(resp, headers, result, output, hasher)
         finally:
             if hasher is not None:
                 hasher.close()
 
-    def _body(self, resp: Any, headers: dict[str, str], result: Result, writer: ArtifactWriter,
+    def _body(self, resp: Any, headers: dict[str, str], result: Result, writer: Output,
               hasher: _Hashing | None) -> Result:
         """The rest of :meth:`_attempt`, once the first answer is in: ranged, or streamed."""
         if resp.status == 416:
@@ -351,6 +402,8 @@ class Download:
                 raise self.fail("GET", f"unexpected Content-Range {headers.get('content-range')!r}")
             if cr[2] is not None:
                 result.ranged = True
+                # parts a resumed backup can keep; a server without validators: parts never resumed
+                writer.use_parts(version_name(result.etag, result.last_modified, cr[2]) or f"{cr[2]}-{'0' * 16}")
                 return self._ranged(resp, cr[2], result, writer, hasher)
             _discard(resp)  # a total of "*": ranges cannot be planned, read it whole
             resp = self._plain()
@@ -392,15 +445,18 @@ class Download:
                                                     f"Content-Range {headers['content-range'].strip()}")
         return cr[1]
 
-    def _ranged(self, first: Any, total: int, result: Result, writer: ArtifactWriter,
-                hasher: _Hashing | None) -> Result:
+    def _ranged(self, first: Any, total: int, result: Result, writer: Output,
+                hasher: _Hashing | None, pos: int = 0) -> Result:
+        """Bytes ``pos`` to the end in ranges; ``first``: the answer for the range at ``pos``, if asked."""
         conditions = self._validators(result)
-        try:
-            last = self._range_end(first, result, total, 0, min(self.chunk_size, total) - 1)
-        except BaseException:
-            _discard(first)
-            raise
-        cursor = _Cursor(resp=first, last=last)
+        last = -1
+        if first is not None:
+            try:
+                last = self._range_end(first, result, total, pos, min(pos + self.chunk_size, total) - 1)
+            except BaseException:
+                _discard(first)
+                raise
+        cursor = _Cursor(pos=pos, resp=first, last=last)
         ahead = _Ahead(lambda start, end: self.client.request(
             "GET", self.url, {"Range": f"bytes={start}-{end}", **conditions}))
         try:
@@ -450,7 +506,7 @@ class Download:
         result.size = cursor.pos
         return result
 
-    def _pump(self, resp: Any, writer: ArtifactWriter, hasher: _Hashing | None, pos: int, stop: int | None) -> int:
+    def _pump(self, resp: Any, writer: Output, hasher: _Hashing | None, pos: int, stop: int | None) -> int:
         """Copy the body of ``resp`` to ``writer`` (and the hashers) from export byte ``pos`` up to ``stop``
         (None: to the body's end); returns the position reached, which ``self._progress`` follows byte by
         byte so that a caller resumes at the right place after an exception. Raises :class:`ShortBody` when
@@ -487,7 +543,7 @@ class Download:
 
     # ------------------------------------------------------------------ streamed
 
-    def _streamed(self, resp: Any, headers: dict[str, str], result: Result, writer: ArtifactWriter,
+    def _streamed(self, resp: Any, headers: dict[str, str], result: Result, writer: Output,
                   hasher: _Hashing | None) -> Result:
         length = headers.get("content-length")
         total = int(length) if length and length.isdigit() else None

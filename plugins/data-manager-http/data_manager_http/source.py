@@ -1,9 +1,11 @@
 """Source ``http``: back up what a service exports over HTTP, restore it by upload or as a file.
 
-Backup streams the export into one artifact, ``export`` (see :mod:`.download` for ranges, resumes, restarts
-and checks). Restore sends that artifact to ``restore_url`` (``POST`` or ``PUT``), or writes it to the file
-``path`` (``--set NAME.path=FILE``): staged beside the target, flushed, then renamed over it, so the file
-is either the old one or the whole export.
+Backup streams the export into artifacts: parts of ``part_size`` when the server answers ranges (a
+``backup --resume`` keeps those an interrupted run committed, see :mod:`.parts`), else one artifact,
+``export`` (see :mod:`.download` for ranges, resumes, restarts and checks). Restore sends the export (the
+parts in order) to ``restore_url`` (``POST`` or ``PUT``), or writes it to the file ``path``
+(``--set NAME.path=FILE``): staged beside the target, flushed, then renamed over it, so the file is either
+the old one or the whole export.
 
 Secrets: ``url``, ``restore_url`` and ``headers`` are secret keys, recorded as ``***``; the info records
 :func:`~data_manager_http.urls.public_url` of the URL instead, and messages name it by its
@@ -13,13 +15,14 @@ Secrets: ``url``, ``restore_url`` and ``headers`` are secret keys, recorded as `
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from data_manager import retry
@@ -32,18 +35,19 @@ from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
 from . import checksums
 from .client import BLOCK, Client, describe, is_transient, retry_hooks, status_error
 from .download import Download
+from .parts import ARTIFACT, Joined, Output, export_names
 from .urls import MASK, check_url, label, public_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ARTIFACT = "export"
 DEFAULT_CHUNK = 16 << 20
+DEFAULT_PART = 64 << 20  # what a killed backup loses at most, and one object (and commit) per this many bytes
 MAX_RETRY_AFTER = 300.0  # a server asking for a longer pause than this is given up on, with its answer
 _STAGING = ".dm-restore-"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
 KEYS = {"url", "headers", "chunk_size", "checksum_header", "restore_url", "restore_method", "path", "retries",
-        "retry_delay", "timeout", "verify_first"}
+        "retry_delay", "timeout", "verify_first", "part_size"}
 
 
 class HttpSource(Source):
@@ -56,6 +60,12 @@ class HttpSource(Source):
         self.restore_url = self._url("restore_url", required=False)
         self.headers, self.headers_known = self._headers()
         self.chunk_size = settings.get_size("chunk_size", DEFAULT_CHUNK)
+        if self.chunk_size <= 0:
+            raise settings.error("chunk_size", "must be at least 1 byte")
+        default_part = -(-DEFAULT_PART // self.chunk_size) * self.chunk_size  # a multiple of chunk_size
+        self.part_size = settings.get_size("part_size", default_part)
+        if self.part_size <= 0 or self.part_size % self.chunk_size:
+            raise settings.error("part_size", f"must be a multiple of chunk_size ({self.chunk_size} bytes)")
         mode = settings.get_str("checksum_header", "auto").lower()
         if mode not in ("auto", "none", *checksums.HEADERS):
             raise settings.error("checksum_header", "must be auto, none, Repr-Digest, Digest, ETag or Content-MD5")
@@ -178,14 +188,18 @@ class HttpSource(Source):
         self._warn_clear_text(url)
         download = Download(self.client, url, self._where(url), chunk_size=self.chunk_size, policy=self.policy,
                             checksum_mode=self.checksum_mode, max_retry_after=MAX_RETRY_AFTER)
+        output = Output(sink, self.part_size, self._where(url))
         try:
-            result, digest = download.run(lambda: sink.open(ARTIFACT))
+            result = download.run(output)
         finally:
             self.client.close()
         for note in result.notes:
             log.warning("%s: %s", self._where(url), note)
         sink.set_info(
-            url=public_url(url), size=result.size, digest=f"blake3:{digest}",
+            url=public_url(url), size=result.size,
+            digest=f"blake3:{output.digest}" if output.single else None,  # parts: each has its own, in the manifest
+            parts=len(output.parts), part_size=self.part_size if output.parts else None,
+            resumed_bytes=result.resumed_bytes,
             server_checksum=f"{result.checksum.header}: {result.checksum.text()}" if result.checksum else None,
             etag=result.etag, last_modified=result.last_modified, content_type=result.content_type,
             filename=result.filename, ranged=result.ranged, ranges=result.ranges, resumed=result.resumed,
@@ -195,9 +209,7 @@ class HttpSource(Source):
     # ------------------------------------------------------------------ restore
 
     def restore(self, artifacts: ArtifactSet) -> None:
-        names = artifacts.names()
-        if ARTIFACT not in names:
-            raise SourceError(f"source {self.name!r}: the backup holds no {ARTIFACT!r} artifact ({names})")
+        export_names(artifacts, f"source {self.name!r}")  # fails before anything is touched
         if self.path is not None:
             self._restore_file(artifacts)
         elif self.restore_url is not None:
@@ -234,7 +246,7 @@ class HttpSource(Source):
         staging = target.parent / f".{target.name}{_STAGING}{secrets.token_hex(4)}"
         try:
             fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with open(fd, "wb", buffering=0) as out, artifacts.open(ARTIFACT) as src:
+            with open(fd, "wb", buffering=0) as out, self._export(artifacts) as src:
                 while block := src.read(BLOCK):
                     out.write(block)
                 os.fsync(out.fileno())
@@ -259,10 +271,11 @@ class HttpSource(Source):
             log.warning("%s: the recorded headers are secret: uploading without them (--set %s.headers={...})",
                         where, self.name)
         self._warn_clear_text(url)
+        names = export_names(artifacts, f"source {self.name!r}")
         if self.verify_first:
-            artifacts.verify([ARTIFACT])  # a POST cannot be taken back: never send a damaged backup
+            artifacts.verify(names)  # a POST cannot be taken back: never send a damaged backup
         info = artifacts.info
-        headers = {"Content-Length": str(artifacts.size(ARTIFACT)),
+        headers = {"Content-Length": str(sum(artifacts.size(n) for n in names)),
                    "Content-Type": str(info.get("content_type") or "application/octet-stream")}
         checksum = str(info.get("server_checksum") or "")
         if checksum.startswith(("Repr-Digest: sha-256", "Repr-Digest: sha-512", "Digest: sha-256")):
@@ -281,10 +294,17 @@ class HttpSource(Source):
         finally:
             self.client.close()
 
+    def _export(self, artifacts: ArtifactSet) -> BinaryIO:
+        """The export's bytes: ``export``, or its parts one after the other (each checked at its end)."""
+        names = export_names(artifacts, f"source {self.name!r}")
+        if names == [ARTIFACT]:
+            return artifacts.open(ARTIFACT)
+        return io.BufferedReader(Joined(artifacts, names), BLOCK)  # type: ignore[return-value]
+
     def _send(self, artifacts: ArtifactSet, url: str, headers: dict[str, str], where: str,
               safe_to_repeat: Callable[[BaseException], bool]) -> None:
         def send() -> None:
-            with artifacts.open(ARTIFACT) as body:  # read from its start again on every try
+            with self._export(artifacts) as body:  # read from its start again on every try
                 resp = self.client.request(self.restore_method, url, headers, body=body)
             if resp.status >= 300:
                 raise status_error(resp)

@@ -1,6 +1,7 @@
 """The http source against ``curl -o``: one export served by a local server, downloaded by both in the same run.
 
     python bench/bench_http.py [--size-mb 1024] [--rounds 3] [--chunk-size 16MiB] [--dir /var/tmp] [--keep] [--old DIR]
+    python bench/bench_http.py --resume [--size-mb 1024] [--rounds 3] [--dir /var/tmp]
 
 A file of ``--size-mb`` MiB (a random 64 MiB block repeated: incompressible, as an export's zip is) is served
 by a small threaded server of the standard library that answers ``Range`` requests with ``os.sendfile``
@@ -14,6 +15,10 @@ times, each reported by its median run:
 * the same with the server sending ``Repr-Digest: sha-256`` that the source checks (one more hash);
 * ``data-manager backup`` of a 1 KiB export from the same server: the fixed cost of any backup (interpreter,
   imports, config, the dataset lock and its settle time, metadata), which the per-byte work adds to.
+
+``--resume``: instead, ``curl -o``, ``data-manager backup`` of the whole export, and ``data-manager backup
+--resume`` of a backup killed (SIGKILL) once half of its 64 MiB parts were committed (the killed run is
+set-up, not timed): what continuing costs against downloading it all again.
 
 ``--old DIR`` adds the two 1 GiB data-manager rows again with the http plugin of another checkout
 (``git worktree add /tmp/http-old COMMIT``; DIR is that checkout), in the same rounds: before and after.
@@ -31,8 +36,11 @@ import hashlib
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -104,6 +112,21 @@ def serve(path: Path, digest: str) -> ThreadingHTTPServer:
     return httpd
 
 
+def cut_at_half(dm: list[str], backups: Path, nbytes: int, env: dict[str, str]) -> None:
+    """Start ``backup export`` and kill it (SIGKILL) once half of its 64 MiB parts are committed."""
+    half = max(1, nbytes // (64 * MiB) // 2)
+    proc = subprocess.Popen([*dm, "-q", "backup", "export"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list(backups.glob(f"export/*/db/.committed/export.parts/*/{half:06d}.json")):
+            if proc.poll() is not None:
+                raise SystemExit("the backup to cut ended before half of it was committed")
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -112,6 +135,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp", help="where the temp dir goes (default /var/tmp)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--old", type=Path, help="another checkout whose http plugin runs as more contenders")
+    ap.add_argument("--resume", action="store_true", help="a backup cut at 50%% and resumed, against a whole one")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dm-bench-http-", dir=args.dir))
     try:
@@ -150,6 +174,10 @@ def main() -> None:
                 ("data-manager backup, sha-256 checked", [*dm, "-q", "backup", "checked"], False, env),
                 ("data-manager backup, 1 KiB export", [*dm, "-q", "backup", "small"], False, env),
             ]
+            if args.resume:
+                contenders = [contenders[0], contenders[2],
+                              ("data-manager backup --resume, cut at 50%", [*dm, "-q", "backup", "export", "--resume"],
+                               False, env)]
             if args.old:
                 contenders += [
                     ("old plugin: data-manager backup", [*dm, "-q", "backup", "export"], False, old_env),
@@ -158,14 +186,17 @@ def main() -> None:
             for name, cmd, shell, cmd_env in contenders:
                 shutil.rmtree(work / "backups", ignore_errors=True)
                 out.unlink(missing_ok=True)
+                if "--resume" in name:
+                    cut_at_half(dm, work / "backups", nbytes, cmd_env)
                 os.sync()  # each contender starts with no dirty pages of the one before
                 m = run(name, cmd, shell=shell, env=cmd_env, nbytes=KIB if "1 KiB" in name else nbytes)
                 print(f"round {i + 1}: {name}: {m.seconds:.2f} s, CPU {m.cpu_seconds:.2f} s, "
                       f"peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
                 row.append(m)
-            print(f"round {i + 1}: data-manager / curl -o = {row[2].seconds / row[0].seconds:.2f}", flush=True)
+            print(f"round {i + 1}: data-manager / curl -o = {row[-1 if args.resume else 2].seconds / row[0].seconds:.2f}",
+                  flush=True)
             rounds.append(row)
-        report(f"http export to fs: {nbytes / 1e6:.0f} MB, chunk_size {args.chunk_size}, median of {args.rounds} rounds",
+        report(f"http export{' resumed' if args.resume else ''} to fs: {nbytes / 1e6:.0f} MB, chunk_size {args.chunk_size}, median of {args.rounds} rounds",
                medians(rounds), baseline="curl -o",
                extra={"source_bytes": nbytes, "dir": args.dir, "rounds": [[asdict(m) for m in row] for row in rounds]})
         httpd.shutdown()

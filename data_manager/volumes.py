@@ -39,13 +39,21 @@ def _suffix(name: str) -> str:
     return base[dot:].lower() if 0 < dot < len(base) - 1 else ""
 
 
-def incompressible(name: str, sample: bytes | memoryview, content_type: str = "") -> bool:
-    """Whether an item is better stored as-is: by its suffix or media type, else by compressing a sample."""
+def stored_by_name(name: str, content_type: str = "") -> bool | None:
+    """Whether an item is better stored as-is, as far as its suffix or media type tell; None: they don't."""
     suffix = _suffix(name)
     if suffix in STORED_SUFFIXES or content_type.startswith(STORED_TYPES):
         return True
     if suffix in TEXT_SUFFIXES or content_type.startswith(TEXT_TYPES):
         return False
+    return None
+
+
+def incompressible(name: str, sample: bytes | memoryview, content_type: str = "") -> bool:
+    """Whether an item is better stored as-is: by its suffix or media type, else by compressing a sample."""
+    by_name = stored_by_name(name, content_type)
+    if by_name is not None:
+        return by_name
     import zstandard
 
     sample = bytes(sample[:SAMPLE])
@@ -74,6 +82,9 @@ class Volumes:
         self.names: list[str] = []
         self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
         self.chunked = bool(getattr(sink, "chunked", False))  # see ArtifactSink.chunked (a test double may lack it)
+        #: Another open writer of the same sink (e.g. the source's index), asked by :meth:`recall` while no
+        #: volume is open: a query must not open an artifact (an empty volume would be committed).
+        self.probe: ArtifactWriter | None = None
 
     def start(self) -> tuple[str, int]:
         """The volume and offset the next bytes go to (opening a volume if none is open)."""
@@ -107,6 +118,20 @@ class Volumes:
             self.offset += size
             self.reused = True
         return extra
+
+    def recall(self, item: str, size: int, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Before an item is opened: what :meth:`reuse` of ``item`` (``size`` bytes) would most likely return,
+        asked of the engine without writing or changing anything (see ArtifactWriter.recall). ``header`` is
+        what the item's header will say: ``path``, ``size`` (the item's own, unpadded) and ``mtime_ns``, for
+        an engine whose files cache is keyed by those (``sync``); a chunking engine looks ``item`` up.
+
+        A source that gets a mapping may skip reading the item (a file's first MiB to choose a volume, or a
+        small file whole) and call :meth:`reuse` right after the header and a :meth:`cut`; it must still
+        read and write the item when :meth:`reuse` then returns None (the engine's cache can go stale
+        between the two calls). None: read as usual. Engines without a files cache (``worm``) say None."""
+        out = self._out if self._out is not None else self.probe
+        recall = getattr(out, "recall", None) if out is not None else None  # a plugin's test double may lack it
+        return recall(item, size, header) if recall is not None else None
 
     def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
         """Right after the :meth:`cut` ending an item (see ArtifactWriter.remember)."""

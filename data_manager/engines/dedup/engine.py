@@ -346,7 +346,8 @@ class FilesCache:
     def key(item: str) -> bytes:
         return blake3(item.encode("utf-8", "surrogateescape")).digest()
 
-    def lookup(self, item: str, size: int) -> tuple[list[tuple[bytes, int]], dict[str, Any]] | None:
+    def lookup(self, item: str, size: int, use: bool = True) -> tuple[list[tuple[bytes, int]], dict[str, Any]] | None:
+        """``item``'s chunks and extra, if remembered with this ``size``; ``use``: kept from expiry (reused)."""
         key = self.key(item)
         found = self._cache.file(key)
         if found is None or found[0] != size:
@@ -356,7 +357,8 @@ class FilesCache:
             extra = json.loads(found[2])
         except (CorruptBackupError, ValueError):
             return None
-        self._used.append(key)
+        if use:
+            self._used.append(key)
         return refs, extra if isinstance(extra, dict) else {}
 
     def save(self) -> None:
@@ -492,7 +494,22 @@ class DedupArtifactWriter(ArtifactStreamBase):
             self._progress(size)
         return extra
 
+    def recall(self, item: str, size: int, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """What :meth:`reuse` of ``item`` would return now (the files cache, every chunk still known), asked
+        before the source opens the file; nothing is queued or marked used. ``header`` is not needed: the
+        fingerprint is the key."""
+        if self._done or size <= 0:
+            return None
+        found = self._sink.files.lookup(item, size, use=False)
+        if found is None:
+            return None
+        refs, extra = found
+        if sum(n for _, n in refs) != size or not all(self._store.known(cid) for cid, _ in refs):
+            return None
+        return extra
+
     def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
+        """The item between the last two cuts, for the files cache (kept once the backup commits)."""
         if not self._done and self._at_cut and size > 0:
             self._put(_Remember(item, size, extra))
 

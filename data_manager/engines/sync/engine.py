@@ -15,7 +15,8 @@ Layout in the storage (docs/engines.md, *The sync engine*)::
 The engine takes the directory source's tar volumes apart as they are written (:mod:`.tarsplit`): each
 file's content goes to its mirror object, everything else to the volume's skeleton. An unchanged file
 (same path, size and mtime as the mirror holds, or the same BLAKE3 with ``checksum = true``) is not
-uploaded; with size and mtime the source does not even read it (the ``reuse`` hint of the artifact writer).
+uploaded; with size and mtime the source does not even open it (it asks ``recall`` before opening a file,
+then the engine appends the file itself: the ``reuse`` hint of the artifact writer).
 
 Restore and verify rebuild each volume from its skeleton and the mirror objects, checking every file's
 BLAKE3 against the manifest: a file changed in the storage by anyone fails them (exit 4). The mirror holds
@@ -228,8 +229,8 @@ class _TarArtifact(ArtifactStreamBase):
         self._member = member
         self._stream = None
         # Unchanged by size and mtime (never with checksum): the bytes that follow, if the source sends them
-        # (it does for small files, which it reads whole before any engine can say), are neither hashed nor
-        # kept; the mirror's digest stands for them, as for a file the source did not read.
+        # (a source that does not ask recall() first, or one whose file changed between its stat and this
+        # header), are neither hashed nor kept; the mirror's digest stands for them, as for a file not read.
         self._reused = self._sink.unchanged(member)
         if self._reused is not None:
             self._hash = self._buf = None
@@ -308,6 +309,11 @@ class _TarArtifact(ArtifactStreamBase):
             self._sink.progress(size)
         return {"blake3": digest}
 
+    def recall(self, item: str, size: int, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Before the source opens a file: ``{"blake3": ...}`` if the file whose header will say ``header``
+        (path, size, mtime_ns) is unchanged as :meth:`reuse` judges it; nothing is written or changed."""
+        return self._sink.recall(header)
+
     def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
         """The manifest is the sync engine's files cache."""
 
@@ -384,6 +390,10 @@ class _PlainArtifact(ArtifactStreamBase):
 
     def reuse(self, item: str, size: int) -> Mapping[str, Any] | None:
         return None
+
+    def recall(self, item: str, size: int, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Asked here while no volume of the source is open: as :meth:`_TarArtifact.recall`."""
+        return self._sink.recall(header)
 
     def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
         pass
@@ -549,10 +559,22 @@ class SyncSourceSink(SourceSink):
     def unchanged(self, m: Member) -> str | None:
         """The digest of ``m`` as the mirror holds it, if size and mtime say it is unchanged (never with
         ``checksum``)."""
+        return self._unchanged(m.name, m.size, m.mtime_ns)
+
+    def recall(self, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """:meth:`unchanged` asked before the member exists (ArtifactWriter.recall): by the ``path``, ``size``
+        and ``mtime_ns`` its header will carry. Only reads what the sink holds."""
+        path, size, mtime_ns = header.get("path"), header.get("size"), header.get("mtime_ns")
+        if not (isinstance(path, str) and isinstance(size, int) and isinstance(mtime_ns, int)):
+            return None
+        digest = self._unchanged(path, size, mtime_ns)
+        return None if digest is None else {"blake3": digest}
+
+    def _unchanged(self, path: str, size: int, mtime_ns: int) -> str | None:
         if self.backup.engine.checksum:
             return None
-        e = self.known(m.name)
-        if e is not None and e["size"] == m.size and e["mtime_ns"] == m.mtime_ns:
+        e = self.known(path)
+        if e is not None and e["size"] == size and e["mtime_ns"] == mtime_ns:
             return str(e["blake3"])
         return None
 

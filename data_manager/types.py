@@ -185,7 +185,10 @@ def redact_urls(value: Any) -> Any:
 
 
 class ArtifactWriter(Protocol):
-    """A file-like sink for one artifact. Closing it commits it; ``abort`` discards it."""
+    """A file-like sink for one artifact. Closing it commits it; ``abort`` discards it.
+
+    Optional ``recall(item, size, header) -> Mapping | None``: what :meth:`reuse` would return, asked before the
+    source opens the item, changing nothing (see :meth:`data_manager.volumes.Volumes.recall`)."""
 
     #: Once closed: the BLAKE3 (hex) of the bytes written, as the manifest records it. A source whose item
     #: fills an artifact alone can take it as the item's digest rather than hash the same bytes again.

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -101,7 +102,10 @@ def serve(path: Path, digest: str) -> ThreadingHTTPServer:
             with open(path, "rb") as f:
                 offset, left = start, end - start + 1
                 while left:
-                    sent = os.sendfile(self.connection.fileno(), f.fileno(), offset, left)
+                    try:
+                        sent = os.sendfile(self.connection.fileno(), f.fileno(), offset, left)
+                    except (BrokenPipeError, ConnectionResetError):  # a client killed (--resume's set-up)
+                        return
                     if sent == 0:
                         break
                     offset, left = offset + sent, left - sent
@@ -190,8 +194,12 @@ def main() -> None:
                     cut_at_half(dm, work / "backups", nbytes, cmd_env)
                 os.sync()  # each contender starts with no dirty pages of the one before
                 m = run(name, cmd, shell=shell, env=cmd_env, nbytes=KIB if "1 KiB" in name else nbytes)
+                kept = ""
+                if "--resume" in name:
+                    [meta] = (work / "backups").glob("export/*/db/source.json")
+                    kept = f", {json.loads(meta.read_text())['info']['resumed_bytes'] / nbytes:.0%} kept"
                 print(f"round {i + 1}: {name}: {m.seconds:.2f} s, CPU {m.cpu_seconds:.2f} s, "
-                      f"peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
+                      f"peak RSS {m.peak_rss_mb:.0f} MB{kept}", flush=True)
                 row.append(m)
             print(f"round {i + 1}: data-manager / curl -o = {row[-1 if args.resume else 2].seconds / row[0].seconds:.2f}",
                   flush=True)

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from ..durable import fsync_dir, os_reason, write_all
+from ..durable import fsync_dir, on_network_fs, os_reason, write_all
 from ..errors import NotFoundError, StorageError
 from ..hookspecs import hookimpl
 from ..types import Entry, ObjectWriter, Settings, Storage, StorageType
@@ -152,26 +152,6 @@ class _FileWriter(ObjectWriter):
             pass
 
 
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "glusterfs", "fuse.sshfs", "fuse.s3fs",
-               "fuse.rclone", "fuse.gcsfuse"}
-
-
-def _on_network_fs(path: Path) -> bool:
-    """Whether ``path`` (or its nearest existing parent) lies on a network filesystem, by /proc/self/mounts."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
-    except OSError:
-        return True  # cannot tell: assume the cautious case
-    best, kind = "", ""
-    text = str(path)
-    for point, fstype in mounts:
-        point = point.replace("\\040", " ")
-        if (text == point or text.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, kind = point, fstype
-    return kind in _NETWORK_FS
-
-
 class FilesystemStorage(Storage):
     def __init__(self, name: str, settings: Settings) -> None:
         super().__init__(name, settings)
@@ -183,7 +163,7 @@ class FilesystemStorage(Storage):
     def consistent_listing(self) -> bool:  # type: ignore[override]
         """A local filesystem lists what was renamed into place at once; a network one may serve a
         cached directory listing (NFS's attribute cache), so locks keep their settle time there."""
-        return not _on_network_fs(self.root)
+        return not on_network_fs(self.root)
 
     def location(self) -> str:
         return str(self.root)

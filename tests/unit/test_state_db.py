@@ -21,16 +21,34 @@ def test_created_private_with_its_directory_and_journal(tmp_path: Path) -> None:
     db.create_job("backup", "d", [("a", "directory")])
     assert mode(db.path) == 0o600
     assert mode(db.path.parent) == 0o700
-    # SQLite gives the rollback journal the database file's mode: look at it while a write is open.
+    # WAL mode, so the API's reads never wait for a job's commit; SQLite gives the WAL files the database
+    # file's mode: look at them while a write is open.
     con = sqlite3.connect(db.path, isolation_level=None)
     try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         con.execute("BEGIN IMMEDIATE")
         con.execute("UPDATE jobs SET bytes = 1")
-        journal = Path(f"{db.path}-journal")
-        assert journal.exists() and mode(journal) == 0o600
+        for suffix in ("-wal", "-shm"):
+            journal = Path(f"{db.path}{suffix}")
+            assert journal.exists() and mode(journal) == 0o600
     finally:
         con.execute("ROLLBACK")
         con.close()
+
+
+def test_a_read_waits_for_no_commit(tmp_path: Path) -> None:
+    """A reader reads the last committed state while another connection holds the write lock mid-commit."""
+    db = StateDB(tmp_path / "state.db")
+    job = db.create_job("backup", "d", [("a", "directory")])
+    writer = sqlite3.connect(db.path, isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("UPDATE jobs SET bytes = 7")
+        found = db.job(job.id)  # with the rollback journal this would wait for the busy timeout (30 s)
+        assert found is not None and found.bytes == 0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:

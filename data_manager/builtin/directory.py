@@ -5,7 +5,9 @@ a stored-as-is one for content that does not compress (decided per file from a 6
 and archives cost no CPU. A volume closes once it passes ``volume_size``; a file is never split, so a
 file larger than that has a volume of its own. ``files.jsonl`` lists every entry with its volume, the
 offset of its data in the volume, size and BLAKE3 (``sha256`` in backups before December 2026), so a
-single file can later be fetched alone.
+single file can later be fetched alone. Before it opens a file the source asks the engine whether it holds
+that file unchanged (``recall``): on ``sync`` an unchanged file is then only stat'ed (on ``dedup``, one of
+64 KiB or more).
 
 Volumes are POSIX pax tar: ``zstd -dc vol-000001.tar.zst | tar -x`` extracts one by hand.
 
@@ -463,7 +465,9 @@ class _Walk:
     :meth:`directory` handles a directory's entries in one loop, small files inline (one open, one read of
     one byte more than the size, which also tells whether the file grew, one close; the whole member built
     by :class:`~.tarheaders.FileMembers`; one BLAKE3 call): a function call, generator step or tuple less
-    per file shows in the time of a tree of small files."""
+    per file shows in the time of a tree of small files. Where the engine has a files cache it is asked
+    first (:meth:`Volumes.recall`, before any open): a file it recalls is not read (small ones only where
+    each is stored alone, ``sync``; a chunking engine groups small files into shared chunks)."""
 
     def __init__(self, source: DirectorySource, sink: ArtifactSink, names: Callable[[], str]) -> None:
         self.source = source

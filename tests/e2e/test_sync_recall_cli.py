@@ -17,7 +17,7 @@ from tests.helpers import make_tree, snapshot
 STRACE = shutil.which("strace")
 
 
-def backup_traced(tmp_path: Path, config: Path, env: dict[str, str], trace: Path) -> None:
+def backup_traced(config: Path, env: dict[str, str], trace: Path) -> None:
     """``data-manager backup exp`` with every open/openat of its process tree written to ``trace``, each fd
     shown with its path (``-y``)."""
     assert STRACE, "strace is needed to watch what the command opens (apt-get install strace)"
@@ -61,10 +61,10 @@ path = "{src}"
 """)
     env = {"DATA_MANAGER_STATE": str(tmp_path / "state.db")}
     trace = tmp_path / "trace"
-    backup_traced(tmp_path, config, env, trace)
+    backup_traced(config, env, trace)
     assert str(src / "big.bin") in opened_files(trace, src)  # the trace sees the first backup's reads
 
-    backup_traced(tmp_path, config, env, trace)
+    backup_traced(config, env, trace)
     assert opened_files(trace, src) == set()
 
     for name in ("big.bin", "small.bin"):  # new bytes, the same size, a new mtime
@@ -72,7 +72,7 @@ path = "{src}"
         size, mtime = p.stat().st_size, p.stat().st_mtime_ns
         p.write_bytes(os.urandom(size))
         os.utime(p, ns=(time.time_ns(), mtime + 1_000_000_000))
-    backup_traced(tmp_path, config, env, trace)
+    backup_traced(config, env, trace)
     assert opened_files(trace, src) == {str(src / "big.bin"), str(src / "small.bin")}
     mirror = vault / "exp" / "mirror" / "raw"
     assert (mirror / "big.bin").read_bytes() == (src / "big.bin").read_bytes()

@@ -91,7 +91,7 @@ def test_sync_unchanged_files_are_never_opened(tmp_path: Path, opened: list[str]
     restore_same(dm, tmp_path, src, "out")
 
 
-def test_sync_a_file_touched_keeping_its_size_is_read_and_uploaded(tmp_path: Path, opened: list[str]) -> None:
+def test_sync_a_touched_or_resized_file_is_read_and_uploaded(tmp_path: Path, opened: list[str]) -> None:
     src = tree(tmp_path / "src")
     dm = DataManager.from_dict(config(tmp_path, src, "sync"))
     dm.backup("exp")
@@ -101,10 +101,16 @@ def test_sync_a_file_touched_keeping_its_size_is_read_and_uploaded(tmp_path: Pat
         p.write_bytes(os.urandom(size))
         os.utime(p, ns=(time.time_ns(), p.stat().st_mtime_ns + 1_000_000))
     (src / "hello.txt").touch()  # a new mtime only
+    grown = src / "big.txt"  # another size, the old mtime put back
+    mtime = grown.stat().st_mtime_ns
+    with open(grown, "a") as f:
+        f.write("one more line\n")
+    os.utime(grown, ns=(mtime, mtime))
     opened.clear()
     dm.backup("exp")
-    assert opened_in(opened, src) == {str(small), str(large), str(src / "hello.txt")}
-    assert sync_stats(dm)["uploaded"] == 2  # hello.txt: read, hashed, the same bytes: not uploaded
+    assert opened_in(opened, src) == {str(small), str(large), str(src / "hello.txt"), str(grown)}
+    assert sync_stats(dm)["uploaded"] == 3  # hello.txt: read, hashed, the same bytes: not uploaded
+    assert (tmp_path / "vault" / "exp" / "mirror" / "raw" / "big.txt").read_bytes() == grown.read_bytes()
     mirror = tmp_path / "vault" / "exp" / "mirror" / "raw"
     assert (mirror / "many" / "s07.bin").read_bytes() == small.read_bytes()
     assert (mirror / "noise").read_bytes() == large.read_bytes()

@@ -252,20 +252,22 @@ class ArtifactSink(Protocol):
     # ---- continuing a source an interrupted run left half done (``backup --resume``)
     #
     # A source that writes its data as several artifacts (e.g. an export as parts) may adopt those an
-    # interrupted run of this same backup committed, instead of writing them again. What an engine must do:
-    # record each artifact durably as it commits it (a run may be killed at any byte); offer (:meth:`resumed`)
-    # only artifacts that run committed whole and that it still finds as recorded (object present, stored
-    # size equal), in commit order; make each readable (:meth:`open_resumed`, size and digest checked at EOF);
-    # delete, when the source finishes, every offered one that was not kept; treat an :meth:`open` of an
-    # offered name as replacing it. What it must never do: offer an artifact of another backup or source, or
-    # one a write cut short; keep an offered one in the record unless :meth:`keep` was called. An engine that
-    # cannot keep artifacts offers none (``{}``): the source then starts over.
+    # interrupted run of this same backup committed, instead of writing them again; it calls :meth:`resumed`
+    # before it opens any artifact. What an engine must do: record each artifact durably as it commits it (a
+    # run may be killed at any byte), at least for a source that called :meth:`resumed` (others need not pay
+    # for it); offer only artifacts that run committed whole and that it still finds as recorded (object
+    # present, stored size equal), in commit order; make each readable (:meth:`open_resumed`, size and digest
+    # checked at EOF); delete, when the source finishes, every offered one that was not kept; treat an
+    # :meth:`open` of an offered name as replacing it. What it must never do: offer an artifact of another
+    # backup or source, or one a write cut short; keep an offered one in the record unless :meth:`keep` was
+    # called. An engine that cannot keep artifacts offers none (``{}``): the source then starts over.
 
     def resumed(self) -> Mapping[str, int]:
         """Resuming: the artifacts of this source an interrupted run of this backup committed and the engine
         kept, name -> size (original bytes), in the order they were committed. ``{}`` when not resuming, when
         the interrupted run committed none, or when the engine cannot keep them (the source starts over).
-        None of them is part of this backup unless :meth:`keep` adopts it."""
+        None of them is part of this backup unless :meth:`keep` adopts it. Calling it (before the first
+        :meth:`open`, in every run) also asks the engine to record what this run commits for a later one."""
         ...
 
     def keep(self, name: str) -> None:

@@ -7,7 +7,8 @@ A backup is complete when ``DATA_ID/TIMESTAMP/backup.json`` exists: it is writte
 artifact is committed, and lists each artifact with its size and BLAKE3 digest. ``SOURCE/source.json`` is
 written when one source is done (so an interrupted backup can be resumed source by source).
 ``SOURCE/.committed/ARTIFACT.json`` records one artifact as soon as it is committed, until its source is
-done: ``--resume`` offers those a source left half done may keep (see ``ArtifactSink.resumed``).
+done, for a source that asked ``ArtifactSink.resumed()`` (one that can continue what it left half done):
+``--resume`` offers those it may keep. Other sources do not pay for it (an fsynced object per artifact).
 """
 
 from __future__ import annotations
@@ -241,11 +242,18 @@ class WormSourceSink(SourceSink):
         super().__init__(record, progress)
         self._backup = backup
         self._prefix = f"{backup.prefix}/{record.name}"
+        self._recording = False  # whether committed artifacts are recorded in .committed/ (see resumed())
+
+    def resumed(self) -> Mapping[str, int]:
+        """See :meth:`~data_manager.types.ArtifactSink.resumed`; from now on commits are recorded for --resume."""
+        self._recording = True
+        return super().resumed()
 
     def committed(self, rec: Any) -> None:
         """Record the artifact durably beside its object before it counts, so ``--resume`` can offer it."""
-        write_json(self._backup.storage, f"{self._prefix}/{COMMITTED}/{rec.name}.json",
-                   {**rec.to_json(), "committed_ns": time.time_ns()})
+        if self._recording:
+            write_json(self._backup.storage, f"{self._prefix}/{COMMITTED}/{rec.name}.json",
+                       {**rec.to_json(), "committed_ns": time.time_ns()})
         super().committed(rec)
 
     def read_resumed(self, rec: Any) -> BinaryIO:
@@ -269,6 +277,8 @@ class WormSourceSink(SourceSink):
 
     def store_record(self, record: SourceRecord) -> None:
         write_json(self._backup.storage, f"{self._backup.prefix}/{self.source_name}/{SOURCE_MANIFEST}", record.to_json())
+        if not self._recording:
+            return
         try:
             self._backup.storage.delete_tree(f"{self._prefix}/{COMMITTED}")  # source.json says it all now
         except DataManagerError as exc:  # credentials that may not delete (append-only): they stay, ignored
@@ -318,6 +328,11 @@ class WormBackupWriter(BackupWriter):
             found.append((when, rec))
         found.sort(key=lambda item: (item[0], item[1].name))
         offered = {rec.name: rec for _, rec in found}
+        if not offered:  # nothing to keep (most sources): everything goes at once, as it always did
+            self.storage.delete_tree(prefix)
+            with self._offers_lock:
+                self._offers[name] = {}
+            return
         keep = {f"{prefix}/{r.stored_name}" for r in offered.values()} | {f"{committed}{n}.json" for n in offered}
         for key in listing:
             if key not in keep:

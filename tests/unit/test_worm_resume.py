@@ -26,6 +26,7 @@ def interrupted(tmp_path: Path) -> tuple[WormEngine, str, Path]:
     engine = WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")})))
     writer = engine.start_backup("ds")
     sink = writer.source(record())
+    assert sink.resumed() == {}  # a source that can resume asks first: from now on commits are recorded
     for name in ("a", "b", "c"):
         with sink.open(name, compression="none") as w:
             w.write(name.encode() * 1000)
@@ -95,3 +96,17 @@ def test_a_discarded_artifact_leaves_the_record_and_the_storage(tmp_path: Path) 
     assert [a["name"] for a in writer.commit()["sources"][0]["artifacts"]] == ["y"]
     where = tmp_path / "backups" / "ds" / writer.timestamp / "src"
     assert sorted(p.name for p in where.iterdir()) == ["source.json", "y"]
+
+
+def test_a_source_that_never_asks_pays_nothing_and_starts_over(tmp_path: Path) -> None:
+    engine = WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")})))
+    writer = engine.start_backup("ds")
+    sink = writer.source(record())
+    with sink.open("a", compression="none") as w:
+        w.write(b"1234")
+    where = tmp_path / "backups" / "ds" / writer.timestamp / "src"
+    assert sorted(p.name for p in where.iterdir()) == ["a"]  # no .committed record
+    writer = engine.start_backup("ds", timestamp=writer.timestamp)
+    writer.resume_source("src")
+    assert not where.exists()  # deleted whole, as before
+    assert writer.source(record()).resumed() == {}

@@ -255,16 +255,20 @@ def test_a_stalled_answer_times_out_and_is_asked_again(tmp_path: Path, export_se
 # --------------------------------------------------------------------------- an export that changes
 
 
+@pytest.mark.parametrize("part_size", ["64MiB", "256KiB"], ids=["in-one-part", "parts-committed"])
 @pytest.mark.parametrize("honour", [True, False], ids=["412", "validators-compared"])
-def test_an_export_changed_between_ranges_starts_again(tmp_path: Path, export_server: Any, honour: bool) -> None:
+def test_an_export_changed_between_ranges_starts_again(tmp_path: Path, export_server: Any, honour: bool,
+                                                       part_size: str) -> None:
     export_server.honour_conditions = honour
-    export_server.change_after = 2  # the third GET sees a new version
+    export_server.change_after = 2  # the third GET sees a new version (256KiB: after 2 parts were committed)
     old = export_server.data
-    dm = manager(tmp_path, export_server.url)
+    dm = manager(tmp_path, export_server.url, part_size=part_size)
     dm.backup("site42")
     data, info = stored(tmp_path, dm)
     assert data == export_server.data != old  # the new version whole, never a splice
     assert info["restarts"] == 1 and info["etag"] == export_server.etag
+    parts = [p for p in (tmp_path / "backups").rglob("export.parts/*/*") if p.is_file()]
+    assert len({p.parent.name for p in parts}) == 1 and len(parts) == info["parts"]  # the old version's gone
 
 
 def test_an_export_that_keeps_changing_fails(tmp_path: Path, export_server: Any) -> None:

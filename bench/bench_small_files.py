@@ -5,7 +5,8 @@
 
 Trees: ``--files N`` files of 10-200 bytes of text-like data (default 200,000, 1,000 a directory), and with
 ``--million`` 1,000,000 files of a few bytes (slow to create: a minute or more). Each tree is backed up and
-restored by every contender in the same run, from a warm page cache:
+restored by every contender in the same run, from a warm page cache with nothing dirty in it (a
+``sync`` before each contender, untimed):
 
 - ``tar -c | zstd -1`` to a file, and ``zstd -d | tar -x`` of it (the baselines: what the kernel needs);
 - data-manager: the ``directory`` source to a ``filesystem`` storage (the default ``worm`` engine), restored
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from common import Measurement, dm_command, medians, report, run
 
@@ -101,33 +103,41 @@ class Contenders:
         for p in RUN_OUTPUTS:
             drop(w / p)
         rows = [
-            run("tar -c | zstd -1", f"tar -cf - -C {src} . | zstd -1 -q -T1 > {w}/tar.zst",
+            timed("tar -c | zstd -1", f"tar -cf - -C {src} . | zstd -1 -q -T1 > {w}/tar.zst",
                 shell=True, nbytes=nbytes),
-            run("data-manager backup", [*dm_command(), "--config", str(self.config), "backup", "bench"],
+            timed("data-manager backup", [*dm_command(), "--config", str(self.config), "backup", "bench"],
                 nbytes=nbytes),
         ]
         old_env = {"PYTHONPATH": str(self.old_code)} if self.old_code else None
         if old_env:
-            rows.append(run("data-manager (old code) backup", [*dm_command(), "--config", str(self.old_config),
+            rows.append(timed("data-manager (old code) backup", [*dm_command(), "--config", str(self.old_config),
                                                                 "backup", "bench"], env=old_env, nbytes=nbytes))
         if self.restic:
             subprocess.run(["restic", "init", "--repository-version", "2", "-q"], env={**os.environ, **self.restic_env},
                            check=True, stdout=subprocess.DEVNULL)
-            rows.append(run("restic backup", ["restic", "backup", "--compression", "auto", "--quiet", str(src)],
+            rows.append(timed("restic backup", ["restic", "backup", "--compression", "auto", "--quiet", str(src)],
                             env=self.restic_env, nbytes=nbytes))
         os.mkdir(w / "x-tar")
-        rows.append(run("zstd -d | tar -x", f"zstd -d -c {w}/tar.zst | tar -xf - -C {w}/x-tar", shell=True,
+        rows.append(timed("zstd -d | tar -x", f"zstd -d -c {w}/tar.zst | tar -xf - -C {w}/x-tar", shell=True,
                         nbytes=nbytes))
-        rows.append(run("data-manager restore", [*dm_command(), "--config", str(self.config), "restore", "--yes",
+        rows.append(timed("data-manager restore", [*dm_command(), "--config", str(self.config), "restore", "--yes",
                                                  "--set", f"tree.path={w / 'x-dm'}", "bench"], nbytes=nbytes))
         if old_env:
-            rows.append(run("data-manager (old code) restore",
+            rows.append(timed("data-manager (old code) restore",
                             [*dm_command(), "--config", str(self.old_config), "restore", "--yes", "--set",
                              f"tree.path={w / 'x-dm-old'}", "bench"], env=old_env, nbytes=nbytes))
         if self.restic:
-            rows.append(run("restic restore", ["restic", "restore", "latest", "--target", str(w / "x-restic")],
+            rows.append(timed("restic restore", ["restic", "restore", "latest", "--target", str(w / "x-restic")],
                             env=self.restic_env, nbytes=nbytes))
         return rows
+
+
+def timed(name: str, cmd: str | list[str], **kwargs: Any) -> Measurement:
+    """:func:`common.run` after ``sync``: each contender starts with nothing dirty in the page cache. A
+    restore that syncs its tree (data-manager's one ``syncfs``) would otherwise also write out what the
+    contender before it left dirty (``tar -x`` leaves its whole tree there)."""
+    os.sync()
+    return run(name, cmd, **kwargs)
 
 
 def same_tree(a: Path, b: Path) -> None:

@@ -74,3 +74,42 @@ def test_a_dead_process_lock_that_cannot_be_deleted_is_released_for_every_host(i
     assert (Path(inner.root) / "d/.locks/dead.json").read_bytes() == RELEASED  # other hosts skip it too
     taker.release()
     assert break_locks(inner, "d") == [] and list(inner.list("d/.locks")) == []
+
+
+def test_release_says_how_it_released_and_what_to_do_when_it_could_not(inner: FilesystemStorage,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    storage = NoDelete(inner)
+    lock = DatasetLock(storage, "d", "job1", "backup", FAST)  # type: ignore[arg-type]
+    lock.acquire()
+    with caplog.at_level("INFO", logger="data_manager.locks"):
+        lock.release()
+        lock.release()  # a second release is a no-op
+    assert "d: released the lock d/.locks/job1.json by overwriting it (cannot delete: d/.locks/job1.json: " \
+           "AccessDenied)" in caplog.text
+
+    class ReadOnly(NoDelete):
+        def open_write(self, key: str) -> Any:
+            raise StorageError(f"{key}: read-only")
+
+    caplog.clear()
+    other = DatasetLock(storage, "d", "job2", "backup", FAST)  # type: ignore[arg-type]
+    other.acquire()
+    other.storage = ReadOnly(inner)  # type: ignore[assignment]
+    with caplog.at_level("ERROR", logger="data_manager.locks"):
+        other.release()  # never raises: the job's outcome is what counts; the leftover is named
+    assert ("d: cannot remove the lock d/.locks/job2.json: d/.locks/job2.json: read-only "
+            "(break it with: data-manager lock break d)") in caplog.text
+
+
+def test_the_heartbeat_rewrites_every_third_of_the_ttl(inner: FilesystemStorage) -> None:
+    lock = DatasetLock(inner, "d", "job1", "backup", LockSettings(ttl=90, settle=0.01))
+    waited: list[float] = []
+
+    class Stop:
+        def wait(self, seconds: float) -> bool:
+            waited.append(seconds)
+            return True  # stopped at once
+
+    lock._stop = Stop()  # type: ignore[assignment]
+    lock._beat()
+    assert waited == [30.0]

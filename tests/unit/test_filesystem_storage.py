@@ -219,3 +219,19 @@ def test_a_directory_removed_under_a_new_writer_is_made_again(tmp_path: Path, mo
     with pytest.raises(StorageError, match=f"^cannot write {tmp_path / 'd' / 'p'}: No such file or directory$"):
         storage(tmp_path).open_write("d/p")
     assert len(calls) == 3
+
+
+def test_sweep_unfinished_takes_only_old_part_files_of_our_writes(tmp_path: Path) -> None:
+    """Only ``.NAME.XXXX.part`` counts as a killed write, and only once older than ``older_than``: a
+    dot-file or a ``*.part`` object of someone else's naming, or a write still running, is left alone."""
+    storage = FilesystemStorage("t", Settings({"root": str(tmp_path)}))
+    d = tmp_path / "d"
+    d.mkdir()
+    old = os.path.getmtime(d) - 3600
+    for name in (".vol.tar.1a2b.part", ".hidden", "data.part", "plain"):
+        (d / name).write_bytes(b"x")
+        os.utime(d / name, (old, old))
+    (d / ".running.3c4d.part").write_bytes(b"x")  # a write of this very minute
+    assert storage.sweep_unfinished("d", 60, remove=False) == ["d/.vol.tar.1a2b.part"]
+    assert storage.sweep_unfinished("d", 60, remove=True) == ["d/.vol.tar.1a2b.part"]
+    assert sorted(p.name for p in d.iterdir()) == [".hidden", ".running.3c4d.part", "data.part", "plain"]

@@ -5,8 +5,9 @@ the datasets this machine marked unavailable in other systems (or failed to mark
 local bookkeeping, never needed to restore: the storage and its metadata are the truth about backups.
 
 Path: ``$DATA_MANAGER_STATE``, else ``[state] path`` in the config, else
-``$XDG_STATE_HOME/data-manager/state.db`` (``~/.local/state/...``). Each call opens its own short
-connection (several processes may share one database; SQLite's busy timeout serialises them).
+``$XDG_STATE_HOME/data-manager/state.db`` (``~/.local/state/...``). Each write opens its own short
+connection (several processes may share one database; SQLite's busy timeout serialises writers); reads
+use a connection kept per thread (:func:`state_read`).
 
 Errors are stored scrubbed of secrets (:func:`data_manager.scrub.scrub`), and a database we create is
 readable by its owner only (mode 0600, its directory 0700; SQLite gives its WAL files the same mode).
@@ -310,7 +311,7 @@ def state_read(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 class StateDB:
-    """The local state database. Every method opens, uses and closes one connection."""
+    """The local state database. A write opens, uses and closes one connection; reads reuse this thread's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -59,6 +59,15 @@ CASES = [
      "/etc/dm.toml: dataset 'exp42': key 'storage': missing", "there are several storages", "storage"),
     (cfg(exp42={"storage": "gone", "sources": [src()]}), "/etc/dm.toml: dataset 'exp42': key 'storage': unknown storage 'gone'",
      "configured: local", "storage"),
+    # copies: a list of other storages' names (either check alone must refuse)
+    (cfg(exp42={"sources": [src()], "copies": "local"}),
+     "/etc/dm.toml: dataset 'exp42': key 'copies': must be a list of storage names, not 'local'", "", "copies"),
+    (cfg(exp42={"sources": [src()], "copies": [7]}),
+     "/etc/dm.toml: dataset 'exp42': key 'copies': must be a list of storage names, not [7]", "", "copies"),
+    (cfg(exp42={"sources": [src()], "copies": ["gone"]}),
+     "/etc/dm.toml: dataset 'exp42': key 'copies': unknown storage 'gone'", "configured: local", "copies"),
+    (cfg(exp42={"sources": [src()], "copies": ["local"]}),
+     "/etc/dm.toml: dataset 'exp42': key 'copies': 'local' is the dataset's own storage", "", "copies"),
     (cfg(exp42={"sources": []}), "/etc/dm.toml: dataset 'exp42': key 'sources': missing or empty",
      "[[datasets.exp42.sources]]", "sources"),
     (cfg(exp42={}), "/etc/dm.toml: dataset 'exp42': key 'sources': missing or empty", "", "sources"),
@@ -193,6 +202,28 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_config(tmp_path / "data-manager.toml") == tmp_path / "data-manager.toml"
     with pytest.raises(ConfigError, match="not found \\(from --config\\)"):
         find_config(tmp_path / "nope.toml")
+
+
+def test_a_missing_config_names_where_its_path_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATA_MANAGER_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError) as e:
+        find_config(None)
+    assert str(e.value) == f"config file {tmp_path / 'gone.toml'} not found (from DATA_MANAGER_CONFIG)"
+
+
+def test_an_unreadable_config_is_one_line_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    p = tmp_path / "c.toml"
+    p.write_text("")
+
+    def refuse(self: Path, *a: object, **k: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)  # root reads a mode-000 file: refuse it another way
+    with pytest.raises(ConfigError) as e:
+        load_config(p, REG)
+    assert str(e.value) == f"{p}: cannot read: Permission denied"
 
 
 def test_bad_toml_is_one_line(tmp_path: Path) -> None:

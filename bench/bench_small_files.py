@@ -98,7 +98,10 @@ class Contenders:
         self.restic_env = {"RESTIC_REPOSITORY": str(work / "restic"), "RESTIC_PASSWORD": "bench-small-files",
                            "RESTIC_CACHE_DIR": str(work / "restic-cache")}
 
-    def round(self, nbytes: int) -> list[Measurement]:
+    def round(self, nbytes: int, check: bool) -> list[Measurement]:
+        """One run of every contender. Each restored tree is dropped as soon as it is measured (data-manager's
+        compared with the source first, with ``check``): at most two trees exist at once, so a million files
+        fit on a tmpfs ``--work``."""
         w, src = self.work, self.src
         for p in RUN_OUTPUTS:
             drop(w / p)
@@ -120,15 +123,21 @@ class Contenders:
         os.mkdir(w / "x-tar")
         rows.append(timed("zstd -d | tar -x", f"zstd -d -c {w}/tar.zst | tar -xf - -C {w}/x-tar", shell=True,
                         nbytes=nbytes))
+        drop(w / "x-tar")
         rows.append(timed("data-manager restore", [*dm_command(), "--config", str(self.config), "restore", "--yes",
                                                  "--set", f"tree.path={w / 'x-dm'}", "bench"], nbytes=nbytes))
+        if check:
+            same_tree(src, w / "x-dm")
+        drop(w / "x-dm")
         if old_env:
             rows.append(timed("data-manager (old code) restore",
                             [*dm_command(), "--config", str(self.old_config), "restore", "--yes", "--set",
                              f"tree.path={w / 'x-dm-old'}", "bench"], env=old_env, nbytes=nbytes))
+            drop(w / "x-dm-old")
         if self.restic:
             rows.append(timed("restic restore", ["restic", "restore", "latest", "--target", str(w / "x-restic")],
                             env=self.restic_env, nbytes=nbytes))
+            drop(w / "x-restic")
         return rows
 
 
@@ -182,9 +191,7 @@ def bench_tree(work: Path, name: str, files: int, lo: int, hi: int, rounds: int,
     run("warm page cache (tar | cat > /dev/null)", f"tar -cf - -C {src} . | cat > /dev/null", shell=True)
     results = []
     for i in range(rounds):
-        results.append(contenders.round(nbytes))
-        if i == 0:
-            same_tree(src, tree_work / "x-dm")
+        results.append(contenders.round(nbytes, check=i == 0))
     rows = medians(results)
     title = f"small files: {files} files of {lo}-{hi} bytes ({nbytes / 1e6:.1f} MB)"
     report(title.replace("small files", f"small_files_{files}"), rows, baseline="tar -c | zstd -1",

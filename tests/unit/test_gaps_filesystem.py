@@ -101,3 +101,85 @@ def test_a_prefix_below_an_object_is_missing_too(tmp_path: Path) -> None:
     put(s, "d/obj")
     s.delete_tree("d/obj/sub")
     assert keys(s) == ["d/obj"]
+
+
+# --------------------------------------------------------------------------- messages of the rarer failures
+# Errors root never meets on a local disk (EACCES, EIO, a read-only mount): raised by a stand-in for the one
+# system call, so each message is checked whole (survivors of scripts/mutation filesystem).
+
+
+def test_an_emptied_parent_that_cannot_be_removed_names_it_and_the_reason(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    s = storage(tmp_path / "root")
+    put(s, "d/sub/obj")
+    real_rmdir = Path.rmdir
+
+    def rmdir(self: Path) -> None:
+        if self.name == "sub":
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        real_rmdir(self)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    with pytest.raises(StorageError) as e:
+        s.delete("d/sub/obj")
+    assert str(e.value) == f"cannot delete {tmp_path / 'root' / 'd' / 'sub'}: Input/output error"
+
+
+def test_a_listing_refused_names_the_path_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    s = storage(tmp_path / "root")
+    put(s, "d/obj")
+
+    def scandir(path: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(StorageError) as e:
+        list(s.list("d"))
+    assert str(e.value) == f"cannot list {tmp_path / 'root' / 'd'}: Permission denied"
+
+
+def test_check_asks_for_write_and_search_on_the_root_and_write_on_the_parent_that_would_hold_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    asked: list[tuple[Path, int]] = []
+    writable = {"value": False}
+
+    def access(path: object, mode: int) -> bool:
+        asked.append((Path(str(path)), mode))
+        return writable["value"]
+
+    monkeypatch.setattr(os, "access", access)
+    missing = storage(tmp_path / "a" / "b")  # tmp_path exists: it would hold a/b
+    with pytest.raises(StorageError) as e:
+        missing.check()
+    assert str(e.value) == f"{tmp_path / 'a' / 'b'} does not exist and cannot be created"
+    assert asked == [(tmp_path, os.W_OK)]
+    writable["value"] = True
+    missing.check()  # a writable parent: the root is created on the first write
+
+    asked.clear()
+    writable["value"] = False
+    existing = storage(tmp_path)
+    with pytest.raises(StorageError) as e:
+        existing.check()
+    assert str(e.value) == f"{tmp_path} is not writable"
+    assert asked == [(tmp_path, os.W_OK | os.X_OK)]
+
+
+def test_the_background_flush_starts_its_thread_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write past the flush threshold starts the flusher thread even when no other write started it before
+    (a new process): the object is committed whole."""
+    from data_manager.builtin import filesystem
+
+    monkeypatch.setattr(filesystem, "_flusher", None)
+    s = storage(tmp_path / "root")
+    data = b"x" * (filesystem._FLUSH_EVERY + 1)
+    put(s, "big", data)
+    assert filesystem._flusher is not None
+    assert (tmp_path / "root" / "big").stat().st_size == len(data)

@@ -202,7 +202,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
                 raise ConfigError(f"{where}: key 'storage': missing, and {reason}", key="storage")
             storage = next(iter(storages))
         if storage not in storages:
-            known = ", ".join(sorted(storages)) or "none"
+            known = ", ".join(sorted(storages))  # never empty: the dataset's own storage is one
             raise ConfigError(f"{where}: key 'storage': unknown storage {storage!r} (configured: {known})", key="storage")
         _check_copies(table.get("copies", []), storage, storages, where)
         if "retention" in table:  # [datasets.X.retention]: validated now, read by forget (data_manager.retention)
@@ -241,7 +241,7 @@ def _check_copies(copies: Any, storage: str, storages: Mapping[str, Any], where:
         raise ConfigError(f"{where}: key 'copies': must be a list of storage names, not {copies!r}", key="copies")
     for name in copies:
         if name not in storages:
-            known = ", ".join(sorted(storages)) or "none"
+            known = ", ".join(sorted(storages))  # never empty: the dataset's own storage is one
             raise ConfigError(f"{where}: key 'copies': unknown storage {name!r} (configured: {known})", key="copies")
         if name == storage:
             raise ConfigError(f"{where}: key 'copies': {name!r} is the dataset's own storage", key="copies")

@@ -185,6 +185,27 @@ def test_env_expansion_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.public()["note"] == "${DM_MISSING:-fallback}"  # metadata keeps the unexpanded form
 
 
+def test_secrets_are_every_env_value_of_4_chars_or_more_and_every_value_under_a_secret_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the log and metadata scrubbers are given (Config.secrets): found in lists and tables too."""
+    monkeypatch.setenv("DM_FOUR", "abcd")
+    monkeypatch.setenv("DM_THREE", "abc")  # shorter values would scrub common words out of every log line
+    monkeypatch.setenv("DM_LISTED", "in-a-list")
+    monkeypatch.setenv("DM_NESTED", "in-a-table")
+    data = cfg(exp42={"sources": [src(
+        note="${DM_FOUR}/${DM_THREE}",
+        exclude=["${DM_LISTED}"],
+        options={"inner": "${DM_NESTED}"},
+        password="literal-pw",  # a secret key's value, written in the file itself
+        tokens=["listed-token"],  # a secret key holding a list
+        secret={"deep": "nested-secret"},  # and a table
+    )]})
+    c = parse_config(data, REG)
+    assert c.secrets >= {"abcd", "in-a-list", "in-a-table", "literal-pw", "listed-token", "nested-secret"}
+    assert "abc" not in c.secrets
+    assert None not in c.secrets
+
+
 def test_missing_env_var_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DM_NOPE", raising=False)
     with pytest.raises(ConfigError, match="key 'path': environment variable DM_NOPE is not set"):

@@ -89,6 +89,23 @@ def _child_of(pid: int, job_id: str) -> bool:
     return f"{JOB_ENV}={job_id}".encode() in env
 
 
+def deprioritize(pid: int, by: int) -> None:
+    """Make process ``pid``, a session leader just started, ``by`` nicer than this process, for the CPU.
+
+    Its nice value alone is not enough: with the kernel's autogroups (``kernel.sched_autogroup_enabled``, on
+    in most desktop and many server kernels), every session is a scheduling group of its own and a nice
+    value counts only against threads of the same group; a job in a new session would get the CPU share of
+    the whole service at any nice. So its autogroup is made nicer too (``/proc/PID/autogroup``), where the
+    kernel has them. Raises ``OSError`` if the process is gone."""
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except FileNotFoundError:  # a kernel without autogroups (or the process is gone: setpriority said so)
+        pass
+
+
 class Launcher:
     def __init__(self, store: Store, bus: EventBus, metrics: Metrics, settings: ServiceSettings,
                  config_path: Path, schedules: dict[str, Schedule], state: StateDB) -> None:
@@ -257,7 +274,7 @@ class Launcher:
             # even while 4 jobs hash and compress on 2 cores). Set before the child has imported its modules,
             # so every process it starts (pg_dump, ...) inherits it.
             try:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.settings.job_nice)
+                deprioritize(proc.pid, self.settings.job_nice)
             except OSError as exc:  # it may already be gone; its exit is handled as any other
                 log.debug("job %s: cannot lower its priority: %s", job["id"], exc)
         n = self.store.start_attempt(job["id"], proc.pid, resume, iso(now_utc()))

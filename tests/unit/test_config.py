@@ -206,6 +206,17 @@ def test_secrets_are_every_env_value_of_4_chars_or_more_and_every_value_under_a_
     assert None not in c.secrets
 
 
+def test_a_key_its_type_declares_secret_is_one_whatever_its_name() -> None:
+    """``secret_keys`` of a source or storage type: ``conninfo`` holds no secret word, yet is one."""
+    from data_manager.config import make_settings
+
+    secrets: set[str] = set()
+    s = make_settings({"conninfo": "host=db password=pw-in-conninfo", "host": "db"}, "source 'pg'", ("conninfo",), secrets)
+    assert secrets == {"host=db password=pw-in-conninfo"}
+    assert s.public() == {"conninfo": "***", "host": "db"}
+    assert s.get("conninfo") == "host=db password=pw-in-conninfo"
+
+
 def test_missing_env_var_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DM_NOPE", raising=False)
     with pytest.raises(ConfigError, match="key 'path': environment variable DM_NOPE is not set"):

@@ -47,7 +47,14 @@ CASES = [
      "installed: filesystem", "type"),
     (with_storages({}, s={"type": "filesystem", "root": UNSET}),
      "/etc/dm.toml: storage 's': key 'root': environment variable DM_TEST_NEVER_SET_4711 is not set", "", "root"),
+    (with_storages({}, s={"type": "filesystem", "root": "/x", "engine": 5}),
+     "/etc/dm.toml: storage 's': key 'engine': must be a string, not 5", "", "engine"),
+    (with_storages({}, s={"type": "filesystem", "root": "/x", "engine": "zip"}),
+     "/etc/dm.toml: storage 's': key 'engine': unknown engine 'zip' (known: ", "dedup", "engine"),
+    ({**cfg(), "service": 5}, "/etc/dm.toml: key 'service': must be a table", "", "service"),
     # datasets
+    ({"datasets": {"exp42": {"sources": [src()]}}}, "/etc/dm.toml: dataset 'exp42': key 'storage': missing",
+     "no storage is configured", "storage"),  # no [storages] at all
     (cfg(exp42=5), "/etc/dm.toml: key 'datasets.exp42': must be a table", "", "datasets.exp42"),
     (cfg(**{"bad id!": {"sources": [src()]}}), "/etc/dm.toml: dataset 'bad id!': bad dataset id", "max 128", "datasets"),
     (cfg(exp42={"sources": [src()], "colour": 1}), "/etc/dm.toml: dataset 'exp42': key 'colour': unknown",

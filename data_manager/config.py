@@ -202,7 +202,7 @@ def parse_config(data: Mapping[str, Any], registry: Registry, path: Path | None 
                 raise ConfigError(f"{where}: key 'storage': missing, and {reason}", key="storage")
             storage = next(iter(storages))
         if storage not in storages:
-            known = ", ".join(sorted(storages))  # never empty: the dataset's own storage is one
+            known = ", ".join(sorted(storages)) or "none"
             raise ConfigError(f"{where}: key 'storage': unknown storage {storage!r} (configured: {known})", key="storage")
         _check_copies(table.get("copies", []), storage, storages, where)
         if "retention" in table:  # [datasets.X.retention]: validated now, read by forget (data_manager.retention)

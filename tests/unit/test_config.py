@@ -53,8 +53,13 @@ CASES = [
      "/etc/dm.toml: storage 's': key 'engine': unknown engine 'zip' (known: ", "dedup", "engine"),
     ({**cfg(), "service": 5}, "/etc/dm.toml: key 'service': must be a table", "", "service"),
     # datasets
-    ({"datasets": {"exp42": {"sources": [src()]}}}, "/etc/dm.toml: dataset 'exp42': key 'storage': missing",
-     "no storage is configured", "storage"),  # no [storages] at all
+    ({"datasets": {"exp42": {"sources": [src()]}}}, "/etc/dm.toml: dataset 'exp42': key 'storage': missing, and "
+     "no storage is configured", "", "storage"),  # no [storages] at all
+    ({"datasets": {"exp42": {"storage": "s", "sources": [src()]}}},
+     "/etc/dm.toml: dataset 'exp42': key 'storage': unknown storage 's' (configured: none)", "", "storage"),
+    (with_storages({"exp42": {"storage": "c", "sources": [src()]}}, a={"type": "filesystem", "root": "/a"},
+                   b={"type": "filesystem", "root": "/b"}),
+     "/etc/dm.toml: dataset 'exp42': key 'storage': unknown storage 'c' (configured: a, b)", "", "storage"),
     (cfg(exp42=5), "/etc/dm.toml: key 'datasets.exp42': must be a table", "", "datasets.exp42"),
     (cfg(**{"bad id!": {"sources": [src()]}}), "/etc/dm.toml: dataset 'bad id!': bad dataset id", "max 128", "datasets"),
     (cfg(exp42={"sources": [src()], "colour": 1}), "/etc/dm.toml: dataset 'exp42': key 'colour': unknown",
@@ -222,6 +227,31 @@ def test_a_key_its_type_declares_secret_is_one_whatever_its_name() -> None:
     assert secrets == {"host=db password=pw-in-conninfo"}
     assert s.public() == {"conninfo": "***", "host": "db"}
     assert s.get("conninfo") == "host=db password=pw-in-conninfo"
+
+
+def test_retention_values_from_the_environment_are_secrets_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DM_WITHIN", "365d")
+    c = parse_config(cfg(exp42={"sources": [src()], "retention": {"keep_within": "${DM_WITHIN}"}}), REG)
+    assert "365d" in c.secrets
+
+
+def test_the_engine_settings_name_their_storage() -> None:
+    c = parse_config(with_storages({}, s={"type": "filesystem", "root": "/x", "engine": "dedup"}), REG,
+                     Path("/etc/dm.toml"))
+    assert c.storages["s"].engine == "dedup"
+    assert c.storages["s"].engine_settings.where == "/etc/dm.toml: storage 's'"
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ({"cron": "2 * *"}, "/etc/dm.toml: dataset 'exp42': [schedule]: key 'cron': '2 * *': expected five fields"),
+    ({}, "/etc/dm.toml: dataset 'exp42': [schedule]: key 'cron': missing"),
+    ("daily", "/etc/dm.toml: dataset 'exp42': key 'schedule': must be a table"),
+])
+def test_a_bad_schedule_is_a_config_error_naming_file_and_dataset(schedule: object, message: str) -> None:
+    """Validated when the config is read (by every command), not first by ``serve``."""
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg(exp42={"sources": [src()], "schedule": schedule}), REG, Path("/etc/dm.toml"))
+    assert str(e.value).startswith(message), str(e.value)
 
 
 def test_missing_env_var_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

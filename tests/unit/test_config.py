@@ -96,7 +96,7 @@ CASES = [
     (cfg(exp42={"sources": [{"type": "directory"}]}), "/etc/dm.toml: dataset 'exp42', source #1: key 'name': missing",
      "letters, digits", "name"),
     (cfg(exp42={"sources": [src(), src(name="../up")]}),
-     "/etc/dm.toml: dataset 'exp42', source #2: key 'name': bad name '../up'", "", "name"),
+     "/etc/dm.toml: dataset 'exp42', source #2: key 'name': bad name '../up' (letters, digits, . _ -)", "", "name"),
     (cfg(exp42={"sources": [src(name=7)]}), "/etc/dm.toml: dataset 'exp42', source #1: key 'name': bad name 7", "", "name"),
     (cfg(exp42={"sources": [src(), src()]}), "/etc/dm.toml: dataset 'exp42', source 'raw': key 'name': duplicate source name 'raw'",
      "", "name"),
@@ -252,6 +252,11 @@ def test_a_bad_schedule_is_a_config_error_naming_file_and_dataset(schedule: obje
     with pytest.raises(ConfigError) as e:
         parse_config(cfg(exp42={"sources": [src()], "schedule": schedule}), REG, Path("/etc/dm.toml"))
     assert str(e.value).startswith(message), str(e.value)
+
+
+def test_dataset_options_are_its_other_keys() -> None:
+    c = parse_config(cfg(exp42={"storage": "local", "sources": [src()], "description": "run 42", "copies": []}), REG)
+    assert c.datasets["exp42"].options == {"description": "run 42", "copies": []}
 
 
 def test_missing_env_var_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,6 +132,29 @@ def test_base256_numbers_as_gnu_tar_writes_them() -> None:
     assert (member.uid, member.gid, member.size) == (0o7777777 + 5, 2**40, 3)
 
 
+@pytest.mark.parametrize("field, value", [
+    (b"0000644\0", 0o644),  # octal, NUL-terminated
+    (b" 755 \0", 0o755),  # space-padded
+    (b"\0\0\0\0\0\0\0\0", 0),  # empty: 0
+    (b"\x80\x01" + bytes(10), 1 << 80),  # base-256, the first byte after the marker counts
+    (b"\x80" + (2**40).to_bytes(11, "big"), 2**40),
+    (b"\xff" * 12, -1),  # base-256 negative (GNU tar's mtime before 1970): two's complement over the field
+    (b"\xff" * 11 + b"\xfe", -2),
+    (b"\xff" + bytes(11), -(1 << 88)),
+])
+def test_numbers_in_every_encoding_tar_uses(field: bytes, value: int) -> None:
+    from data_manager.builtin.tarheaders import _number
+
+    assert _number(field) == value
+
+
+def test_a_number_that_is_not_octal_is_a_format_error() -> None:
+    from data_manager.builtin.tarheaders import _number
+
+    with pytest.raises(TarFormatError, match="bad number b'12x"):
+        _number(b"12x\0")
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="no tar")
 def test_the_reader_reads_gnu_tars_pax_output(tmp_path: Path) -> None:
     src = tmp_path / "src"

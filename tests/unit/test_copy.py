@@ -287,3 +287,25 @@ def test_cli_a_failed_copy_after_a_backup_keeps_the_backup_and_exits_1(tmp_path:
     assert "copy exp42" in status and "FAILED" in status and "to offsite:" in status, status
     r = cli("backup", "exp42", "--json", config=config)
     assert r.returncode == 1 and json.loads(r.stdout)["copy_error"], r.stderr
+
+
+def test_a_resumed_copy_keeps_a_source_json_that_matches_and_rewrites_one_that_does_not(tmp_path: Path) -> None:
+    """Every source was copied, then the copy stopped before its backup.json: the next run writes only that,
+    keeping each source.json that holds the source's content; one that holds anything else is rewritten."""
+    dm = DataManager.from_dict(_config(tmp_path))
+    ts = dm.backup("exp42").timestamp
+    dm.copy("exp42", ts, to="offsite")
+    b = tmp_path / "b" / "exp42" / ts
+    (b / "backup.json").unlink()
+    raw, notes = b / "raw" / "source.json", b / "notes" / "source.json"
+    kept = raw.stat().st_ino
+    notes.write_text(json.dumps({"name": "notes", "artifacts": []}))  # another content: not the source's
+    again = dm.copy("exp42", ts, to="offsite")
+    assert again.backups[0].state == "copied" and again.backups[0].artifacts == 0
+    assert raw.stat().st_ino == kept
+    assert notes.read_bytes() == (tmp_path / "a" / "exp42" / ts / "notes" / "source.json").read_bytes()
+    assert _files(tmp_path / "b") == _files(tmp_path / "a")
+    (b / "backup.json").unlink()
+    notes.write_bytes(b"{not json")  # damaged: rewritten too
+    dm.copy("exp42", ts, to="offsite")
+    assert _files(tmp_path / "b") == _files(tmp_path / "a")

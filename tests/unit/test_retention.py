@@ -15,7 +15,7 @@ from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.config import parse_config
 from data_manager.engines.records import SourceRecord
 from data_manager.engines.worm import WormEngine
-from data_manager.errors import ConfigError, CorruptBackupError, UsageError
+from data_manager.errors import ConfigError, CorruptBackupError, NotFoundError, UsageError
 from data_manager.plugins import load_registry
 from data_manager.retention import FUTURE_SLACK, Policy, plan
 from data_manager.timestamps import is_timestamp
@@ -335,6 +335,21 @@ def test_worm_holds_round_trip_and_never_look_like_backups(repo: WormEngine, tmp
         repo.set_hold("d", a, None)
 
 
+def test_a_hold_says_its_reason_who_and_when(repo: WormEngine, tmp_path: Path) -> None:
+    import getpass
+    import socket
+
+    a = backup(repo, "20250101T000000Z")
+    repo.set_hold("d", a, "legal hold")
+    doc = json.loads((tmp_path / "b" / "d" / ".holds" / f"{a}.json").read_text())
+    assert doc["format"] == repo.HOLD_FORMAT and (doc["data_id"], doc["timestamp"]) == ("d", a)
+    assert (doc["user"], doc["host"]) == (getpass.getuser(), socket.gethostname())
+    assert repo.holds("d") == {a: f"legal hold ({doc['user']}@{doc['host']}, {doc['created']})"}
+    # written by another tool: no reason, nobody, no time
+    (tmp_path / "b" / "d" / ".holds" / f"{a}.json").write_text(json.dumps({"data_id": "d", "timestamp": a}))
+    assert repo.holds("d") == {a: "(?@?, ?)"}
+
+
 def test_worm_holds_only_complete_backups(repo: WormEngine) -> None:
     half = backup(repo, "20250101T000000Z", commit=False)
     with pytest.raises(UsageError, match="incomplete"):
@@ -381,6 +396,39 @@ def test_worm_crafted_hold_objects_still_hold_and_say_so(repo: WormEngine, tmp_p
         repo.forget("d", [a])
     (holds / f"{a}.json").write_bytes(b"[" * 100_000)  # larger than a hold may be
     assert "unreadable hold object" in repo.holds("d")[a]
+    assert found[b] == f"hold object d/.holds/{b}.json names other/{b}, still a hold"
+
+
+def test_worm_holds_bounds_and_what_is_no_hold(repo: WormEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = (backup(repo, f"2025010{i}T000000Z") for i in (1, 2, 3))
+    holds = tmp_path / "b" / "d" / ".holds"
+    holds.mkdir()
+    doc = {"data_id": "d", "timestamp": a, "reason": ""}
+    doc["reason"] = "x" * ((64 << 10) + 10 - len(json.dumps(doc)))  # just over the 64 KiB a hold may be
+    (holds / f"{a}.json").write_text(json.dumps(doc))
+    (holds / f"{b}.yaml").write_text(json.dumps({"data_id": "d", "timestamp": b}))  # not NAME.json
+    (holds / ("n" * 200 + ".json")).write_text("{}")  # a long crafted name: logged cut short
+    (holds / f".{c}.json.1234.part").write_text("")  # a write in flight: not even logged
+    (holds / f"{c}.json").write_text(json.dumps({"data_id": "d", "timestamp": c, "reason": "r"}))
+    with caplog.at_level("WARNING", logger="data_manager.engines.worm"):
+        found = repo.holds("d")
+    assert found[a].startswith(f"unreadable hold object, still a hold (d/.holds/{a}.json: larger than 65536 bytes")
+    assert set(found) == {a, c}
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"d/.holds/{b}.yaml: not a hold (expected TIMESTAMP.json); ignored",
+        f"d/.holds/{'n' * 79}…: not a hold (expected TIMESTAMP.json); ignored"]
+    # a hold released while the list is read is skipped, and the next ones are still read
+    real, real_list = repo.storage.open_read, repo.storage.list
+    monkeypatch.setattr(repo.storage, "list", lambda prefix: sorted(real_list(prefix), key=lambda e: e.name))
+
+    def released(key: str, *args: object, **kwargs: object) -> object:
+        if key.endswith(f"{a}.json"):
+            raise NotFoundError(key)
+        return real(key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo.storage, "open_read", released)
+    assert set(repo.holds("d")) == {c}
 
 
 def test_a_backup_a_few_seconds_ahead_of_the_clock_counts() -> None:

@@ -110,3 +110,69 @@ def test_a_source_that_never_asks_pays_nothing_and_starts_over(tmp_path: Path) -
     writer.resume_source("src")
     assert not where.exists()  # deleted whole, as before
     assert writer.source(record()).resumed() == {}
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"compression": "gzip"}, "does not match its name or is not a worm artifact"),
+    ({"sha256": "00" * 32, "blake3": None}, "does not match its name or is not a worm artifact"),  # format 1's
+    ({"size": "1000"}, "does not match its name or is not a worm artifact"),
+    ({"stored_size": "1000"}, "does not match its name or is not a worm artifact"),
+    ({"committed_ns": "soon"}, "does not match its name or is not a worm artifact"),
+    ({"name": "c"}, "does not match its name or is not a worm artifact"),  # b's record naming another
+])
+def test_a_crafted_commit_record_is_not_offered_and_says_why(tmp_path: Path, change: dict, why: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    engine, ts, where = interrupted(tmp_path)
+    path = where / ".committed" / "b.json"
+    doc = {**json.loads(path.read_text()), **change}
+    path.write_text(json.dumps({k: v for k, v in doc.items() if v is not None}))
+    writer = engine.start_backup("ds", timestamp=ts)
+    with caplog.at_level("WARNING", logger="data_manager.engines.worm"):
+        writer.resume_source("src")
+    assert list(writer.source(record()).resumed()) == ["a", "c"]
+    assert [r.getMessage() for r in caplog.records] == [f"ds/{ts}/src/.committed/b.json: unreadable ({why}): not kept"]
+
+
+def test_offers_come_in_the_order_they_were_committed_not_by_name(tmp_path: Path) -> None:
+    engine, ts, where = interrupted(tmp_path)
+    for name, when in (("a", 3), ("b", 1), ("c", 2)):
+        path = where / ".committed" / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "committed_ns": when}))
+    writer = engine.start_backup("ds", timestamp=ts)
+    writer.resume_source("src")
+    assert list(writer.source(record()).resumed()) == ["b", "c", "a"]
+
+
+def test_a_missing_or_resized_object_is_not_offered_and_the_log_says_which(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    engine, ts, where = interrupted(tmp_path)
+    (where / "a").write_bytes(b"short")
+    (where / "c").unlink()  # its record stays
+    (where / "b").write_bytes(b"B" * 1000)  # same size, other bytes: offered, refused when read back
+    writer = engine.start_backup("ds", timestamp=ts)
+    with caplog.at_level("WARNING", logger="data_manager.engines.worm"):
+        writer.resume_source("src")
+    sink = writer.source(record())
+    assert list(sink.resumed()) == ["b"]
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"ds/{ts}/src/a: 5 bytes stored, 1000 recorded: not kept",
+        f"ds/{ts}/src/c: missing, 1000 recorded: not kept"]
+    with pytest.raises(CorruptBackupError, match=f"ds/{ts}/src/b: "):
+        with sink.open_resumed("b") as f:
+            f.read()
+
+
+def test_a_compressed_artifact_is_offered_too(tmp_path: Path) -> None:
+    engine = WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")})))
+    writer = engine.start_backup("ds")
+    sink = writer.source(record())
+    sink.resumed()
+    with sink.open("z", compression="zstd") as w:
+        w.write(b"z" * 100_000)
+    writer.abort()
+    again = engine.start_backup("ds", timestamp=writer.timestamp)
+    again.resume_source("src")
+    resumed = again.source(record())
+    assert dict(resumed.resumed()) == {"z": 100_000}
+    with resumed.open_resumed("z") as f:
+        assert f.read() == b"z" * 100_000

@@ -241,6 +241,22 @@ def test_a_target_locked_longer_than_busy_timeout_fails_the_restore(tmp_path: Pa
     assert db.read_bytes() == before and beside(db) == []
 
 
+def test_a_restore_waits_for_a_target_lock_held_less_than_busy_timeout(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db", rows=200)
+    dm = manager(tmp_path, db, busy_timeout=10)
+    dm.backup("d")
+    rows = sqlite_rows(db)
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM t WHERE id >= 100")
+    con.commit()
+    con.close()
+    with exclusive_lock(db, hold=1.5):
+        started = time.monotonic()
+        dm.restore("d")
+        assert time.monotonic() - started >= 1.0  # it waited for the writer
+    assert sqlite_rows(db) == rows and beside(db) == []
+
+
 def test_a_target_that_is_not_a_database_is_left_alone(tmp_path: Path) -> None:
     """The online backup into an existing file that is not a database fails (SQLite will not overwrite it):
     one line, the file untouched, no staging left. Kills the ``cannot write {target}`` message mutated and

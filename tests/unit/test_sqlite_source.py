@@ -224,3 +224,146 @@ def test_a_new_target_gets_the_recorded_mode_and_its_missing_directories(tmp_pat
     blocked.write_text("")
     with pytest.raises(SourceError, match=f"^source 'db': cannot create the directory {blocked}: "):
         dm.restore("d", overrides={"db": {"path": str(blocked / "z.db")}})
+
+
+# --------------------------------------------------------------------------- survivors of scripts/mutation sqlite
+
+
+def test_the_default_busy_timeout_is_30_seconds(tmp_path: Path) -> None:
+    assert source(tmp_path / "x.db").busy_timeout == 30
+
+
+def test_the_recorded_size_counts_every_chunk(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db", rows=80_000)
+    assert db.stat().st_size > 2 << 20  # several 1 MiB chunks
+    sink = ProbingSink(lambda: None)
+    source(db).backup(sink)
+    assert sink.info["db_bytes"] == db.stat().st_size == sink.written[DB]
+
+
+def test_a_wal_database_without_its_wal_file_is_one_artifact(tmp_path: Path) -> None:
+    """WAL mode, every connection closed (the -wal file gone): only the database file is copied."""
+    db = make_sqlite(tmp_path / "x.db", rows=10, wal=True)
+    assert not Path(f"{db}-wal").exists()
+    sink = ProbingSink(lambda: None)
+    source(db).backup(sink)
+    assert sink.info["journal_mode"] == "wal" and WAL not in sink.written and sink.info["wal_bytes"] == 0
+
+
+def test_the_source_opens_the_database_read_only_and_in_autocommit(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mode=ro`` (a backup never writes the user's database) as a URI, and no implicit transactions: the
+    source's own BEGIN takes the snapshot. On restore over an existing target, the staging copy is read
+    read-only and the target opened for writing."""
+    import data_manager.builtin.sqlite as mod
+
+    opened: list[tuple[str, dict[str, Any]]] = []
+    real = sqlite3.connect
+
+    def connect(database: str, **kwargs: Any) -> sqlite3.Connection:
+        if str(database).startswith("file:"):  # the source's (the module is shared: the state db's too)
+            opened.append((database, kwargs))
+        return real(database, **kwargs)
+
+    db = make_sqlite(tmp_path / "x.db", rows=10)
+    monkeypatch.setattr(mod.sqlite3, "connect", connect)
+    s = SqliteSource("db", Settings({"path": str(db), "busy_timeout": 7}))
+    s.check()
+    s.backup(ProbingSink(lambda: None))
+    assert opened == [(f"file:{db}?mode=ro", {"uri": True, "isolation_level": None, "timeout": 7})] * 3
+    opened.clear()
+    dm = manager(tmp_path, db)
+    monkeypatch.setattr(mod.sqlite3, "connect", real)
+    dm.backup("d")
+    monkeypatch.setattr(mod.sqlite3, "connect", connect)
+    dm.restore("d")
+    uris = [u for u, _ in opened]
+    assert uris[-2:] == [uris[-2].split("?")[0] + "?mode=ro", f"file:{db}"] and ".dm-restore-" in uris[-2]
+    assert "?mode=ro" not in uris[-3]  # the staging copy's integrity check may write (a WAL checkpoint)
+
+
+def test_errors_name_the_source_the_file_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import data_manager.builtin.sqlite as mod
+
+    db = make_sqlite(tmp_path / "x.db", rows=10)
+    s = source(db)
+
+    def refuse(*a: object, **k: object) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(mod.sqlite3, "connect", refuse)
+    with pytest.raises(SourceError) as e:
+        s.check()
+    assert str(e.value) == f"source 'db': cannot open {db}: unable to open database file"
+    monkeypatch.undo()
+
+    class Failing:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+        def execute(self, sql: str) -> None:
+            raise sqlite3.OperationalError(self.message)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(SqliteSource, "_connect", lambda self, path, readonly: Failing("database is busy"))
+    with pytest.raises(SourceError) as e:
+        s.check()
+    assert str(e.value) == (f"source 'db': {db} stayed locked by another connection longer than busy_timeout "
+                            f"(database is busy)")
+    monkeypatch.setattr(SqliteSource, "_connect", lambda self, path, readonly: Failing("disk I/O error"))
+    with pytest.raises(SourceError) as e:
+        s.check()
+    assert str(e.value) == f"source 'db': {db} is not a usable SQLite database: disk I/O error"
+    monkeypatch.undo()
+
+    monkeypatch.setattr(SqliteSource, "check", lambda self: None)
+    monkeypatch.setattr(SqliteSource, "_connect", lambda self, path, readonly: Failing("database disk image is malformed"))
+    with pytest.raises(SourceError) as e:
+        s.backup(ProbingSink(lambda: None))
+    assert str(e.value) == f"source 'db': {db}: database disk image is malformed"
+    monkeypatch.undo()
+
+    def unreadable(path: Path, out: object) -> int:
+        raise OSError(errno.EIO, "Input/output error", f"{db}-wal")
+
+    monkeypatch.setattr(mod, "_copy", unreadable)
+    with pytest.raises(SourceError) as e:
+        s.backup(ProbingSink(lambda: None))
+    assert str(e.value) == f"source 'db': cannot read {db}-wal: Input/output error"
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_stop_a_restore(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db", rows=10)
+    dm = manager(tmp_path, db)
+    dm.backup("d")
+    stuck = tmp_path / ".x.db.dm-restore-0000"
+    stuck.mkdir()  # a directory: unlink fails
+    dm.restore("d")
+    assert sqlite_rows(db) and stuck.is_dir()
+    assert source(db).restore_leftovers(remove=False) == [str(stuck)]
+
+
+def test_an_unusable_restored_copy_says_so(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db")
+    dm = manager(tmp_path, db)
+    ts = dm.backup("d").timestamp
+    replace_artifact(tmp_path / "backups" / "d" / ts, "db", DB, b"SQLite format 3\0" + os.urandom(8192))
+    with pytest.raises(CorruptBackupError, match="^source 'db': the restored copy is not a usable database: |"
+                                                 "^source 'db': restored database fails integrity_check: "):
+        dm.restore("d")
+
+
+def test_a_directory_that_cannot_be_created_gives_the_reason_alone(tmp_path: Path) -> None:
+    db = make_sqlite(tmp_path / "x.db", rows=10)
+    dm = manager(tmp_path, db)
+    dm.backup("d")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(SourceError) as e:
+        dm.restore("d", overrides={"db": {"path": str(blocked / "z.db")}})
+    assert str(e.value) in (f"source 'db': cannot create the directory {blocked}: File exists",
+                            f"source 'db': cannot create the directory {blocked}: Not a directory")

@@ -148,6 +148,41 @@ def test_numbers_in_every_encoding_tar_uses(field: bytes, value: int) -> None:
     assert _number(field) == value
 
 
+def test_pax_records_split_at_the_first_equals_sign() -> None:
+    from data_manager.builtin.tarheaders import _pax_records
+
+    assert _pax_records(b"12 path=a=b\n14 uid=123456\n") == {b"path": b"a=b", b"uid": b"123456"}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("data", [
+    b"0" * 21 + b"33 path=abc\n",  # a length field longer than any real one: its space not within 20 bytes
+    b"0 path=a\n",  # a zero length (would never advance)
+    b"-3 path=a\n",
+    b"9 path=abcdefgh\n",  # the length does not end at the newline
+    b"11 pathabc\n",  # no '='
+])
+def test_bad_pax_records_are_format_errors(data: bytes) -> None:
+    from data_manager.builtin.tarheaders import _pax_records
+
+    with pytest.raises(TarFormatError) as e:
+        _pax_records(data)
+    assert str(e.value) == "bad pax extended header record"
+
+
+def test_an_archive_cut_inside_data_that_is_skipped_says_so() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("big")
+        info.size = 70_000
+        tar.addfile(info, io.BytesIO(bytes(70_000)))
+    data = buf.getvalue()[:512 + 1000]  # its header, then a part of its data
+    with pytest.raises(TarFormatError) as e:
+        for _ in TarReader(io.BytesIO(data), 512):
+            pass  # the data not read: skipped
+    assert str(e.value) == "the archive ends inside a member's data"
+
+
 def test_a_number_that_is_not_octal_is_a_format_error() -> None:
     from data_manager.builtin.tarheaders import _number
 

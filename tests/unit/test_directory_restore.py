@@ -138,3 +138,45 @@ def test_leftovers_are_found_beside_the_real_target_of_a_symlink(tmp_path: Path)
     assert source.restore_leftovers(remove=True) == [str(staging)]
     assert not staging.exists() and beside_link.exists() and real.exists()
     assert DirectorySource("raw", Settings({"path": str(real)})).restore_leftovers(remove=False) == []
+
+
+# --------------------------------------------------------------------------- survivors of scripts/mutation directory
+
+
+def test_the_restored_root_loses_setuid_and_setgid_unless_asked(tmp_path: Path) -> None:
+    """The root directory's mode is set last, apart from its members: it is stripped the same way."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.chmod(src, 0o2775)  # a group-shared directory: setgid
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    dm.restore("d", overrides={"raw": {"path": str(plain)}})
+    dm.restore("d", overrides={"raw": {"path": str(kept), "keep_setuid": True}})
+    assert os.stat(plain).st_mode & 0o7777 == 0o775
+    assert os.stat(kept).st_mode & 0o7777 == 0o2775
+
+
+def test_files_of_another_owner_are_restored_with_that_owner(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give files away")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "theirs").write_bytes(b"data")
+    os.chown(src / "theirs", 1234, 4321)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    out = tmp_path / "out"
+    dm.restore("d", overrides={"raw": {"path": str(out)}})
+    st = os.stat(out / "theirs")
+    assert (st.st_uid, st.st_gid) == (1234, 4321) and (out / "theirs").read_bytes() == b"data"
+
+
+def test_index_lines_are_read_one_by_one_when_the_batch_does_not_line_up() -> None:
+    """A line holding two JSON values (``1, 2``) must not shift every line after it."""
+    from data_manager.builtin.directory import _entries
+
+    out = _entries([b"1, 2", b'{"a": 3}'])
+    assert isinstance(out[0], ValueError) and out[1] == {"a": 3}
+    assert _entries([b"1", b"[2]"]) == [1, [2]]

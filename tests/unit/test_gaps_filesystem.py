@@ -183,3 +183,23 @@ def test_the_background_flush_starts_its_thread_on_first_use(tmp_path: Path, mon
     put(s, "big", data)
     assert filesystem._flusher is not None
     assert (tmp_path / "root" / "big").stat().st_size == len(data)
+
+
+def test_an_unfinished_write_that_cannot_be_removed_names_it_and_the_reason(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    s = storage(tmp_path / "root")
+    part = tmp_path / "root" / "d" / ".vol.tar.1a2b.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"half")
+    os.utime(part, (1, 1))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(StorageError) as e:
+        s.sweep_unfinished("d", 60, remove=True)
+    assert str(e.value) == f"cannot delete {part}: Read-only file system"

@@ -15,6 +15,7 @@ from data_manager.api import DataManager
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import CorruptBackupError, DataManagerError, RefusedError, StorageError, UsageError
 from data_manager.locks import DatasetLock
+from data_manager.types import Settings
 
 from ..helpers import cli, make_sqlite, make_tree, snapshot
 
@@ -309,3 +310,95 @@ def test_a_resumed_copy_keeps_a_source_json_that_matches_and_rewrites_one_that_d
     notes.write_bytes(b"{not json")  # damaged: rewritten too
     dm.copy("exp42", ts, to="offsite")
     assert _files(tmp_path / "b") == _files(tmp_path / "a")
+
+
+# --------------------------------------------------------------------------- copy_object (survivors of scripts/mutation worm)
+
+
+def _one_volume(tmp_path: Path) -> tuple[FilesystemStorage, FilesystemStorage, str, Any]:
+    """A backup's first directory volume: the two storages, its key and its record."""
+    from data_manager.engines.records import checked_sources
+    from data_manager.engines.worm import WormEngine
+
+    dm = DataManager.from_dict(_config(tmp_path))
+    ts = dm.backup("exp42").timestamp
+    src = FilesystemStorage("local", Settings({"root": str(tmp_path / "a")}))
+    dst = FilesystemStorage("offsite", Settings({"root": str(tmp_path / "b")}))
+    manifest = WormEngine(src).read_manifest("exp42", ts)
+    raw = next(s for s in checked_sources(manifest, "test") if s.name == "raw")
+    art = next(a for a in raw.artifacts if a.name.startswith("vol-"))
+    return src, dst, f"exp42/{ts}/raw/{art.stored_name}", art
+
+
+def test_copy_object_counts_every_stored_byte_as_progress(tmp_path: Path) -> None:
+    from data_manager.engines.worm import copy_object
+
+    src, dst, key, art = _one_volume(tmp_path)
+    counted: list[int] = []
+    copy_object(src, dst, key, art, counted.append)
+    assert sum(counted) == art.stored_size and (tmp_path / "b" / key).read_bytes() == (tmp_path / "a" / key).read_bytes()
+
+
+def test_copy_object_refuses_an_object_longer_than_recorded(tmp_path: Path) -> None:
+    from data_manager.engines.worm import copy_object
+
+    src, dst, key, art = _one_volume(tmp_path)
+    with open(tmp_path / "a" / key, "ab") as f:
+        f.write(b"appended by whoever holds the bucket")
+    with pytest.raises(CorruptBackupError) as e:
+        copy_object(src, dst, key, art)
+    assert str(e.value) == f"{src.location()}: {key}: longer than the {art.stored_size} bytes stored, as recorded"
+    assert not (tmp_path / "b" / key).exists()
+
+
+def test_copy_object_passes_on_a_target_that_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.engines.worm import copy_object
+
+    src, dst, key, art = _one_volume(tmp_path)
+
+    def refuse(key: str) -> Any:
+        raise StorageError(f"{key}: read-only (test)")
+
+    monkeypatch.setattr(dst, "open_write", refuse)
+    with pytest.raises(StorageError, match="read-only \\(test\\)"):
+        copy_object(src, dst, key, art)
+
+
+def test_a_copy_reports_its_size_and_each_source_as_it_goes(tmp_path: Path) -> None:
+    """``begin`` gets the copy's title and the bytes it will move; ``progress`` a counter per source."""
+    from data_manager.engines.worm import WormEngine
+
+    DataManager.from_dict(_config(tmp_path)).backup("exp42")
+    src = WormEngine(FilesystemStorage("local", Settings({"root": str(tmp_path / "a")})))
+    dst = WormEngine(FilesystemStorage("offsite", Settings({"root": str(tmp_path / "b")})))
+    [ts] = src.timestamps("exp42")
+    begun: list[tuple[str, int]] = []
+    counted: dict[str, int] = {}
+
+    def progress(name: str) -> Any:
+        counted[name] = 0
+        return lambda n: counted.__setitem__(name, counted[name] + n)
+
+    done = src.copy_backup(dst, "exp42", ts, dry_run=False, check=lambda: None, progress=progress,
+                           begin=lambda title, total: begun.append((title, total)))
+    stored = sum(f.stat().st_size for f in (tmp_path / "a" / "exp42" / ts).rglob("*")
+                 if f.is_file() and f.name not in ("source.json", "backup.json"))
+    assert begun == [(f"copy exp42/{ts} to {dst.storage.location()}", stored)]
+    assert counted == {f"{ts}/raw": counted[f"{ts}/raw"], f"{ts}/notes": counted[f"{ts}/notes"]}
+    assert sum(counted.values()) == stored and done.artifacts == sum(
+        1 for f in (tmp_path / "a" / "exp42" / ts).rglob("*") if f.is_file() and f.name not in ("source.json", "backup.json"))
+
+
+def test_a_dry_run_reports_no_progress_and_a_copy_needs_no_callbacks(tmp_path: Path) -> None:
+    from data_manager.engines.worm import WormEngine
+
+    DataManager.from_dict(_config(tmp_path)).backup("exp42")
+    src = WormEngine(FilesystemStorage("local", Settings({"root": str(tmp_path / "a")})))
+    dst = WormEngine(FilesystemStorage("offsite", Settings({"root": str(tmp_path / "b")})))
+    [ts] = src.timestamps("exp42")
+    called: list[object] = []
+    dry = src.copy_backup(dst, "exp42", ts, dry_run=True, check=lambda: None,
+                          progress=lambda name: called.append(name), begin=lambda *a: called.append(a))
+    assert called == [] and dry.state == "would copy" and not (tmp_path / "b" / "exp42").exists()
+    done = src.copy_backup(dst, "exp42", ts, dry_run=False, check=lambda: None, progress=None, begin=None)
+    assert done.state == "copied" and _files(tmp_path / "b") == _files(tmp_path / "a")

@@ -183,6 +183,48 @@ def test_an_archive_cut_inside_data_that_is_skipped_says_so() -> None:
     assert str(e.value) == "the archive ends inside a member's data"
 
 
+@pytest.mark.parametrize("read_size", [512, 4096, 1 << 20])
+def test_member_offsets_are_where_their_data_starts(read_size: int) -> None:
+    data = pax_archive()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [ti.offset_data for ti in tar.getmembers()]
+    reader = TarReader(io.BytesIO(data), read_size)
+    offsets = []
+    for i, m in enumerate(reader):
+        offsets.append(m.offset)
+        if i % 2:
+            reader.data(m.size)  # read some members' data, skip the others'
+    assert offsets == expected
+
+
+def test_an_old_tars_signed_checksum_is_accepted_and_a_wrong_one_refused() -> None:
+    """Some old tars summed the header as signed chars: bytes above 127 (here 0x7f, 0x80 and UTF-8) count
+    negative. tarfile accepts either sum; so does the reader."""
+    info = tarfile.TarInfo("\x7f-À-é-" + "ü" * 20)
+    hdr = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")[:512])
+    hdr[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in hdr)
+    assert signed != sum(hdr)
+    hdr[148:156] = b"%06o\0 " % signed
+    [member] = list(TarReader(io.BytesIO(bytes(hdr) + bytes(1024))))
+    assert member.name.decode() == info.name
+    hdr[148:156] = b"%06o\0 " % (signed + 1)
+    with pytest.raises(TarFormatError, match="bad tar header checksum"):
+        list(TarReader(io.BytesIO(bytes(hdr) + bytes(1024))))
+
+
+def test_the_fast_pax_header_path_takes_only_the_mtime_record() -> None:
+    """The directory source's own pax header block with another 30-byte record in it (a crafted volume):
+    read as a pax record like any other, not as an mtime."""
+    from data_manager.builtin.tarheaders import PAX_MTIME_BLOCK
+
+    body = (b"30 path=" + b"p" * 21 + b"\n").ljust(512, b"\0")
+    info = tarfile.TarInfo("short")
+    data = PAX_MTIME_BLOCK + body + info.tobuf(tarfile.USTAR_FORMAT) + bytes(1024)
+    [member] = list(TarReader(io.BytesIO(data)))
+    assert (member.name, member.pax_mtime) == (b"p" * 21, b"")
+
+
 def test_a_number_that_is_not_octal_is_a_format_error() -> None:
     from data_manager.builtin.tarheaders import _number
 

@@ -180,3 +180,37 @@ def test_index_lines_are_read_one_by_one_when_the_batch_does_not_line_up() -> No
     out = _entries([b"1, 2", b'{"a": 3}'])
     assert isinstance(out[0], ValueError) and out[1] == {"a": 3}
     assert _entries([b"1", b"[2]"]) == [1, [2]]
+
+
+def test_an_index_naming_other_files_than_the_volumes_is_refused(tmp_path: Path) -> None:
+    """Same count, same sizes, one other name: the index's digest of the entries must differ."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "seed").write_bytes(b"x")
+    dm = manager(tmp_path, src)
+    ts = dm.backup("d").timestamp
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        ok = tarfile.TarInfo("ok.txt")
+        ok.size = 3
+        tar.addfile(ok, io.BytesIO(b"ok\n"))
+    index = {"path": "ko.txt", "type": "file", "mode": 0o644, "mtime_ns": 0, "size": 3, "volume": "vol-000001.tar"}
+    backup = tmp_path / "backups" / "d" / ts
+    replace_artifact(backup, "raw", "vol-000001.tar", buf.getvalue())
+    replace_artifact(backup, "raw", "files.jsonl", (json.dumps(index) + "\n").encode())
+    before = everything(tmp_path)
+    with pytest.raises(CorruptBackupError, match="^raw/files.jsonl: lists 1 entries that differ from the 1 in the "
+                                                 "volumes$"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert everything(tmp_path) == before
+
+
+def test_a_restore_target_below_missing_directories_is_created(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    deep = tmp_path / "x" / "y" / "z" / "out"
+    dm.restore("d", overrides={"raw": {"path": str(deep)}})
+    assert (deep / "f").read_bytes() == b"data"

@@ -167,6 +167,17 @@ def test_a_damaged_manifest_is_one_clear_error(repo: WormEngine) -> None:
         repo.resolve("d", ts)
 
 
+def test_a_damaged_backup_is_listed_with_its_sources_and_never_hides_the_others(repo: WormEngine) -> None:
+    good = write_backup(repo, {"art": b"data"})
+    bad = write_backup(repo, {"art": b"more"})
+    path = Path(repo.storage.location()) / "d" / bad / "backup.json"
+    path.write_text("{not json")
+    listed = {b.timestamp: b for b in repo.backups("d")}
+    assert listed[good].complete and listed[good].damaged is None
+    assert not listed[bad].complete and listed[bad].sources == ["s"]
+    assert listed[bad].damaged is not None and "backup.json" in listed[bad].damaged
+
+
 def test_truncated_and_missing_artifacts_are_caught(repo: WormEngine) -> None:
     ts = write_backup(repo, {"a": os.urandom(100_000), "b": os.urandom(100_000)})
     base = Path(repo.storage.location()) / "d" / ts / "s"

@@ -225,6 +225,40 @@ def test_the_fast_pax_header_path_takes_only_the_mtime_record() -> None:
     assert (member.name, member.pax_mtime) == (b"p" * 21, b"")
 
 
+def test_another_tars_30_byte_mtime_record_keeps_its_fraction() -> None:
+    """A pax header of another writer (not the directory source's own block) holding only an mtime."""
+    info = tarfile.TarInfo("f")
+    info.pax_headers = {"mtime": "1700000000.123456789"}  # "30 mtime=1700000000.123456789\n": 30 bytes
+    data = bytearray(info.tobuf(tarfile.PAX_FORMAT) + bytes(1024))
+    data[0:100] = b"PaxHeaders.4711/f".ljust(100, b"\0")  # as GNU tar names it: not the source's own block
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    [member] = list(TarReader(io.BytesIO(bytes(data))))
+    assert (member.name, member.pax_mtime) == (b"f", b"1700000000.123456789")
+
+
+def test_an_old_tars_regular_file_named_with_a_slash_is_a_directory() -> None:
+    info = tarfile.TarInfo("d/")
+    info.type = tarfile.AREGTYPE  # "\0": pre-POSIX tars marked directories only by the trailing slash
+    [member] = list(TarReader(io.BytesIO(info.tobuf(tarfile.USTAR_FORMAT) + bytes(1024))))
+    assert (member.kind, member.name) == (DIR, b"d")
+
+
+def test_a_negative_size_and_a_cut_pax_header_are_named() -> None:
+    info = tarfile.TarInfo("neg")
+    hdr = bytearray(info.tobuf(tarfile.GNU_FORMAT)[:512])
+    hdr[124:136] = b"\xff" * 12  # base-256 -1
+    hdr[148:156] = b" " * 8
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    with pytest.raises(TarFormatError) as e:
+        list(TarReader(io.BytesIO(bytes(hdr) + bytes(1024))))
+    assert str(e.value) == "negative member size"
+    pax = tarfile.TarInfo("p" * 120).tobuf(tarfile.PAX_FORMAT)  # a long name: a pax header block first
+    with pytest.raises(TarFormatError) as e:
+        list(TarReader(io.BytesIO(pax[:512 + 100])))
+    assert str(e.value) == "the archive ends inside a pax extended header"
+
+
 def test_a_number_that_is_not_octal_is_a_format_error() -> None:
     from data_manager.builtin.tarheaders import _number
 

@@ -259,6 +259,20 @@ def test_a_negative_size_and_a_cut_pax_header_are_named() -> None:
     assert str(e.value) == "the archive ends inside a pax extended header"
 
 
+def test_pax_numbers_override_the_header_and_bad_ones_are_named() -> None:
+    info = tarfile.TarInfo("ids")
+    info.uid, info.gid = 5, 3_000_000  # past ustar's 7 octal digits: a pax record
+    [member] = list(TarReader(io.BytesIO(info.tobuf(tarfile.PAX_FORMAT) + bytes(1024))))
+    assert (member.uid, member.gid) == (5, 3_000_000)
+    for records, message in (({"uid": "abc"}, "bad number in a pax extended header"),
+                             ({"size": "-5"}, "negative member size")):
+        bad = tarfile.TarInfo("bad")
+        bad.pax_headers = records
+        with pytest.raises(TarFormatError) as e:
+            list(TarReader(io.BytesIO(bad.tobuf(tarfile.PAX_FORMAT) + bytes(1024))))
+        assert str(e.value) == message
+
+
 def test_a_number_that_is_not_octal_is_a_format_error() -> None:
     from data_manager.builtin.tarheaders import _number
 

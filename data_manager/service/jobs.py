@@ -96,14 +96,14 @@ def deprioritize(pid: int, by: int) -> None:
     in most desktop and many server kernels), every session is a scheduling group of its own and a nice
     value counts only against threads of the same group; a job in a new session would get the CPU share of
     the whole service at any nice. So its autogroup is made nicer too (``/proc/PID/autogroup``), where the
-    kernel has them. Raises ``OSError`` if the process is gone."""
+    kernel has them and lets us. Raises ``OSError`` if the process is gone."""
     nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
     os.setpriority(os.PRIO_PROCESS, pid, nice)
     try:
         with open(f"/proc/{pid}/autogroup", "w") as f:
             f.write(str(nice))
-    except FileNotFoundError:  # a kernel without autogroups (or the process is gone: setpriority said so)
-        pass
+    except OSError as exc:  # no autogroups in this kernel, or a /proc that refuses it: the nice value holds
+        log.debug("pid %d: its autogroup stays as it was: %s", pid, exc.strerror or exc)
 
 
 class Launcher:

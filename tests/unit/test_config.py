@@ -1,3 +1,4 @@
+import errno
 from pathlib import Path
 
 import pytest
@@ -292,8 +293,6 @@ def test_a_missing_config_names_where_its_path_came_from(tmp_path: Path, monkeyp
 
 
 def test_an_unreadable_config_is_one_line_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     p = tmp_path / "c.toml"
     p.write_text("")
 

@@ -4,6 +4,8 @@ Every failure is one ``StorageError`` line naming the path and the reason."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -110,8 +112,6 @@ def test_a_prefix_below_an_object_is_missing_too(tmp_path: Path) -> None:
 
 def test_an_emptied_parent_that_cannot_be_removed_names_it_and_the_reason(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     s = storage(tmp_path / "root")
     put(s, "d/sub/obj")
     real_rmdir = Path.rmdir
@@ -128,9 +128,6 @@ def test_an_emptied_parent_that_cannot_be_removed_names_it_and_the_reason(tmp_pa
 
 
 def test_a_listing_refused_names_the_path_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     s = storage(tmp_path / "root")
     put(s, "d/obj")
 
@@ -145,8 +142,6 @@ def test_a_listing_refused_names_the_path_and_the_reason(tmp_path: Path, monkeyp
 
 def test_check_asks_for_write_and_search_on_the_root_and_write_on_the_parent_that_would_hold_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     asked: list[tuple[Path, int]] = []
     writable = {"value": False}
 
@@ -187,9 +182,6 @@ def test_the_background_flush_starts_its_thread_on_first_use(tmp_path: Path, mon
 
 def test_an_unfinished_write_that_cannot_be_removed_names_it_and_the_reason(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     s = storage(tmp_path / "root")
     part = tmp_path / "root" / "d" / ".vol.tar.1a2b.part"
     part.parent.mkdir(parents=True)

@@ -3,7 +3,9 @@ tests of what a plan must never do; and the worm engine's side (holds, forget), 
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -336,9 +338,6 @@ def test_worm_holds_round_trip_and_never_look_like_backups(repo: WormEngine, tmp
 
 
 def test_a_hold_says_its_reason_who_and_when(repo: WormEngine, tmp_path: Path) -> None:
-    import getpass
-    import socket
-
     a = backup(repo, "20250101T000000Z")
     repo.set_hold("d", a, "legal hold")
     doc = json.loads((tmp_path / "b" / "d" / ".holds" / f"{a}.json").read_text())

@@ -50,26 +50,31 @@ class ChunkerParams:
 
 class Chunker:
     """Cuts one stream into chunks. Feed it with :meth:`feed`, hint file boundaries with :meth:`cut`, end
-    with :meth:`finish`; each yields the chunks that became final, as read-only memoryviews that stay valid
-    (they are views of immutable ``bytes``).
+    with :meth:`finish`; each yields the chunks that became final, as read-only memoryviews of the chunker's
+    own buffer: a caller must be done with one (hash it, copy it) before it asks for the next chunk or calls
+    the chunker again, and must never keep it.
 
-    Never keeps more than ``window`` bytes of new data plus one tail (< ``max_size``); not thread-safe.
+    Data is copied into one buffer that is reused for the whole stream (``window`` plus one tail of less than
+    ``max_size``, grown as needed up to that): joining fresh blocks instead cost a page fault per 4 KiB of
+    data, the backup's largest system time. Not thread-safe.
     """
 
     def __init__(self, params: ChunkerParams, window: int = 16 << 20) -> None:
         self.params = params
         self._window = max(window, 2 * params.max_size)
-        self._tail: memoryview = memoryview(b"")
-        self._pending: list[bytes | bytearray | memoryview] = []
-        self._pending_size = 0
+        self._buf = bytearray()
+        self._len = 0  # bytes held: the tail of the last run, then what was fed since
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
-        """Take ``data`` (kept by reference: the caller must never change it afterwards)."""
-        if len(data):
-            self._pending.append(data)
-            self._pending_size += len(data)
-        if self._pending_size >= self._window:
-            yield from self._run(final=False)
+        """Take ``data`` (copied: the caller may reuse it once this generator has finished)."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            room = self._window + self.params.max_size - self._len
+            take = view[:room]
+            self._put(take)
+            view = view[len(take):]
+            if self._len >= self._window:
+                yield from self._run(final=False)
 
     def cut(self) -> Iterator[memoryview]:
         """A file boundary: end the current chunk here, whatever its size, so the next item starts a chunk
@@ -81,20 +86,31 @@ class Chunker:
         """The end of the stream: everything left."""
         yield from self._run(final=True)
 
+    def _put(self, data: memoryview) -> None:
+        end = self._len + len(data)
+        if end > len(self._buf):  # grown by doubling, so a small stream keeps a small buffer
+            grown = bytearray(min(self._window + self.params.max_size, max(end, 2 * len(self._buf))))
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
+        self._buf[self._len : end] = data
+        self._len = end
+
     def _run(self, final: bool) -> Iterator[memoryview]:
-        parts = [self._tail, *self._pending] if len(self._tail) else self._pending
-        if not parts:
+        total = self._len
+        if not total:
             return
-        block = parts[0] if len(parts) == 1 and not isinstance(parts[0], memoryview) else b"".join(parts)
-        self._pending, self._pending_size = [], 0
-        view = memoryview(block)
-        total = len(view)
         p = self.params
         start = 0
-        for c in chunk_generator(view, p.min_size, p.avg_size, p.max_size, False, None):
-            if not final and total - c.offset < p.max_size:
-                break  # this cut could still move with more data
-            yield view[c.offset : c.offset + c.length]
-            start = c.offset + c.length
-        # A copy: a view would keep the whole joined block alive until the next run (memory, not speed).
-        self._tail = memoryview(bytes(view[start:]))
+        with memoryview(self._buf) as whole:
+            view = whole[:total].toreadonly()
+            try:
+                for c in chunk_generator(view, p.min_size, p.avg_size, p.max_size, False, None):
+                    if not final and total - c.offset < p.max_size:
+                        break  # this cut could still move with more data
+                    yield view[c.offset : c.offset + c.length]
+                    start = c.offset + c.length
+            finally:
+                view.release()
+        tail = total - start
+        self._buf[:tail] = self._buf[start:total]  # the same length: the buffer is never resized here
+        self._len = tail

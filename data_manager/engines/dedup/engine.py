@@ -400,6 +400,9 @@ class _Remember:
 
 
 CHUNKS_DIGEST = "blake3-chunks"  # the digest of an artifact holding reused items (see docs/engines.md)
+# Threads compressing and encrypting one artifact's new chunks: zstd and AES-GCM release the GIL, and on the
+# 628 MB set of bench_dedup one such thread was the pipeline's slowest step (zstd alone 0.8 s of CPU).
+PACKERS = 2
 _ITEM_MAX = 1 << 16  # chunks of one item the files cache remembers (64 GiB at 1 MiB): bounded memory
 
 
@@ -407,9 +410,10 @@ class DedupArtifactWriter(ArtifactStreamBase):
     """The writable stream a source gets from ``sink.open(name)`` (see
     :class:`~data_manager.types.ArtifactWriter`).
 
-    The source's thread only stages and queues. Two workers follow, each behind a bounded queue: one
-    chunks and hashes (FastCDC holds the GIL, BLAKE3 releases it), one compresses, encrypts and packs the
-    chunks not stored yet (zstd releases the GIL; AES-GCM holds it briefly), so both cores work. The artifact is
+    The source's thread only stages and queues. Workers follow, behind bounded queues: one chunks and
+    hashes (FastCDC holds the GIL, BLAKE3 releases it), :data:`PACKERS` compress, encrypt and pack the
+    chunks not stored yet (zstd releases the GIL; AES-GCM holds it briefly), so both cores work. After an
+    error a worker takes nothing more, and the next handover raises it in the source's thread. The artifact is
     durable once the backup commits (dedup backups cannot be resumed, so no earlier point is needed);
     ``close()`` records it in the source.
     """
@@ -436,20 +440,21 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self.remembered: list[tuple[str, int, list[tuple[bytes, int]], dict[str, Any]]] = []
         self._size = 0
         self._stored = 0
+        self._stored_lock = threading.Lock()  # added to by the chunking worker and every packer
         self._chunks: list[tuple[bytes, int]] = []
         self._lists: list[str] = []
         self._count = 0
         self._staged = bytearray()
         self._queue: queue.Queue[bytes | bytearray | _Cut | _Reuse | _Remember | None] = queue.Queue(maxsize=2)
-        self._new: queue.Queue[tuple[bytes, memoryview] | None] = queue.Queue(maxsize=4)
+        self._new: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=2 * PACKERS)
         self._error: BaseException | None = None
         self._done = False
         self.digest = ""
-        self._cctx = _compressor()
         self._thread = threading.Thread(target=self._run, name="dm-chunk", daemon=True)
         self._thread.start()
-        self._packer = threading.Thread(target=self._pack_run, name="dm-pack", daemon=True)
-        self._packer.start()
+        self._packers = [threading.Thread(target=self._pack_run, name="dm-pack", daemon=True) for _ in range(PACKERS)]
+        for t in self._packers:
+            t.start()
 
     # -- the source's thread
 
@@ -520,9 +525,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._put(block)
 
     def _put(self, item: bytes | bytearray | _Cut | _Reuse | _Remember | None) -> None:
-        self._handover(self._queue, item, self._thread)
+        self._handover(self._queue, item, [self._thread])
 
-    def _handover(self, q: queue.Queue[Any], item: Any, consumer: threading.Thread) -> None:
+    def _handover(self, q: queue.Queue[Any], item: Any, consumers: list[threading.Thread]) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -530,7 +535,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
                 q.put(item, timeout=0.2)
                 return
             except queue.Full:
-                if not consumer.is_alive():
+                if not any(t.is_alive() for t in consumers):
                     raise DataManagerError(f"artifact {self.name}: worker stopped") from self._error
 
     # -- the worker
@@ -538,10 +543,8 @@ class DedupArtifactWriter(ArtifactStreamBase):
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
+            if item is None or self._error is not None:
+                return  # after an error: nothing more is taken (a handover then raises it)
             try:
                 if isinstance(item, _Cut):
                     for c in self._chunker.cut():
@@ -570,8 +573,8 @@ class DedupArtifactWriter(ArtifactStreamBase):
         cid = self._ring.chunk_id(chunk)
         n = len(chunk)
         if not self._store.known(cid):
-            # A copy: a view would keep the chunker's whole window (up to ~12 MiB) alive while it waits.
-            self._handover(self._new, (cid, bytes(chunk)), self._packer)
+            # A copy: the view is of the chunker's buffer, which the next chunk overwrites.
+            self._handover(self._new, (cid, bytes(chunk)), self._packers)
         self._ref(cid, n)
 
     def _ref(self, cid: bytes, n: int) -> None:
@@ -587,18 +590,21 @@ class DedupArtifactWriter(ArtifactStreamBase):
             self._flush_list()
 
     def _pack_run(self) -> None:
+        cctx = _compressor()  # one per thread: a compression context is not thread-safe
         while True:
             item = self._new.get()
-            if item is None:
+            if item is None or self._error is not None:
                 return
-            if self._error is not None:
-                continue
             cid, chunk = item
             try:
-                comp, payload = _compress(self._cctx, chunk) if self._compress else (NONE, chunk)
-                self._stored += self._store.add(DATA, cid, comp, len(chunk), payload)
+                comp, payload = _compress(cctx, chunk) if self._compress else (NONE, chunk)
+                self._count_stored(self._store.add(DATA, cid, comp, len(chunk), payload))
             except BaseException as exc:  # re-raised in the source's thread
                 self._error = exc
+
+    def _count_stored(self, n: int) -> None:
+        with self._stored_lock:
+            self._stored += n
 
     def _flush_list(self) -> None:
         chunks, self._chunks = self._chunks, []
@@ -607,7 +613,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._store.uses(lid, chunks)
         self._lists.append(lid.hex())
         if not self._store.known(lid):  # an unchanged artifact's lists are stored once for all backups
-            self._stored += self._store.add(CHUNK_LIST, lid, NONE, len(blob), blob)
+            self._count_stored(self._store.add(CHUNK_LIST, lid, NONE, len(blob), blob))
 
     # -- closing
 
@@ -617,14 +623,16 @@ class DedupArtifactWriter(ArtifactStreamBase):
             return
         try:
             self._emit()
-            self._queue.put(None)
+            self._put(None)
             self._thread.join()
             if self._error is not None:
                 raise self._error
             for c in self._chunker.finish():
                 self._chunk(c)
-            self._new.put(None)
-            self._packer.join()
+            for _ in self._packers:
+                self._handover(self._new, None, self._packers)
+            for t in self._packers:
+                t.join()
             if self._error is not None:
                 raise self._error
             if self._chunks:
@@ -651,11 +659,14 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._done = True
         if self._error is None:
             self._error = DataManagerError("aborted")
-        for q in (self._queue, self._new):
-            try:
-                q.put_nowait(None)
-            except queue.Full:
-                pass  # the worker sees the error and drops what is queued
+        # One end marker per worker that may wait on an empty queue; a worker of a full queue takes an item,
+        # sees the error and ends.
+        for q, workers in ((self._queue, 1), (self._new, PACKERS)):
+            for _ in range(workers):
+                try:
+                    q.put_nowait(None)
+                except queue.Full:
+                    break
         self._sink.aborted(self.name)
         super().close()
 

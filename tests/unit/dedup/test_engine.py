@@ -435,3 +435,47 @@ def test_real_write_only_key_writes_but_cannot_read(tmp_path: Path) -> None:
     fresh = DedupEngine(engine.storage, engine.settings, cache_dir=tmp_path / "admin-2")  # the passphrase opens it
     assert restore(fresh, "d") == data
     assert fresh.check_repository(read_fraction=1.0).ok  # the write-only key's signature verifies
+
+
+def test_a_failing_pack_write_ends_every_worker_and_reaches_the_writer(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    real_open = engine.storage.open_write
+
+    def open_write(key: str) -> Any:
+        out = real_open(key)
+        if key.startswith("packs/data/"):  # the data packs only: the disk fills while chunks are packed
+
+            def full(data: bytes) -> int:
+                raise OSError(28, "No space left on device")
+
+            out.write = full
+        return out
+
+    engine.storage.open_write = open_write  # type: ignore[method-assign]
+    before = set(threading.enumerate())
+    writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})
+    sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+    with pytest.raises(OSError, match="No space left"):
+        with sink.open("a") as w:
+            for _ in range(40):  # more than the queues hold: the error must reach this thread
+                w.write(os.urandom(100_000))
+    writer.abort()
+    for t in set(threading.enumerate()) - before:
+        t.join(timeout=5)
+        assert not t.is_alive(), t.name
+    assert engine.backups("d") == []
+
+
+def test_a_source_failing_mid_artifact_ends_every_worker(tmp_path: Path) -> None:
+    engine = new_repo(tmp_path)
+    before = set(threading.enumerate())
+    writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})
+    sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+    with pytest.raises(RuntimeError, match="source broke"):
+        with sink.open("a") as w:
+            w.write(os.urandom(300_000))
+            raise RuntimeError("source broke")  # the workers wait on empty queues now
+    writer.abort()
+    for t in set(threading.enumerate()) - before:
+        t.join(timeout=5)
+        assert not t.is_alive(), t.name

@@ -147,6 +147,11 @@ def parse_pack_header(data: bytes, where: str) -> PackHeader:
     return PackHeader(KIND_NAMES[kind], sealed, bytes(data[_PACK_FIXED.size:end]), bytes(data[:end]))
 
 
+# Pieces of at least this size are written at once; smaller ones (the sealed headers, the chunks of a tree of
+# small files) are gathered up to it: two write calls per blob cost more than the blob on such trees.
+_DIRECT = 256 << 10
+
+
 class PackBuilder:
     """One pack being filled: streamed into ``open_write(key)`` blob by blob (so a pack costs no memory; the
     storage's writer commits it whole or not at all), or without one kept in :attr:`parts`.
@@ -164,16 +169,31 @@ class PackBuilder:
         self.header = encode_pack_header(kind, self._sealer.header, blob_overhead())
         self.out = open_write(self.key) if open_write is not None else None
         self.parts: list[bytes] = []
+        self._held: list[bytes] = []  # small pieces not written yet: one write for many small blobs
+        self._held_size = 0
         self.size = 0
         self.entries: list[BlobEntry] = []
         self._emit(self.header)
 
     def _emit(self, data: bytes) -> None:
-        if self.out is not None:
+        self.size += len(data)
+        if self.out is None:
+            self.parts.append(data)
+        elif len(data) >= _DIRECT:  # large: written as it is, after what is held (no copy)
+            self._drain()
             self.out.write(data)
         else:
-            self.parts.append(data)
-        self.size += len(data)
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size >= _DIRECT:
+                self._drain()
+
+    def _drain(self) -> None:
+        if self._held:
+            assert self.out is not None
+            self.out.write(b"".join(self._held))
+            self._held.clear()
+            self._held_size = 0
 
     def add(self, blob_id: bytes, typ: int, compression: int, raw: int, payload: bytes | memoryview) -> BlobEntry:
         """Encrypt and append one blob (``payload``: its bytes after compression); its entry."""
@@ -192,12 +212,14 @@ class PackBuilder:
         trailer = self._sealer.encrypt(plain, trailer_aad(self.kind))
         self._emit(trailer)
         self._emit(FOOTER.pack(len(trailer), FOOTER_MAGIC))
+        self._drain()
 
     def abort(self) -> None:
         """Drop the pack: nothing of it becomes visible."""
         if self.out is not None:
             self.out.abort()
         self.parts = []
+        self._held = []
 
 
 def payload_aad(blob_id: bytes, typ: int, compression: int, raw: int) -> bytes:

@@ -451,7 +451,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._batch: list[bytes | bytearray | _Cut | _Reuse | _Remember] = []
         self._batch_bytes = 0
         # New chunks go to the packers in batches of about BLOCK bytes (one chunk, or many small ones).
-        self._new: queue.Queue[list[tuple[bytes, bytes]] | None] = queue.Queue(maxsize=2 * PACKERS)
+        self._new: queue.Queue[list[tuple[bytes, bytes]] | None] = queue.Queue(maxsize=PACKERS)
         self._fresh: dict[bytes, bytes] = {}  # the batch being gathered, by chunk id
         self._fresh_bytes = 0
         self._error: BaseException | None = None

@@ -58,7 +58,6 @@ BASELINE = "restic"
 PHASES = ("backup 1 (first)", "backup 2 (unchanged)", "backup 3 (1% edited)", "restore latest", "check",
           "check, read all data")
 BACKUPS = PHASES[:3]
-SETTLE = 15.0  # seconds of rest between making a dataset and timing anything on it
 SEED = 17
 NOTES: list[str] = []  # what the run had to work around, printed and saved
 
@@ -417,9 +416,6 @@ def one_round(dataset: str, base: Path, kinds: list[str], make: Any, rng_seed: i
         c.init()
     results: list[Result] = []
     read_all(src)
-    # On this VM the first process after hundreds of MB were written ran up to 2x slower (4.3 s, then 2.0 s
-    # for the same backup a minute later): whoever came first paid for it.
-    time.sleep(SETTLE)
     for n, phase in enumerate(BACKUPS, 1):
         if n == 3:
             edited = edit_one_percent(src, random.Random(rng_seed + 1))

@@ -145,9 +145,9 @@ class BlobStore:
     """Puts the blobs of one backup into packs, uploads full packs on its own thread, and writes an index
     file every few committed packs (so a killed backup's chunks are reused by the next).
 
-    Thread-safe: every artifact's worker adds to it. Never holds more than one pack per kind being filled
-    plus one queued and one uploading, whatever the backup's size. Never writes an index entry for a pack
-    before that pack is committed.
+    Thread-safe: every artifact's worker adds to it. Never holds more than one data pack being filled per
+    adding thread and one metadata pack, plus one queued and one uploading, whatever the backup's size.
+    Never writes an index entry for a pack before that pack is committed.
     """
 
     def __init__(self, engine: DedupEngine, pack_size: int) -> None:
@@ -157,7 +157,7 @@ class BlobStore:
         self.pack_size = pack_size
         self.index_every = engine.index_every
         self._lock = threading.Lock()
-        self._building: dict[str, PackBuilder | None] = {"data": None, "meta": None}
+        self._building: dict[tuple[str, int], PackBuilder] = {}  # (kind, adding thread or 0): being filled
         self._pending: set[bytes] = set()  # added by us, not in the cache yet
         self._located: dict[bytes, tuple[BlobEntry, bytes]] = {}  # snapshot blobs: where they went
         self._queue: queue.Queue[PackBuilder | threading.Event | None] = queue.Queue(maxsize=1)
@@ -190,36 +190,61 @@ class BlobStore:
         """Store one blob (unless a concurrent adder just did); the bytes it added to the repository."""
         self._raise()
         kind = KIND_OF_TYPE[typ]
-        full = None
+        # Data: a pack being filled per adding thread, so packers encrypt and write side by side (the
+        # writes' system time, one shared pack's lock made them take turns). Metadata: one shared pack.
+        slot = (kind, threading.get_ident() if kind == "data" else 0)
         with self._lock:
             if blob_id in self._pending:
                 return 0
-            b = self._building[kind]
-            if b is None:
-                b = self._building[kind] = PackBuilder(self.ring, kind, self.storage.open_write)
-            before = b.size
-            entry = b.add(blob_id, typ, compression, raw, payload)
             self._pending.add(blob_id)
             if self.marked is not None and self.marked(blob_id):
                 self._revived.add(blob_id)
+        try:
+            while True:
+                with self._lock:
+                    b = self._building.get(slot)
+                    if b is None:
+                        b = self._building[slot] = PackBuilder(self.ring, kind, self.storage.open_write)
+                with b.lock:
+                    if b.sealed:  # sent to the uploader by another thread since: take the next one
+                        continue
+                    before = b.size
+                    entry = b.add(blob_id, typ, compression, raw, payload)
+                    added = b.size - before
+                    full = b.size >= self.pack_size
+                    if full:
+                        b.sealed = True
+                break
+        except BaseException:
+            with self._lock:
+                self._pending.discard(blob_id)
+            raise
+        with self._lock:
             if typ == SNAPSHOT:
                 self._located[blob_id] = (entry, b.pack_id)
-            added = b.size - before
-            if b.size >= self.pack_size:
-                full, self._building[kind] = b, None
-        if full is not None:
-            self._put(full)  # outside the lock: waits while the uploader is busy (backpressure)
-        self.stored += added
+            if full and self._building.get(slot) is b:
+                del self._building[slot]
+            self.stored += added
+        if full:
+            self._put(b)  # outside the locks: waits while the uploader is busy (backpressure)
         return added
 
     def located(self, blob_id: bytes) -> tuple[BlobEntry, bytes]:
         return self._located[blob_id]
 
-    def flush(self, kind: str) -> None:
-        """Send the pack of ``kind`` being filled to the uploader (data before meta: the order of writes)."""
+    def _take(self, kind: str | None) -> list[PackBuilder]:
+        """The packs being filled (of ``kind``, or all), sealed: nothing more is added to them."""
         with self._lock:
-            b, self._building[kind] = self._building[kind], None
-        if b is not None:
+            slots = [s for s in self._building if kind is None or s[0] == kind]
+            taken = [self._building.pop(s) for s in slots]
+        for b in taken:
+            with b.lock:  # an adder still in add() finishes its blob first
+                b.sealed = True
+        return taken
+
+    def flush(self, kind: str) -> None:
+        """Send the packs of ``kind`` being filled to the uploader (data before meta: the order of writes)."""
+        for b in self._take(kind):
             self._put(b)
 
     def finish(self) -> None:
@@ -239,9 +264,7 @@ class BlobStore:
 
     def abort(self) -> None:
         """Stop; committed packs and index files stay (the next backup reuses them)."""
-        with self._lock:
-            building = [b for b in self._building.values() if b is not None]
-            self._building = {"data": None, "meta": None}
+        building = self._take(None)
         if self._error is None:
             self._error = DataManagerError("backup aborted")
         while True:  # unblock the uploader and let it see the stop

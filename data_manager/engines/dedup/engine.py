@@ -451,8 +451,8 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._ring = sink.ring
         self._compress = compression != "none"
         self._progress = sink.progress
-        # Memory per artifact, bounded: the staged block, 2 queued, the chunker's window (2 x max chunk)
-        # and up to 4 chunks waiting to be packed (views that keep their block alive).
+        # Memory per artifact, bounded: the batch being staged and 2 queued (about 1 MiB each), the chunker's
+        # buffer (2 x max chunk, plus a tail), and one batch of new chunks per packer queued and one in work.
         self._chunker = Chunker(sink.chunker_params, window=2 * sink.chunker_params.max_size)
         self._hash = blake3()
         self._refs_hash = blake3()  # over (chunk id, length) of every chunk: the digest once items are reused

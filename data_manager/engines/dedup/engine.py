@@ -145,8 +145,8 @@ class BlobStore:
     """Puts the blobs of one backup into packs, uploads full packs on its own thread, and writes an index
     file every few committed packs (so a killed backup's chunks are reused by the next).
 
-    Thread-safe: every artifact's worker adds to it. Never holds more than one data pack being filled per
-    adding thread and one metadata pack, plus one queued and one uploading, whatever the backup's size.
+    Thread-safe: every artifact's worker adds to it. Never holds more packs being filled than blobs were
+    ever added at once, plus one queued and one uploading, whatever the backup's size.
     Never writes an index entry for a pack before that pack is committed.
     """
 
@@ -157,7 +157,8 @@ class BlobStore:
         self.pack_size = pack_size
         self.index_every = engine.index_every
         self._lock = threading.Lock()
-        self._building: dict[tuple[str, int], PackBuilder] = {}  # (kind, adding thread or 0): being filled
+        self._idle: dict[str, list[PackBuilder]] = {"data": [], "meta": []}  # being filled, no adder holds them
+        self._stopped = False
         self._pending: set[bytes] = set()  # added by us, not in the cache yet
         self._located: dict[bytes, tuple[BlobEntry, bytes]] = {}  # snapshot blobs: where they went
         self._queue: queue.Queue[PackBuilder | threading.Event | None] = queue.Queue(maxsize=1)
@@ -190,60 +191,52 @@ class BlobStore:
         """Store one blob (unless a concurrent adder just did); the bytes it added to the repository."""
         self._raise()
         kind = KIND_OF_TYPE[typ]
-        # Data: a pack being filled per adding thread, so packers encrypt and write side by side (the
-        # writes' system time, one shared pack's lock made them take turns). Metadata: one shared pack.
-        slot = (kind, threading.get_ident() if kind == "data" else 0)
         with self._lock:
             if blob_id in self._pending:
                 return 0
             self._pending.add(blob_id)
             if self.marked is not None and self.marked(blob_id):
                 self._revived.add(blob_id)
+            # A pack being filled that no other adder holds: the packers encrypt and write side by side
+            # (one shared pack's lock made their writes, and their system time, take turns), and there are
+            # never more such packs than adders at once.
+            idle = self._idle[kind]
+            b = idle.pop() if idle else PackBuilder(self.ring, kind, self.storage.open_write)
         try:
-            while True:
-                with self._lock:
-                    b = self._building.get(slot)
-                    if b is None:
-                        b = self._building[slot] = PackBuilder(self.ring, kind, self.storage.open_write)
-                with b.lock:
-                    if b.sealed:  # sent to the uploader by another thread since: take the next one
-                        continue
-                    before = b.size
-                    entry = b.add(blob_id, typ, compression, raw, payload)
-                    added = b.size - before
-                    full = b.size >= self.pack_size
-                    if full:
-                        b.sealed = True
-                break
+            before = b.size
+            entry = b.add(blob_id, typ, compression, raw, payload)
         except BaseException:
+            b.abort()  # a pack that missed a write is never committed
             with self._lock:
                 self._pending.discard(blob_id)
             raise
+        added = b.size - before
+        full = b.size >= self.pack_size
         with self._lock:
             if typ == SNAPSHOT:
                 self._located[blob_id] = (entry, b.pack_id)
-            if full and self._building.get(slot) is b:
-                del self._building[slot]
             self.stored += added
-        if full:
-            self._put(b)  # outside the locks: waits while the uploader is busy (backpressure)
+            stopped = self._stopped
+            if not full and not stopped:
+                self._idle[kind].append(b)
+        if stopped:
+            b.abort()
+        elif full:
+            self._put(b)  # outside the lock: waits while the uploader is busy (backpressure)
         return added
 
     def located(self, blob_id: bytes) -> tuple[BlobEntry, bytes]:
         return self._located[blob_id]
 
-    def _take(self, kind: str | None) -> list[PackBuilder]:
-        """The packs being filled (of ``kind``, or all), sealed: nothing more is added to them."""
+    def _take(self, kind: str) -> list[PackBuilder]:
+        """The packs of ``kind`` being filled (every adder is done with them)."""
         with self._lock:
-            slots = [s for s in self._building if kind is None or s[0] == kind]
-            taken = [self._building.pop(s) for s in slots]
-        for b in taken:
-            with b.lock:  # an adder still in add() finishes its blob first
-                b.sealed = True
+            taken, self._idle[kind] = self._idle[kind], []
         return taken
 
     def flush(self, kind: str) -> None:
-        """Send the packs of ``kind`` being filled to the uploader (data before meta: the order of writes)."""
+        """Send the packs of ``kind`` being filled to the uploader (data before meta: the order of writes).
+        Called once no adder is at work on that kind."""
         for b in self._take(kind):
             self._put(b)
 
@@ -264,7 +257,9 @@ class BlobStore:
 
     def abort(self) -> None:
         """Stop; committed packs and index files stay (the next backup reuses them)."""
-        building = self._take(None)
+        with self._lock:
+            self._stopped = True  # an adder still at work drops its pack instead of keeping it
+        building = self._take("data") + self._take("meta")
         if self._error is None:
             self._error = DataManagerError("backup aborted")
         while True:  # unblock the uploader and let it see the stop

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import secrets
 import struct
-import threading
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -157,7 +156,7 @@ class PackBuilder:
     """One pack being filled: streamed into ``open_write(key)`` blob by blob (so a pack costs no memory; the
     storage's writer commits it whole or not at all), or without one kept in :attr:`parts`.
 
-    Never thread-safe on its own: the caller holds :attr:`lock` around :meth:`add`. Encryption happens here, with
+    Never thread-safe on its own: one adder at a time (the caller's lock, or its own pack). Encryption happens here, with
     the pack's own sealer (one fresh pack key per pack, sealed to the repository's public key, so a
     write-only key can write it but never read it back).
     """
@@ -170,8 +169,6 @@ class PackBuilder:
         self.header = encode_pack_header(kind, self._sealer.header, blob_overhead())
         self.out = open_write(self.key) if open_write is not None else None
         self.parts: list[bytes] = []
-        self.lock = threading.Lock()  # the caller's, held around add(); sealed: no more add()
-        self.sealed = False
         self._held: list[bytes] = []  # small pieces not written yet: one write for many small blobs
         self._held_size = 0
         self.size = 0

@@ -479,3 +479,28 @@ def test_a_source_failing_mid_artifact_ends_every_worker(tmp_path: Path) -> None
     for t in set(threading.enumerate()) - before:
         t.join(timeout=5)
         assert not t.is_alive(), t.name
+
+
+def test_many_artifacts_share_the_packs_being_filled(tmp_path: Path) -> None:
+    """Each artifact has packer threads of its own; the data packs being filled are shared through the
+    backup, so 20 artifacts open at once make about as many packs as their bytes need, not a partial pack
+    per packer thread."""
+    from data_manager.engines.dedup.engine import PACKERS
+
+    engine = new_repo(tmp_path)  # 256 KiB packs
+    data = {f"table{i:02d}": os.urandom(30_000) for i in range(20)}
+    writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})
+    try:
+        sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+        open_ = [(sink.open(name), payload) for name, payload in data.items()]
+        for w, payload in open_:
+            w.write(payload)
+        for w, _ in open_:
+            w.close()
+        writer.add_done(sink.finish())
+        writer.commit()
+    finally:
+        writer.abort()
+    packs = [p for p in (tmp_path / "repo" / "packs" / "data").rglob("*") if p.is_file()]
+    assert 0 < len(packs) <= 600_000 // (256 << 10) + 1 + 2 * PACKERS, len(packs)
+    assert restore(reopen(engine, tmp_path, "cache-2"), "d") == {"s": data}

@@ -58,6 +58,9 @@ DEFAULT_PACK_SIZE = 16 << 20
 ZSTD_LEVEL = 3  # as restic's 'auto' (and zstd's default): stored bytes on par with it
 _INCOMPRESSIBLE = 0.92  # stored ratio above which a chunk is stored raw
 INDEX_EVERY = 8  # packs per index file while a backup runs: what a killed backup leaves reusable
+# ...or once this many blobs wait for one: their ids stay in memory until then (8 packs of 256-byte chunks
+# held 400,000 of them)
+INDEX_BLOBS = 100_000
 INDEX_SECONDS = 300.0  # ...or this long after the last one
 HEARTBEAT_SECONDS = 60.0
 _RANGE_MAX = 8 << 20  # one ranged read (coalesced adjacent chunks) at most: half a pack
@@ -163,6 +166,7 @@ class BlobStore:
         self._located: dict[bytes, tuple[BlobEntry, bytes]] = {}  # snapshot blobs: where they went
         self._queue: queue.Queue[PackBuilder | threading.Event | None] = queue.Queue(maxsize=1)
         self._unindexed: list[PackRecord] = []
+        self._unindexed_blobs = 0
         self._last_index = time.monotonic()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dm-packs", daemon=True)
@@ -312,7 +316,8 @@ class BlobStore:
             try:
                 if isinstance(item, PackBuilder):
                     self._upload(item)
-                    if len(self._unindexed) >= self.index_every or time.monotonic() - self._last_index > INDEX_SECONDS:
+                    if (len(self._unindexed) >= self.index_every or self._unindexed_blobs >= INDEX_BLOBS
+                            or time.monotonic() - self._last_index > INDEX_SECONDS):
                         self._write_index()
                 else:
                     self._write_index()
@@ -330,11 +335,12 @@ class BlobStore:
             raise
         self.packs_written += 1
         self._unindexed.append(PackRecord(b.pack_id, b.kind, b.size, b.header, b.entries))
+        self._unindexed_blobs += len(b.entries)
 
     def _write_index(self) -> None:
         if not self._unindexed:
             return
-        packs, self._unindexed = self._unindexed, []
+        packs, self._unindexed, self._unindexed_blobs = self._unindexed, [], 0
         key = write_index(self.storage, self.ring, packs)
         self.index_files.append(key)
         self._last_index = time.monotonic()

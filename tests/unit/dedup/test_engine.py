@@ -12,7 +12,7 @@ import pytest
 
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.engines.dedup.chunker import ChunkerParams
-from data_manager.engines.dedup.engine import DedupEngine
+from data_manager.engines.dedup.engine import PACKERS, DedupEngine
 from data_manager.engines.records import SourceRecord
 from data_manager.errors import CorruptBackupError, RefusedError
 from data_manager.types import Settings
@@ -485,8 +485,6 @@ def test_many_artifacts_share_the_packs_being_filled(tmp_path: Path) -> None:
     """Each artifact has packer threads of its own; the data packs being filled are shared through the
     backup, so 20 artifacts open at once make about as many packs as their bytes need, not a partial pack
     per packer thread."""
-    from data_manager.engines.dedup.engine import PACKERS
-
     engine = new_repo(tmp_path)  # 256 KiB packs
     data = {f"table{i:02d}": os.urandom(30_000) for i in range(20)}
     writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})

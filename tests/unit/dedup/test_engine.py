@@ -502,3 +502,19 @@ def test_many_artifacts_share_the_packs_being_filled(tmp_path: Path) -> None:
     packs = [p for p in (tmp_path / "repo" / "packs" / "data").rglob("*") if p.is_file()]
     assert 0 < len(packs) <= 600_000 // (256 << 10) + 1 + 2 * PACKERS, len(packs)
     assert restore(reopen(engine, tmp_path, "cache-2"), "d") == {"s": data}
+
+
+def test_an_index_file_once_enough_blobs_wait_whatever_the_packs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blob ids wait in memory until an index file lists them: past INDEX_BLOBS one is written, even before
+    the usual 8 packs (small chunks make packs of very many blobs)."""
+    from data_manager.engines.dedup import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "INDEX_BLOBS", 1)
+    engine = new_repo(tmp_path)  # 256 KiB packs, 8 packs per index file otherwise
+    data = {"s": {"a": os.urandom(3_000_000)}}
+    backup(engine, "d", data)
+    packs = [p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()]
+    indexes = [p for p in (tmp_path / "repo" / "index").iterdir() if p.is_file()]
+    assert len(packs) > 8 and len(indexes) >= len(packs) - 1, (len(packs), len(indexes))
+    assert restore(reopen(engine, tmp_path, "cache-2"), "d") == data

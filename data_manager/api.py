@@ -187,6 +187,17 @@ class DataManager:
         stype, _ = self.registry.source_type(spec.type, spec.settings.where)
         return stype.factory(spec.name, settings or spec.settings)
 
+    def sources_restarting(self, data_id: str) -> list[str]:
+        """The sources of ``data_id`` that a stopped backup (a closing window, Ctrl-C) runs again from the
+        start: none where the storage's engine keeps what they stored, else those that cannot continue from
+        what the stopped run committed (``SourceType.resumes``)."""
+        ds = self.dataset(data_id)
+        engine = engine_class(self.config.storages[ds.storage].engine)
+        if engine.keeps_partial_sources:
+            return []
+        return [s.name for s in ds.sources
+                if not (engine.resumes_sources and self.registry.source_type(s.type, s.settings.where)[0].resumes)]
+
     def close(self) -> None:
         for engine in self._engines.values():
             engine.close()

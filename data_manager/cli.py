@@ -500,8 +500,8 @@ def status(obj: Context, as_json: bool) -> None:
             when = f"open until {w['closes_at']}" if w["open"] else f"closed, opens {w['opens_at']}"
             click.echo(f"    backup window {w['window']}: {when}")
             if w["sources_restarting"]:
-                click.echo(f"    when the window closes, {', '.join(w['sources_restarting'])} start over (engine "
-                           f"keeps no partial source): each must fit in one window")
+                click.echo(f"    when the window closes, {', '.join(w['sources_restarting'])} start over (neither "
+                           f"engine nor source keeps what a stopped run stored): each must fit in one window")
         for lock in d.get("locks", []):
             stale = " STALE" if lock["stale"] else ""
             click.echo(f"    locked{stale} by {lock['operation']} job {lock['job_id']} (host {lock['host']}, pid {lock['pid']}) "

@@ -236,6 +236,12 @@ class ArtifactSink(Protocol):
     #: well be compressed). False (``worm``, ``sync``): cuts change nothing; artifacts may be read as files.
     chunked: bool
 
+    #: True when a later ``backup --resume`` is offered what this run commits (:meth:`resumed`; ``worm``): a
+    #: source that can continue from a checkpoint of its own should write them (see
+    #: :mod:`data_manager.checkpoints`). False (``dedup``, ``sync``): the engine keeps what a stopped run
+    #: stored in its own way, and a source that starts over costs reading time only.
+    resumable: bool
+
     def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
         """Start the artifact ``name`` (a relative path like ``"schema.sql"`` or ``"tables/t1.copy"``).
 
@@ -390,6 +396,10 @@ class SourceType:
     #: says (``--set NAME.KEY=...``), so a storage's content cannot choose where data is written. A type
     #: that names none needs at least one ``--set`` for such a source.
     target_keys: tuple[str, ...] = ()
+    #: Whether the source continues a stopped backup from what it committed (``ArtifactSink.resumed``, e.g.
+    #: checkpoints between volumes) on an engine that offers it, rather than starting over: ``status`` and the
+    #: service tell people whose sources must fit in one backup window.
+    resumes: bool = False
 
 
 # --------------------------------------------------------------------------- storages

@@ -60,9 +60,9 @@ def incompressible(name: str, sample: bytes | memoryview, content_type: str = ""
     return len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample)
 
 
-def numbering(template: str = "vol-{:06d}") -> Callable[[], str]:
+def numbering(template: str = "vol-{:06d}", start: int = 1) -> Callable[[], str]:
     """Artifact names shared by several streams (and threads: ``next`` on a count is atomic)."""
-    counter = itertools.count(1)
+    counter = itertools.count(start)
     return lambda: template.format(next(counter))
 
 
@@ -80,6 +80,7 @@ class Volumes:
         self.name = ""
         self.offset = 0
         self.names: list[str] = []
+        self.closed = 0  # volumes closed (committed) so far
         self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
         self.chunked = bool(getattr(sink, "chunked", False))  # see ArtifactSink.chunked (a test double may lack it)
         #: Another open writer of the same sink (e.g. the source's index), asked by :meth:`recall` while no
@@ -156,6 +157,7 @@ class Volumes:
             self.write(self.trailer)
         out, self._out = self._out, None
         out.close()
+        self.closed += 1
         return out.digest
 
     def abort(self) -> None:

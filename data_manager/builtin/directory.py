@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -34,6 +35,7 @@ from typing import Any, BinaryIO
 
 from blake3 import blake3
 
+from ..checkpoints import Checkpoints, Resumed
 from ..durable import exchange, fsync_dir, os_reason, sync_filesystem, write_all
 from ..errors import CorruptBackupError, SourceError
 from ..hookspecs import hookimpl
@@ -62,6 +64,7 @@ _ZERO = bytes(512)
 _PAX_MTIME = "mtime"
 
 
+_VOLUME = re.compile(r"vol-(\d{6})\.tar")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _json_str = encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str, in C
@@ -205,7 +208,9 @@ class DirectorySource(Source):
         except OSError as exc:
             raise SourceError(f"source {self.name!r}: cannot read {self.path}: {exc.strerror}") from None
         try:
-            walk = _Walk(self, sink, numbering("vol-{:06d}.tar"))
+            checkpoints = Checkpoints.start(sink, _VOLUME)
+            resumed = checkpoints.resume(_Walk.resumable) if checkpoints is not None else None
+            walk = _Walk(self, sink, checkpoints, resumed)
             try:
                 walk.directory(root_fd, "")
                 walk.finish()
@@ -224,7 +229,7 @@ class DirectorySource(Source):
             index=INDEX,
             root_mode=stat.S_IMODE(root.st_mode),
             root_mtime_ns=root.st_mtime_ns,
-            volumes=sorted(walk.packed.names + walk.stored.names),
+            volumes=sorted(walk.kept + walk.packed.names + walk.stored.names),
             files=walk.files,
             directories=walk.dirs,
             symlinks=walk.links,
@@ -469,12 +474,21 @@ class _Walk:
     first (:meth:`Volumes.recall`, before any open): a file it recalls is not read (small ones only where
     each is stored alone, ``sync``; a chunking engine groups small files into shared chunks)."""
 
-    def __init__(self, source: DirectorySource, sink: ArtifactSink, names: Callable[[], str]) -> None:
+    def __init__(self, source: DirectorySource, sink: ArtifactSink, checkpoints: Checkpoints | None,
+                 resumed: Resumed | None) -> None:
         self.source = source
+        names = numbering("vol-{:06d}.tar", resumed.next_volume if resumed else 1)
         self.packed = _TarVolumes(sink, "zstd", source.volume_size, names)
         self.stored = _TarVolumes(sink, "none", source.volume_size, names)
         # Plain where people may read it as a file (worm); a chunking engine stores it encrypted anyway.
         self.index = sink.open(INDEX, compression="zstd" if self.packed.chunked else "none")
+        # A checkpoint after every volume (see data_manager.checkpoints): the index lines since the last one,
+        # and the number of volumes closed then.
+        self.checkpoints = checkpoints
+        self.since: list[bytes] = []
+        self.seen = 0
+        self.kept: list[str] = []  # volumes a stopped run wrote before its last checkpoint
+        self.after: list[str] | None = None  # resuming: the last path that checkpoint holds, as its parts
         self.packed.probe = self.stored.probe = self.index  # what recall() asks before any volume is open
         # Whether to ask the engine before opening a file: it has a files cache (recall); small files only
         # where one is stored alone (sync), not grouped into shared chunks (dedup: a group is read whole).
@@ -486,6 +500,72 @@ class _Walk:
         self.files = self.dirs = self.links = self.total = 0
         self.skipped: list[str] = []
         self.changed: list[str] = []
+        if resumed is not None:
+            state = resumed.state
+            self.kept = list(resumed.volumes)
+            self.after = state["after"].split("/")
+            self.files, self.dirs, self.links, self.total = state["files"], state["dirs"], state["links"], state["bytes"]
+            self.skipped, self.changed = list(state["skipped"]), list(state["changed"])
+            self.index.write(resumed.index)
+
+    @staticmethod
+    def resumable(state: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint's state is one :meth:`checkpoint` writes (the storage's word: checked)."""
+        return (isinstance(state.get("after"), str) and bool(state["after"])
+                and all(type(state.get(k)) is int and state[k] >= 0 for k in ("files", "dirs", "links", "bytes"))
+                and all(isinstance(state.get(k), list) and all(isinstance(x, str) for x in state[k])
+                        for k in ("skipped", "changed")))
+
+    def checkpoint(self, after: str, files: int, total: int) -> None:
+        """Every volume closed, then a checkpoint: a stopped run resumes after ``after`` (the last entry
+        written; ``files`` and ``total`` count the current directory's files not yet added to the totals)."""
+        assert self.checkpoints is not None
+        self.packed.close()
+        self.stored.close()
+        self.write_lines()
+        known = set(self.checkpoints.volumes)
+        new = [v for v in self.packed.names + self.stored.names if v not in known]
+        state = {"after": after, "files": self.files + files, "dirs": self.dirs, "links": self.links,
+                 "bytes": self.total + total, "skipped": self.skipped, "changed": self.changed}
+        self.checkpoints.save(state, new, b"".join(self.since))
+        self.since.clear()
+        self.seen = self.packed.closed + self.stored.closed
+
+    def write_lines(self) -> None:
+        """The index lines gathered so far, to the index (and the next checkpoint)."""
+        text = "".join(self.lines).encode()
+        self.lines.clear()
+        self.index.write(text)
+        if self.checkpoints is not None:
+            self.since.append(text)
+
+    def skip_walked(self, dir_fd: int, rel: str, entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+        """Resuming: leave out the entries the last checkpoint holds (the walk's order is the order of their
+        paths' parts), after walking the rest of the directory it stopped in; the entries still to walk."""
+        after = self.after
+        assert after is not None
+        prefix = f"{rel}/" if rel else ""
+        rest = []
+        inside = None  # the entry of the directory the checkpoint stopped in, at this level
+        for e in entries:
+            parts = (prefix + e.name).split("/")
+            if parts > after:
+                rest.append(e)
+            elif parts == after[: len(parts)] and e.is_dir(follow_symlinks=False):
+                inside = e
+        if inside is None:
+            self.after = None  # passed it: from here on every entry is new
+        else:
+            path = prefix + inside.name
+            try:
+                fd = os.open(inside.name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                raise self._unreadable(path, exc) from None
+            try:
+                self.directory(fd, path)
+            finally:
+                os.close(fd)
+        return rest
 
     def _unreadable(self, rel: str, exc: OSError) -> SourceError:
         return SourceError(f"source {self.source.name!r}: cannot read {self.source.path / rel}: {exc.strerror}")
@@ -499,8 +579,11 @@ class _Walk:
                 entries = sorted(it, key=_entry_name)
         except OSError as exc:
             raise self._unreadable(rel, exc) from None
-        source, packed, lines, changed, ask, ask_small = (self.source, self.packed, self.lines, self.changed,
-                                                          self.ask, self.ask_small)
+        if self.after is not None:
+            entries = self.skip_walked(dir_fd, rel, entries)
+        source, packed, stored, lines, changed, ask, ask_small = (
+            self.source, self.packed, self.stored, self.lines, self.changed, self.ask, self.ask_small)
+        checkpoints = self.checkpoints is not None
         exclude, build, append = source.exclude, self.members.build, lines.append
         os_open, os_read, os_close = os.open, os.read, os.close
         prefix = f"{rel}/" if rel else ""
@@ -564,6 +647,9 @@ class _Walk:
                 append(f'{{"path": {_json_str(path)}, "mode": {perm}, "mtime_ns": {st.st_mtime_ns}, '
                        f'"type": "dir", "volume": "{packed.name}"}}\n')
                 self.dirs += 1
+                self.files += files  # the totals a checkpoint below records
+                self.total += total
+                files = total = 0
                 try:
                     fd = os_open(name, _DIR_FLAGS, dir_fd=dir_fd)
                 except OSError as exc:
@@ -582,18 +668,20 @@ class _Walk:
             else:
                 self.skipped.append(path)  # sockets, fifos, devices: not data
                 continue
-            if len(lines) >= 4096:
-                self.index.write("".join(lines).encode())
-                lines.clear()
+            if checkpoints and kind != stat.S_IFDIR and packed.closed + stored.closed != self.seen:
+                self.checkpoint(path, files, total)  # not after a directory: a stopped run would walk it again
+            elif len(lines) >= 4096:
+                self.write_lines()
         self.files += files
         self.total += total
 
     def finish(self) -> None:
-        self.index.write("".join(self.lines).encode())
-        self.lines.clear()
+        self.write_lines()
         self.packed.close()
         self.stored.close()
         self.index.close()
+        if self.checkpoints is not None:
+            self.checkpoints.finish()
 
     def abort(self) -> None:
         self.packed.abort()
@@ -868,4 +956,4 @@ def _parse_ns(text: str) -> int:
 @hookimpl
 def register_source_types(register: Callable[[SourceType], None]) -> None:
     register(SourceType("directory", DirectorySource, "a directory tree: files, empty directories, symlinks, modes, mtimes",
-                        target_keys=("path",)))
+                        target_keys=("path",), resumes=True))

@@ -77,6 +77,7 @@ class SourceSink:
     """
 
     chunked = False  # see ArtifactSink.chunked
+    resumable = False  # see ArtifactSink.resumable
 
     def __init__(self, record: SourceRecord, progress: Progress | None) -> None:
         self.record = record
@@ -278,6 +279,9 @@ class RepositoryEngine(ABC):
     #: stored, so that ``--resume`` reads such a source again but stores only the rest; False: an
     #: unfinished source starts over (what ``status`` tells people whose sources outgrow a window)
     keeps_partial_sources: ClassVar[bool] = False
+    #: whether ``--resume`` offers an unfinished source what the stopped run committed for it
+    #: (``ArtifactSink.resumable``), so that a source that resumes (``SourceType.resumes``) continues from there
+    resumes_sources: ClassVar[bool] = False
 
     def __init__(self, storage: Storage, settings: Settings | None = None) -> None:
         self.storage = storage

@@ -238,6 +238,8 @@ class ArtifactStream(ArtifactStreamBase):
 class WormSourceSink(SourceSink):
     """One source's artifacts as objects under ``DATA_ID/TIMESTAMP/SOURCE/``."""
 
+    resumable = True  # resume_source() offers what a stopped run committed
+
     def __init__(self, backup: WormBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)
         self._backup = backup
@@ -468,6 +470,7 @@ class WormEngine(RepositoryEngine):
     """Backups of all datasets in one storage, each a directory of plain (zstd) objects."""
 
     kind = "worm"
+    resumes_sources = True  # WormBackupWriter.resume_source
 
     def __init__(self, storage: Storage, settings: Any = None) -> None:
         super().__init__(storage, settings)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .. import engines
 from ..errors import DataManagerError
 from ..jobs import Availability, Job
 from ..timestamps import now_utc
@@ -114,8 +113,7 @@ def _window(dm: DataManager, data_id: str, now: datetime) -> dict[str, Any] | No
         return None
     schedule = schedule_from_table(table, str(dm.config.path or "<config>"), data_id)
     assert schedule.window is not None
-    engine = engines.engine_class(dm.config.storages[ds.storage].engine)
-    return window_report(schedule.window, [s.name for s in ds.sources], engine.keeps_partial_sources, now)
+    return window_report(schedule.window, dm.sources_restarting(data_id), now)
 
 
 def age_text(seconds: int | None) -> str:

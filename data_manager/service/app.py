@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, engines
+from .. import __version__
 from ..errors import DataManagerError, ExitCode, UsageError, error_code
 from ..scrub import scrub
 from ..timestamps import now_utc
@@ -194,11 +194,9 @@ def create_app(service: Service) -> FastAPI:
         return (now_utc() - parse_iso(ended)).total_seconds() if ended else None
 
     def window_view(data_id: str) -> models.BackupWindow:
-        ds, s = service.dm.dataset(data_id), service.schedules[data_id]
+        s = service.schedules[data_id]
         assert s.window is not None
-        engine = engines.engine_class(service.dm.config.storages[ds.storage].engine)
-        return models.BackupWindow(**window_report(s.window, [x.name for x in ds.sources], engine.keeps_partial_sources,
-                                                   now_utc()))
+        return models.BackupWindow(**window_report(s.window, service.dm.sources_restarting(data_id), now_utc()))
 
     def dataset_view(data_id: str, latest: dict[str, Any], marks: dict[str, Any], detail: bool = False) -> models.Dataset:
         ds = service.dm.dataset(data_id)

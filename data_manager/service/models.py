@@ -103,7 +103,7 @@ class BackupWindow(BaseModel):
     closes_at: str | None = None
     opens_at: str | None = None
     sources_restarting: list[str] = Field(default_factory=list, description="Sources that start over when a "
-                                          "window closes on them (the storage's engine keeps no partial source).")
+                                          "window closes on them (neither the storage's engine nor the source keeps what a stopped run stored).")
 
 
 class ScheduleInfo(BaseModel):

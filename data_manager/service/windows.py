@@ -222,8 +222,8 @@ def parse_window(value: Any, tz: str) -> tuple[Window | None, str | None]:
     return None, f"must be {HINT}, not {value!r}"
 
 
-def window_report(windows: Windows, sources: list[str], keeps_partial_sources: bool, now: datetime) -> dict[str, Any]:
+def window_report(windows: Windows, restarting: list[str], now: datetime) -> dict[str, Any]:
     """What ``status`` and the service say of a dataset's window: open or not, until or from when, and which
-    sources start over when a window closes on them (all of them, on an engine that keeps no partial source:
-    such a source must fit in one window)."""
-    return {**windows.state(now), "sources_restarting": [] if keeps_partial_sources else list(sources)}
+    sources start over when a window closes on them (``DataManager.sources_restarting``: each of those
+    must fit in one window)."""
+    return {**windows.state(now), "sources_restarting": list(restarting)}

@@ -27,4 +27,5 @@ def register_source_types(register: Callable[[SourceType], None]) -> None:
         HttpSource,
         "what a service exports over HTTP: ranged, resumed, checked GETs; restored by POST/PUT or to a file",
         secret_keys=SECRET_KEYS,
+        resumes=True,  # keeps the parts an interrupted run committed (download.py)
     ))

@@ -16,7 +16,7 @@ def register_source_types(register: Callable[[SourceType], None]) -> None:
     from .source import MinioSource
 
     register(SourceType("minio", MinioSource, "objects of a MinIO / S3 bucket (or a prefix in it), with metadata",
-                        secret_keys=("secret_key",)))
+                        secret_keys=("secret_key",), resumes=True))
 
 
 @hookimpl

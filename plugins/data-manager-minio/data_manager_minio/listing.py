@@ -117,16 +117,19 @@ class Lister:
         self._region = region
         self.complete = False
 
-    def _query(self, prefix: str, token: str | None) -> str:
+    def _query(self, prefix: str, token: str | None, start_after: str | None = None) -> str:
         # Empty delimiter and prefix are sent, as the SDK sends them: bucket policies may test them.
         params = {"delimiter": "", "encoding-type": "url", "list-type": "2", "max-keys": str(PAGE), "prefix": prefix}
         if token is not None:
             params["continuation-token"] = token
+        elif start_after is not None:
+            params["start-after"] = start_after
         # Sorted and strictly encoded: the form SigV4 signs, so no libcurl version re-encodes it differently.
         return "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
 
-    def objects(self, prefix: str) -> Iterator[Listed]:
-        """Every object below ``prefix``, in key order, until the end or the first page that is not whole."""
+    def objects(self, prefix: str, start_after: str | None = None) -> Iterator[Listed]:
+        """Every object below ``prefix`` (after the key ``start_after``), in key order, until the end or the
+        first page that is not whole."""
         self.complete = False
         try:
             h = easy_handle(self._cs, self._region)
@@ -137,7 +140,7 @@ class Lister:
         try:
             while True:
                 body = bytearray()
-                h.setopt(pycurl.URL, f"{self._url}?{self._query(prefix, token)}")
+                h.setopt(pycurl.URL, f"{self._url}?{self._query(prefix, token, start_after)}")
                 h.setopt(pycurl.WRITEFUNCTION, body.extend)
                 try:
                     h.perform()

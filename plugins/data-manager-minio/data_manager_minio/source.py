@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
+from data_manager.checkpoints import Checkpoints
 from data_manager.errors import CorruptBackupError, DataManagerError, SourceError
 from data_manager.threads import put_unless_stopped
 from data_manager.types import ArtifactSet, ArtifactSink, Settings, Source
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 INDEX = "objects.jsonl"
 CHUNK = 1 << 20
+BATCH_OBJECTS = 20_000  # a checkpoint after this many objects at most (see backup())
+_VOLUME = re.compile(r"vol-(\d{6})")
 # Content headers kept with an object, besides Content-Type and user metadata.
 _CONTENT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 _META = "x-amz-meta-"
@@ -168,13 +171,20 @@ class MinioSource(Source):
         self.conn.call("listing the bucket", lambda: next(iter(
             self.conn.client.list_objects(self.bucket, prefix=self.prefix or None)), None))
 
-    def _objects(self, prefix: str) -> Iterator[Any]:
-        """Every object below ``prefix`` (current versions), paginated: over libcurl where it loads (:mod:`.listing`),
-        then through the SDK from the last key that got, which also resumes a broken listing after its last key."""
-        start_after: str | None = None
+    def _resumable(self, state: dict[str, Any]) -> bool:
+        """Whether a checkpoint's state is one backup() saves for this bucket and prefix (the storage's word)."""
+        return (isinstance(state.get("after"), str) and state["after"].startswith(self.prefix)
+                and all(type(state.get(k)) is int and state[k] >= 0 for k in ("number", "objects", "bytes"))
+                and all(isinstance(state.get(k), list) and all(isinstance(x, str) for x in state[k])
+                        for k in ("changed", "vanished", "unreadable")))
+
+    def _objects(self, prefix: str, start_after: str | None = None) -> Iterator[Any]:
+        """Every object below ``prefix`` (current versions; after the key ``start_after``), paginated: over
+        libcurl where it loads (:mod:`.listing`), then through the SDK from the last key that got, which also
+        resumes a broken listing after its last key."""
         lister = self._lister()
         if lister is not None:
-            for obj in lister.objects(prefix):
+            for obj in lister.objects(prefix, start_after):
                 start_after = obj.object_name
                 yield obj
             if lister.complete:
@@ -231,14 +241,26 @@ class MinioSource(Source):
 
     def backup(self, sink: ArtifactSink) -> None:
         self.check()
-        lock = threading.Lock()
-        names = numbering("vol-{:06d}")
+        # On an engine that offers a stopped run's artifacts (worm), a checkpoint after every batch of objects
+        # (data_manager.checkpoints): --resume lists the bucket after the batch's last key.
+        checkpoints = Checkpoints.start(sink, _VOLUME)
+        resumed = checkpoints.resume(self._resumable) if checkpoints is not None else None
+        lock = threading.Condition()
+        names = numbering("vol-{:06d}", resumed.next_volume if resumed else 1)
         todo: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         small: queue.Queue[tuple[int, Any] | None] = queue.Queue(self.parallel * 16)
         stop = threading.Event()
         errors: list[BaseException] = []
         stats: dict[str, Any] = {"objects": 0, "bytes": 0, "changed": [], "vanished": [], "unreadable": []}
+        done = [0]  # objects written (or found deleted), of those handed to the fetching threads
+        since: list[bytes] = []  # index lines since the last checkpoint
+        after, number = None, 0
+        if resumed is not None:
+            stats.update({k: resumed.state[k] for k in stats})
+            after, number = resumed.state["after"], resumed.state["number"]
         index = sink.open(INDEX, compression="auto")
+        if resumed is not None:
+            index.write(resumed.index)
         fetcher = self._small_objects()
         # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
         volumes = [
@@ -250,11 +272,15 @@ class MinioSource(Source):
             line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
             with lock:
                 index.write(line)
+                if checkpoints is not None:
+                    since.append(line)
                 if entry.get("changed"):
                     stats["changed"].append(entry["key"])
                 else:
                     stats["objects"] += 1
                     stats["bytes"] += entry["size"]
+                done[0] += 1
+                lock.notify_all()
 
         def put(q: queue.Queue[tuple[int, Any] | None], item: tuple[int, Any] | None) -> bool:
             return put_unless_stopped(q, item, stop)
@@ -271,6 +297,8 @@ class MinioSource(Source):
                 if entry is None:
                     with lock:
                         stats["vanished"].append(item[1].object_name[len(self.prefix):])
+                        done[0] += 1
+                        lock.notify_all()
                 else:
                     write_entry(entry)
 
@@ -298,11 +326,34 @@ class MinioSource(Source):
                    for i, v in enumerate(volumes[:-1])]
         fetching = [threading.Thread(target=thread, args=(fetch, *volumes[-1]), name="dm-minio-small", daemon=True)
                     ] if fetcher else []
+        def checkpoint(last: str, handed: int) -> bool:
+            """Once every object handed over is written, close every volume and save a checkpoint after the
+            key ``last``; False if the backup stopped meanwhile."""
+            assert checkpoints is not None
+            with lock:
+                while done[0] < handed and not stop.is_set():
+                    lock.wait(0.2)
+            if stop.is_set():
+                return False
+            for packed, stored in volumes:  # every fetching thread waits for work: nothing writes to them
+                packed.close()
+                stored.close()
+            known = set(checkpoints.volumes)
+            new = [n for p, s in volumes for n in p.names + s.names if n not in known]
+            with lock:
+                text = b"".join(since)
+                since.clear()
+                state = {**stats, "after": last, "number": number}
+            checkpoints.save(state, new, text)
+            return True
+
+        # a batch: what all fetching threads fill their volumes with about once, or many small objects
+        batch, batched, listed = self.volume_size * (self.parallel + 1), 0, 0
         for t in workers + fetching:
             t.start()
         try:
-            number = 0
-            for obj in self._objects(self.prefix):
+            handed = done[0] = 0
+            for obj in self._objects(self.prefix, after):
                 rel = obj.object_name[len(self.prefix):]
                 if not rel or not self.selected(rel):
                     continue
@@ -312,6 +363,13 @@ class MinioSource(Source):
                 number += 1
                 if not put(small if fetcher and (obj.size or 0) <= self.small_size else todo, (number, obj)):
                     break
+                handed += 1
+                batched += obj.size or 0
+                listed += 1
+                if checkpoints is not None and (batched >= batch or listed >= BATCH_OBJECTS):
+                    if not checkpoint(obj.object_name, handed):
+                        break
+                    batched = listed = 0
             if fetching:
                 put(small, None)
                 fetching[0].join()  # its hand-backs go to the workers' queue, so it ends first
@@ -322,6 +380,8 @@ class MinioSource(Source):
             if errors:
                 raise errors[0]
             index.close()
+            if checkpoints is not None:
+                checkpoints.finish()
         except BaseException:
             stop.set()
             for t in workers + fetching:
@@ -348,7 +408,7 @@ class MinioSource(Source):
             prefix=self.prefix,
             objects=stats["objects"],
             bytes=stats["bytes"],
-            volumes=sorted(n for p, s in volumes for n in p.names + s.names),
+            volumes=sorted([*(resumed.volumes if resumed else []), *(n for p, s in volumes for n in p.names + s.names)]),
             changed_during_backup=stats["changed"][:100],
             deleted_during_backup=stats["vanished"][:100],
             not_backed_up_dot_segments=stats["unreadable"][:100],

@@ -591,3 +591,52 @@ def test_object_replaced_while_read_is_not_backed_up(bucket: Bucket, tmp_path: P
     other = bucket.other()
     dm.restore("d", "latest", overrides={"b": {"bucket": other}})
     assert bucket.keys(other) == {"stable"}
+
+
+def test_a_stopped_backup_resumes_after_its_last_checkpoint(bucket: Bucket, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """On worm the source saves a checkpoint after every batch of objects: a backup stopped after its third
+    is continued by --resume from there (the volumes before it kept as stored, the listing resumed after
+    the batch's last key) and restores exactly what the bucket holds."""
+    import data_manager_minio.source as source_module
+    from data_manager.checkpoints import Checkpoints
+
+    objects = fill(bucket)
+    monkeypatch.setattr(source_module, "BATCH_OBJECTS", 25)
+    real_save, saved = Checkpoints.save, []
+
+    def save_then_stop(self: Checkpoints, *args: Any) -> None:
+        real_save(self, *args)
+        saved.append(list(self.volumes))
+        if len(saved) == 3:
+            raise SourceError("stopped after the third checkpoint")
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_stop)
+    dm = dm_for(bucket, tmp_path, volume_size="64KiB", parallel=2)
+    with pytest.raises(SourceError, match="third checkpoint"):
+        dm.backup("d")
+    [stopped] = dm.list_backups("d")
+    where = tmp_path / "backups" / "d" / stopped.timestamp / "b"
+    before = {p.name.split(".")[0]: p.stat().st_ino for p in where.glob("vol-*")}  # vol-000001.zst
+    assert set(saved[2]) <= set(before)
+    monkeypatch.setattr(Checkpoints, "save", real_save)
+    caplog.set_level("INFO")
+    dm.backup("d", resume=True)
+    assert "resuming after checkpoint 3" in caplog.text
+    after = {p.name.split(".")[0]: p.stat().st_ino for p in where.glob("vol-*")}
+    assert all(after[v] == before[v] for v in saved[2])  # kept, not written again
+    assert not list(where.glob("checkpoint-*"))
+    entries = _index(dm)
+    assert set(entries) == set(objects)  # each object once: none skipped, none twice
+    info = dm.list_backups("d")[-1]
+    assert info.timestamp == stopped.timestamp and info.complete
+    with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
+        numbers = [json.loads(line)["n"] for line in f.read().splitlines()]
+    assert sorted(numbers) == list(range(1, len(objects) + 1))
+    other = bucket.other()
+    dm.restore("d", "latest", overrides={"b": {"bucket": other}})
+    assert bucket.keys(other) == set(objects)
+    for key, data in objects.items():
+        assert bucket.get(key, other) == data, key
+    dm.verify("d")

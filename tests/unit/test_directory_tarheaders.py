@@ -421,3 +421,14 @@ def test_a_source_path_that_is_a_symlink_is_followed(tmp_path: Path) -> None:
     (real / "a.txt").unlink()
     dm.restore("d")
     assert link.is_symlink() and snapshot(real) == before
+
+
+def test_pax_records_stop_at_the_padding_and_refuse_a_record_past_the_end() -> None:
+    """The records of a pax header block end at its NUL padding; a record whose length runs past the block
+    is a format error, never an IndexError."""
+    from data_manager.builtin.tarheaders import TarFormatError, _pax_records
+
+    assert _pax_records(b"11 path=ab\n" + bytes(501)) == {b"path": b"ab"}
+    for bad in (b"99 path=ab\n", b"12 path=ab\n", b"11 path=ab\n7 x=y\n"):
+        with pytest.raises(TarFormatError, match="bad pax extended header record"):
+            _pax_records(bad)

@@ -195,3 +195,24 @@ def test_an_unfinished_write_that_cannot_be_removed_names_it_and_the_reason(tmp_
     with pytest.raises(StorageError) as e:
         s.sweep_unfinished("d", 60, remove=True)
     assert str(e.value) == f"cannot delete {part}: Read-only file system"
+
+
+def test_sweep_goes_on_past_a_part_file_that_vanished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``.part`` file committed or aborted between the walk and its stat is skipped, not the rest of its
+    directory."""
+    storage = FilesystemStorage("t", Settings({"root": str(tmp_path)}))
+    (tmp_path / "d").mkdir()
+    for i in range(5):
+        (tmp_path / "d" / f".obj{i}.x.part").write_bytes(b"half")
+        os.utime(tmp_path / "d" / f".obj{i}.x.part", (1, 1))
+    real, first = Path.lstat, []
+
+    def lstat(self: Path) -> os.stat_result:
+        if self.name.endswith(".part") and not first:
+            first.append(self.name)
+            raise FileNotFoundError(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "lstat", lstat)
+    found = storage.sweep_unfinished("", 60, remove=False)
+    assert len(found) == 4 and f"d/{first[0]}" not in found

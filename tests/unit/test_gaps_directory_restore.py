@@ -1,0 +1,128 @@
+"""Directory restore: what the mutation sample of 2026-12-03 (the thirteenth session) found no test for. A
+member's mode is exact whatever the umask; ownership is only given away as root; setuid bits survive a
+chown; crafted volumes (a NUL in a pax path, a member cut short) and indexes (a bad line) are refused with
+a message that says where."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from data_manager.api import DataManager
+from data_manager.errors import CorruptBackupError
+from tests.helpers import replace_artifact
+
+
+def manager(tmp_path: Path, src: Path) -> DataManager:
+    return DataManager.from_dict({
+        "storages": {"local": {"type": "filesystem", "root": str(tmp_path / "backups")}},
+        "datasets": {"d": {"sources": [{"name": "raw", "type": "directory", "path": str(src)}]}},
+    })
+
+
+def backed_up(tmp_path: Path) -> tuple[DataManager, str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "seed").write_bytes(b"x")
+    dm = manager(tmp_path, src)
+    return dm, dm.backup("d").timestamp
+
+
+def put_volume(tmp_path: Path, ts: str, volume: bytes, index: list[dict]) -> None:
+    backup = tmp_path / "backups" / "d" / ts
+    replace_artifact(backup, "raw", "vol-000001.tar", volume)
+    replace_artifact(backup, "raw", "files.jsonl", "".join(json.dumps(e) + "\n" for e in index).encode())
+
+
+def test_modes_the_umask_would_clear_are_restored_exactly(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for mode in (0o666, 0o777, 0o640, 0o600):
+        (src / f"m{mode:o}").write_bytes(b"data")
+        os.chmod(src / f"m{mode:o}", mode)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    old = os.umask(0o027)
+    try:
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    finally:
+        os.umask(old)
+    for mode in (0o666, 0o777, 0o640, 0o600):
+        assert os.stat(tmp_path / "out" / f"m{mode:o}").st_mode & 0o7777 == mode
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_a_setuid_file_of_another_owner_keeps_its_bits_when_asked(tmp_path: Path) -> None:
+    """chown clears setuid bits: the mode is set after it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chown(src / "tool", 1234, 4321)
+    os.chmod(src / "tool", 0o4755)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out"), "keep_setuid": True}})
+    st = os.stat(tmp_path / "out" / "tool")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 4321, 0o4755)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to see that no chown happens")
+def test_not_root_means_no_file_is_given_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore that is not root's keeps its own ownership (an fchown would fail with EPERM there)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "theirs").write_bytes(b"data")
+    os.chown(src / "theirs", 1234, 4321)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    chowned: list[tuple] = []
+    monkeypatch.setattr(os, "fchown", lambda *a: chowned.append(a))
+    dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert chowned == [] and (tmp_path / "out" / "theirs").read_bytes() == b"data"
+
+
+def test_a_nul_in_a_pax_path_is_a_corrupt_backup(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x")
+        info.size = 1
+        info.pax_headers = {"path": "ok\0evil"}
+        tar.addfile(info, io.BytesIO(b"e"))
+    put_volume(tmp_path, ts, buf.getvalue(), [{"path": "ok\0evil", "type": "file", "mode": 0o644,
+                                               "mtime_ns": 0, "size": 1, "volume": "vol-000001.tar"}])
+    with pytest.raises(CorruptBackupError, match=r"unsafe path .ok\\x00evil"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_member_cut_short_says_how_much_is_missing(tmp_path: Path) -> None:
+    """The volume ends inside the member's data: its header said 4 bytes, 2 are there."""
+    dm, ts = backed_up(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("short")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"abcd"))
+    volume = buf.getvalue()[:512 + 2]
+    put_volume(tmp_path, ts, volume, [{"path": "short", "type": "file", "mode": 0o644, "mtime_ns": 0, "size": 4,
+                                       "volume": "vol-000001.tar"}])
+    with pytest.raises(CorruptBackupError, match="short"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_a_bad_index_line_is_named_by_its_number(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    backup = tmp_path / "backups" / "d" / ts
+    with dm.repository("local").artifacts(dm.list_backups("d")[0], "raw").open("files.jsonl") as f:
+        good = f.read()
+    bad = good.count(b"\n") + 2  # after one more good line
+    replace_artifact(backup, "raw", "files.jsonl", good + b'{"path": "a", "type": "file"}\n{"type": 1}\n')
+    with pytest.raises(CorruptBackupError, match=rf"files.jsonl: line {bad} is not an index entry"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})

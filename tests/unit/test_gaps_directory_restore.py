@@ -126,3 +126,115 @@ def test_a_bad_index_line_is_named_by_its_number(tmp_path: Path) -> None:
     replace_artifact(backup, "raw", "files.jsonl", good + b'{"path": "a", "type": "file"}\n{"type": 1}\n')
     with pytest.raises(CorruptBackupError, match=rf"files.jsonl: line {bad} is not an index entry"):
         dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def _edit_info(tmp_path: Path, ts: str, change: dict) -> None:
+    meta = tmp_path / "backups" / "d" / ts / "backup.json"
+    doc = json.loads(meta.read_text())
+    info = doc["sources"][0]["info"]
+    for key, value in change.items():
+        if value is None:
+            info.pop(key)
+        else:
+            info[key] = value
+    meta.write_text(json.dumps(doc))
+    source = tmp_path / "backups" / "d" / ts / "raw" / "source.json"
+    if source.exists():
+        src_doc = json.loads(source.read_text())
+        src_doc["info"] = info
+        source.write_text(json.dumps(src_doc))
+
+
+def test_a_backup_that_recorded_no_root_mode_restores_the_root_0755(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    _edit_info(tmp_path, ts, {"root_mode": None})
+    dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert os.stat(tmp_path / "out").st_mode & 0o7777 == 0o755
+
+
+def test_a_bad_recorded_root_mode_is_named(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    _edit_info(tmp_path, ts, {"root_mode": "rwx"})
+    with pytest.raises(CorruptBackupError, match=r"^raw: bad recorded root mode 'rwx'$"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_a_volume_that_is_not_tar_is_named(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    put_volume(tmp_path, ts, b"\x01" * 1024, [])
+    with pytest.raises(CorruptBackupError, match=r"^raw/vol-000001.tar: not a valid tar volume \("):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+@pytest.mark.parametrize("volume, why", [
+    (b"", "empty archive"),
+    (bytes(100), "the archive ends inside a header"),
+])
+def test_a_volume_cut_short_says_where(tmp_path: Path, volume: bytes, why: str) -> None:
+    dm, ts = backed_up(tmp_path)
+    put_volume(tmp_path, ts, volume, [])
+    with pytest.raises(CorruptBackupError, match=rf"^raw/vol-000001.tar: not a valid tar volume \({why}\)$"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_a_volume_that_ends_inside_a_pax_header_says_so(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x")
+        info.pax_headers = {"comment": "c" * 2000}  # a pax block of several 512-byte blocks
+        tar.addfile(info)
+    put_volume(tmp_path, ts, buf.getvalue()[:512 + 600], [])
+    with pytest.raises(CorruptBackupError, match=r"the archive ends inside a pax extended header"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_the_staging_tree_is_synced_not_another_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import data_manager.builtin.directory as directory
+
+    dm, ts = backed_up(tmp_path)
+    synced: list[str] = []
+    monkeypatch.setattr(directory, "sync_filesystem", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert len(synced) == 1 and os.path.basename(synced[0]).startswith(".out.dm-restore-")
+
+
+def test_the_umask_is_read_as_octal_without_changing_it() -> None:
+    from data_manager.builtin.directory import _umask
+
+    old = os.umask(0o027)
+    try:
+        assert _umask() == 0o027
+        assert os.umask(0o027) == 0o027  # not changed by reading it
+    finally:
+        os.umask(old)
+
+
+def test_the_reader_hands_out_exactly_what_is_asked_when_a_read_brings_more() -> None:
+    from data_manager.builtin.tarheaders import TarReader
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, size in enumerate((10, 700, 3000)):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes([65 + i]) * size))
+    got = []
+    reader = TarReader(io.BytesIO(buf.getvalue()), read_size=1 << 20)  # one read brings the whole archive
+    for member in reader:
+        got.append((member.name, reader.data(member.size)))
+    assert got == [(b"f0", b"A" * 10), (b"f1", b"B" * 700), (b"f2", b"C" * 3000)]
+
+
+def test_our_own_volume_cut_inside_its_first_pax_header_says_so(tmp_path: Path) -> None:
+    """The directory source's own pax header block (read by a fast path) followed by too few bytes."""
+    import zstandard
+
+    dm, ts = backed_up(tmp_path)
+    [vol] = (tmp_path / "backups" / "d" / ts / "raw").glob("vol-*")
+    data = vol.read_bytes()
+    if vol.suffix == ".zst":
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    put_volume(tmp_path, ts, data[:512 + 100], [])
+    with pytest.raises(CorruptBackupError, match=r"\(the archive ends inside a pax extended header\)$"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})

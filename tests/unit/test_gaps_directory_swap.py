@@ -146,3 +146,14 @@ def test_an_old_tree_that_cannot_be_removed_leaves_the_restore_done(tmp_path: Pa
     finally:
         for p in tmp_path.rglob("stuck"):
             subprocess.run(["chattr", "-i", str(p)], capture_output=True)
+
+
+def test_what_an_interrupted_restore_left_is_removed_and_logged(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    dm, src = backed_up_then_changed(tmp_path)
+    left = src.parent / f".{src.name}.dm-restore-abc123"
+    (left / "half").mkdir(parents=True)
+    caplog.set_level("INFO")
+    dm.restore("d")
+    assert not left.exists() and beside(src) == []
+    assert f"removing {left}, left by an interrupted restore" in caplog.messages

@@ -87,7 +87,7 @@ class Checkpoints:
         numbers = [int(m.group(1)) for v in self.volumes if (m := self.volume.fullmatch(v))]
         log.info("source %s: resuming after checkpoint %d (%d volumes kept)", self.sink.source_name, self.count,
                  len(self.volumes))
-        return Resumed(last["state"], self.volumes, b"".join(c[2] for c in chain), max(numbers, default=0) + 1)
+        return Resumed(last["state"], list(self.volumes), b"".join(c[2] for c in chain), max(numbers, default=0) + 1)
 
     def _read(self, name: str, number: int, before: list[str],
               offered: Mapping[str, int]) -> tuple[dict[str, Any] | None, bytes]:

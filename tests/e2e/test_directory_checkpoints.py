@@ -73,6 +73,9 @@ def test_a_backup_killed_at_any_step_resumes_from_its_last_checkpoint(tmp_path: 
         assert r.returncode == 0, (at, r.stderr)
         done = store / stopped[0]["timestamp"] / "raw"
         assert not list(done.glob("checkpoint-*")), at  # discarded once the index is committed
+        record = json.loads((done / "source.json").read_text())
+        volumes = [a["name"] for a in record["artifacts"] if a["name"].startswith("vol-")]
+        assert sorted(record["info"]["volumes"]) == sorted(volumes) == sorted(set(volumes)), at
         if "resuming after checkpoint" in r.stderr:
             kept_some += 1
             after = {p.name: p.stat().st_ino for p in done.glob("vol-*")}

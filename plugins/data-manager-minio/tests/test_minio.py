@@ -634,6 +634,9 @@ def test_a_stopped_backup_resumes_after_its_last_checkpoint(bucket: Bucket, tmp_
     with dm.repository("local").artifacts(info, "b").open("objects.jsonl") as f:
         numbers = [json.loads(line)["n"] for line in f.read().splitlines()]
     assert sorted(numbers) == list(range(1, len(objects) + 1))
+    arts = dm.repository("local").artifacts(info, "b")
+    volumes = [a.name for a in arts.record.artifacts if a.name.startswith("vol-")]
+    assert sorted(arts.info["volumes"]) == sorted(volumes) and len(set(volumes)) == len(volumes)
     other = bucket.other()
     dm.restore("d", "latest", overrides={"b": {"bucket": other}})
     assert bucket.keys(other) == set(objects)

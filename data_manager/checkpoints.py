@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DataManagerError
+from .errors import DataManagerError, first_line
 from .types import ArtifactSink
 
 log = logging.getLogger(__name__)
@@ -127,5 +127,5 @@ class Checkpoints:
                 self.sink.discard(name)
             except DataManagerError as exc:  # e.g. credentials that may not delete: out of the record anyway
                 log.info("source %s: %s not deleted (%s); no backup refers to it", self.sink.source_name, name,
-                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                         first_line(exc))
         self.names = []

@@ -19,6 +19,12 @@ class ExitCode:
     INTERRUPTED = 130  # Ctrl-C
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: what a log line quotes."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class DataManagerError(Exception):
     """Base class: a failure to report in one line, with an exit code."""
 

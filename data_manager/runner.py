@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from .errors import DataManagerError, RefusedError
+from .errors import DataManagerError, RefusedError, first_line
 from .jobs import JobTimeoutError, Recorder, StateDB, Watchdog
 from .locks import DatasetLock, LockSettings
 from .plugins import Registry
@@ -31,7 +31,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, DataManagerError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return first_line(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, ClassVar
 
 from .. import __version__
-from ..errors import CorruptBackupError, DataManagerError, UsageError
+from ..errors import CorruptBackupError, DataManagerError, UsageError, first_line
 from ..timestamps import format_timestamp, iso, now_utc, parse_timestamp
 from ..types import ArtifactSet, Compression, ArtifactWriter, Settings, Storage
 from .records import BackupInfo, CheckReport, CopiedBackup, SourceRecord, check_artifact_name
@@ -493,7 +493,7 @@ class RepositoryEngine(ABC):
                     self.artifacts(info, source, progress).verify([art.name])
                     report.read_bytes += art.size
                 except DataManagerError as exc:
-                    report.errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    report.errors.append(first_line(exc))
         report.seconds = round(time.monotonic() - t0, 3)
         return report
 

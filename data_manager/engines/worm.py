@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from blake3 import blake3
 
 from ..config import NAME_RE
-from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
+from ..errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError, first_line
 from ..timestamps import is_timestamp, now_utc
 from ..types import Compression, ObjectWriter, Storage
 from .base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink, read_json_object
@@ -285,7 +285,7 @@ class WormSourceSink(SourceSink):
             self._backup.storage.delete_tree(f"{self._prefix}/{COMMITTED}")  # source.json says it all now
         except DataManagerError as exc:  # credentials that may not delete (append-only): they stay, ignored
             log.info("%s/%s: not deleted (%s); nothing reads it once source.json is written",
-                     self._prefix, COMMITTED, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                     self._prefix, COMMITTED, first_line(exc))
 
 
 def write_json(storage: Storage, key: str, doc: Mapping[str, Any]) -> None:
@@ -358,8 +358,7 @@ class WormBackupWriter(BackupWriter):
         except NotFoundError:
             return None, 0
         except (CorruptBackupError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("%s: unreadable (%s): not kept", key, why)
+            log.warning("%s: unreadable (%s): not kept", key, first_line(exc))
             return None, 0
         return rec, when
 

@@ -201,3 +201,39 @@ def test_volumes_recall_asks_the_probe_while_no_volume_is_open() -> None:
     vols.probe = Writer()  # type: ignore[assignment]
     assert vols.recall("fp", 512, {"path": "a"}) == {"blake3": "x", "item": "fp", "size": 512, "path": "a"}
     assert vols.names == []  # asking opened nothing
+
+
+def _index(dm: DataManager) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The latest backup's files.jsonl lines by path, and its artifacts' names."""
+    import json
+
+    info = dm.repository("vault").resolve("exp", "latest")
+    arts = dm.repository("vault").artifacts(info, "raw")
+    with arts.open("files.jsonl") as f:
+        lines = {e["path"]: e for e in map(json.loads, f.read().splitlines())}
+    return lines, {a.name for a in arts.record.artifacts}
+
+
+@pytest.mark.parametrize("engine", ["worm", "sync", "dedup"])
+def test_every_index_line_names_the_files_digest_and_its_volume_also_when_recalled(tmp_path: Path,
+                                                                                  engine: str) -> None:
+    """files.jsonl is what find, diff and one-file restores read (a restore checks only names and sizes): its
+    digests and volumes must be right for files read and for files an engine recalls unread, and a recalled
+    file goes to the stream (compressed or stored) its name chose the first time."""
+    from blake3 import blake3
+
+    src = tree(tmp_path / "src")
+    dm = DataManager.from_dict(config(tmp_path, src, engine))
+    if engine == "dedup":
+        dm.repository("vault").init_repository()
+    dm.backup("exp")
+    first, _ = _index(dm)
+    dm.backup("exp")  # unchanged: recalled where the engine can
+    lines, names = _index(dm)
+    files = {p: e for p, e in lines.items() if e["type"] == "file"}
+    assert files.keys() == {p for p, e in first.items() if e["type"] == "file"}
+    for path, e in files.items():
+        assert e["blake3"] == blake3((src / path).read_bytes()).hexdigest(), path
+        assert e["volume"] in names, (path, e["volume"])
+    for index in (first, lines):  # stored as-is by its suffix, recalled or not: not with the text
+        assert index["photo.jpg"]["volume"] != index["big.txt"]["volume"]

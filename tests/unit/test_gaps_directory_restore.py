@@ -238,3 +238,28 @@ def test_our_own_volume_cut_inside_its_first_pax_header_says_so(tmp_path: Path) 
     put_volume(tmp_path, ts, data[:512 + 100], [])
     with pytest.raises(CorruptBackupError, match=r"\(the archive ends inside a pax extended header\)$"):
         dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_names_that_end_in_the_letters_of_a_slash_strip_keep_them(tmp_path: Path) -> None:
+    """A directory member's trailing '/' is removed, nothing else (``XX/``, ``a-X``)."""
+    src = tmp_path / "src"
+    (src / "boX" / "XX").mkdir(parents=True)
+    (src / "boX" / "XX" / "f").write_text("x")
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    assert (tmp_path / "out" / "boX" / "XX" / "f").read_text() == "x"
+
+
+def test_a_pax_header_with_no_member_after_it_is_named(tmp_path: Path) -> None:
+    dm, ts = backed_up(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x")
+        info.pax_headers = {"comment": "a member should follow"}
+        tar.addfile(info)
+    data = buf.getvalue()
+    volume = data[:1024] + bytes(1024)  # the pax header block and its body, then the end of the archive
+    put_volume(tmp_path, ts, volume, [])
+    with pytest.raises(CorruptBackupError, match=r"\(a pax extended header at the end of the archive\)$"):
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})

@@ -154,3 +154,32 @@ def test_a_hold_by_a_user_without_a_name(tmp_path: Path, monkeypatch: pytest.Mon
     dm.hold("d", ts, "keep it")
     hold = json.loads((tmp_path / "a" / "d" / ".holds" / f"{ts}.json").read_text())
     assert hold["user"] == "?" and hold["reason"] == "keep it"
+
+
+def test_a_crafted_manifest_is_named_by_its_key(tmp_path: Path) -> None:
+    dm = DataManager.from_dict(_copy_config(tmp_path))
+    ts = dm.backup("d").timestamp
+    meta = tmp_path / "a" / "d" / ts / "backup.json"
+    doc = json.loads(meta.read_text())
+    doc["sources"][0]["name"] = "../raw"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(CorruptBackupError, match=f"^d/{ts}/backup.json: "):
+        dm.repository("local").resolve("d", ts)
+
+
+def test_commit_records_that_cannot_be_deleted_leave_the_backup_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Append-only credentials: the ``.committed`` records stay (nothing reads them once source.json is
+    written) and the log says why."""
+    from data_manager.errors import StorageError
+
+    dm = DataManager.from_dict(_copy_config(tmp_path))
+
+    def refuse(self: FilesystemStorage, prefix: str) -> None:
+        raise StorageError("AccessDenied: this key may not delete\nrequest id 42")
+
+    monkeypatch.setattr(FilesystemStorage, "delete_tree", refuse)
+    caplog.set_level(logging.INFO)
+    ts = dm.backup("d").timestamp
+    assert dm.list_backups("d")[0].complete
+    assert f"d/{ts}/raw/.committed: not deleted (AccessDenied: this key may not delete); nothing reads it" in caplog.text

@@ -72,3 +72,41 @@ def test_an_unreadable_file_fails_the_backup_naming_it(tmp_path: Path, monkeypat
     monkeypatch.setattr(os, "open", deny)
     with pytest.raises(SourceError, match=f"^source 'raw': cannot read {src / 'secret'}: Permission denied$"):
         backup(tmp_path, src)
+
+
+def test_an_unreadable_root_fails_the_backup_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.errors import SourceError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    real_open = os.open
+
+    def deny(path: object, *args: object, **kw: object) -> object:
+        if str(path) == str(src):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(SourceError, match=f"^source 'raw': cannot read {src}: Permission denied$"):
+        backup(tmp_path, src)
+
+
+def test_files_that_grow_while_read_are_recorded_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A small file read whole that has one byte more than its stat said: recorded (as it was at the stat)
+    in ``changed_during_backup`` and named in one warning."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "grows.txt", "z.txt"):
+        (src / name).write_text("data\n")
+    real_read = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        return data + b"+" if os.readlink(f"/proc/self/fd/{fd}").endswith("grows.txt") else data
+
+    monkeypatch.setattr(os, "read", read)
+    with caplog.at_level(logging.WARNING, logger="data_manager.builtin.directory"):
+        base, record = backup(tmp_path, src)
+    assert record["info"]["changed_during_backup"] == ["grows.txt"]
+    assert caplog.messages == ["source raw: 1 files changed while being read: ['grows.txt']"]

@@ -183,3 +183,26 @@ def test_commit_records_that_cannot_be_deleted_leave_the_backup_done(tmp_path: P
     ts = dm.backup("d").timestamp
     assert dm.list_backups("d")[0].complete
     assert f"d/{ts}/raw/.committed: not deleted (AccessDenied: this key may not delete); nothing reads it" in caplog.text
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_write_of_a_buffer_the_caller_reuses_is_stored_as_it_was(tmp_path: Path, compression: str) -> None:
+    """Large writes of a bytearray or a memoryview (not bytes) are copied before write() returns: a source
+    that refills its buffer right after (the directory source's read buffer) must not change what is stored."""
+    from data_manager.engines.base import CHUNK
+
+    engine = WormEngine(FilesystemStorage("t", Settings({"root": str(tmp_path / "backups")})))
+    writer = engine.start_backup("ds")
+    sink = writer.source(record())
+    want = b""
+    with sink.open("big", compression=compression) as w:
+        for n in (2 * CHUNK + 1000, 3 * CHUNK, CHUNK + 7):  # whole CHUNKs sent on, tails staged
+            buf = bytearray(os.urandom(n))
+            w.write(buf if n % 2 else memoryview(buf))
+            want += bytes(buf)
+            buf[:] = bytes(n)  # the caller reuses its buffer
+    writer.add_done(sink.finish())
+    writer.commit()
+    info = engine.resolve("ds", writer.timestamp)
+    with engine.artifacts(info, "src").open("big") as f:
+        assert f.read() == want

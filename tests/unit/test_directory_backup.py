@@ -110,3 +110,18 @@ def test_files_that_grow_while_read_are_recorded_and_logged(tmp_path: Path, monk
         base, record = backup(tmp_path, src)
     assert record["info"]["changed_during_backup"] == ["grows.txt"]
     assert caplog.messages == ["source raw: 1 files changed while being read: ['grows.txt']"]
+
+
+def test_a_source_path_that_is_not_a_readable_directory_is_one_line(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.errors import SourceError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceError, match=f"^source 'raw': {tmp_path / 'file'} is not a directory$"):
+        backup(tmp_path, tmp_path / "file")
+    (tmp_path / "src").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: str(path) != str(tmp_path / "src")
+                        and real_access(path, mode, **kw))  # as a user who may not read it
+    with pytest.raises(SourceError, match=f"^source 'raw': {tmp_path / 'src'} is not readable$"):
+        backup(tmp_path, tmp_path / "src")

@@ -113,3 +113,40 @@ def test_the_heartbeat_rewrites_every_third_of_the_ttl(inner: FilesystemStorage)
     lock._stop = Stop()  # type: ignore[assignment]
     lock._beat()
     assert waited == [30.0]
+
+
+class _Beats:
+    """A stop event that lets the heartbeat run ``n`` times, then stops it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def wait(self, seconds: float) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_the_heartbeat_says_when_our_lock_was_broken_and_stops(inner: FilesystemStorage,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    lock = DatasetLock(inner, "d", "job1", "backup", LockSettings(ttl=90, settle=0.01))
+    lock.acquire()
+    inner.delete(lock.key)  # lock break --force by someone else
+    lock._stop = _Beats(3)  # type: ignore[assignment]
+    lock._beat()
+    assert lock.lost
+    assert caplog.messages == ["d: our lock (job job1) was broken by someone else"]  # once: the beat stopped
+
+
+def test_a_heartbeat_that_cannot_write_warns_and_tries_again(inner: FilesystemStorage, monkeypatch: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    lock = DatasetLock(inner, "d", "job1", "backup", LockSettings(ttl=90, settle=0.01))
+    lock.acquire()
+
+    def fail() -> None:
+        raise StorageError("d/.locks/job1.json: No space left on device")
+
+    monkeypatch.setattr(lock, "_write", fail)
+    lock._stop = _Beats(2)  # type: ignore[assignment]
+    lock._beat()
+    assert not lock.lost
+    assert caplog.messages == ["d: cannot refresh the lock: d/.locks/job1.json: No space left on device"] * 2

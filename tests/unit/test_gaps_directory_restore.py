@@ -263,3 +263,30 @@ def test_a_pax_header_with_no_member_after_it_is_named(tmp_path: Path) -> None:
     put_volume(tmp_path, ts, volume, [])
     with pytest.raises(CorruptBackupError, match=r"\(a pax extended header at the end of the archive\)$"):
         dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+
+
+def test_files_of_the_restoring_user_with_plain_modes_cost_no_chown_or_chmod(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path of a restore of many small files: created with their final mode, owned already."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for mode in (0o644, 0o755, 0o600, 0o700):
+        (src / f"m{mode:o}").write_bytes(b"data")
+        os.chmod(src / f"m{mode:o}", mode)
+    dm = manager(tmp_path, src)
+    dm.backup("d")
+    import stat
+
+    calls: list[str] = []  # on files (the root directory's mode is set apart, last)
+    real_fchown, real_fchmod = os.fchown, os.fchmod
+    on_file = lambda fd: stat.S_ISREG(os.fstat(fd).st_mode)  # noqa: E731
+    monkeypatch.setattr(os, "fchown", lambda fd, *a: (on_file(fd) and calls.append("fchown"), real_fchown(fd, *a)))
+    monkeypatch.setattr(os, "fchmod", lambda fd, *a: (on_file(fd) and calls.append("fchmod"), real_fchmod(fd, *a)))
+    old = os.umask(0o022)
+    try:
+        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
+    finally:
+        os.umask(old)
+    assert calls == []
+    for mode in (0o644, 0o755, 0o600, 0o700):
+        assert os.stat(tmp_path / "out" / f"m{mode:o}").st_mode & 0o7777 == mode

@@ -150,3 +150,32 @@ def test_a_heartbeat_that_cannot_write_warns_and_tries_again(inner: FilesystemSt
     lock._beat()
     assert not lock.lost
     assert caplog.messages == ["d: cannot refresh the lock: d/.locks/job1.json: No space left on device"] * 2
+
+
+def test_a_dead_process_lock_is_removed_with_one_warning_and_one_more_when_it_cannot_be(
+        inner: FilesystemStorage, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
+    dead = DatasetLock(inner, "d", "dead", "backup", FAST)
+    dead.acquire()
+    dead._stop.set()
+    path = Path(inner.root) / "d/.locks/dead.json"
+    path.write_text(path.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999'))
+    owner = next(lk for lk in list_locks(inner, "d") if lk.job_id == "dead").owner()
+
+    class Stuck(NoDelete):
+        """May neither delete nor overwrite the dead lock (it may write its own)."""
+
+        def open_write(self, key: str) -> Any:
+            if "dead" in key:
+                raise StorageError(f"{key}: read-only")
+            return self.inner.open_write(key)
+
+    taker = DatasetLock(Stuck(inner), "d", "next", "backup", FAST)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="data_manager.locks"):
+        taker.acquire()
+    taker._stop.set()
+    assert caplog.messages[:2] == [
+        f"d: removing the lock of {owner}: that process is gone",
+        "d: cannot remove d/.locks/dead.json (d/.locks/dead.json: read-only); ignoring it: its process is gone",
+    ]

@@ -179,3 +179,45 @@ def test_a_dead_process_lock_is_removed_with_one_warning_and_one_more_when_it_ca
         f"d: removing the lock of {owner}: that process is gone",
         "d: cannot remove d/.locks/dead.json (d/.locks/dead.json: read-only); ignoring it: its process is gone",
     ]
+
+
+def test_a_lock_that_fails_after_its_write_is_removed_or_the_log_says_why_not(
+        inner: FilesystemStorage, caplog: pytest.LogCaptureFixture) -> None:
+    """The listing fails right after our lock object is written: the error propagates, and the object
+    that could not be removed is named (never hidden behind the first error)."""
+
+    class Broken(NoDelete):
+        """Writes our lock once; then may neither list, delete nor overwrite it."""
+
+        writes = 0
+
+        def open_write(self, key: str) -> Any:
+            self.writes += 1
+            if self.writes > 1:
+                raise StorageError(f"{key}: read-only")
+            return self.inner.open_write(key)
+
+        def list(self, prefix: str) -> Any:
+            raise StorageError(f"{prefix}: listing refused")
+
+    lock = DatasetLock(Broken(inner), "d", "job1", "backup", FAST)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="listing refused"):
+        lock.acquire()
+    assert caplog.messages == ["d: cannot remove the lock d/.locks/job1.json: d/.locks/job1.json: read-only"]
+
+
+def test_waiting_for_a_lock_says_who_holds_it(inner: FilesystemStorage, caplog: pytest.LogCaptureFixture) -> None:
+    from data_manager.errors import RefusedError
+
+    first = DatasetLock(inner, "d", "job1", "backup", FAST)
+    first.acquire()
+    try:
+        second = DatasetLock(inner, "d", "job2", "restore", FAST)
+        with caplog.at_level("INFO", logger="data_manager.locks"):
+            with pytest.raises(RefusedError):
+                second.acquire(wait=0.3)
+        owner = next(lk for lk in list_locks(inner, "d") if lk.job_id == "job1").owner()
+        assert any(m.startswith(f"d is locked by {owner}; waiting (") and m.endswith("s left)")
+                   for m in caplog.messages), caplog.messages
+    finally:
+        first.release()

@@ -147,16 +147,13 @@ def released_locks(storage: Storage, data_id: str, entries: list[Entry] | None =
             if not e.is_dir and e.name.endswith(".json") and e.size == len(RELEASED)]
 
 
-def remove_released(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> int:
-    """Delete released leftovers, if these credentials may; how many went."""
-    n = 0
+def remove_released(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> None:
+    """Delete released leftovers, if these credentials may."""
     for key in released_locks(storage, data_id, entries):
         try:
             storage.delete(key)
-            n += 1
         except DataManagerError:
-            return n  # no delete permission: they are skipped all the same
-    return n
+            return  # no delete permission: they are skipped all the same
 
 
 def list_locks(storage: Storage, data_id: str, entries: list[Entry] | None = None) -> list[LockInfo]:

@@ -221,3 +221,30 @@ def test_waiting_for_a_lock_says_who_holds_it(inner: FilesystemStorage, caplog: 
                    for m in caplog.messages), caplog.messages
     finally:
         first.release()
+
+
+def test_a_process_that_exits_holding_a_lock_is_not_kept_alive_by_its_heartbeat(tmp_path: Path) -> None:
+    """The heartbeat is a daemon thread: a job that dies without releasing (an unexpected exit) still exits;
+    its lock expires after the ttl."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from data_manager.builtin.filesystem import FilesystemStorage; "
+            "from data_manager.locks import DatasetLock, LockSettings; from data_manager.types import Settings; "
+            f"s = FilesystemStorage('t', Settings({{'root': {str(tmp_path)!r}}})); "
+            "DatasetLock(s, 'd', 'job1', 'backup', LockSettings(ttl=600, settle=0.01)).acquire(); sys.exit(0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [lk.job_id for lk in list_locks(FilesystemStorage("t", Settings({"root": str(tmp_path)})), "d")] == ["job1"]
+
+
+def test_lock_times_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert locks._when(0) == "1970-01-01T00:00:00.000Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -248,3 +248,16 @@ def test_lock_times_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_an_unreadable_lock_object_is_listed_with_unknown_owner_and_its_file_time(inner: FilesystemStorage) -> None:
+    import os
+
+    path = Path(inner.root) / "d/.locks/job9.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    [info] = list_locks(inner, "d")
+    assert (info.job_id, info.operation, info.host, info.pid, info.created, info.expires, info.key) == (
+        "job9", "?", "?", 0, 1_700_000_000.0, 0.0, "d/.locks/job9.json")
+    assert info.unreadable

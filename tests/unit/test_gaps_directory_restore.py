@@ -39,21 +39,26 @@ def put_volume(tmp_path: Path, ts: str, volume: bytes, index: list[dict]) -> Non
     replace_artifact(backup, "raw", "files.jsonl", "".join(json.dumps(e) + "\n" for e in index).encode())
 
 
-def test_modes_the_umask_would_clear_are_restored_exactly(tmp_path: Path) -> None:
+def restore_modes(tmp_path: Path, modes: tuple[int, ...], umask: int) -> None:
+    """Files ``m<mode>`` of these modes backed up, then restored to ``out`` under ``umask``: each mode exact."""
     src = tmp_path / "src"
     src.mkdir()
-    for mode in (0o666, 0o777, 0o640, 0o600):
+    for mode in modes:
         (src / f"m{mode:o}").write_bytes(b"data")
         os.chmod(src / f"m{mode:o}", mode)
     dm = manager(tmp_path, src)
     dm.backup("d")
-    old = os.umask(0o027)
+    old = os.umask(umask)
     try:
         dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
     finally:
         os.umask(old)
-    for mode in (0o666, 0o777, 0o640, 0o600):
+    for mode in modes:
         assert os.stat(tmp_path / "out" / f"m{mode:o}").st_mode & 0o7777 == mode
+
+
+def test_modes_the_umask_would_clear_are_restored_exactly(tmp_path: Path) -> None:
+    restore_modes(tmp_path, (0o666, 0o777, 0o640, 0o600), umask=0o027)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
@@ -268,13 +273,6 @@ def test_a_pax_header_with_no_member_after_it_is_named(tmp_path: Path) -> None:
 def test_files_of_the_restoring_user_with_plain_modes_cost_no_chown_or_chmod(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path of a restore of many small files: created with their final mode, owned already."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for mode in (0o644, 0o755, 0o600, 0o700):
-        (src / f"m{mode:o}").write_bytes(b"data")
-        os.chmod(src / f"m{mode:o}", mode)
-    dm = manager(tmp_path, src)
-    dm.backup("d")
     import stat
 
     calls: list[str] = []  # on files (the root directory's mode is set apart, last)
@@ -282,11 +280,5 @@ def test_files_of_the_restoring_user_with_plain_modes_cost_no_chown_or_chmod(tmp
     on_file = lambda fd: stat.S_ISREG(os.fstat(fd).st_mode)  # noqa: E731
     monkeypatch.setattr(os, "fchown", lambda fd, *a: (on_file(fd) and calls.append("fchown"), real_fchown(fd, *a)))
     monkeypatch.setattr(os, "fchmod", lambda fd, *a: (on_file(fd) and calls.append("fchmod"), real_fchmod(fd, *a)))
-    old = os.umask(0o022)
-    try:
-        dm.restore("d", overrides={"raw": {"path": str(tmp_path / "out")}})
-    finally:
-        os.umask(old)
+    restore_modes(tmp_path, (0o644, 0o755, 0o600, 0o700), umask=0o022)
     assert calls == []
-    for mode in (0o644, 0o755, 0o600, 0o700):
-        assert os.stat(tmp_path / "out" / f"m{mode:o}").st_mode & 0o7777 == mode

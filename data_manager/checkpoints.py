@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DataManagerError, first_line
+from .errors import CorruptBackupError, DataManagerError, first_line
 from .types import ArtifactSink
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class Checkpoints:
                 continue
             head, index = self._read(name, len(chain) + 1, chain[-1][1]["volumes"] if chain else [], offered)
             if head is None or not check(head["state"]):
-                log.warning("source %s: %s is not a checkpoint this source wrote, or names volumes that are "
-                            "gone: resuming from checkpoint %d", self.sink.source_name, name, len(chain))
+                log.warning("source %s: %s is not a checkpoint this source wrote (damaged, or naming volumes "
+                            "that are gone): resuming from checkpoint %d", self.sink.source_name, name, len(chain))
                 break
             chain.append((name, head, index))
         if not chain:
@@ -93,8 +93,11 @@ class Checkpoints:
               offered: Mapping[str, int]) -> tuple[dict[str, Any] | None, bytes]:
         """Checkpoint ``number``'s head and index lines, or None where it is not as this class writes them:
         its volumes must extend the previous checkpoint's (``before``) with ones the engine offers."""
-        with self.sink.open_resumed(name) as f:
-            data = f.read()  # to EOF: size and digest checked against the interrupted run's record
+        try:
+            with self.sink.open_resumed(name) as f:
+                data = f.read()  # to EOF: size and digest checked against the interrupted run's record
+        except CorruptBackupError:
+            return None, b""
         line, _, index = data.partition(b"\n")
         try:
             head = json.loads(line)

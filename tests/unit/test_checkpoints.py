@@ -129,9 +129,21 @@ def test_a_crafted_checkpoint_ends_the_chain_before_it(tmp_path: Path, change: A
     writer, sink, ckpt, got = resume(repo, ts)
     assert got.state == {"after": "p0"} and got.volumes == ["vol-000001", "vol-000002"]
     assert got.index == b"line 0\n" and got.next_volume == 3
-    assert "checkpoint-000002.jsonl is not a checkpoint this source wrote" in caplog.text
+    assert "checkpoint-000002.jsonl is not a checkpoint this source wrote (damaged" in caplog.text
     writer.add_done(sink.finish())  # what was not kept is deleted
     assert sorted(p.name for p in where.iterdir() if p.name.startswith("vol-")) == ["vol-000001", "vol-000002"]
+
+
+def test_a_damaged_checkpoint_ends_the_chain_before_it(tmp_path: Path) -> None:
+    """Other bytes than its record says, the same stored size (only a read to EOF tells): as if it were
+    not there."""
+    repo, ts, where = stopped_run(tmp_path)
+    stored = where / "checkpoint-000002.jsonl.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    stored.write_bytes(bytes(data))
+    *_, got = resume(repo, ts)
+    assert got.state == {"after": "p0"} and got.index == b"line 0\n"
 
 
 def test_a_state_the_source_refuses_ends_the_chain_too(tmp_path: Path) -> None:

@@ -326,6 +326,7 @@ class MinioSource(Source):
                    for i, v in enumerate(volumes[:-1])]
         fetching = [threading.Thread(target=thread, args=(fetch, *volumes[-1]), name="dm-minio-small", daemon=True)
                     ] if fetcher else []
+
         def checkpoint(last: str, handed: int) -> bool:
             """Once every object handed over is written, close every volume and save a checkpoint after the
             key ``last``; False if the backup stopped meanwhile."""
@@ -352,7 +353,7 @@ class MinioSource(Source):
         for t in workers + fetching:
             t.start()
         try:
-            handed = done[0] = 0
+            handed = 0  # objects given to the fetching threads by this run
             for obj in self._objects(self.prefix, after):
                 rel = obj.object_name[len(self.prefix):]
                 if not rel or not self.selected(rel):

@@ -1,21 +1,31 @@
 """Content-defined chunking of a stream written in arbitrary pieces, with bounded memory.
 
-FastCDC (the ``fastcdc`` package's Cython module) finds the cut points; this module makes it streaming.
-A cut point depends only on the bytes from the chunk's start up to ``max_size`` after it, so a chunk whose
-start lies at least ``max_size`` before the end of the buffered data is final: it is the chunk the whole
-stream would give. The rest (the tail) waits for more data. Memory: about one window plus one tail.
+FastCDC finds the cut points; this module makes it streaming. A cut point depends only on the bytes from
+the chunk's start up to ``max_size`` after it, so a chunk whose start lies at least ``max_size`` before the
+end of the buffered data is final: it is the chunk the whole stream would give. The rest (the tail) waits
+for more data. Memory: about one window plus one tail.
+
+Two algorithms, named in the repository's config (``chunker``):
+
+* ``fastcdc2020`` (repositories made since December 2026): FastCDC 2020 by the ``pyfastcdc`` package, its
+  gear table XORed with a seed derived from the repository's id key (:meth:`KeyRing.chunker_seed`), so cut
+  points, and with them chunk sizes, differ between repositories. It releases the GIL while it scans and
+  runs at about 1.9 GB/s here;
+* ``fastcdc`` (repositories made before): the ``fastcdc`` package's Cython module (FastCDC 2016 as
+  ronomon's, one fixed gear table), kept so that those repositories go on deduplicating; it holds the GIL
+  (1.6 GB/s, on the backup's critical path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from fastcdc.fastcdc_cy import chunk_generator
+from typing import Any
 
 MIN_SIZE = 256 << 10
 AVG_SIZE = 1 << 20
 MAX_SIZE = 4 << 20
+ALGORITHMS = ("fastcdc2020", "fastcdc")
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,7 @@ class ChunkerParams:
     min_size: int = MIN_SIZE
     avg_size: int = AVG_SIZE
     max_size: int = MAX_SIZE
+    algorithm: str = "fastcdc2020"
 
     def __post_init__(self) -> None:
         # fastcdc's own bounds, and ours: a chunk's raw length is a u32 in the pack format, and a chunk is
@@ -35,17 +46,25 @@ class ChunkerParams:
             raise ValueError(
                 f"bad chunker sizes min={self.min_size} avg={self.avg_size} max={self.max_size}: need "
                 "64 <= min <= avg <= max <= 64 MiB, avg >= 256, max >= 1024")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown chunker {self.algorithm!r} (known: {', '.join(ALGORITHMS)})")
+        # pyfastcdc's own bounds (its gear masks are made for these)
+        if self.algorithm == "fastcdc2020" and not (
+                self.avg_size <= 4 << 20 and self.min_size <= 1 << 20 and self.max_size <= 16 << 20):
+            raise ValueError(f"bad chunker sizes for fastcdc2020 min={self.min_size} avg={self.avg_size} "
+                             f"max={self.max_size}: need min <= 1 MiB, avg <= 4 MiB, max <= 16 MiB")
 
     def to_json(self) -> dict[str, int | str]:
-        return {"chunker": "fastcdc", "chunk_min": self.min_size, "chunk_avg": self.avg_size,
+        return {"chunker": self.algorithm, "chunk_min": self.min_size, "chunk_avg": self.avg_size,
                 "chunk_max": self.max_size}
 
     @classmethod
     def from_json(cls, params: dict) -> ChunkerParams:
-        if params.get("chunker", "fastcdc") != "fastcdc":
-            raise ValueError(f"unknown chunker {params.get('chunker')!r}")
+        algorithm = params.get("chunker", "fastcdc")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown chunker {algorithm!r}")
         return cls(int(params.get("chunk_min", MIN_SIZE)), int(params.get("chunk_avg", AVG_SIZE)),
-                   int(params.get("chunk_max", MAX_SIZE)))
+                   int(params.get("chunk_max", MAX_SIZE)), algorithm)
 
 
 class Chunker:
@@ -59,11 +78,13 @@ class Chunker:
     data, the backup's largest system time. Not thread-safe.
     """
 
-    def __init__(self, params: ChunkerParams, window: int = 16 << 20) -> None:
+    def __init__(self, params: ChunkerParams, seed: int = 0, window: int = 16 << 20) -> None:
+        """``seed``: the gear table's (``fastcdc2020``; 0 is the table unchanged); ignored by ``fastcdc``."""
         self.params = params
         self._window = max(window, 2 * params.max_size)
         self._buf = bytearray()
         self._len = 0  # bytes held: the tail of the last run, then what was fed since
+        self._cuts = _cut_points(params, seed)
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         """Take ``data`` (copied: the caller may reuse it once this generator has finished)."""
@@ -104,7 +125,7 @@ class Chunker:
         with memoryview(self._buf) as whole:
             view = whole[:total].toreadonly()
             try:
-                for c in chunk_generator(view, p.min_size, p.avg_size, p.max_size, False, None):
+                for c in self._cuts(view):
                     if not final and total - c.offset < p.max_size:
                         break  # this cut could still move with more data
                     yield view[c.offset : c.offset + c.length]
@@ -114,3 +135,15 @@ class Chunker:
         tail = total - start
         self._buf[:tail] = self._buf[start:total]  # the same length: the buffer is never resized here
         self._len = tail
+
+
+def _cut_points(params: ChunkerParams, seed: int) -> Any:
+    """A function from a buffer to an iterator of its chunks (each with ``offset`` and ``length``)."""
+    p = params
+    if p.algorithm == "fastcdc2020":
+        from pyfastcdc import FastCDC
+
+        return FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=seed).cut_buf
+    from fastcdc.fastcdc_cy import chunk_generator
+
+    return lambda view: chunk_generator(view, p.min_size, p.avg_size, p.max_size, False, None)

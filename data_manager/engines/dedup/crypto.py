@@ -246,6 +246,14 @@ def keyed_id(key: bytes, data: Buffer) -> bytes:
     return blake3(data, key=key).digest()
 
 
+def derived_seed(key: bytes, context: str) -> int:
+    """A non-zero 63-bit number derived from ``key`` for one ``context`` (BLAKE3's key derivation mode):
+    unrelated to every keyed id made with ``key``, and unknown to whoever does not hold it. 63 bits: pyfastcdc
+    shifts its seed left by one into an unsigned 64-bit integer."""
+    h = blake3(key, derive_key_context=f"data-manager dedup 2026-12 {context}")
+    return (int.from_bytes(h.digest(length=8), "little") >> 1) or 1
+
+
 def key_id_of(public_raw: bytes) -> str:
     """A key's id: 32 hex digits of BLAKE3 over a label and its Ed25519 public key (ids cannot be chosen,
     and a key file's id must match its public key)."""

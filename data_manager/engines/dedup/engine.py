@@ -454,7 +454,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._progress = sink.progress
         # Memory per artifact, bounded: the batch being staged and 2 queued (about 1 MiB each), the chunker's
         # buffer (2 x max chunk, plus a tail), and one batch of new chunks per packer queued and one in work.
-        self._chunker = Chunker(sink.chunker_params, window=2 * sink.chunker_params.max_size)
+        self._chunker = Chunker(sink.chunker_params, sink.chunker_seed, window=2 * sink.chunker_params.max_size)
         self._hash = blake3()
         self._refs_hash = blake3()  # over (chunk id, length) of every chunk: the digest once items are reused
         self._reused = False
@@ -735,6 +735,7 @@ class DedupSourceSink(SourceSink):
         self.files = writer.files
         self.ring = writer.engine.ring
         self.chunker_params = writer.engine.chunker_params
+        self.chunker_seed = self.ring.chunker_seed()
         self._writers: dict[str, DedupArtifactWriter] = {}
 
     def open_artifact(self, name: str, compression: Compression) -> DedupArtifactWriter:

@@ -654,6 +654,12 @@ class KeyRing:
         """The 32-byte keyed BLAKE3 of ``data`` (plaintext): equal data, equal id, in this repository only."""
         return crypto.keyed_id(self._id_key, data)
 
+    def chunker_seed(self) -> int:
+        """The seed of this repository's FastCDC gear table, from ``id_key`` (so every role that writes has
+        it): cut points differ from one repository to another, so that whoever holds the storage cannot
+        recognise known content by the sizes of its chunks."""
+        return crypto.derived_seed(self._id_key, "chunker gear seed")
+
     def new_pack_sealer(self) -> PackSealer:
         """A fresh :class:`PackSealer` (a fresh ephemeral key) for one pack. Any role."""
         return PackSealer(self._seal_public, self.repo_id)

@@ -396,27 +396,6 @@ def test_cut_hints_and_many_chunk_lists(tmp_path: Path, monkeypatch: pytest.Monk
     assert engine.check_repository(read_fraction=1.0).ok
 
 
-def test_chunker_is_independent_of_write_sizes() -> None:
-    from data_manager.engines.dedup.chunker import Chunker
-
-    data = os.urandom(3_000_000)
-
-    def chunks(pieces: list[int]) -> list[bytes]:
-        c, out, at = Chunker(SMALL, window=600_000), [], 0
-        for n in pieces:
-            out += [bytes(x) for x in c.feed(data[at:at + n])]
-            at += n
-        return out + [bytes(x) for x in c.finish()]
-
-    whole = chunks([len(data)])
-    rnd = random.Random(5)
-    pieces = []
-    while sum(pieces) < len(data):
-        pieces.append(rnd.randint(1, 200_000))
-    assert chunks(pieces) == whole and b"".join(whole) == data
-    assert all(SMALL.min_size <= len(c) <= SMALL.max_size for c in whole[:-1])
-
-
 def test_real_write_only_key_writes_but_cannot_read(tmp_path: Path) -> None:
     from data_manager.engines.dedup.keys import add_key
 

@@ -209,8 +209,10 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool)
     """
     _setup_logging(verbose, quiet)
     from .memory import tune_allocator
+    from .threads import tune_switch_interval
 
     tune_allocator()  # the command owns its process; the Python API leaves its host's allocator alone
+    tune_switch_interval()  # likewise
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt_on_term)
     ctx.obj = Context(config_path, quiet)

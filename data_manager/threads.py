@@ -1,14 +1,28 @@
-"""Small threading helpers: a stop-aware queue hand-over (for sources that read on several threads) and
-a call started in the background whose result or error is collected later."""
+"""Small threading helpers: a stop-aware queue hand-over (for sources that read on several threads), a
+call started in the background whose result or error is collected later, and the GIL's switch interval."""
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+#: How long a thread waiting for the GIL lets the one holding it run before asking it to let go. The
+#: interpreter's 5 ms is how long a source's thread, which gives up the GIL at each of its system calls
+#: (four per small file), may then wait for it while an engine's worker runs Python: a first backup of
+#: 200,000 small files to a ``dedup`` storage took 5.8 s with it and 5.0 s with 0.2 ms (median of 4
+#: interleaved runs each; 0.5 and 0.05 ms were slower, a tree of large files unchanged).
+SWITCH_INTERVAL = 0.0002
+
+
+def tune_switch_interval(seconds: float = SWITCH_INTERVAL) -> None:
+    """Set the interpreter's switch interval for a process this package owns (the command line, a job):
+    never called by the Python API, whose host's threads are its own business."""
+    sys.setswitchinterval(seconds)
 
 
 def put_unless_stopped(q: queue.Queue[T], item: T, stop: threading.Event, poll: float = 0.2) -> bool:

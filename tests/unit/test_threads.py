@@ -1,10 +1,12 @@
-"""The threading helpers: the stop-aware hand-over and the background call."""
+"""The threading helpers: the stop-aware hand-over, the background call, the switch interval."""
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,24 @@ def test_background_returns_the_value_or_raises_the_error_in_the_caller() -> Non
 
     with pytest.raises(ValueError, match="no"):
         Background(broken, "t").result()
+
+
+def test_a_command_sets_the_switch_interval_and_the_python_api_does_not(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from data_manager.cli import main
+    from data_manager.threads import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storages.local]\ntype = "filesystem"\nroot = "{tmp_path / "b"}"\n'
+                      f'[state]\npath = "{tmp_path / "s.db"}"\n')
+    try:
+        import data_manager.api  # noqa: F401  (importing the API changes nothing)
+
+        assert sys.getswitchinterval() == before
+        result = CliRunner().invoke(main, ["--config", str(config), "list", "backup"])
+        assert result.exit_code == 0, result.output
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)

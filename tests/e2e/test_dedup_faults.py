@@ -28,7 +28,7 @@ from data_manager.types import Settings
 from ..helpers import cli, killed, snapshot
 
 KDF = {"memory_kib": 8, "iterations": 1, "lanes": 1}  # cheap Argon2id: tests, not security
-SMALL = ChunkerParams(64 << 10, 128 << 10, 256 << 10)  # small chunks, each fills a 64 KiB pack
+SMALL = ChunkerParams(64 << 10, 64 << 10, 256 << 10)  # chunks of ~128 KiB (avg + min), each fills a 64 KiB pack
 PASSPHRASE = "correct horse"
 HEAD = 60  # every step up to here, then a stride
 

@@ -398,31 +398,6 @@ FILES_TTL = 30 * 86400
 # --------------------------------------------------------------------------- writing: artifacts
 
 
-class _Cut:
-    """A file boundary, queued in order with the data."""
-
-
-_CUT = _Cut()
-
-
-class _Reuse:
-    """An unchanged item's chunks, appended in order with the data (the files cache)."""
-
-    __slots__ = ("refs",)
-
-    def __init__(self, refs: list[tuple[bytes, int]]) -> None:
-        self.refs = refs
-
-
-class _Remember:
-    """The item between the last two cuts, for the files cache."""
-
-    __slots__ = ("item", "size", "extra")
-
-    def __init__(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
-        self.item, self.size, self.extra = item, size, dict(extra)
-
-
 CHUNKS_DIGEST = "blake3-chunks"  # the digest of an artifact holding reused items (see docs/engines.md)
 # Threads compressing and encrypting one artifact's new chunks: zstd and AES-GCM release the GIL, and on the
 # 628 MB set of bench_dedup one such thread was the pipeline's slowest step (zstd alone 0.8 s of CPU).
@@ -434,12 +409,15 @@ class DedupArtifactWriter(ArtifactStreamBase):
     """The writable stream a source gets from ``sink.open(name)`` (see
     :class:`~data_manager.types.ArtifactWriter`).
 
-    The source's thread only stages and queues. Workers follow, behind bounded queues: one chunks and
-    hashes (FastCDC holds the GIL, BLAKE3 releases it), :data:`PACKERS` compress, encrypt and pack the
-    chunks not stored yet (zstd releases the GIL; AES-GCM holds it briefly), so both cores work. After an
-    error a worker takes nothing more, and the next handover raises it in the source's thread. The artifact is
-    durable once the backup commits (dedup backups cannot be resumed, so no earlier point is needed);
-    ``close()`` records it in the source.
+    The source's thread stages, chunks and hashes (FastCDC and BLAKE3 release the GIL); :data:`PACKERS`
+    workers compress, encrypt and pack the chunks not stored yet (zstd and AES-GCM release it too), behind
+    a bounded queue, so both cores work. Chunking on a thread of its own cost more than it gained: every
+    hand-over of the GIL between it and the source's thread (at each system call of the source, each
+    native call of the worker) is a futex wake and a context switch, 440,000 of them for 200,000 small
+    files (first backup 5.0 s, 3.8 s without that thread; 628 MB of large files: the same 1.7 s). After a
+    packer's error it takes nothing more, and the next hand-over raises it in the source's thread. The
+    artifact is durable once the backup commits (dedup backups cannot be resumed, so no earlier point is
+    needed); ``close()`` records it in the source.
     """
 
     BLOCK = 1 << 20
@@ -452,8 +430,8 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._ring = sink.ring
         self._compress = compression != "none"
         self._progress = sink.progress
-        # Memory per artifact, bounded: the batch being staged and 2 queued (about 1 MiB each), the chunker's
-        # buffer (2 x max chunk, plus a tail), and one batch of new chunks per packer queued and one in work.
+        # Memory per artifact, bounded: the block being staged (about 1 MiB), the chunker's buffer (2 x max
+        # chunk, plus a tail), and one batch of new chunks per packer queued and one in work.
         self._chunker = Chunker(sink.chunker_params, sink.chunker_seed, window=2 * sink.chunker_params.max_size)
         self._hash = blake3()
         self._refs_hash = blake3()  # over (chunk id, length) of every chunk: the digest once items are reused
@@ -464,16 +442,13 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self.remembered: list[tuple[str, int, list[tuple[bytes, int]], dict[str, Any]]] = []
         self._size = 0
         self._stored = 0
-        self._stored_lock = threading.Lock()  # added to by the chunking worker and every packer
+        self._stored_lock = threading.Lock()  # added to by the source's thread and every packer
         self._chunks: list[tuple[bytes, int]] = []
         self._lists: list[str] = []
         self._count = 0
+        # Small writes (a tree of small files writes a member of a few KiB at a time) are gathered into
+        # blocks of about BLOCK bytes before the chunker sees them.
         self._staged = bytearray()
-        # Handed to the chunking worker in batches of about BLOCK bytes: a tree of small files cuts every few
-        # KiB, and one handover per cut kept the source's thread waiting on the worker a third of the time.
-        self._queue: queue.Queue[list[bytes | bytearray | _Cut | _Reuse | _Remember] | None] = queue.Queue(maxsize=2)
-        self._batch: list[bytes | bytearray | _Cut | _Reuse | _Remember] = []
-        self._batch_bytes = 0
         # New chunks go to the packers in batches of about BLOCK bytes (one chunk, or many small ones).
         self._new: queue.Queue[list[tuple[bytes, bytes]] | None] = queue.Queue(maxsize=PACKERS)
         self._fresh: dict[bytes, bytes] = {}  # the batch being gathered, by chunk id
@@ -481,13 +456,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._error: BaseException | None = None
         self._done = False
         self.digest = ""
-        self._thread = threading.Thread(target=self._run, name="dm-chunk", daemon=True)
-        self._thread.start()
         self._packers = [threading.Thread(target=self._pack_run, name="dm-pack", daemon=True) for _ in range(PACKERS)]
         for t in self._packers:
             t.start()
-
-    # -- the source's thread
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._done:
@@ -497,10 +468,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
             return 0
         self._at_cut = False
         self._size += n
-        if n >= self.BLOCK and isinstance(data, bytes) and not self._staged:
-            self._put(data)  # large and immutable: by reference
+        if n >= self.BLOCK and not self._staged:
+            self._feed(data)  # large: chunked where it is (the chunker copies what it keeps)
         else:
-            # copied once here (the source may reuse its buffer); the block is never changed once queued
             self._staged += data
             if len(self._staged) >= self.BLOCK:
                 self._emit()
@@ -511,7 +481,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
     def cut(self) -> None:
         if not self._done:
             self._emit()
-            self._put(_CUT)
+            for c in self._chunker.cut():
+                self._chunk(c)
+            self._last_item, self._item = self._item, []
             self._at_cut = True
 
     def reuse(self, item: str, size: int) -> Mapping[str, Any] | None:
@@ -524,7 +496,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
         refs, extra = found
         if sum(n for _, n in refs) != size or not all(self._store.known(cid) for cid, _ in refs):
             return None  # stale (a repair or prune since): the bytes are read again
-        self._put(_Reuse(refs))
+        self._reused = True
+        for cid, n in refs:
+            self._ref(cid, n)
         self._size += size
         if self._progress is not None:
             self._progress(size)
@@ -547,27 +521,21 @@ class DedupArtifactWriter(ArtifactStreamBase):
     def remember(self, item: str, size: int, extra: Mapping[str, Any]) -> None:
         """The item between the last two cuts, for the files cache (kept once the backup commits)."""
         if not self._done and self._at_cut and size > 0:
-            self._put(_Remember(item, size, extra))
+            last = self._last_item
+            if last is not None and sum(n for _, n in last) == size:
+                self.remembered.append((item, size, last, dict(extra)))
 
     def _emit(self) -> None:
-        if not self._staged:
-            return
-        block, self._staged = self._staged, bytearray()
-        self._put(block)
+        if self._staged:
+            self._feed(self._staged)
+            self._staged.clear()  # the chunker copied what it keeps
 
-    def _put(self, item: bytes | bytearray | _Cut | _Reuse | _Remember) -> None:
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             raise self._error
-        self._batch.append(item)
-        if isinstance(item, (bytes, bytearray)):
-            self._batch_bytes += len(item)
-            if self._batch_bytes >= self.BLOCK:
-                self._send()
-
-    def _send(self) -> None:
-        if self._batch:
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self._handover(self._queue, batch, [self._thread])
+        self._hash.update(data)
+        for c in self._chunker.feed(data):
+            self._chunk(c)
 
     def _handover(self, q: queue.Queue[Any], item: Any, consumers: list[threading.Thread]) -> None:
         while True:
@@ -579,37 +547,6 @@ class DedupArtifactWriter(ArtifactStreamBase):
             except queue.Full:
                 if not any(t.is_alive() for t in consumers):
                     raise DataManagerError(f"artifact {self.name}: worker stopped") from self._error
-
-    # -- the worker
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None or self._error is not None:
-                return  # after an error: nothing more is taken (a handover then raises it)
-            try:
-                for item in batch:
-                    self._step(item)
-            except BaseException as exc:  # re-raised in the source's thread
-                self._error = exc
-
-    def _step(self, item: bytes | bytearray | _Cut | _Reuse | _Remember) -> None:
-        if isinstance(item, _Cut):
-            for c in self._chunker.cut():
-                self._chunk(c)
-            self._last_item, self._item = self._item, []
-        elif isinstance(item, _Reuse):
-            self._reused = True
-            for cid, n in item.refs:
-                self._ref(cid, n)
-        elif isinstance(item, _Remember):
-            last = self._last_item
-            if last is not None and sum(n for _, n in last) == item.size:
-                self.remembered.append((item.item, item.size, last, item.extra))
-        else:
-            self._hash.update(item)
-            for c in self._chunker.feed(item):
-                self._chunk(c)
 
     def _chunk(self, chunk: memoryview) -> None:
         cid = self._ring.chunk_id(chunk)
@@ -673,11 +610,6 @@ class DedupArtifactWriter(ArtifactStreamBase):
             return
         try:
             self._emit()
-            self._send()
-            self._handover(self._queue, None, [self._thread])
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
             for c in self._chunker.finish():
                 self._chunk(c)
             self._pack_fresh()
@@ -711,14 +643,13 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._done = True
         if self._error is None:
             self._error = DataManagerError("aborted")
-        # One end marker per worker that may wait on an empty queue; a worker of a full queue takes an item,
+        # One end marker per packer that may wait on an empty queue; a packer of a full queue takes an item,
         # sees the error and ends.
-        for q, workers in ((self._queue, 1), (self._new, PACKERS)):
-            for _ in range(workers):
-                try:
-                    q.put_nowait(None)
-                except queue.Full:
-                    break
+        for _ in range(PACKERS):
+            try:
+                self._new.put_nowait(None)
+            except queue.Full:
+                break
         self._sink.aborted(self.name)
         super().close()
 

@@ -143,6 +143,16 @@ class IndexCache:
         with self._lock:
             return self._db.execute("SELECT 1 FROM blobs WHERE id=?", (blob_id,)).fetchone() is not None
 
+    def has_many(self, blob_ids: list[bytes]) -> set[bytes]:
+        """Which of ``blob_ids`` the index holds (one query per 500 of them)."""
+        found: set[bytes] = set()
+        with self._lock:
+            for i in range(0, len(blob_ids), 500):
+                part = blob_ids[i:i + 500]
+                rows = self._db.execute(f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(part))})", part)
+                found.update(r[0] for r in rows)
+        return found
+
     def locate(self, blob_id: bytes) -> Located | None:
         with self._lock:
             row = self._db.execute(

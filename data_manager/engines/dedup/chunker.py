@@ -89,6 +89,11 @@ class Chunker:
         self._len = 0  # bytes held: the tail of the last run, then what was fed since
         self._cuts = _cut_points(params, seed)
 
+    @property
+    def holding(self) -> bool:
+        """Whether bytes fed are waiting for more (the next chunk starts before what is fed next)."""
+        return self._len > 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         """Take ``data`` (copied: the caller may reuse it once this generator has finished)."""
         view = memoryview(data).cast("B")

@@ -497,3 +497,49 @@ def test_an_index_file_once_enough_blobs_wait_whatever_the_packs(tmp_path: Path,
     indexes = [p for p in (tmp_path / "repo" / "index").iterdir() if p.is_file()]
     assert len(packs) > 8 and len(indexes) >= len(packs) - 1, (len(packs), len(indexes))
     assert restore(reopen(engine, tmp_path, "cache-2"), "d") == data
+
+
+def test_cuts_noted_in_a_block_give_the_chunks_cuts_made_at_once_give(tmp_path: Path) -> None:
+    """The writer makes the cuts of a staged block when it chunks the block (small groups looked up together):
+    the chunk list is the one a chunker cut at every call gives, whatever mix of writes and cuts."""
+    from data_manager.engines.dedup.chunker import Chunker
+    from data_manager.engines.dedup.snapshots import decode_chunk_list
+
+    engine = new_repo(tmp_path)
+    rnd = random.Random(11)
+    ops: list[bytes | None] = []  # None: a cut
+    for _ in range(600):
+        r = rnd.random()
+        if r < 0.75:  # a small file and, usually, the cut after it
+            ops.append(rnd.randbytes(rnd.randint(1, 9000)))
+            if rnd.random() < 0.6:
+                ops.append(None)
+        elif r < 0.85:  # more than the chunker's minimum: its own cut points
+            ops.append(text(rnd.randint(16_000, 300_000), rnd.randint(1, 99)))
+        elif r < 0.9:  # a block or more at once, written as it is
+            ops.append(rnd.randbytes(rnd.randint(1 << 20, 3 << 20)))
+        else:
+            ops += [None, None]
+    writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})
+    try:
+        sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+        with sink.open("a") as w:
+            for op in ops:
+                if op is None:
+                    sink.cut()
+                else:
+                    w.write(op)
+        writer.add_done(sink.finish())
+        manifest = writer.commit()
+    finally:
+        writer.abort()
+    chunker, expected = Chunker(SMALL, engine.ring.chunker_seed()), []
+    for op in ops:
+        expected += [bytes(c) for c in (chunker.cut() if op is None else chunker.feed(op))]
+    expected += [bytes(c) for c in chunker.finish()]
+    lists = manifest["sources"][0]["artifacts"][0]["location"]["lists"]
+    got = [ref for lid in lists for ref in decode_chunk_list(engine.read_blob(bytes.fromhex(lid), "list"), "list")]
+    assert got == [(engine.ring.chunk_id(c), len(c)) for c in expected]
+    assert sum(1 for op in ops if op is None) > 300 and len(got) > 300
+    data = b"".join(op for op in ops if op is not None)
+    assert restore(engine, "d") == {"s": {"a": data}}

@@ -704,3 +704,22 @@ def test_a_backup_in_another_process_across_mark_and_sweep_restores(tmp_path: Pa
     fresh = reopen(engine, tmp_path, "c-fresh")
     assert restore(fresh, "child") == sources and restore(fresh, "d") == data["new"]
     assert fresh.check_repository(read_fraction=1.0).ok
+
+
+def test_known_many_answers_as_known_does_for_blobs_a_pending_plan_marked_dead(tmp_path: Path) -> None:
+    """The writer looks small files' chunks up in batches: a blob a pending plan marked dead is unknown
+    there too (written anew), a live one known, a new one unknown."""
+    engine, data, stamps = three_backups(tmp_path)
+    engine.forget("d", stamps[:2])
+    prune(engine)  # mark
+    again = reopen(engine, tmp_path, "c2")
+    writer = again.start_backup("e", {"storage": {"name": "vault"}})
+    try:
+        store = writer.store
+        ids = [row[0] for row in again.cache._db.execute("SELECT id FROM blobs")] + [os.urandom(32) for _ in range(3)]
+        known = {b for b in ids if store.known(b)}
+        assert 0 < len(known) < len(ids) - 3  # some live, some marked dead, the random ones unknown
+        assert store.known_many(ids) == known
+        assert again.cache.has_many(ids) == set(ids[:-3])  # the index itself: every indexed blob
+    finally:
+        writer.abort()

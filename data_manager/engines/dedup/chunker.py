@@ -18,7 +18,7 @@ Two algorithms, named in the repository's config (``chunker``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +145,7 @@ class Chunker:
         self._len = tail
 
 
-def _cut_points(params: ChunkerParams, seed: int) -> Any:
+def _cut_points(params: ChunkerParams, seed: int) -> Callable[[memoryview], Iterator[Any]]:
     """A function from a buffer to an iterator of its chunks (each with ``offset`` and ``length``)."""
     p = params
     if p.algorithm == "fastcdc2020":

@@ -418,7 +418,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
     """The writable stream a source gets from ``sink.open(name)`` (see
     :class:`~data_manager.types.ArtifactWriter`).
 
-    The source's thread stages, chunks and hashes (FastCDC and BLAKE3 release the GIL); :data:`PACKERS`
+    The source's thread stages, chunks and hashes (FastCDC 2020 and BLAKE3 release the GIL); :data:`PACKERS`
     workers compress, encrypt and pack the chunks not stored yet (zstd and AES-GCM release it too), behind
     a bounded queue, so both cores work. Chunking on a thread of its own cost more than it gained: every
     hand-over of the GIL between it and the source's thread (at each system call of the source, each

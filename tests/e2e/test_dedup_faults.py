@@ -158,6 +158,20 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
                  steps, fresh)
 
 
+def _kill_at(s: Setup, at: int, tmp_path: Path) -> None:
+    """The backup killed just before its ``at``-th write or commit, from the state before it. How many small
+    blobs share a pack depends on which packer thread adds first, so a run may take a step or two fewer than
+    the counted one: then it is run again (the last step, the pointer's commit, is reached in most runs)."""
+    count = tmp_path / "count-run"
+    for _ in range(12):
+        s.fresh()
+        r = killed(s.config, at, "backup", "exp42", count=count)
+        if r.returncode == -9:
+            return
+        assert r.returncode == 0 and int(count.read_text()) < at, (at, r.returncode, r.stderr)
+    raise AssertionError(f"no run of 12 took {at} steps")
+
+
 def test_a_dedup_backup_killed_before_any_write_or_commit_never_counts(setup: Setup, tmp_path: Path) -> None:
     s = setup
     sweep = list(range(1, min(s.steps, HEAD) + 1)) + list(range(HEAD + 1, s.steps + 1, 5))
@@ -165,9 +179,7 @@ def test_a_dedup_backup_killed_before_any_write_or_commit_never_counts(setup: Se
         sweep.append(s.steps)  # the pointer's commit
     reused, orphans, states = 0, 0, set()
     for at in sweep:
-        s.fresh()
-        r = killed(s.config, at, "backup", "exp42")
-        assert r.returncode == -9, (at, r.returncode, r.stderr)
+        _kill_at(s, at, tmp_path)
         report = None
         if _state(s.work) not in states:  # the command's check on every distinct state, in process on the others
             states.add(_state(s.work))
@@ -202,13 +214,12 @@ def test_a_dedup_backup_killed_after_its_pointer_counts_and_leaves_only_notes(se
     """Deletes are steps too: killed before the heartbeat's removal or the lock's release, the backup is
     committed (its pointer is written), restores, and the next backup takes over."""
     s = setup
-    monkeypatch.setenv("DM_KILL_DELETES", "1")
+    monkeypatch.setenv("DM_KILL_DELETES", "1")  # (a kill before the pointer's commit: the sweep above)
     counted = tmp_path / "count-deletes"
     r = killed(s.config, 0, "backup", "exp42", count=counted)
     assert r.returncode == 0, r.stderr
-    with_deletes = int(counted.read_text())
-    assert with_deletes - s.steps == 2, (s.steps, with_deletes)  # the heartbeat, the lock
-    for at in range(s.steps, with_deletes + 1):
+    assert int(counted.read_text()) == 2  # the heartbeat, the lock
+    for at in (1, 2):
         s.fresh()
         r = killed(s.config, at, "backup", "exp42")
         assert r.returncode == -9, (at, r.returncode, r.stderr)
@@ -216,11 +227,8 @@ def test_a_dedup_backup_killed_after_its_pointer_counts_and_leaves_only_notes(se
         dm = DataManager.from_file(s.config)
         try:
             listed = dm.list_backups("exp42")
-            if at == s.steps:  # before the pointer's commit: not a backup
-                assert [b.timestamp for b in listed] == [s.first], at
-                continue
             assert report["counts"]["snapshots"] == 2, (at, report)
-            if at == s.steps + 1:  # the heartbeat stays: a note
+            if at == 1:  # the heartbeat stays: a note
                 assert any(n.startswith("writers/") for n in report["notes"]), (at, report)
             assert [b.complete for b in listed] == [True, True], at
             killed_ts = listed[1].timestamp

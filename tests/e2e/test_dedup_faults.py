@@ -211,8 +211,8 @@ def test_a_dedup_backup_killed_before_any_write_or_commit_never_counts(setup: Se
 
 def test_a_dedup_backup_killed_after_its_pointer_counts_and_leaves_only_notes(setup: Setup, tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Deletes are steps too: killed before the heartbeat's removal or the lock's release, the backup is
-    committed (its pointer is written), restores, and the next backup takes over."""
+    """Killed before the heartbeat's removal or the lock's release (the deletes counted as the only steps),
+    the backup is committed (its pointer is written), restores, and the next backup takes over."""
     s = setup
     monkeypatch.setenv("DM_KILL_DELETES", "1")  # (a kill before the pointer's commit: the sweep above)
     counted = tmp_path / "count-deletes"

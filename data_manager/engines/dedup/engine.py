@@ -590,7 +590,7 @@ class DedupArtifactWriter(ArtifactStreamBase):
         ids = [self._ring.chunk_id(g) for g in groups]
         known = self._store.known_many(ids)
         for cid, g in zip(ids, groups):
-            self._add(cid, g, cid in known)
+            self._add(cid, g, cid in known or cid in self._fresh)
             self._last_item, self._item = self._item, []  # the cut after it
             g.release()
         groups.clear()
@@ -611,8 +611,9 @@ class DedupArtifactWriter(ArtifactStreamBase):
         self._add(cid, chunk, cid in self._fresh or self._store.known(cid))
 
     def _add(self, cid: bytes, chunk: memoryview, known: bool) -> None:
+        """The next chunk; ``known``: stored already or on its way to a pack (else it is packed)."""
         n = len(chunk)
-        if not known and cid not in self._fresh:
+        if not known:
             # A copy: the view is of a buffer the next chunk overwrites.
             self._fresh[cid] = bytes(chunk)
             self._fresh_bytes += n
@@ -1071,7 +1072,11 @@ class DedupEngine(RepositoryEngine):
 
     @property
     def chunker_params(self) -> ChunkerParams:
-        return ChunkerParams.from_json(dict(self.ring.params or {}))
+        try:
+            return ChunkerParams.from_json(dict(self.ring.params or {}))
+        except (TypeError, ValueError) as exc:  # the config is signed: written so by another version
+            raise CorruptBackupError(f"repository config of storage {self.storage.name!r}: {exc} (made by a "
+                                     "newer data-manager?)") from None
 
     @property
     def cache(self) -> IndexCache:

@@ -96,3 +96,14 @@ def test_a_repository_of_the_legacy_chunker_still_deduplicates(tmp_path: Path) -
     assert first["stored_size"] > len(DATA) // 2
     assert second["stored_size"] < 10_000  # a chunk list at most
     assert restore(engine, "d") == data
+
+
+def test_a_chunker_this_version_does_not_know_is_one_clear_error(tmp_path: Path) -> None:
+    from data_manager.errors import CorruptBackupError
+
+    storage = FilesystemStorage("vault", Settings({"root": str(tmp_path / "repo")}))
+    engine = DedupEngine.create(storage, Settings({"passphrase": "pw"}), chunker=SMALL, kdf=KDF,
+                                cache_dir=tmp_path / "cache")
+    engine.ring.params = {**engine.ring.params, "chunker": "fastcdc2099"}  # as a newer version would sign it
+    with pytest.raises(CorruptBackupError, match="unknown chunker 'fastcdc2099'.*newer data-manager"):
+        _ = engine.chunker_params

@@ -15,6 +15,9 @@ import pytest
 from tests.helpers import cli, snapshot
 
 
+FREED = (2 << 20) * 9 // 10
+
+
 def ok(r: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
@@ -83,7 +86,9 @@ def test_forget_then_prune_in_two_runs_frees_the_space_and_the_kept_backup_resto
     (mark,) = report["phases"]
     assert mark["phase"] == "mark" and mark["status"] == "would mark"
     assert mark["packs_deleted"] + mark["packs_repacked"] >= 2 and mark["tombstones"] == 2, mark
-    assert mark["bytes_deleted"] + mark["bytes_freed_by_repack"] > 2 << 20, mark
+    # the two forgotten 1 MiB files, but for a small chunk of them that may share a pack with data still in use:
+    # a pack less than max-unused (5%) dead is left as it is
+    assert mark["bytes_deleted"] + mark["bytes_freed_by_repack"] > FREED, mark
     assert size(vault) == before and not (vault / "prune").exists()
     text = ok(cli("prune", "vault", "--dry-run", config=config, env=env)).stdout
     assert "mark" in text and "would delete" in text and "dry run" in text
@@ -99,7 +104,7 @@ def test_forget_then_prune_in_two_runs_frees_the_space_and_the_kept_backup_resto
     sweep = by_storage["vault"]["phases"][0]
     assert sweep["phase"] == "sweep" and sweep["status"] == "done" and sweep["snapshots"] == 2
     assert by_storage["plain"]["needed"] is False  # a worm storage: nothing to prune
-    assert before - size(vault) > 2 << 20
+    assert before - size(vault) > FREED
     assert not list(vault.glob("tombstones/*"))
 
     target = tmp_path / "restored"

@@ -10,7 +10,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sqlite3
 from pathlib import Path
+
+from .retry import Backoff, call
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -106,3 +109,23 @@ def on_network_fs(path: Path) -> bool:
         if (text == point or text.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
             best, kind = point, fstype
     return kind in _NETWORK_FS
+
+
+def use_wal(con: sqlite3.Connection, path: Path) -> None:
+    """Put the SQLite database at ``path``, open as ``con``, in WAL mode (readers never wait for a writer),
+    unless it lies on a network filesystem, where WAL's shared memory is not shared between hosts.
+
+    The switch needs the database alone, and SQLite fails it at once instead of waiting out the busy
+    timeout: two processes opening a new database together (two backups started by cron on a fresh
+    machine) made one exit with "database is locked" in 13 of 20 tries. Retried for up to ~2 s."""
+    if on_network_fs(path):
+        return
+
+    def switch() -> None:
+        if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            con.execute("PRAGMA journal_mode = WAL")
+
+    call(switch, _WAL_SWITCH, transient=lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e))
+
+
+_WAL_SWITCH = Backoff(retries=10, base=0.01, cap=0.5)

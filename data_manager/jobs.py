@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import units
-from .durable import on_network_fs
+from .durable import use_wal
 from .errors import ConfigError, DataManagerError
 from .timestamps import iso, now_utc
 from .scrub import scrub
@@ -241,8 +241,7 @@ def state_transaction(path: Path, prepare: Callable[[sqlite3.Connection], None] 
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA foreign_keys = ON")
         if prepare is not None:
-            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal" and not on_network_fs(path):
-                con.execute("PRAGMA journal_mode = WAL")
+            use_wal(con, path)
             prepare(con)
         con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         yield con

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ...durable import use_wal
 from ...errors import CorruptBackupError
 from .index import INDEX_PREFIX, PackRecord, read_index
 from .packs import KINDS, BlobEntry
@@ -70,7 +71,7 @@ class IndexCache:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)  # it holds decrypted snapshot metadata
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db, self.path)
         self._db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last commit costs a re-read
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages at most, whatever the index size
         self._db.executescript(_SCHEMA)

@@ -190,9 +190,10 @@ class ArtifactWriter(Protocol):
     Optional ``recall(item, size, header) -> Mapping | None``: what :meth:`reuse` would return, asked before the
     source opens the item, changing nothing (see :meth:`data_manager.volumes.Volumes.recall`)."""
 
-    #: Once closed: the BLAKE3 (hex) of the bytes written, as the manifest records it. A source whose item
-    #: fills an artifact alone can take it as the item's digest rather than hash the same bytes again.
-    #: ``""`` when the engine appended reused items (:meth:`reuse`).
+    #: Once closed, for a writer opened with ``digest=True`` (:meth:`ArtifactSink.open`): the BLAKE3 (hex) of
+    #: the bytes written. A source whose item fills an artifact alone can take it as the item's digest rather
+    #: than hash the same bytes again. ``""`` when the engine appended reused items (:meth:`reuse`), and may be
+    #: ``""`` for a writer opened without ``digest=True``.
     digest: str
 
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
@@ -242,11 +243,14 @@ class ArtifactSink(Protocol):
     #: stored in its own way, and a source that starts over costs reading time only.
     resumable: bool
 
-    def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
+    def open(self, name: str, *, compression: Compression = "auto", digest: bool = False) -> ArtifactWriter:
         """Start the artifact ``name`` (a relative path like ``"schema.sql"`` or ``"tables/t1.copy"``).
 
         ``compression``: ``"auto"`` compresses with zstd unless the first bytes show the data does not
         compress; ``"zstd"`` and ``"none"`` force the choice (use ``"none"`` for already compressed data).
+        ``digest``: the source will read :attr:`ArtifactWriter.digest`, so the engine must hash the bytes
+        written. Without it an engine that checks its artifacts another way may skip that pass (``dedup``
+        checks every chunk against its keyed id: one BLAKE3 pass less over all the data).
         Several artifacts may be open at once. Each must be closed (committed) or aborted.
         """
         ...

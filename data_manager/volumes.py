@@ -71,9 +71,13 @@ class Volumes:
 
     trailer = b""  # written at the end of every volume (e.g. a tar end-of-archive marker)
 
-    def __init__(self, sink: ArtifactSink, compression: Compression, limit: int, names: Callable[[], str]) -> None:
+    def __init__(
+        self, sink: ArtifactSink, compression: Compression, limit: int, names: Callable[[], str], *,
+        digest: bool = False,
+    ) -> None:
         self._sink = sink
         self._compression = compression
+        self._digest = digest  # close() returns the volume's digest (see ArtifactSink.open)
         self._limit = limit
         self._names = names
         self._out: ArtifactWriter | None = None
@@ -91,7 +95,7 @@ class Volumes:
         """The volume and offset the next bytes go to (opening a volume if none is open)."""
         if self._out is None:
             self.name = self._names()
-            self._out = self._sink.open(self.name, compression=self._compression)
+            self._out = self._sink.open(self.name, compression=self._compression, digest=self._digest)
             self.names.append(self.name)
             self.offset = 0
         return self.name, self.offset
@@ -146,7 +150,8 @@ class Volumes:
             self.close()
 
     def close(self) -> str:
-        """Close the open volume; its digest (:attr:`~data_manager.types.ArtifactWriter.digest`), "" if none was open.
+        """Close the open volume; its digest (:attr:`~data_manager.types.ArtifactWriter.digest`; made ``digest=True``),
+        "" if none was open.
 
         Close before :meth:`start` to give the next item a volume of its own: with no :attr:`trailer`, that
         volume's digest, once closed, is the item's.

@@ -91,7 +91,7 @@ class SourceSink:
         self._start = time.monotonic()
         record.started_at = iso(now_utc())
 
-    def open(self, name: str, *, compression: Compression = "auto") -> ArtifactWriter:
+    def open(self, name: str, *, compression: Compression = "auto", digest: bool = False) -> ArtifactWriter:
         """See :meth:`~data_manager.types.ArtifactSink.open`: the name checked, then :meth:`open_artifact`."""
         check_artifact_name(name)
         with self._lock:
@@ -101,7 +101,7 @@ class SourceSink:
             replaced = self._offered.pop(name, None)
         if replaced is not None:  # an offered artifact written anew: the old one goes first
             self.delete_artifact(replaced)
-        return self.open_artifact(name, compression)
+        return self.open_artifact(name, compression, digest)
 
     def set_info(self, **info: Any) -> None:
         """See :meth:`~data_manager.types.ArtifactSink.set_info`."""
@@ -178,8 +178,10 @@ class SourceSink:
 
     # ---- what an engine implements
 
-    def open_artifact(self, name: str, compression: Compression) -> ArtifactWriter:
-        """A writer for artifact ``name`` (checked already). Its ``close()`` must store every byte durably
+    def open_artifact(self, name: str, compression: Compression, digest: bool) -> ArtifactWriter:
+        """A writer for artifact ``name`` (checked already). Its ``digest`` must be the BLAKE3 of the bytes
+        once closed when ``digest`` is true (see :meth:`~data_manager.types.ArtifactSink.open`). Its
+        ``close()`` must store every byte durably
         and then call :meth:`committed` with the :class:`~data_manager.engines.records.ArtifactRecord`;
         its ``abort()`` must leave nothing that a later read could take for the artifact, then call
         :meth:`aborted`."""

@@ -32,7 +32,7 @@ class ArtifactRecord:
     digest: str
     stored_size: int
     compression: str  # worm: zstd | none; dedup: chunks (each chunk compressed or not on its own)
-    algorithm: str = "blake3"  # of ``digest``; "sha256" in format-1 worm backups; dedup: "blake3-chunks" too
+    algorithm: str = "blake3"  # of ``digest``; "sha256" in format-1 worm backups; dedup: mostly "blake3-chunks"
     location: dict[str, Any] = field(default_factory=dict)  # engine-specific (dedup: its chunk lists)
 
     @property
@@ -54,7 +54,7 @@ class ArtifactRecord:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArtifactRecord:
-        # worm format 1 wrote sha256; dedup writes blake3-chunks for artifacts holding reused items
+        # worm format 1 wrote sha256; dedup writes blake3-chunks unless a source asked for the plain digest
         algorithm = next((a for a in ("blake3", "sha256", "blake3-chunks") if a in d), "blake3")
         return cls(d["name"], d["size"], d[algorithm], d["stored_size"], d["compression"], algorithm,
                    dict(d.get("location") or {}))

@@ -271,7 +271,8 @@ class WormSourceSink(SourceSink):
         self._backup.storage.delete(f"{self._prefix}/{COMMITTED}/{rec.name}.json")
         self._backup.storage.delete(f"{self._prefix}/{rec.stored_name}")
 
-    def open_artifact(self, name: str, compression: Compression) -> ArtifactStream:
+    def open_artifact(self, name: str, compression: Compression, digest: bool) -> ArtifactStream:
+        # the manifest records every artifact's BLAKE3: always hashed, whatever ``digest`` asks
         prefix = f"{self._backup.prefix}/{self.source_name}/"
         return ArtifactStream(
             self, name, lambda stored: self._backup.storage.open_write(prefix + stored), compression, self.progress

@@ -140,7 +140,7 @@ class Output:
         if self.version is None:
             if self._writer is None:
                 self.single, self._name = True, ARTIFACT
-                self._writer = self.sink.open(ARTIFACT)
+                self._writer = self.sink.open(ARTIFACT, digest=True)
             self._writer.write(data)
             return
         view, off, size = memoryview(data), 0, len(data)
@@ -166,7 +166,7 @@ class Output:
         """Every byte is written and checked: commit what is open (an empty export: an empty ``export``)."""
         if self._writer is None and not self.parts and not self.single:
             self.single, self._name = True, ARTIFACT
-            self._writer = self.sink.open(ARTIFACT)
+            self._writer = self.sink.open(ARTIFACT, digest=True)
         if self._writer is not None:
             if self.single:
                 writer, self._writer = self._writer, None

@@ -264,7 +264,9 @@ class MinioSource(Source):
         fetcher = self._small_objects()
         # One (compressed, stored) pair of volumes per fetching thread: the SDK workers, then the fetcher.
         volumes = [
-            (Volumes(sink, "zstd", self.volume_size, names), Volumes(sink, "none", self.volume_size, names))
+            # digest: an object alone in its volume takes the volume's digest as its own
+            (Volumes(sink, "zstd", self.volume_size, names, digest=True),
+             Volumes(sink, "none", self.volume_size, names, digest=True))
             for _ in range(self.parallel + 1)
         ]
 

@@ -543,3 +543,23 @@ def test_cuts_noted_in_a_block_give_the_chunks_cuts_made_at_once_give(tmp_path: 
     assert sum(1 for op in ops if op is None) > 300 and len(got) > 300
     data = b"".join(op for op in ops if op is not None)
     assert restore(engine, "d") == {"s": {"a": data}}
+
+
+def test_the_digest_is_over_the_chunks_unless_the_source_asks_for_the_plain_one(tmp_path: Path) -> None:
+    from blake3 import blake3
+
+    engine = new_repo(tmp_path)
+    data = text(700_000, 5) + os.urandom(300_000)
+    writer = engine.start_backup("d", {"storage": {"name": "vault", "type": "filesystem"}})
+    sink = writer.source(SourceRecord("s", "test", {"name": "test"}, {"path": "/x"}))
+    with sink.open("chunked") as chunked:
+        chunked.write(data)
+    with sink.open("plain", digest=True) as plain:
+        plain.write(data)
+    writer.add_done(sink.finish())
+    manifest = writer.commit()
+    assert chunked.digest == "" and plain.digest == blake3(data).hexdigest()  # one pass less when not asked
+    arts = {a["name"]: a for a in manifest["sources"][0]["artifacts"]}
+    assert "blake3" not in arts["chunked"] and len(arts["chunked"]["blake3-chunks"]) == 64
+    assert arts["plain"]["blake3"] == plain.digest
+    assert restore(engine, "d") == {"s": {"chunked": data, "plain": data}}  # both checked at EOF

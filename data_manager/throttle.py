@@ -209,6 +209,13 @@ class ThrottledStorage(Storage):
         writer = self.inner.open_write(key)
         return ThrottledWriter(writer, self.upload) if self.upload is not None else writer
 
+    def open_write_deferred(self, key: str) -> ObjectWriter:
+        writer = self.inner.open_write_deferred(key)
+        return ThrottledWriter(writer, self.upload) if self.upload is not None else writer
+
+    def persist(self) -> None:
+        self.inner.persist()
+
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         stream = self.inner.open_read(key, offset, length)
         if self.download is None:

@@ -2,7 +2,8 @@
 
 An object is written to a hidden temporary file beside its final name, fsynced, then renamed: a reader never
 sees a partial object, and a crash leaves only a ``.*.part`` file that listing ignores (and ``delete_tree``
-removes). Every write writes all its bytes or raises: a full disk is a one-line ``StorageError``. Objects
+removes). A deferred write (``open_write_deferred``: a mirror's files) skips both fsyncs; ``persist`` then
+makes all of them durable with one ``syncfs`` per filesystem (on a network filesystem every write is synced). Every write writes all its bytes or raises: a full disk is a one-line ``StorageError``. Objects
 are created 0600 and directories 0700: a backup of private data stays private to the storage's owner.
 
 ``shared = true``: a storage several users write to, e.g. append-only clients beside an admin. Directories are
@@ -21,6 +22,7 @@ import functools
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from ..durable import fsync_dir, on_network_fs, os_reason, write_all
+from ..durable import fsync_dir, on_network_fs, os_reason, sync_filesystem, write_all
 from ..errors import NotFoundError, StorageError
 from ..hookspecs import hookimpl
 from ..types import Entry, ObjectWriter, Settings, Storage, StorageType
@@ -80,7 +82,10 @@ def _start_flush(fd: int) -> Future[None]:
 
 
 class _FileWriter(ObjectWriter):
-    def __init__(self, final: Path, shared: bool = False) -> None:
+    """``deferred``: neither fsync at commit; the directory is handed to it instead (see ``persist``)."""
+
+    def __init__(self, final: Path, shared: bool = False, deferred: Callable[[Path], None] | None = None) -> None:
+        self._deferred = deferred
         self._unflushed = 0
         self._written = 0
         self._flushing: Future[None] | None = None
@@ -111,6 +116,8 @@ class _FileWriter(ObjectWriter):
         n = memoryview(data).nbytes
         self._written += n
         self._unflushed += n
+        if self._deferred is not None:
+            return
         if self._unflushed >= _FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
             self._flushing = _start_flush(self._fd)
             self._unflushed = 0
@@ -124,7 +131,8 @@ class _FileWriter(ObjectWriter):
         assert self._fd is not None, "commit after commit/abort"
         try:
             self._wait_flush()
-            os.fsync(self._fd)
+            if self._deferred is None:
+                os.fsync(self._fd)
             # What reached the disk is what was written: a bug or a filesystem that drops bytes fails here,
             # not at the next verify.
             size = os.fstat(self._fd).st_size
@@ -133,7 +141,10 @@ class _FileWriter(ObjectWriter):
             os.close(self._fd)
             self._fd = None
             os.replace(self._tmp, self._final)
-            fsync_dir(self._final.parent)
+            if self._deferred is None:
+                fsync_dir(self._final.parent)
+            else:
+                self._deferred(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _os_error(f"cannot commit {self._final}", exc) from None
@@ -158,6 +169,8 @@ class FilesystemStorage(Storage):
         settings.check_known({"root", "shared"})
         self.root = settings.get_path("root").resolve()
         self.shared = settings.get_bool("shared", False)
+        self._unsynced: set[Path] = set()  # directories of deferred objects committed since the last persist()
+        self._unsynced_lock = threading.Lock()
 
     @functools.cached_property
     def consistent_listing(self) -> bool:  # type: ignore[override]
@@ -187,6 +200,44 @@ class FilesystemStorage(Storage):
 
     def open_write(self, key: str) -> ObjectWriter:
         return _FileWriter(self._path(key), self.shared)
+
+    def open_write_deferred(self, key: str) -> ObjectWriter:
+        # a network filesystem's syncfs need not reach the server's disk: each object synced there
+        if not self.consistent_listing:
+            return self.open_write(key)
+        return _FileWriter(self._path(key), self.shared, self._committed_unsynced)
+
+    def _committed_unsynced(self, directory: Path) -> None:
+        with self._unsynced_lock:
+            self._unsynced.add(directory)
+
+    def persist(self) -> None:
+        """One ``syncfs`` per filesystem holding deferred objects (a mount point inside the root is
+        another): their data and their directory entries. Since Linux 5.8 it also reports a writeback
+        error of any file of that filesystem since the last call, as ``fsync`` would have."""
+        with self._unsynced_lock:
+            dirs, self._unsynced = self._unsynced, set()
+        filesystems: dict[int, Path] = {}
+        for d in dirs:
+            try:
+                filesystems.setdefault(d.stat().st_dev, d)
+            except FileNotFoundError:
+                continue  # its objects were deleted since
+            except OSError as exc:
+                with self._unsynced_lock:
+                    self._unsynced |= dirs
+                raise _os_error(f"cannot sync {d}", exc) from None
+        try:
+            for d in filesystems.values():
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    sync_filesystem(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            with self._unsynced_lock:
+                self._unsynced |= dirs  # not durable: a later persist() tries again
+            raise _os_error(f"cannot sync {d}", exc) from None
 
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         path = self._path(key)

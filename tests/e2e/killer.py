@@ -1,9 +1,9 @@
 """Runs the ``data-manager`` command and SIGKILLs itself just before its Nth durable step: a storage
-object's write or commit, a restore's file write, its sync, its swap. ``DM_KILL_AT=0`` never kills; the
-number of steps taken is written to ``DM_KILL_COUNT`` at exit, so a test can sweep every step. With
-``DM_KILL_DELETES=1`` a filesystem storage's deletes are the steps instead (a dedup backup removes its
-heartbeat after its pointer is committed, then the dataset lock is released): their number does not depend
-on how the writes went."""
+object's write or commit, a storage's persist (deferred writes made durable), a restore's file write, its
+sync, its swap. ``DM_KILL_AT=0`` never kills; the number of steps taken is written to ``DM_KILL_COUNT``
+at exit, so a test can sweep every step. With ``DM_KILL_DELETES=1`` a filesystem storage's deletes are the
+steps instead (a dedup backup removes its heartbeat after its pointer is committed, then the dataset lock
+is released): their number does not depend on how the writes went."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _wrap(owner: Any, name: str) -> None:
 
 if os.environ.get("DM_KILL_DELETES") != "1":
     for owner, name in ((filesystem._FileWriter, "write"), (filesystem._FileWriter, "commit"),
+                        (filesystem.FilesystemStorage, "persist"),
                         (directory, "write_all"), (directory, "sync_filesystem"), (directory, "exchange"),
                         (directory, "fsync_dir")):
         _wrap(owner, name)

@@ -235,3 +235,37 @@ def test_sweep_unfinished_takes_only_old_part_files_of_our_writes(tmp_path: Path
     assert storage.sweep_unfinished("d", 60, remove=False) == ["d/.vol.tar.1a2b.part"]
     assert storage.sweep_unfinished("d", 60, remove=True) == ["d/.vol.tar.1a2b.part"]
     assert sorted(p.name for p in d.iterdir()) == [".hidden", ".running.3c4d.part", "data.part", "plain"]
+
+
+def test_a_deferred_write_is_whole_at_commit_and_durable_at_persist(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's files: no fsync per object; one syncfs per filesystem when the engine persists."""
+    from data_manager.builtin import filesystem
+
+    s = storage(tmp_path / "root")
+    fsyncs: list[int] = []
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    monkeypatch.setattr(filesystem, "sync_filesystem", lambda fd: synced.append(os.fstat(fd).st_dev))
+    for key in ("a/one", "a/two", "b/three"):
+        with s.open_write_deferred(key) as w:
+            w.write(key.encode() * 1000)
+    assert fsyncs == [] and synced == []
+    assert (tmp_path / "root" / "b" / "three").read_bytes() == b"b/three" * 1000  # whole and visible at commit
+    s.persist()
+    assert synced == [(tmp_path / "root").stat().st_dev]  # one filesystem: one call
+    s.persist()
+    assert len(synced) == 1  # nothing committed since
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    put(s, "c/plain")  # an ordinary write is synced at once, and is not a persist's business
+    with s.open_write_deferred("c/four") as w:
+        w.write(b"4")
+    monkeypatch.setattr(filesystem, "sync_filesystem", broken)
+    with pytest.raises(StorageError, match="cannot sync .*Input/output error"):
+        s.persist()
+    monkeypatch.setattr(filesystem, "sync_filesystem", lambda fd: synced.append(os.fstat(fd).st_dev))
+    s.persist()  # not durable yet: the next persist tries again
+    assert len(synced) == 2

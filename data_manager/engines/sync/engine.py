@@ -589,7 +589,8 @@ class SyncSourceSink(SourceSink):
             raise DataManagerError(f"source {self.source_name!r}: {path!r} and {other!r} have one mirror name "
                                    f"{name!r} (names that are not UTF-8 are stored with \\xNN escapes)")
         self._clear_way(path)
-        return self.storage.open_write(f"{self.mirror}/{name}")
+        # durable at the next journal or at the source's end (persist): one flush for many files
+        return self.storage.open_write_deferred(f"{self.mirror}/{name}")
 
     def _clear_way(self, path: str) -> None:
         """A file replaced by a directory of the same name, or the other way round: the old objects go now
@@ -731,6 +732,7 @@ class SyncSourceSink(SourceSink):
             entries, self._journal = self._journal, []
         if entries:
             try:
+                self.storage.persist()  # a journal lists only objects that survive a crash
                 write_entries(self.storage, f"{self.prefix}/{JOURNAL}{self._journal_n:06d}.jsonl", entries)
             except BaseException:
                 with self._journal_lock:
@@ -751,6 +753,7 @@ class SyncSourceSink(SourceSink):
         self.wait_uploads()
         if self._pool is not None:
             self._pool.shutdown()
+        self.storage.persist()  # every mirror object durable before the lists that name it
         write_entries(self.storage, f"{self.prefix}/{FILES}", [self.files[p] for p in sorted(self.files)])
         write_json(self.storage, f"{self.prefix}/{SOURCE_MANIFEST}", record.to_json())
 

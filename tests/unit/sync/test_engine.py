@@ -252,7 +252,12 @@ class Crashing(FilesystemStorage):
         self._lock = threading.Lock()
 
     def open_write(self, key: str) -> Any:
-        inner = super().open_write(key)
+        return self._wrapped(super().open_write(key), key)
+
+    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
+        return self._wrapped(super().open_write_deferred(key), key)
+
+    def _wrapped(self, inner: Any, key: str) -> Any:
         outer = self
 
         class W:
@@ -480,8 +485,8 @@ class FailingOne(FilesystemStorage):
         super().__init__("vault", Settings({"root": str(root)}))
         self.victim = victim
 
-    def open_write(self, key: str) -> Any:
-        inner = super().open_write(key)
+    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
+        inner = super().open_write_deferred(key)
         if not key.endswith("/" + self.victim):
             return inner
         outer = self
@@ -590,6 +595,10 @@ class Counting(FilesystemStorage):
         self._count("open_write")
         return super().open_write(key)
 
+    def open_write_deferred(self, key: str) -> Any:
+        self._count("open_write")
+        return super().open_write_deferred(key)
+
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Any:
         self._count("open_read")
         return super().open_read(key, offset, length)
@@ -658,8 +667,8 @@ class FailingWrite(FilesystemStorage):
         super().__init__("vault", Settings({"root": str(root)}))
         self.victim = victim
 
-    def open_write(self, key: str) -> Any:
-        inner = super().open_write(key)
+    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
+        inner = super().open_write_deferred(key)
         if not key.endswith("/" + self.victim):
             return inner
 
@@ -710,3 +719,66 @@ def test_a_large_upload_failing_mid_stream_stops_the_backup_without_hanging(
     again.backup("exp", resume=True)
     same_tree(src, restored(again, tmp_path))
     assert again.verify("exp").ok
+
+
+class Recording(FilesystemStorage):
+    """Records the order of mirror commits (deferred, not durable yet), persists and other writes."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("vault", Settings({"root": str(root)}))
+        self.events: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _note(self, what: str, key: str) -> None:
+        with self._lock:
+            self.events.append((what, key))
+
+    def open_write(self, key: str) -> Any:
+        self._note("write", key)
+        return super().open_write(key)
+
+    def open_write_deferred(self, key: str) -> Any:
+        inner = super().open_write_deferred(key)
+        outer = self
+
+        class W:
+            def write(self, data: Any) -> None:
+                inner.write(data)
+
+            def commit(self) -> None:
+                inner.commit()
+                outer._note("committed", key)
+
+            def abort(self) -> None:
+                inner.abort()
+
+        return W()
+
+    def persist(self) -> None:
+        super().persist()
+        self._note("persist", "")
+
+
+def test_no_journal_or_file_list_names_a_mirror_object_not_yet_durable(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mirror objects skip the per-object fsync; the engine persists them before any record says they exist."""
+    import data_manager.engines.sync.engine as sync_engine
+
+    monkeypatch.setattr(sync_engine, "JOURNAL_EVERY", 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"f{i}.txt").write_text(f"file {i}\n" * (i + 1))
+    vault = Recording(tmp_path / "vault")
+    dm = manager(tmp_path, src, vault)
+    dm.backup("exp")
+    records = [i for i, (what, key) in enumerate(vault.events)
+               if what == "write" and key.rpartition("/")[2].startswith(("journal-", "mirror.jsonl", "backup.json"))]
+    assert len(records) >= 3, vault.events  # journals every 3 files, the file list, the manifest
+    committed = [i for i, (what, _) in enumerate(vault.events) if what == "committed"]
+    assert len(committed) == 10
+    for r in records:
+        unsynced = [c for c in committed if c < r and not any(c < p < r for p, (w, _) in enumerate(vault.events)
+                                                              if w == "persist")]
+        assert not unsynced, (vault.events[r], [vault.events[c] for c in unsynced])
+    same_tree(src, restored(dm, tmp_path))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import secrets
+import random
 import shutil
 import threading
 import time
@@ -82,35 +82,50 @@ def _start_flush(fd: int) -> Future[None]:
 
 
 class _FileWriter(ObjectWriter):
-    """``deferred``: neither fsync at commit; the directory is handed to it instead (see ``persist``)."""
+    """The temporary file is created at the first write (or commit), on the thread that writes: an engine
+    opening a writer per file on the source's thread (a mirror) leaves the directory and file creation to
+    its upload threads. ``deferred``: neither fsync at commit; the directory is handed to it instead (see
+    ``persist``)."""
 
     def __init__(self, final: Path, shared: bool = False, deferred: Callable[[Path], None] | None = None) -> None:
         self._deferred = deferred
+        self._shared = shared
         self._unflushed = 0
         self._written = 0
         self._flushing: Future[None] | None = None
         self._final = final
-        self._tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+        self._tmp = final
         self._fd: int | None = None
+        self._done = False
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        assert not self._done, "write after commit/abort"
+        mode = SHARED_FILE_MODE if self._shared else FILE_MODE
         for attempt in range(3):
+            # a random name (not secrets': a getrandom call per object), O_EXCL: a clash is tried again
+            self._tmp = self._final.with_name(f".{self._final.name}.{random.getrandbits(32):08x}.part")
             try:
-                _makedirs(final.parent, SHARED_DIR_MODE if shared else DIR_MODE)
-                self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                   SHARED_FILE_MODE if shared else FILE_MODE)
-                if shared:
-                    os.fchmod(self._fd, SHARED_FILE_MODE)  # whatever the umask
-                break
-            except FileNotFoundError as exc:
-                # A concurrent delete() removed the directory, left empty, between mkdir and open.
+                _makedirs(self._final.parent, SHARED_DIR_MODE if self._shared else DIR_MODE)
+                fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                if self._shared:
+                    os.fchmod(fd, SHARED_FILE_MODE)  # whatever the umask
+                self._fd = fd
+                return fd
+            except (FileNotFoundError, FileExistsError) as exc:
+                # A concurrent delete() removed the directory, left empty, between mkdir and open; or a
+                # name clash.
                 if attempt == 2:
-                    raise _os_error(f"cannot write {final}", exc) from None
+                    raise _os_error(f"cannot write {self._final}", exc) from None
             except OSError as exc:
-                raise _os_error(f"cannot write {final}", exc) from None
+                raise _os_error(f"cannot write {self._final}", exc) from None
+        raise AssertionError("unreachable")
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self._fd is not None, "write after commit/abort"
+        fd = self._open()
         try:
-            write_all(self._fd, data)
+            write_all(fd, data)
         except OSError as exc:
             raise _os_error(f"cannot write {self._final}", exc) from None
         n = memoryview(data).nbytes
@@ -119,7 +134,7 @@ class _FileWriter(ObjectWriter):
         if self._deferred is not None:
             return
         if self._unflushed >= _FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
-            self._flushing = _start_flush(self._fd)
+            self._flushing = _start_flush(fd)
             self._unflushed = 0
 
     def _wait_flush(self) -> None:
@@ -128,19 +143,21 @@ class _FileWriter(ObjectWriter):
             flushing.result()
 
     def commit(self) -> None:
-        assert self._fd is not None, "commit after commit/abort"
+        assert not self._done, "commit after commit/abort"
+        fd = self._open()  # opened here for an empty object
         try:
             self._wait_flush()
             if self._deferred is None:
-                os.fsync(self._fd)
+                os.fsync(fd)
             # What reached the disk is what was written: a bug or a filesystem that drops bytes fails here,
             # not at the next verify.
-            size = os.fstat(self._fd).st_size
+            size = os.fstat(fd).st_size
             if size != self._written:
                 raise OSError(errno.EIO, f"{size} bytes on disk, {self._written} written")
-            os.close(self._fd)
+            os.close(fd)
             self._fd = None
             os.replace(self._tmp, self._final)
+            self._done = True  # from here abort() leaves the object alone
             if self._deferred is None:
                 fsync_dir(self._final.parent)
             else:
@@ -154,9 +171,12 @@ class _FileWriter(ObjectWriter):
             self._wait_flush()
         except OSError:
             pass
+        done, self._done = self._done, True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        elif done or self._tmp == self._final:
+            return  # committed (the temporary file is the object now), or never created
         try:
             self._tmp.unlink()
         except FileNotFoundError:

@@ -217,7 +217,7 @@ def test_a_directory_removed_under_a_new_writer_is_made_again(tmp_path: Path, mo
     calls.clear()
     limit = 4
     with pytest.raises(StorageError, match=f"^cannot write {tmp_path / 'd' / 'p'}: No such file or directory$"):
-        storage(tmp_path).open_write("d/p")
+        storage(tmp_path).open_write("d/p").write(b"2")  # the first write creates the file
     assert len(calls) == 3
 
 
@@ -269,3 +269,16 @@ def test_a_deferred_write_is_whole_at_commit_and_durable_at_persist(tmp_path: Pa
     monkeypatch.setattr(filesystem, "sync_filesystem", lambda fd: synced.append(os.fstat(fd).st_dev))
     s.persist()  # not durable yet: the next persist tries again
     assert len(synced) == 2
+
+
+def test_the_file_is_made_at_the_first_write_and_an_abort_after_commit_keeps_the_object(tmp_path: Path) -> None:
+    s = storage(tmp_path)
+    w = s.open_write("d/never")
+    assert not (tmp_path / "d").exists()  # nothing made yet: the writing thread makes it
+    w.abort()
+    assert not (tmp_path / "d").exists()
+    empty = s.open_write("d/empty")
+    empty.commit()
+    empty.abort()
+    assert (tmp_path / "d" / "empty").read_bytes() == b""
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["empty"]

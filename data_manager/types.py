@@ -237,6 +237,10 @@ class ArtifactSink(Protocol):
     #: well be compressed). False (``worm``, ``sync``): cuts change nothing; artifacts may be read as files.
     chunked: bool
 
+    #: False when the engine stores every artifact's bytes as they are, whatever ``compression`` says
+    #: (``sync``: a mirror of plain files): a source need not sample its data to choose a compression.
+    compresses: bool
+
     #: True when a later ``backup --resume`` is offered what this run commits (:meth:`resumed`; ``worm``): a
     #: source that can continue from a checkpoint of its own should write them (see
     #: :mod:`data_manager.checkpoints`). False (``dedup``, ``sync``): the engine keeps what a stopped run

@@ -87,6 +87,7 @@ class Volumes:
         self.closed = 0  # volumes closed (committed) so far
         self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
         self.chunked = bool(getattr(sink, "chunked", False))  # see ArtifactSink.chunked (a test double may lack it)
+        self.compresses = bool(getattr(sink, "compresses", True))  # see ArtifactSink.compresses
         #: Another open writer of the same sink (e.g. the source's index), asked by :meth:`recall` while no
         #: volume is open: a query must not open an artifact (an empty volume would be committed).
         self.probe: ArtifactWriter | None = None

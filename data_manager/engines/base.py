@@ -77,6 +77,7 @@ class SourceSink:
     """
 
     chunked = False  # see ArtifactSink.chunked
+    compresses = True  # see ArtifactSink.compresses
     resumable = False  # see ArtifactSink.resumable
 
     def __init__(self, record: SourceRecord, progress: Progress | None) -> None:

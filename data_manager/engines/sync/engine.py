@@ -501,6 +501,8 @@ class _Stream:
 class SyncSourceSink(SourceSink):
     """One directory source mirrored below ``DATA_ID/mirror/SOURCE/``."""
 
+    compresses = False  # the mirror holds each file as it is
+
     def __init__(self, backup: SyncBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)
         self.backup = backup

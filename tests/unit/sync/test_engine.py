@@ -782,3 +782,19 @@ def test_no_journal_or_file_list_names_a_mirror_object_not_yet_durable(tmp_path:
                                                               if w == "persist")]
         assert not unsynced, (vault.events[r], [vault.events[c] for c in unsynced])
     same_tree(src, restored(dm, tmp_path))
+
+
+def test_the_source_does_not_sample_its_files_for_a_compression_the_mirror_never_uses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_manager.builtin import directory
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(200_000))  # large enough to be sampled for other engines
+    sampled: list[str] = []
+    real = directory.incompressible
+    monkeypatch.setattr(directory, "incompressible", lambda name, *a, **k: sampled.append(name) or real(name, *a, **k))
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    assert sampled == []
+    same_tree(src, restored(dm, tmp_path))

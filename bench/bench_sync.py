@@ -150,6 +150,9 @@ path = "{src}"
         for p in src.rglob("*"):  # warm the page cache: both sides read a cached tree
             if p.is_file():
                 p.read_bytes()
+        # the tree's 2 GB on disk first: left dirty, their writeback ran during the first mirror and made it
+        # vary by 20% between runs of the same code
+        os.sync()
         phases: dict[str, list[Measurement]] = {}
         for phase in ("first mirror", "unchanged", "1% changed"):
             if phase == "1% changed":

@@ -117,7 +117,7 @@ def use_wal(con: sqlite3.Connection, path: Path) -> None:
 
     The switch needs the database alone, and SQLite fails it at once instead of waiting out the busy
     timeout: two processes opening a new database together (two backups started by cron on a fresh
-    machine) made one exit with "database is locked" in 13 of 20 tries. Retried for up to ~2 s."""
+    machine) made one exit with "database is locked" in 13 of 20 tries. Retried, for 3 s at most."""
     if on_network_fs(path):
         return
 

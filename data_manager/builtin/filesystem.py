@@ -3,7 +3,8 @@
 An object is written to a hidden temporary file beside its final name, fsynced, then renamed: a reader never
 sees a partial object, and a crash leaves only a ``.*.part`` file that listing ignores (and ``delete_tree``
 removes). A deferred write (``open_write_deferred``: a mirror's files) skips both fsyncs; ``persist`` then
-makes all of them durable with one ``syncfs`` per filesystem (on a network filesystem every write is synced). Every write writes all its bytes or raises: a full disk is a one-line ``StorageError``. Objects
+makes all of them durable with one ``syncfs`` per filesystem (on a network filesystem every write is
+synced). Every write writes all its bytes or raises: a full disk is a one-line ``StorageError``. Objects
 are created 0600 and directories 0700: a backup of private data stays private to the storage's owner.
 
 ``shared = true``: a storage several users write to, e.g. append-only clients beside an admin. Directories are

@@ -180,10 +180,10 @@ class SourceSink:
     # ---- what an engine implements
 
     def open_artifact(self, name: str, compression: Compression, digest: bool) -> ArtifactWriter:
-        """A writer for artifact ``name`` (checked already). Its ``digest`` must be the BLAKE3 of the bytes
-        once closed when ``digest`` is true (see :meth:`~data_manager.types.ArtifactSink.open`). Its
-        ``close()`` must store every byte durably
-        and then call :meth:`committed` with the :class:`~data_manager.engines.records.ArtifactRecord`;
+        """A writer for artifact ``name`` (checked already). When ``digest`` is true, its ``digest`` must be
+        the BLAKE3 of the bytes once closed (see :meth:`~data_manager.types.ArtifactSink.open`). Its
+        ``close()`` must store every byte durably and then call :meth:`committed` with the
+        :class:`~data_manager.engines.records.ArtifactRecord`;
         its ``abort()`` must leave nothing that a later read could take for the artifact, then call
         :meth:`aborted`."""
         raise NotImplementedError

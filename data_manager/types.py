@@ -188,7 +188,12 @@ class ArtifactWriter(Protocol):
     """A file-like sink for one artifact. Closing it commits it; ``abort`` discards it.
 
     Optional ``recall(item, size, header) -> Mapping | None``: what :meth:`reuse` would return, asked before the
-    source opens the item, changing nothing (see :meth:`data_manager.volumes.Volumes.recall`)."""
+    source opens the item, changing nothing (see :meth:`data_manager.volumes.Volumes.recall`).
+
+    Optional ``file_digest(path) -> str | None``, for a sink that :attr:`~ArtifactSink.hashes_files`: right
+    after the :meth:`cut` that follows a tar file member's data and padding, the BLAKE3 (hex) of the data of
+    that member, if it was named ``path``; ``None`` otherwise. It covers exactly the bytes the stream held
+    (a source that padded a shrunk file with zeros gets the digest with the zeros)."""
 
     #: Once closed, for a writer opened with ``digest=True`` (:meth:`ArtifactSink.open`): the BLAKE3 (hex) of
     #: the bytes written. A source whose item fills an artifact alone can take it as the item's digest rather
@@ -240,6 +245,11 @@ class ArtifactSink(Protocol):
     #: False when the engine stores every artifact's bytes as they are, whatever ``compression`` says
     #: (``sync``: a mirror of plain files): a source need not sample its data to choose a compression.
     compresses: bool
+
+    #: True when the engine hashes the data of every file member of a tar volume itself (``sync``: the
+    #: digest travels with the file's object): a source that writes such volumes may skip its own hash of a
+    #: file and take :meth:`ArtifactWriter.file_digest` instead. False: hash what you need yourself.
+    hashes_files: bool
 
     #: True when a later ``backup --resume`` is offered what this run commits (:meth:`resumed`; ``worm``): a
     #: source that can continue from a checkpoint of its own should write them (see

@@ -88,6 +88,7 @@ class Volumes:
         self.reused = False  # the engine appended an item itself: the volume's digest is not the item's
         self.chunked = bool(getattr(sink, "chunked", False))  # see ArtifactSink.chunked (a test double may lack it)
         self.compresses = bool(getattr(sink, "compresses", True))  # see ArtifactSink.compresses
+        self.hashes_files = bool(getattr(sink, "hashes_files", False))  # see ArtifactSink.hashes_files
         #: Another open writer of the same sink (e.g. the source's index), asked by :meth:`recall` while no
         #: volume is open: a query must not open an artifact (an empty volume would be committed).
         self.probe: ArtifactWriter | None = None
@@ -144,6 +145,12 @@ class Volumes:
         remember = getattr(self._out, "remember", None) if self._out is not None else None
         if remember is not None:
             remember(item, size, extra)
+
+    def file_digest(self, path: str) -> str | None:
+        """Right after the :meth:`cut` ending the tar file member ``path``: the engine's BLAKE3 of its data, for
+        a sink that :attr:`hashes_files` (see ArtifactWriter.file_digest); ``None`` if it has none."""
+        file_digest = getattr(self._out, "file_digest", None) if self._out is not None else None
+        return file_digest(path) if file_digest is not None else None
 
     def roll(self) -> None:
         """Between items: close the volume if it has reached the limit."""

@@ -78,6 +78,7 @@ class SourceSink:
 
     chunked = False  # see ArtifactSink.chunked
     compresses = True  # see ArtifactSink.compresses
+    hashes_files = False  # see ArtifactSink.hashes_files
     resumable = False  # see ArtifactSink.resumable
 
     def __init__(self, record: SourceRecord, progress: Progress | None) -> None:

@@ -201,6 +201,7 @@ class _TarArtifact(ArtifactStreamBase):
         self._buf: list[memoryview] | None = None  # a small file's blocks, until its digest is known
         self._stream: _Stream | None = None
         self._reused: str | None = None
+        self._ended: tuple[str, str] | None = None  # the last file member ended: (name, digest)
         self._files = 0
         self._done = False
 
@@ -275,6 +276,7 @@ class _TarArtifact(ArtifactStreamBase):
                     stream.end(_entry(m, digest))
                     uploaded = queued = True
         self._buf = None
+        self._ended = (m.name, digest)
         self._skeleton.file(m.name, m.size, digest)
         self._files += 1
         self._sink.file_done(m, digest, uploaded, journal=not queued)
@@ -308,6 +310,12 @@ class _TarArtifact(ArtifactStreamBase):
         if self._sink.progress is not None and size:
             self._sink.progress(size)
         return {"blake3": digest}
+
+    def file_digest(self, path: str) -> str | None:
+        """The BLAKE3 of the data of the file member that ended last, if it is ``path`` (see
+        ArtifactWriter.file_digest): the digest this engine records for the file's object."""
+        ended = self._ended
+        return ended[1] if ended is not None and ended[0] == path and self._split.between_members else None
 
     def recall(self, item: str, size: int, header: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Before the source opens a file: ``{"blake3": ...}`` if the file whose header will say ``header``
@@ -502,6 +510,7 @@ class SyncSourceSink(SourceSink):
     """One directory source mirrored below ``DATA_ID/mirror/SOURCE/``."""
 
     compresses = False  # the mirror holds each file as it is
+    hashes_files = True  # each file's digest is its object's: the source may take it (file_digest)
 
     def __init__(self, backup: SyncBackupWriter, record: SourceRecord, progress: Progress | None) -> None:
         super().__init__(record, progress)

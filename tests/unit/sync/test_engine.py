@@ -798,3 +798,64 @@ def test_the_source_does_not_sample_its_files_for_a_compression_the_mirror_never
     dm.backup("exp")
     assert sampled == []
     same_tree(src, restored(dm, tmp_path))
+
+
+def _index(dm: DataManager) -> dict[str, dict[str, Any]]:
+    info = dm.list_backups("exp")[0]
+    with dm.repository("vault").artifacts(info, "raw").open("files.jsonl") as f:
+        return {e["path"]: e for e in map(json.loads, f.read().decode().splitlines()) if e.get("type") == "file"}
+
+
+def test_a_large_file_is_hashed_once_and_its_line_records_the_engines_digest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine hashes each file for its object (``hashes_files``): the directory source takes that digest
+    instead of hashing the same bytes again."""
+    import blake3 as blake3_module
+
+    from data_manager.builtin import directory
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = {"big.bin": os.urandom(3_000_000), "mid.bin": os.urandom(70_000)}
+    for name, content in data.items():
+        (src / name).write_bytes(content)
+    streams: list[object] = []
+    real = directory.blake3
+    monkeypatch.setattr(directory, "blake3", lambda *a, **k: streams.append(a) if not a else real(*a, **k))
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    assert streams == []  # no hasher of the source's own for a large file
+    lines = _index(dm)
+    for name, content in data.items():
+        assert lines[name]["blake3"] == blake3_module.blake3(content).hexdigest()
+    same_tree(src, restored(dm, tmp_path))
+    assert dm.verify("exp").ok
+
+
+def test_a_file_that_shrinks_while_read_records_what_the_mirror_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream keeps a shrunk file's size with zeros: its line's digest is the one of those bytes, the
+    mirror's object, so verify and restore agree with it."""
+    import blake3 as blake3_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    content = os.urandom(3_000_000)
+    (src / "shrinks.bin").write_bytes(content)
+    real_read = os.read
+    cut = 1_000_000
+
+    def read(fd: int, n: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("shrinks.bin"):
+            at = os.lseek(fd, 0, os.SEEK_CUR)
+            return real_read(fd, max(0, min(n, cut - at)))
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read)
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    monkeypatch.setattr(os, "read", real_read)
+    held = content[:cut] + bytes(len(content) - cut)
+    assert (mirror(tmp_path) / "shrinks.bin").read_bytes() == held
+    assert _index(dm)["shrinks.bin"]["blake3"] == blake3_module.blake3(held).hexdigest()
+    assert dm.verify("exp").ok

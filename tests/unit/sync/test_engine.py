@@ -816,7 +816,8 @@ def test_a_large_file_is_hashed_once_and_its_line_records_the_engines_digest(
 
     src = tmp_path / "src"
     src.mkdir()
-    data = {"big.bin": os.urandom(3_000_000), "mid.bin": os.urandom(70_000)}
+    # .zip goes to the volume stored as it is (by name), .bin to the other one: both hand the digest over
+    data = {"big.bin": os.urandom(3_000_000), "mid.bin": os.urandom(70_000), "arch.zip": os.urandom(500_000)}
     for name, content in data.items():
         (src / name).write_bytes(content)
     streams: list[object] = []

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from . import units
-from .types import Entry, ObjectWriter, Settings, Storage
+from .types import Entry, FileAttributes, ObjectWriter, Settings, Storage
 
 BLOCK = 1 << 20  # the largest burst: the unit data already moves in (engines.base.CHUNK)
 MIN_BLOCK = 4096  # below 4 KiB/s pieces stay this large rather than split into tiny writes
@@ -209,8 +209,8 @@ class ThrottledStorage(Storage):
         writer = self.inner.open_write(key)
         return ThrottledWriter(writer, self.upload) if self.upload is not None else writer
 
-    def open_write_deferred(self, key: str) -> ObjectWriter:
-        writer = self.inner.open_write_deferred(key)
+    def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
+        writer = self.inner.open_write_deferred(key, attrs)
         return ThrottledWriter(writer, self.upload) if self.upload is not None else writer
 
     def persist(self) -> None:

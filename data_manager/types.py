@@ -460,6 +460,27 @@ class ObjectWriter(ABC):
             self.abort()
 
 
+@dataclass(frozen=True)
+class FileAttributes:
+    """The file an object mirrors (the ``sync`` engine): given to :meth:`Storage.open_write_deferred` so that
+    a storage can keep them with the object, where people and other tools look. Never read back: the
+    engine's manifest is the record."""
+
+    mtime_ns: int
+    mode: int  #: permission bits (``st_mode & 0o7777``)
+    blake3: str = ""  #: the BLAKE3 of the content; "" when not known before it is written (a streamed file)
+
+    def s3_metadata(self) -> dict[str, str]:
+        """As user metadata (``x-amz-meta-*``) in rclone's format: ``mtime`` in seconds with nanoseconds,
+        ``mode`` in octal with the file type, so ``rclone lsl`` and ``rclone copy`` see the file's own
+        mtime; ``blake3`` when known."""
+        sec, ns = divmod(self.mtime_ns, 10**9)
+        meta = {"x-amz-meta-mtime": f"{sec}.{ns:09d}", "x-amz-meta-mode": f"{0o100000 | (self.mode & 0o7777):o}"}
+        if self.blake3:
+            meta["x-amz-meta-blake3"] = self.blake3
+        return meta
+
+
 class Storage(ABC):
     """A place backups are kept: a filesystem root, a bucket prefix, a Drive folder.
 
@@ -496,13 +517,17 @@ class Storage(ABC):
         """Start writing the object ``key`` (replacing it on commit if it exists). Once the writer's commit
         returns, the object is durable: it survives a crash of the machine."""
 
-    def open_write_deferred(self, key: str) -> ObjectWriter:
+    def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
         """As :meth:`open_write`, for an engine writing many objects that become part of a backup together
         (a mirror of a tree): the object must be complete and visible under its key once committed, as
         always, but need only be durable once a later :meth:`persist` returns; a storage that flushes once
         for many objects (a filesystem: one ``syncfs`` instead of two ``fsync`` per object) saves most of
         its time on small objects. The caller must :meth:`persist` before it records anywhere that the
-        object is stored. The default: :meth:`open_write` (each commit durable)."""
+        object is stored. The default: :meth:`open_write` (each commit durable).
+
+        ``attrs``: the file the object mirrors. A storage that can keep them with the object does, where
+        other tools read them (``s3``: user metadata as rclone writes it; ``filesystem``: the file's mtime,
+        never its mode, since objects stay private); the default ignores them. Never fail a write for them."""
         return self.open_write(key)
 
     def persist(self) -> None:
@@ -600,6 +625,7 @@ __all__ = [
     "Compression",
     "Dataset",
     "Entry",
+    "FileAttributes",
     "ObjectWriter",
     "Operation",
     "Settings",

@@ -34,7 +34,7 @@ from typing import BinaryIO
 from ..durable import fsync_dir, on_network_fs, os_reason, sync_filesystem, write_all
 from ..errors import NotFoundError, StorageError
 from ..hookspecs import hookimpl
-from ..types import Entry, ObjectWriter, Settings, Storage, StorageType
+from ..types import Entry, FileAttributes, ObjectWriter, Settings, Storage, StorageType
 
 
 def _os_error(what: str, exc: OSError) -> StorageError:
@@ -88,8 +88,10 @@ class _FileWriter(ObjectWriter):
     its upload threads. ``deferred``: neither fsync at commit; the directory is handed to it instead (see
     ``persist``)."""
 
-    def __init__(self, final: Path, shared: bool = False, deferred: Callable[[Path], None] | None = None) -> None:
+    def __init__(self, final: Path, shared: bool = False, deferred: Callable[[Path], None] | None = None,
+                 mtime_ns: int | None = None) -> None:
         self._deferred = deferred
+        self._mtime_ns = mtime_ns  # the mirrored file's, set before the rename (see Storage.open_write_deferred)
         self._shared = shared
         self._unflushed = 0
         self._written = 0
@@ -155,6 +157,8 @@ class _FileWriter(ObjectWriter):
             size = os.fstat(fd).st_size
             if size != self._written:
                 raise OSError(errno.EIO, f"{size} bytes on disk, {self._written} written")
+            if self._mtime_ns is not None:
+                os.utime(fd, ns=(self._mtime_ns, self._mtime_ns))
             os.close(fd)
             self._fd = None
             os.replace(self._tmp, self._final)
@@ -222,11 +226,14 @@ class FilesystemStorage(Storage):
     def open_write(self, key: str) -> ObjectWriter:
         return _FileWriter(self._path(key), self.shared)
 
-    def open_write_deferred(self, key: str) -> ObjectWriter:
+    def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
+        """``attrs``: the file gets the mirrored file's mtime (so ``ls -l``, rsync and rclone see it); its mode
+        stays the storage's private one."""
+        mtime_ns = attrs.mtime_ns if attrs is not None else None
         # a network filesystem's syncfs need not reach the server's disk: each object synced there
         if not self.consistent_listing:
-            return self.open_write(key)
-        return _FileWriter(self._path(key), self.shared, self._committed_unsynced)
+            return _FileWriter(self._path(key), self.shared, mtime_ns=mtime_ns)
+        return _FileWriter(self._path(key), self.shared, self._committed_unsynced, mtime_ns)
 
     def _committed_unsynced(self, directory: Path) -> None:
         with self._unsynced_lock:

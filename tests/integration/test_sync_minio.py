@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,42 @@ def test_the_bucket_mirrors_the_directory_through_cycles_of_changes(tmp_path: Pa
     assert repo.pending("exp")["raw"] == {}
     assert "zero" not in mirror(s3_bucket) and "sub/data.csv" not in mirror(s3_bucket)
     same_tree(src, restore(dm, tmp_path / "r2"))
+
+
+def test_objects_carry_mtime_mode_and_digest_as_rclone_reads_them(tmp_path: Path, s3_bucket: Any) -> None:
+    """Each object's user metadata has the file's mtime and mode in rclone's format (``rclone lsl`` of the
+    bucket shows the files' own mtimes), and its BLAKE3 where known before the upload (files held whole)."""
+    import blake3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_bytes(b"small")
+    (src / "large.bin").write_bytes(os.urandom(3 << 20))  # streamed: its digest comes after its upload starts
+    os.chmod(src / "small.txt", 0o640)
+    os.utime(src / "small.txt", ns=(1_683_827_651_523_399_602, 1_683_827_651_523_399_602))
+    os.utime(src / "large.bin", ns=(1_600_000_000_000_000_007, 1_600_000_000_000_000_007))
+    manager(tmp_path, s3_bucket, src).backup("exp")
+    meta = {}
+    for name in ("small.txt", "large.bin"):
+        st = s3_bucket.client.stat_object(s3_bucket.bucket, f"repo/exp/mirror/raw/{name}")
+        meta[name] = {k.lower(): v for k, v in st.metadata.items() if k.lower().startswith("x-amz-meta-")}
+    assert meta["small.txt"] == {"x-amz-meta-mtime": "1683827651.523399602", "x-amz-meta-mode": "100640",
+                                 "x-amz-meta-blake3": blake3.blake3(b"small").hexdigest()}
+    assert meta["large.bin"]["x-amz-meta-mtime"] == "1600000000.000000007"
+    assert "x-amz-meta-blake3" not in meta["large.bin"]
+
+    rclone = shutil.which("rclone")
+    assert rclone, "rclone is missing (scripts/services installs it)"
+    env = {**os.environ, "RCLONE_CONFIG": "/dev/null", "TZ": "UTC", "RCLONE_CONFIG_M_TYPE": "s3",
+           "RCLONE_CONFIG_M_PROVIDER": "Minio", "RCLONE_CONFIG_M_ENDPOINT": f"http://{s3_bucket.endpoint}",
+           "RCLONE_CONFIG_M_ACCESS_KEY_ID": s3_bucket.access_key,
+           "RCLONE_CONFIG_M_SECRET_ACCESS_KEY": s3_bucket.secret_key}
+    env.pop("AWS_CA_BUNDLE", None)  # rclone refuses a CA bundle for its own transport
+    out = subprocess.run([rclone, "lsl", f"m:{s3_bucket.bucket}/repo/exp/mirror/raw"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[-1]: " ".join(line.split()[1:3]) for line in out.stdout.splitlines()}
+    assert listed == {"small.txt": "2023-05-11 17:54:11.523399602", "large.bin": "2020-09-13 12:26:40.000000007"}
 
 
 def test_an_object_changed_in_the_bucket_fails_verify_and_restore(tmp_path: Path, s3_bucket: Any) -> None:

@@ -7,7 +7,7 @@ import pytest
 from data_manager.builtin.filesystem import FilesystemStorage
 from data_manager.errors import NotFoundError, StorageError
 from data_manager.testing import check_storage_contract
-from data_manager.types import Settings
+from data_manager.types import FileAttributes, Settings
 
 
 def storage(root: Path) -> FilesystemStorage:
@@ -282,3 +282,21 @@ def test_the_file_is_made_at_the_first_write_and_an_abort_after_commit_keeps_the
     empty.abort()
     assert (tmp_path / "d" / "empty").read_bytes() == b""
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["empty"]
+
+
+def test_a_deferred_write_with_file_attributes_gets_the_files_mtime_never_its_mode(tmp_path: Path) -> None:
+    s = storage(tmp_path / "root")
+    with s.open_write_deferred("m/a.txt", FileAttributes(1_600_000_000_123_456_789, 0o4755)) as w:
+        w.write(b"data")
+    with s.open_write_deferred("m/empty", FileAttributes(1_500_000_000_000_000_001, 0o644)):
+        pass
+    s.persist()
+    st = (tmp_path / "root" / "m" / "a.txt").stat()
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789 and stat.S_IMODE(st.st_mode) == 0o600
+    assert (tmp_path / "root" / "m" / "empty").stat().st_mtime_ns == 1_500_000_000_000_000_001
+
+
+def test_file_attributes_as_s3_metadata_in_rclones_format() -> None:
+    assert FileAttributes(1_683_827_651_523_399_602, 0o640, "ab" * 32).s3_metadata() == {
+        "x-amz-meta-mtime": "1683827651.523399602", "x-amz-meta-mode": "100640", "x-amz-meta-blake3": "ab" * 32}
+    assert FileAttributes(7, 0o7777).s3_metadata() == {"x-amz-meta-mtime": "0.000000007", "x-amz-meta-mode": "107777"}

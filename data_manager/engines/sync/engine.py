@@ -44,7 +44,7 @@ from blake3 import blake3
 from ...config import NAME_RE
 from ...errors import CorruptBackupError, DataManagerError, NotFoundError, UsageError
 from ...timestamps import is_timestamp, parse_timestamp
-from ...types import Compression, ObjectWriter, Settings, Storage
+from ...types import Compression, FileAttributes, ObjectWriter, Settings, Storage
 from ..base import CHUNK, ArtifactStreamBase, BackupWriter, Progress, RepositoryEngine, SourceSink, read_json_object
 from ..records import MANIFEST, SOURCE_MANIFEST, ArtifactRecord, BackupInfo, SourceRecord, checked_sources
 from ..streams import ReadAhead, StoredArtifacts
@@ -250,7 +250,8 @@ class _TarArtifact(ArtifactStreamBase):
             return
         if self._stream is None:
             assert self._member is not None
-            self._stream = self._sink.stream(self._member.name)
+            m = self._member
+            self._stream = self._sink.stream(m.name, FileAttributes(m.mtime_ns, m.mode))  # digest not known yet
         self._stream.write(view)
 
     def file_end(self) -> None:
@@ -592,8 +593,9 @@ class SyncSourceSink(SourceSink):
     def key(self, path: str) -> str:
         return f"{self.mirror}/{mirror_name(path)}"
 
-    def open_mirror(self, path: str) -> ObjectWriter:
-        """A writer of ``path``'s mirror object, once nothing of the last backup is in its way."""
+    def open_mirror(self, path: str, attrs: FileAttributes) -> ObjectWriter:
+        """A writer of ``path``'s mirror object, once nothing of the last backup is in its way; ``attrs`` go to
+        the storage with it (see Storage.open_write_deferred)."""
         name = mirror_name(path)
         other = self._names.setdefault(name, path)
         if other != path:
@@ -601,7 +603,7 @@ class SyncSourceSink(SourceSink):
                                    f"{name!r} (names that are not UTF-8 are stored with \\xNN escapes)")
         self._clear_way(path)
         # durable at the next journal or at the source's end (persist): one flush for many files
-        return self.storage.open_write_deferred(f"{self.mirror}/{name}")
+        return self.storage.open_write_deferred(f"{self.mirror}/{name}", attrs)
 
     def _clear_way(self, path: str) -> None:
         """A file replaced by a directory of the same name, or the other way round: the old objects go now
@@ -626,15 +628,16 @@ class SyncSourceSink(SourceSink):
         """Store a small file's object on an upload thread (at most ``2 * UPLOADERS`` waiting); journaled once
         committed. The first failure is raised by the next call, or by :meth:`wait_uploads`."""
         self.raise_failed()
-        writer = self.open_mirror(path)  # names checked and the way cleared here, in order
+        attrs = FileAttributes(entry["mtime_ns"], entry["mode"], entry["blake3"])
+        writer = self.open_mirror(path, attrs)  # names checked and the way cleared here, in order
         self._submit(self._put, writer, writer, data, entry)
 
-    def stream(self, path: str) -> _Stream:
+    def stream(self, path: str, attrs: FileAttributes) -> _Stream:
         """A larger file's object, written on an upload thread as its blocks come (see :class:`_Stream`)."""
         self.raise_failed()
         self._streams.acquire()
         try:
-            writer = self.open_mirror(path)
+            writer = self.open_mirror(path, attrs)
         except BaseException:
             self._streams.release()
             raise

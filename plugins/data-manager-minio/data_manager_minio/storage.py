@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from data_manager.errors import StorageError
-from data_manager.types import Entry, ObjectWriter, Settings, Storage
+from data_manager.types import Entry, FileAttributes, ObjectWriter, Settings, Storage
 
 from .connection import CONNECTION_KEYS, Connection, ConnectionSettings, is_s3_code
 from .download import ObjectGone, ObjectReader
@@ -69,9 +69,11 @@ class S3Storage(Storage):
         self.conn.call("listing the bucket", lambda: next(iter(
             self.conn.client.list_objects(self.bucket, prefix=self.root or None)), None))
 
-    def open_write(self, key: str, *, storage_class: str | None = None) -> ObjectWriter:
-        """Start writing ``key``; ``storage_class`` (e.g. ``"GLACIER"``) overrides the setting for this object."""
-        headers = {"Content-Type": "application/octet-stream"}
+    def open_write(self, key: str, *, storage_class: str | None = None,
+                   metadata: dict[str, str] | None = None) -> ObjectWriter:
+        """Start writing ``key``; ``storage_class`` (e.g. ``"GLACIER"``) overrides the setting for this object;
+        ``metadata``: ``x-amz-meta-*`` headers sent with it."""
+        headers = {"Content-Type": "application/octet-stream", **(metadata or {})}
         cls = (storage_class or self.storage_class or "").upper()
         if cls:
             headers["x-amz-storage-class"] = cls
@@ -84,6 +86,11 @@ class S3Storage(Storage):
             check_etag=self.check_etag,
             label=f"s3://{self.bucket}/{self._key(key)}",
         )
+
+    def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
+        """Durable at commit, as every write here; ``attrs`` go with the object as user metadata in rclone's
+        format (``x-amz-meta-mtime``, ``-mode``) and its BLAKE3 when known (``x-amz-meta-blake3``)."""
+        return self.open_write(key, metadata=attrs.s3_metadata() if attrs is not None else None)
 
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         full = self._key(key)

@@ -254,8 +254,8 @@ class Crashing(FilesystemStorage):
     def open_write(self, key: str) -> Any:
         return self._wrapped(super().open_write(key), key)
 
-    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
-        return self._wrapped(super().open_write_deferred(key), key)
+    def open_write_deferred(self, key: str, attrs: Any = None) -> Any:  # the mirror's objects
+        return self._wrapped(super().open_write_deferred(key, attrs), key)
 
     def _wrapped(self, inner: Any, key: str) -> Any:
         outer = self
@@ -485,8 +485,8 @@ class FailingOne(FilesystemStorage):
         super().__init__("vault", Settings({"root": str(root)}))
         self.victim = victim
 
-    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
-        inner = super().open_write_deferred(key)
+    def open_write_deferred(self, key: str, attrs: Any = None) -> Any:  # the mirror's objects
+        inner = super().open_write_deferred(key, attrs)
         if not key.endswith("/" + self.victim):
             return inner
         outer = self
@@ -595,9 +595,9 @@ class Counting(FilesystemStorage):
         self._count("open_write")
         return super().open_write(key)
 
-    def open_write_deferred(self, key: str) -> Any:
+    def open_write_deferred(self, key: str, attrs: Any = None) -> Any:
         self._count("open_write")
-        return super().open_write_deferred(key)
+        return super().open_write_deferred(key, attrs)
 
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Any:
         self._count("open_read")
@@ -667,8 +667,8 @@ class FailingWrite(FilesystemStorage):
         super().__init__("vault", Settings({"root": str(root)}))
         self.victim = victim
 
-    def open_write_deferred(self, key: str) -> Any:  # the mirror's objects
-        inner = super().open_write_deferred(key)
+    def open_write_deferred(self, key: str, attrs: Any = None) -> Any:  # the mirror's objects
+        inner = super().open_write_deferred(key, attrs)
         if not key.endswith("/" + self.victim):
             return inner
 
@@ -737,8 +737,8 @@ class Recording(FilesystemStorage):
         self._note("write", key)
         return super().open_write(key)
 
-    def open_write_deferred(self, key: str) -> Any:
-        inner = super().open_write_deferred(key)
+    def open_write_deferred(self, key: str, attrs: Any = None) -> Any:
+        inner = super().open_write_deferred(key, attrs)
         outer = self
 
         class W:
@@ -860,3 +860,22 @@ def test_a_file_that_shrinks_while_read_records_what_the_mirror_holds(
     assert (mirror(tmp_path) / "shrinks.bin").read_bytes() == held
     assert _index(dm)["shrinks.bin"]["blake3"] == blake3_module.blake3(held).hexdigest()
     assert dm.verify("exp").ok
+
+
+def test_mirror_files_carry_each_files_mtime_and_stay_private(tmp_path: Path) -> None:
+    """Browsable: ``ls -l``, rsync and rclone see each file's own mtime in the mirror (small files uploaded
+    whole and large ones streamed alike); the objects keep the storage's private mode whatever the file's."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    files = {"small.txt": b"x" * 100, "d/large.bin": os.urandom(3_000_000)}
+    for i, (name, content) in enumerate(files.items()):
+        (src / name).write_bytes(content)
+        os.chmod(src / name, 0o755)
+        os.utime(src / name, ns=(1_600_000_000_123_456_789 + i, 1_600_000_000_123_456_789 + i))
+    dm = manager(tmp_path, src)
+    dm.backup("exp")
+    for i, name in enumerate(files):
+        st = (mirror(tmp_path) / name).stat()
+        assert st.st_mtime_ns == 1_600_000_000_123_456_789 + i
+        assert st.st_mode & 0o777 == 0o600
+    same_tree(src, restored(dm, tmp_path))

@@ -15,7 +15,7 @@ import hashlib
 import os
 
 from .errors import NotFoundError
-from .types import Storage
+from .types import FileAttributes, Storage
 
 
 def _read_all(storage: Storage, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -84,6 +84,13 @@ def check_storage_contract(storage: Storage, prefix: str = "contract-test", big:
         [f"{prefix}/a/big.bin", f"{prefix}/a/empty", odd]
     )
     assert list(storage.list(f"{prefix}/missing")) == []
+
+    # A deferred write (a mirror's object) with the file's attributes: whole once committed, durable once
+    # persisted; attributes a storage cannot keep are ignored, never an error.
+    with storage.open_write_deferred(f"{prefix}/m/file.txt", FileAttributes(1_600_000_000_123_456_789, 0o640)) as w:
+        w.write(b"mirrored")
+    storage.persist()
+    assert _read_all(storage, f"{prefix}/m/file.txt") == b"mirrored"
 
     # Missing objects.
     try:

@@ -25,14 +25,14 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from data_manager.retry import Backoff
 from data_manager.errors import NotFoundError, StorageError
-from data_manager.types import Entry, ObjectWriter, Settings, Storage
+from data_manager.types import Entry, FileAttributes, ObjectWriter, Settings, Storage
 
 from . import retry
 from .auth import AUTH_KINDS, DEFAULT_TOKEN_FILE, SCOPES, make_credentials
@@ -356,6 +356,12 @@ class GDriveStorage(Storage):
         folder_parts, name = self._split(key)
         return _DriveWriter(self, key, folder_parts, name)
 
+    def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
+        """Durable at commit, as every write here; ``attrs``: the file's mtime becomes the Drive file's
+        ``modifiedTime`` (what Drive's pages and rclone show), its mode and digest public ``properties``."""
+        folder_parts, name = self._split(key)
+        return _DriveWriter(self, key, folder_parts, name, _drive_fields(attrs) if attrs is not None else None)
+
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         meta = self._lookup(key)
         if meta is None:
@@ -488,9 +494,21 @@ def _new_media(chunk_size: int) -> _PushMedia:
     return _media_class(chunk_size)  # type: ignore[no-any-return]
 
 
+def _drive_fields(attrs: FileAttributes) -> dict[str, Any]:
+    """A mirrored file's attributes as Drive file fields (``modifiedTime`` keeps milliseconds)."""
+    sec, ns = divmod(attrs.mtime_ns, 10**9)
+    when = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 10**6:03d}Z"
+    properties = {"mode": f"{attrs.mode & 0o7777:o}"}
+    if attrs.blake3:
+        properties["blake3"] = attrs.blake3
+    return {"modifiedTime": when, "properties": properties}
+
+
 class _DriveWriter(ObjectWriter):
-    def __init__(self, storage: GDriveStorage, key: str, folder_parts: tuple[str, ...], name: str) -> None:
+    def __init__(self, storage: GDriveStorage, key: str, folder_parts: tuple[str, ...], name: str,
+                 fields: dict[str, Any] | None = None) -> None:
         self._s = storage
+        self._fields = fields or {}  # set with the file (a mirrored file's attributes)
         self._key = key
         self._folder_parts = folder_parts
         self._name = name
@@ -518,7 +536,7 @@ class _DriveWriter(ObjectWriter):
     def _start(self) -> None:
         self._parent = self._s.folder(self._folder_parts, create=True)
         tmp = f".{self._name}.part-{secrets.token_hex(4)}"
-        body = {"name": tmp, "parents": [self._parent]}
+        body = {"name": tmp, "parents": [self._parent], **self._fields}
         self._request = self._s.files().create(body=body, media_body=self._media, fields=FILE_FIELDS, supportsAllDrives=True)
 
     def _send_chunk(self) -> dict[str, Any] | None:
@@ -553,7 +571,8 @@ class _DriveWriter(ObjectWriter):
                 self._uploaded = resource["id"]
                 self._check(resource)
                 self._s.call(
-                    lambda f: f.update(fileId=resource["id"], body={"name": self._name}, fields="id", supportsAllDrives=True),
+                    lambda f: f.update(fileId=resource["id"], body={"name": self._name, **self._fields}, fields="id",
+                                       supportsAllDrives=True),  # a rename would set modifiedTime to now
                     f"commit {self._key}",
                 )
             self._uploaded = None
@@ -569,7 +588,7 @@ class _DriveWriter(ObjectWriter):
 
         self._parent = self._s.folder(self._folder_parts, create=True)
         data = self._media.whole()
-        body = {"name": self._name, "parents": [self._parent]}
+        body = {"name": self._name, "parents": [self._parent], **self._fields}
 
         def make(f: Any) -> Any:
             media = MediaIoBaseUpload(io.BytesIO(data), mimetype="application/octet-stream", resumable=False)

@@ -11,7 +11,8 @@ Google Drive cannot be reached from the test machines, so the tests point the re
 * ``POST /drive/v3/files`` (folders), ``GET /drive/v3/files`` with ``q`` (the subset: ``'ID' in parents``,
   ``name = '...'``, ``mimeType = '...'``, ``mimeType != '...'``, ``trashed = true|false``, joined by
   ``and``), ``fields``, ``pageSize`` and ``pageToken``; ``GET /drive/v3/files/ID`` (``alt=media`` with
-  ``Range`` answered ``206``); ``PATCH`` (``name``, ``trashed``, ``addParents``/``removeParents``);
+  ``Range`` answered ``206``); ``PATCH`` (``name``, ``trashed``, ``addParents``/``removeParents``,
+  ``appProperties``, ``properties``, ``modifiedTime``, which create takes too);
   ``DELETE`` (with everything below a folder);
 * shared drives: their items are invisible without ``supportsAllDrives=true`` (404) and unlisted without
   ``includeItemsFromAllDrives=true``;
@@ -78,6 +79,7 @@ class FakeFile:
     trashed: bool = False
     drive_id: str | None = None
     app_properties: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_folder(self) -> bool:
@@ -99,6 +101,8 @@ class FakeFile:
             r["driveId"] = self.drive_id
         if self.app_properties:
             r["appProperties"] = dict(self.app_properties)
+        if self.properties:
+            r["properties"] = dict(self.properties)
         if not self.is_folder:
             r["size"] = str(len(self.data))
             r["md5Checksum"] = hashlib.md5(self.data).hexdigest()
@@ -377,10 +381,11 @@ class FakeDrive:
                 meta.get("mimeType") or "application/octet-stream",
                 parents,
                 now,
-                now,
+                meta.get("modifiedTime") or now,  # writable, as on Drive
                 bytes(data),
                 drive_id=parent.drive_id,
                 app_properties=dict(meta.get("appProperties") or {}),
+                properties=dict(meta.get("properties") or {}),
             )
             self.files[f.id] = f
             return f
@@ -681,13 +686,15 @@ class _Handler(BaseHTTPRequestHandler):
                 f.trashed = bool(meta["trashed"])
             if "appProperties" in meta:
                 f.app_properties.update(meta["appProperties"])
+            if "properties" in meta:
+                f.properties.update(meta["properties"])
             for p in filter(None, params.get("removeParents", "").split(",")):
                 if p in f.parents:
                     f.parents.remove(p)
             for p in filter(None, params.get("addParents", "").split(",")):
                 self.fake.get(p, params)
                 f.parents.append(p)
-            f.modified = self.fake._now()
+            f.modified = meta.get("modifiedTime") or self.fake._now()
             resource = f.resource()
         self._json(200, resource, params)
 

@@ -21,7 +21,7 @@ from fake_drive import FOLDER, FakeDrive, parse_q
 from data_manager.api import DataManager
 from data_manager.errors import ConfigError, NotFoundError, StorageError
 from data_manager.testing import check_storage_contract
-from data_manager.types import Settings
+from data_manager.types import FileAttributes, Settings
 from data_manager_gdrive import GDriveStorage
 from data_manager_gdrive.auth import save_token
 
@@ -89,6 +89,18 @@ def test_large_write_is_chunked_resumable_and_hidden_until_commit(storage: GDriv
     before = fake.count("media")
     assert read(storage, "d/t/s/big.bin", 10) == data[10:]
     assert fake.count("media") - before == 4
+
+
+@pytest.mark.parametrize("size", [10, 3 * CHUNK + 1000], ids=["one request", "resumable"])
+def test_a_mirrored_files_attributes_go_with_its_drive_file(storage: GDriveStorage, fake: FakeDrive, size: int) -> None:
+    """A ``sync`` mirror on Drive: the file's mtime is the Drive file's ``modifiedTime`` (milliseconds kept, after
+    the rename of a resumable upload too), its mode and digest are public ``properties``."""
+    with storage.open_write_deferred("m/f.bin", FileAttributes(1_683_827_651_523_399_602, 0o640, "ab" * 32)) as w:
+        w.write(os.urandom(size))
+    (f,) = fake.visible()
+    assert f.name == "f.bin" and f.modified == "2023-05-11T17:54:11.523Z"
+    assert f.properties == {"mode": "640", "blake3": "ab" * 32}
+    assert [e.modified for e in storage.list("m")] == [datetime(2023, 5, 11, 17, 54, 11, 523000, timezone.utc)]
 
 
 def test_writer_memory_is_bounded_by_one_chunk(storage: GDriveStorage, fake: FakeDrive) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import random
 import shutil
@@ -35,6 +36,8 @@ from ..durable import fsync_dir, on_network_fs, os_reason, sync_filesystem, writ
 from ..errors import NotFoundError, StorageError
 from ..hookspecs import hookimpl
 from ..types import Entry, FileAttributes, ObjectWriter, Settings, Storage, StorageType
+
+log = logging.getLogger(__name__)
 
 
 def _os_error(what: str, exc: OSError) -> StorageError:
@@ -158,7 +161,10 @@ class _FileWriter(ObjectWriter):
             if size != self._written:
                 raise OSError(errno.EIO, f"{size} bytes on disk, {self._written} written")
             if self._mtime_ns is not None:
-                os.utime(fd, ns=(self._mtime_ns, self._mtime_ns))
+                try:
+                    os.utime(fd, ns=(self._mtime_ns, self._mtime_ns))
+                except (OSError, OverflowError):  # a time this filesystem cannot hold: the object still counts
+                    log.debug("%s: cannot set mtime %d ns", self._final, self._mtime_ns)
             os.close(fd)
             self._fd = None
             os.replace(self._tmp, self._final)

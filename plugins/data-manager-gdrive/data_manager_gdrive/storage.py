@@ -496,12 +496,15 @@ def _new_media(chunk_size: int) -> _PushMedia:
 
 def _drive_fields(attrs: FileAttributes) -> dict[str, Any]:
     """A mirrored file's attributes as Drive file fields (``modifiedTime`` keeps milliseconds)."""
-    sec, ns = divmod(attrs.mtime_ns, 10**9)
-    when = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 10**6:03d}Z"
     properties = {"mode": f"{attrs.mode & 0o7777:o}"}
     if attrs.blake3:
         properties["blake3"] = attrs.blake3
-    return {"modifiedTime": when, "properties": properties}
+    fields: dict[str, Any] = {"properties": properties}
+    sec, ns = divmod(attrs.mtime_ns, 10**9)
+    if 0 <= sec < 253402300800:  # 1970 to 9999: a time Drive takes as RFC 3339; else Drive's own "now"
+        when = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        fields["modifiedTime"] = f"{when}.{ns // 10**6:03d}Z"
+    return fields
 
 
 class _DriveWriter(ObjectWriter):

@@ -478,3 +478,10 @@ def test_fake_query_parser() -> None:
         ("mimeType", "=", FOLDER),
         ("trashed", "=", False),
     ]
+
+
+def test_a_mirrored_file_with_a_time_drive_cannot_take_keeps_drives_own(storage: GDriveStorage, fake: FakeDrive) -> None:
+    with storage.open_write_deferred("m/old", FileAttributes(-5 * 10**9, 0o644)) as w:
+        w.write(b"before 1970")
+    (f,) = fake.visible()
+    assert f.modified.startswith(str(datetime.now(timezone.utc).year)) and f.properties == {"mode": "644"}

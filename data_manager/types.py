@@ -470,16 +470,6 @@ class FileAttributes:
     mode: int  #: permission bits (``st_mode & 0o7777``)
     blake3: str = ""  #: the BLAKE3 of the content; "" when not known before it is written (a streamed file)
 
-    def s3_metadata(self) -> dict[str, str]:
-        """As user metadata (``x-amz-meta-*``) in rclone's format: ``mtime`` in seconds with nanoseconds,
-        ``mode`` in octal with the file type, so ``rclone lsl`` and ``rclone copy`` see the file's own
-        mtime; ``blake3`` when known."""
-        sec, ns = divmod(self.mtime_ns, 10**9)
-        meta = {"x-amz-meta-mtime": f"{sec}.{ns:09d}", "x-amz-meta-mode": f"{0o100000 | (self.mode & 0o7777):o}"}
-        if self.blake3:
-            meta["x-amz-meta-blake3"] = self.blake3
-        return meta
-
 
 class Storage(ABC):
     """A place backups are kept: a filesystem root, a bucket prefix, a Drive folder.

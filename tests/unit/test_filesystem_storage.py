@@ -296,12 +296,6 @@ def test_a_deferred_write_with_file_attributes_gets_the_files_mtime_never_its_mo
     assert (tmp_path / "root" / "m" / "empty").stat().st_mtime_ns == 1_500_000_000_000_000_001
 
 
-def test_file_attributes_as_s3_metadata_in_rclones_format() -> None:
-    assert FileAttributes(1_683_827_651_523_399_602, 0o640, "ab" * 32).s3_metadata() == {
-        "x-amz-meta-mtime": "1683827651.523399602", "x-amz-meta-mode": "100640", "x-amz-meta-blake3": "ab" * 32}
-    assert FileAttributes(7, 0o7777).s3_metadata() == {"x-amz-meta-mtime": "0.000000007", "x-amz-meta-mode": "107777"}
-
-
 def test_an_mtime_the_filesystem_cannot_hold_never_fails_the_write(tmp_path: Path) -> None:
     s = storage(tmp_path / "root")
     for i, mtime_ns in enumerate((2**100, -(2**100))):  # beyond what utime takes (OverflowError)

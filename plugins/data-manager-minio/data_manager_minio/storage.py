@@ -21,6 +21,17 @@ STORAGE_CLASSES = {"STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA"
                    "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE", "OUTPOSTS", "EXPRESS_ONEZONE"}
 
 
+def mirror_metadata(attrs: FileAttributes) -> dict[str, str]:
+    """A mirrored file's attributes as user metadata (``x-amz-meta-*``) in rclone's format: ``mtime`` in
+    seconds with nanoseconds, ``mode`` in octal with the file type, so ``rclone lsl`` and ``rclone copy``
+    see the file's own mtime; ``blake3`` when known."""
+    sec, ns = divmod(attrs.mtime_ns, 10**9)
+    meta = {"x-amz-meta-mtime": f"{sec}.{ns:09d}", "x-amz-meta-mode": f"{0o100000 | (attrs.mode & 0o7777):o}"}
+    if attrs.blake3:
+        meta["x-amz-meta-blake3"] = attrs.blake3
+    return meta
+
+
 def normalize_prefix(prefix: str) -> str:
     """``"a/b"`` / ``"/a/b/"`` -> ``"a/b/"``; ``""`` stays ``""``."""
     prefix = prefix.strip("/")
@@ -90,7 +101,7 @@ class S3Storage(Storage):
     def open_write_deferred(self, key: str, attrs: FileAttributes | None = None) -> ObjectWriter:
         """Durable at commit, as every write here; ``attrs`` go with the object as user metadata in rclone's
         format (``x-amz-meta-mtime``, ``-mode``) and its BLAKE3 when known (``x-amz-meta-blake3``)."""
-        return self.open_write(key, metadata=attrs.s3_metadata() if attrs is not None else None)
+        return self.open_write(key, metadata=mirror_metadata(attrs) if attrs is not None else None)
 
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         full = self._key(key)

@@ -8,10 +8,10 @@ import pytest
 
 from data_manager.errors import ConfigError, StorageError
 from data_manager.plugins import get_registry
-from data_manager.types import Settings
+from data_manager.types import FileAttributes, Settings
 from data_manager_minio.connection import Connection, ConnectionSettings, describe, is_transient
 from data_manager_minio.source import MinioSource
-from data_manager_minio.storage import S3Storage, normalize_prefix
+from data_manager_minio.storage import S3Storage, mirror_metadata, normalize_prefix
 
 BASE = {"endpoint": "s3.example.org:9000", "access_key": "AK", "secret_key": "SK-very-secret", "bucket": "b"}
 
@@ -245,3 +245,9 @@ def test_listing_page_that_cannot_be_used(body: str) -> None:
 
     with pytest.raises((ValueError, KeyError, ET.ParseError)):
         parse_page(body.encode())
+
+
+def test_a_mirrored_files_attributes_as_user_metadata_in_rclones_format() -> None:
+    assert mirror_metadata(FileAttributes(1_683_827_651_523_399_602, 0o640, "ab" * 32)) == {
+        "x-amz-meta-mtime": "1683827651.523399602", "x-amz-meta-mode": "100640", "x-amz-meta-blake3": "ab" * 32}
+    assert mirror_metadata(FileAttributes(7, 0o7777)) == {"x-amz-meta-mtime": "0.000000007", "x-amz-meta-mode": "107777"}
